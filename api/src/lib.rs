@@ -1,0 +1,14 @@
+//! Meridian's shared model.
+//!
+//! One data model flows from the controller to the gateway, the DNS server and the CLI:
+//! the protobuf [`proto`] types carry snapshots over the wire, [`locality`] and [`policy`]
+//! describe where endpoints are and how traffic should be distributed, and [`split`] and
+//! [`pick`] are the single implementation of Envoy's locality-weighted load balancing that
+//! every component calls.
+#![forbid(unsafe_code)]
+
+pub mod proto {
+    //! Generated protobuf and gRPC types of `meridian.v1`.
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("meridian.v1");
+}
