@@ -12,3 +12,9 @@ pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("meridian.v1");
 }
+
+pub mod locality;
+pub mod policy;
+
+pub use locality::{Locality, LocalityPattern};
+pub use policy::TrafficPolicy;
