@@ -14,7 +14,9 @@ pub mod proto {
 }
 
 pub mod locality;
+pub mod pick;
 pub mod policy;
+pub mod split;
 
 pub use locality::{Locality, LocalityPattern};
 pub use policy::TrafficPolicy;
