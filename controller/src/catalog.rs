@@ -1,0 +1,649 @@
+//! The catalog: every exported Service of every member, merged by namespace/name into one
+//! global service with its ports and its endpoints (cluster, address, ports, locality, pod
+//! labels, readiness).
+//!
+//! Building the catalog is a pure function of what the reflectors hold, so it is tested
+//! without an API server, and the same inputs always give the same (sorted) catalog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
+use meridian_api::Locality;
+use meridian_api::proto::Protocol;
+
+/// Label that exports a Service.
+pub const EXPORT_LABEL: &str = "meridian.io/export";
+/// Node label carrying the region.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Node label carrying the zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Node label carrying the subzone (Istio's convention).
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+const LEGACY_REGION_LABEL: &str = "failure-domain.beta.kubernetes.io/region";
+const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
+/// EndpointSlice label naming the owning Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Namespace and name of a Service; global services are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// Namespace of the Service.
+    pub namespace: String,
+    /// Name of the Service.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `<name>.<namespace>.global`.
+    pub fn hostname(&self, zone: &str) -> String {
+        format!("{}.{}.{}", self.name, self.namespace, zone)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `<name>.<namespace>`, the name of the GlobalService resource.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
+/// The endpoint objects of one member: EndpointSlice `discovery.k8s.io/v1` where served,
+/// else core/v1 Endpoints.
+#[derive(Debug, Clone)]
+pub enum EndpointObjects {
+    /// `discovery.k8s.io/v1` EndpointSlices.
+    Slices(Vec<Arc<EndpointSlice>>),
+    /// core/v1 Endpoints.
+    Endpoints(Vec<Arc<Endpoints>>),
+}
+
+impl Default for EndpointObjects {
+    fn default() -> Self {
+        EndpointObjects::Slices(Vec::new())
+    }
+}
+
+/// What one member contributes: the current contents of its reflectors.
+#[derive(Debug, Clone, Default)]
+pub struct MemberInput {
+    /// Member cluster name.
+    pub cluster: String,
+    /// The member is unreachable; its endpoints are kept but marked stale.
+    pub stale: bool,
+    /// Services (only those labelled for export are used).
+    pub services: Vec<Arc<Service>>,
+    /// Endpoints of those Services.
+    pub endpoints: EndpointObjects,
+    /// Nodes, for endpoint localities.
+    pub nodes: Vec<Arc<Node>>,
+    /// Pod metadata, for endpoint labels.
+    pub pods: Vec<Arc<PartialObjectMeta<Pod>>>,
+}
+
+/// One port of a global service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortSpec {
+    /// Port name; empty for a single unnamed port.
+    pub name: String,
+    /// Service port number.
+    pub port: u32,
+    /// Application protocol.
+    pub protocol: Protocol,
+}
+
+/// One endpoint (pod address) of a global service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEntry {
+    /// Member cluster.
+    pub cluster: String,
+    /// Pod IP.
+    pub address: String,
+    /// Target port per service port name.
+    pub ports: BTreeMap<String, u32>,
+    /// Locality from the node's labels.
+    pub locality: Locality,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Ready per the endpoint object.
+    pub ready: bool,
+    /// Kept from an unreachable member.
+    pub stale: bool,
+    /// Pod name, when the endpoint references a pod.
+    pub pod: String,
+}
+
+/// Ready and total endpoint counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Ready endpoints.
+    pub ready: u32,
+    /// All endpoints, ready or not.
+    pub total: u32,
+}
+
+impl Counts {
+    fn add(&mut self, ready: bool) {
+        self.total += 1;
+        if ready {
+            self.ready += 1;
+        }
+    }
+}
+
+/// A global service: one exported Service merged across members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalServiceEntry {
+    /// Namespace/name.
+    pub key: ServiceKey,
+    /// Ports, sorted by name. A port defined differently in two clusters takes the
+    /// definition of the first cluster by name.
+    pub ports: Vec<PortSpec>,
+    /// Clusters exporting the service, sorted.
+    pub clusters: BTreeSet<String>,
+    /// Endpoints sorted by (cluster, address).
+    pub endpoints: Vec<EndpointEntry>,
+}
+
+impl GlobalServiceEntry {
+    /// Counts per cluster and, within it, per locality. Every exporting cluster appears, even
+    /// without endpoints.
+    pub fn counts(&self) -> BTreeMap<String, (Counts, BTreeMap<Locality, Counts>)> {
+        let mut out: BTreeMap<String, (Counts, BTreeMap<Locality, Counts>)> = self
+            .clusters
+            .iter()
+            .map(|c| (c.clone(), Default::default()))
+            .collect();
+        for e in &self.endpoints {
+            let (total, per) = out.entry(e.cluster.clone()).or_default();
+            total.add(e.ready);
+            per.entry(e.locality.clone()).or_default().add(e.ready);
+        }
+        out
+    }
+
+    /// Counts per locality over all clusters.
+    pub fn locality_counts(&self) -> BTreeMap<Locality, Counts> {
+        let mut out: BTreeMap<Locality, Counts> = BTreeMap::new();
+        for e in &self.endpoints {
+            out.entry(e.locality.clone()).or_default().add(e.ready);
+        }
+        out
+    }
+
+    /// Counts over everything.
+    pub fn total_counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for e in &self.endpoints {
+            c.add(e.ready);
+        }
+        c
+    }
+}
+
+/// All global services, by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Global services sorted by namespace/name.
+    pub services: BTreeMap<ServiceKey, GlobalServiceEntry>,
+}
+
+/// The protocol of a Service port: `appProtocol` when set, else the port name's prefix
+/// (`http`, `http2`, `grpc`, `tcp`, optionally followed by `-suffix`), else TCP.
+pub fn port_protocol(name: &str, app_protocol: Option<&str>) -> Protocol {
+    let by_word = |w: &str| match w.to_ascii_lowercase().as_str() {
+        "http" | "https" => Some(Protocol::Http),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+        "grpc" | "grpc-web" => Some(Protocol::Grpc),
+        "tcp" => Some(Protocol::Tcp),
+        _ => None,
+    };
+    if let Some(p) = app_protocol.and_then(by_word) {
+        return p;
+    }
+    let prefix = name.split('-').next().unwrap_or_default();
+    by_word(prefix).unwrap_or(Protocol::Tcp)
+}
+
+/// The locality of a node from its topology labels (falling back to the legacy
+/// `failure-domain.beta.kubernetes.io` labels).
+pub fn node_locality(node: &Node) -> Locality {
+    let labels = node.metadata.labels.as_ref();
+    let get = |k: &str, legacy: Option<&str>| {
+        labels
+            .and_then(|l| l.get(k).or_else(|| legacy.and_then(|lk| l.get(lk))))
+            .cloned()
+            .unwrap_or_default()
+    };
+    Locality::new(
+        get(REGION_LABEL, Some(LEGACY_REGION_LABEL)),
+        get(ZONE_LABEL, Some(LEGACY_ZONE_LABEL)),
+        get(SUBZONE_LABEL, None),
+    )
+}
+
+/// Whether a Service is labelled for export.
+pub fn is_exported(svc: &Service) -> bool {
+    svc.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(EXPORT_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// Per-member lookups used while walking its endpoint objects.
+struct MemberIndex<'a> {
+    input: &'a MemberInput,
+    nodes: BTreeMap<&'a str, Locality>,
+    pods: BTreeMap<(&'a str, &'a str), &'a BTreeMap<String, String>>,
+}
+
+impl<'a> MemberIndex<'a> {
+    fn new(input: &'a MemberInput) -> Self {
+        let nodes = input
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, node_locality(n))))
+            .collect();
+        let pods = input
+            .pods
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    (
+                        p.metadata.namespace.as_deref()?,
+                        p.metadata.name.as_deref()?,
+                    ),
+                    p.metadata.labels.as_ref()?,
+                ))
+            })
+            .collect();
+        Self { input, nodes, pods }
+    }
+
+    fn locality(&self, node: Option<&str>, zone: Option<&str>) -> Locality {
+        match node.and_then(|n| self.nodes.get(n)) {
+            Some(l) => l.clone(),
+            // No node object: the slice's zone hint is all we know.
+            None => Locality::new("", zone.unwrap_or_default(), ""),
+        }
+    }
+
+    fn labels(&self, namespace: &str, pod: &str) -> BTreeMap<String, String> {
+        self.pods
+            .get(&(namespace, pod))
+            .map(|l| (*l).clone())
+            .unwrap_or_default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn endpoint(
+        &self,
+        namespace: &str,
+        address: &str,
+        ports: &BTreeMap<String, u32>,
+        ready: bool,
+        node: Option<&str>,
+        zone: Option<&str>,
+        pod: Option<&str>,
+    ) -> EndpointEntry {
+        EndpointEntry {
+            cluster: self.input.cluster.clone(),
+            address: address.to_owned(),
+            ports: ports.clone(),
+            locality: self.locality(node, zone),
+            labels: pod.map(|p| self.labels(namespace, p)).unwrap_or_default(),
+            ready,
+            stale: self.input.stale,
+            pod: pod.unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+fn pod_ref(r: Option<&k8s_openapi::api::core::v1::ObjectReference>) -> Option<&str> {
+    r.filter(|r| r.kind.as_deref() == Some("Pod"))
+        .and_then(|r| r.name.as_deref())
+}
+
+impl Catalog {
+    /// Merges every member's exported Services and endpoints. Members are processed in
+    /// cluster-name order, so the result does not depend on input order.
+    pub fn build(members: &[MemberInput]) -> Catalog {
+        let mut sorted: Vec<&MemberInput> = members.iter().collect();
+        sorted.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+
+        let mut ports: BTreeMap<ServiceKey, BTreeMap<String, PortSpec>> = BTreeMap::new();
+        let mut clusters: BTreeMap<ServiceKey, BTreeSet<String>> = BTreeMap::new();
+        let mut endpoints: BTreeMap<ServiceKey, BTreeMap<(String, String), EndpointEntry>> =
+            BTreeMap::new();
+
+        for m in sorted {
+            let idx = MemberIndex::new(m);
+            // Services this member exports.
+            let mut exported = BTreeSet::new();
+            for svc in m.services.iter().filter(|s| is_exported(s)) {
+                let (Some(ns), Some(name)) = (
+                    svc.metadata.namespace.as_deref(),
+                    svc.metadata.name.as_deref(),
+                ) else {
+                    continue;
+                };
+                let key = ServiceKey::new(ns, name);
+                exported.insert(key.clone());
+                clusters
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(m.cluster.clone());
+                let svc_ports = ports.entry(key).or_default();
+                for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                    if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                        continue; // the gateway carries TCP only
+                    }
+                    let pname = p.name.clone().unwrap_or_default();
+                    let Ok(number) = u32::try_from(p.port) else {
+                        continue;
+                    };
+                    svc_ports.entry(pname.clone()).or_insert_with(|| PortSpec {
+                        protocol: port_protocol(&pname, p.app_protocol.as_deref()),
+                        name: pname,
+                        port: number,
+                    });
+                }
+            }
+
+            let mut add = |key: &ServiceKey, e: EndpointEntry| {
+                endpoints
+                    .entry(key.clone())
+                    .or_default()
+                    .entry((e.cluster.clone(), e.address.clone()))
+                    .and_modify(|old| {
+                        // The same address in two slices: merge the ports.
+                        for (k, v) in &e.ports {
+                            old.ports.entry(k.clone()).or_insert(*v);
+                        }
+                    })
+                    .or_insert(e);
+            };
+
+            match &m.endpoints {
+                EndpointObjects::Slices(slices) => {
+                    for s in slices {
+                        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+                            continue;
+                        }
+                        let (Some(ns), Some(svc)) = (
+                            s.metadata.namespace.as_deref(),
+                            s.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+                        ) else {
+                            continue;
+                        };
+                        let key = ServiceKey::new(ns, svc.as_str());
+                        if !exported.contains(&key) {
+                            continue;
+                        }
+                        let slice_ports: BTreeMap<String, u32> = s
+                            .ports
+                            .iter()
+                            .flatten()
+                            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                            .filter_map(|p| {
+                                Some((
+                                    p.name.clone().unwrap_or_default(),
+                                    u32::try_from(p.port?).ok()?,
+                                ))
+                            })
+                            .collect();
+                        for ep in &s.endpoints {
+                            // A nil ready condition means ready (EndpointSlice API contract).
+                            let ready =
+                                ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                            for addr in &ep.addresses {
+                                add(
+                                    &key,
+                                    idx.endpoint(
+                                        ns,
+                                        addr,
+                                        &slice_ports,
+                                        ready,
+                                        ep.node_name.as_deref(),
+                                        ep.zone.as_deref(),
+                                        pod_ref(ep.target_ref.as_ref()),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                EndpointObjects::Endpoints(list) => {
+                    for eps in list {
+                        let (Some(ns), Some(name)) = (
+                            eps.metadata.namespace.as_deref(),
+                            eps.metadata.name.as_deref(),
+                        ) else {
+                            continue;
+                        };
+                        let key = ServiceKey::new(ns, name);
+                        if !exported.contains(&key) {
+                            continue;
+                        }
+                        for subset in eps.subsets.iter().flatten() {
+                            let subset_ports: BTreeMap<String, u32> = subset
+                                .ports
+                                .iter()
+                                .flatten()
+                                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                                .filter_map(|p| {
+                                    Some((
+                                        p.name.clone().unwrap_or_default(),
+                                        u32::try_from(p.port).ok()?,
+                                    ))
+                                })
+                                .collect();
+                            let both = [
+                                (subset.addresses.iter().flatten(), true),
+                                (subset.not_ready_addresses.iter().flatten(), false),
+                            ];
+                            for (addrs, ready) in both {
+                                for a in addrs {
+                                    add(
+                                        &key,
+                                        idx.endpoint(
+                                            ns,
+                                            &a.ip,
+                                            &subset_ports,
+                                            ready,
+                                            a.node_name.as_deref(),
+                                            None,
+                                            pod_ref(a.target_ref.as_ref()),
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let services = clusters
+            .into_iter()
+            .map(|(key, clusters)| {
+                let entry = GlobalServiceEntry {
+                    ports: ports
+                        .remove(&key)
+                        .unwrap_or_default()
+                        .into_values()
+                        .collect(),
+                    endpoints: endpoints
+                        .remove(&key)
+                        .unwrap_or_default()
+                        .into_values()
+                        .collect(),
+                    clusters,
+                    key: key.clone(),
+                };
+                (key, entry)
+            })
+            .collect();
+        Catalog { services }
+    }
+
+    /// Number of endpoints over every service.
+    pub fn endpoint_count(&self) -> usize {
+        self.services.values().map(|s| s.endpoints.len()).sum()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fixtures::*;
+
+    #[test]
+    fn protocols() {
+        assert_eq!(port_protocol("http", None), Protocol::Http);
+        assert_eq!(port_protocol("http-web", None), Protocol::Http);
+        assert_eq!(port_protocol("http2-api", None), Protocol::Http2);
+        assert_eq!(port_protocol("grpc", None), Protocol::Grpc);
+        assert_eq!(port_protocol("tcp-db", None), Protocol::Tcp);
+        assert_eq!(port_protocol("httpx", None), Protocol::Tcp);
+        assert_eq!(port_protocol("", None), Protocol::Tcp);
+        assert_eq!(port_protocol("web", Some("http")), Protocol::Http);
+        assert_eq!(port_protocol("http", Some("tcp")), Protocol::Tcp);
+        assert_eq!(
+            port_protocol("x", Some("kubernetes.io/h2c")),
+            Protocol::Http2
+        );
+        assert_eq!(port_protocol("grpc-x", Some("unknown")), Protocol::Grpc);
+    }
+
+    #[test]
+    fn merges_two_clusters_with_slices_and_endpoints() {
+        let a = MemberInput::test("a")
+            .with_node("n1", "eu", "eu-1", "")
+            .with_service(service("demo", "echo", &[("http", 80, None)], true))
+            .with_slice(slice(
+                "demo",
+                "echo",
+                &[("http", 8080)],
+                &[
+                    ("10.0.0.2", true, "n1", "p2"),
+                    ("10.0.0.1", false, "n1", "p1"),
+                ],
+            ))
+            .with_pod("demo", "p1", &[("version", "v1")]);
+        let b = MemberInput::test("b")
+            .with_node("m1", "us", "us-1", "s1")
+            .with_service(service(
+                "demo",
+                "echo",
+                &[("http", 80, None), ("grpc", 90, None)],
+                true,
+            ))
+            .with_endpoints(endpoints(
+                "demo",
+                "echo",
+                &[("http", 8080), ("grpc", 9090)],
+                &[("10.1.0.1", true, "m1", "q1")],
+            ));
+        let cat = Catalog::build(&[b.clone(), a.clone()]);
+        assert_eq!(cat, Catalog::build(&[a, b]), "input order must not matter");
+        let svc = &cat.services[&ServiceKey::new("demo", "echo")];
+        assert_eq!(
+            svc.ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.port, p.protocol))
+                .collect::<Vec<_>>(),
+            vec![("grpc", 90, Protocol::Grpc), ("http", 80, Protocol::Http)]
+        );
+        assert_eq!(svc.clusters.iter().collect::<Vec<_>>(), ["a", "b"]);
+        let eps: Vec<_> = svc
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.cluster.as_str(),
+                    e.address.as_str(),
+                    e.ready,
+                    e.locality.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            vec![
+                ("a", "10.0.0.1", false, "eu/eu-1".to_owned()),
+                ("a", "10.0.0.2", true, "eu/eu-1".to_owned()),
+                ("b", "10.1.0.1", true, "us/us-1/s1".to_owned()),
+            ]
+        );
+        assert_eq!(svc.endpoints[0].labels["version"], "v1");
+        assert_eq!(svc.endpoints[0].pod, "p1");
+        assert_eq!(svc.endpoints[2].ports["grpc"], 9090);
+        let counts = svc.counts();
+        assert_eq!(counts["a"].0, Counts { ready: 1, total: 2 });
+        assert_eq!(
+            counts["b"].1[&Locality::new("us", "us-1", "s1")],
+            Counts { ready: 1, total: 1 }
+        );
+        assert_eq!(svc.total_counts(), Counts { ready: 2, total: 3 });
+    }
+
+    #[test]
+    fn unexported_services_and_their_endpoints_are_ignored() {
+        let a = MemberInput::test("a")
+            .with_service(service("demo", "hidden", &[("tcp", 5432, None)], false))
+            .with_service(service("demo", "echo", &[("tcp", 1, None)], true))
+            .with_slice(slice(
+                "demo",
+                "hidden",
+                &[("tcp", 5432)],
+                &[("10.0.0.9", true, "n", "p")],
+            ));
+        let b = MemberInput::test("b").with_slice(slice(
+            "demo",
+            "echo",
+            &[("tcp", 1)],
+            &[("10.9.9.9", true, "n", "p")],
+        ));
+        let cat = Catalog::build(&[a, b]);
+        assert_eq!(cat.services.len(), 1);
+        let svc = &cat.services[&ServiceKey::new("demo", "echo")];
+        assert!(svc.endpoints.is_empty(), "b does not export echo");
+        assert_eq!(svc.clusters.len(), 1);
+    }
+
+    #[test]
+    fn stale_members_mark_endpoints() {
+        let mut a = MemberInput::test("a")
+            .with_service(service("demo", "echo", &[("tcp", 1, None)], true))
+            .with_slice(slice(
+                "demo",
+                "echo",
+                &[("tcp", 1)],
+                &[("10.0.0.1", true, "n", "p")],
+            ));
+        a.stale = true;
+        let cat = Catalog::build(&[a]);
+        assert!(cat.services.values().next().unwrap().endpoints[0].stale);
+        // Without a node object the slice's zone hint is used.
+        assert_eq!(
+            cat.services.values().next().unwrap().endpoints[0].locality,
+            Locality::new("", "", "")
+        );
+    }
+}

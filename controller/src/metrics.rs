@@ -1,0 +1,360 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{debug, warn};
+
+use crate::crd::Phase;
+
+/// `{cluster}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Member cluster.
+    pub cluster: String,
+}
+
+/// `{cluster, phase}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// Member cluster.
+    pub cluster: String,
+    /// Phase name.
+    pub phase: String,
+}
+
+/// `{cluster, resource}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// Member cluster.
+    pub cluster: String,
+    /// Watched resource kind.
+    pub resource: String,
+}
+
+/// `{controller, error}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Which reconciler failed.
+    pub controller: String,
+    /// [`crate::Error::metric_label`].
+    pub error: String,
+}
+
+/// `{controller}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// Which reconciler ran.
+    pub controller: String,
+}
+
+const PHASES: [Phase; 4] = [
+    Phase::Connecting,
+    Phase::Synced,
+    Phase::Unreachable,
+    Phase::InvalidCredentials,
+];
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for a member's current phase, 0 for the others.
+    pub member_phase: Family<PhaseLabels, Gauge>,
+    /// Seconds since a member was last fully in sync (refreshed on scrape).
+    pub member_last_sync_age: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    last_sync: ArcSwap<BTreeMap<String, SystemTime>>,
+    /// Watch events received per member and resource.
+    pub watch_events: Family<WatchLabels, Counter>,
+    /// Registered members.
+    pub members: Gauge,
+    /// Global services in the catalog.
+    pub catalog_services: Gauge,
+    /// Endpoints in the catalog.
+    pub catalog_endpoints: Gauge,
+    /// Version of the current snapshot.
+    pub snapshot_version: Gauge<u64, AtomicU64>,
+    /// New snapshot versions published.
+    pub snapshot_publishes: Counter,
+    /// Snapshots sent to subscribers.
+    pub snapshot_pushes: Counter,
+    /// Time to hand one snapshot to a subscriber's stream.
+    pub snapshot_push_duration: Histogram,
+    /// Connected subscribers.
+    pub subscribers: Gauge,
+    /// Reconciliations per reconciler.
+    pub reconciliations: Family<ControllerLabels, Counter>,
+    /// Failed reconciliations per reconciler and error.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("meridian"),
+            member_phase: Family::default(),
+            member_last_sync_age: Family::default(),
+            last_sync: ArcSwap::from_pointee(BTreeMap::new()),
+            watch_events: Family::default(),
+            members: Gauge::default(),
+            catalog_services: Gauge::default(),
+            catalog_endpoints: Gauge::default(),
+            snapshot_version: Gauge::default(),
+            snapshot_publishes: Counter::default(),
+            snapshot_pushes: Counter::default(),
+            snapshot_push_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            subscribers: Gauge::default(),
+            reconciliations: Family::default(),
+            reconcile_errors: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "member_phase",
+            "Current phase of each member cluster (1 = in that phase)",
+            m.member_phase.clone(),
+        );
+        r.register(
+            "member_last_sync_age_seconds",
+            "Seconds since the member was last fully in sync",
+            m.member_last_sync_age.clone(),
+        );
+        r.register(
+            "watch_events",
+            "Watch events received per member and resource",
+            m.watch_events.clone(),
+        );
+        r.register("members", "Registered member clusters", m.members.clone());
+        r.register(
+            "catalog_services",
+            "Global services in the catalog",
+            m.catalog_services.clone(),
+        );
+        r.register(
+            "catalog_endpoints",
+            "Endpoints in the catalog",
+            m.catalog_endpoints.clone(),
+        );
+        r.register(
+            "snapshot_version",
+            "Content version of the current snapshot",
+            m.snapshot_version.clone(),
+        );
+        r.register(
+            "snapshot_publishes",
+            "New snapshot versions published",
+            m.snapshot_publishes.clone(),
+        );
+        r.register(
+            "snapshot_pushes",
+            "Snapshots sent to subscribers",
+            m.snapshot_pushes.clone(),
+        );
+        r.register(
+            "snapshot_push_duration_seconds",
+            "Time to hand one snapshot to a subscriber stream",
+            m.snapshot_push_duration.clone(),
+        );
+        r.register(
+            "subscribers",
+            "Connected snapshot subscribers",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "reconciliations",
+            "Reconciliations per reconciler",
+            m.reconciliations.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciliations per reconciler and error",
+            m.reconcile_errors.clone(),
+        );
+        m
+    }
+}
+
+impl Metrics {
+    /// Records a member's phase.
+    pub fn set_phase(&self, cluster: &str, phase: Phase) {
+        for p in PHASES {
+            self.member_phase
+                .get_or_create(&PhaseLabels {
+                    cluster: cluster.to_owned(),
+                    phase: p.to_string(),
+                })
+                .set(i64::from(p == phase));
+        }
+    }
+
+    /// Records that a member was fully in sync at `at`.
+    pub fn set_synced(&self, cluster: &str, at: SystemTime) {
+        self.last_sync.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.insert(cluster.to_owned(), at);
+            m
+        });
+    }
+
+    /// Forgets a member that was unregistered.
+    pub fn remove_member(&self, cluster: &str) {
+        for p in PHASES {
+            self.member_phase.remove(&PhaseLabels {
+                cluster: cluster.to_owned(),
+                phase: p.to_string(),
+            });
+        }
+        self.member_last_sync_age.remove(&ClusterLabels {
+            cluster: cluster.to_owned(),
+        });
+        self.last_sync.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.remove(cluster);
+            m
+        });
+    }
+
+    /// Counts one watch event.
+    pub fn watch_event(&self, cluster: &str, resource: &str) {
+        self.watch_events
+            .get_or_create(&WatchLabels {
+                cluster: cluster.to_owned(),
+                resource: resource.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one snapshot sent to a subscriber.
+    pub fn observe_push(&self, took: Duration) {
+        self.snapshot_pushes.inc();
+        self.snapshot_push_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one reconciliation.
+    pub fn reconciled(&self, controller: &str) {
+        self.reconciliations
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed reconciliation.
+    pub fn reconcile_failed(&self, controller: &str, error: &crate::Error) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.to_owned(),
+                error: error.metric_label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let now = SystemTime::now();
+        for (cluster, at) in self.last_sync.load().iter() {
+            let age = now.duration_since(*at).unwrap_or_default();
+            self.member_last_sync_age
+                .get_or_create(&ClusterLabels {
+                    cluster: cluster.clone(),
+                })
+                .set(age.as_secs_f64());
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let resp = match req.uri().path() {
+        "/metrics" => Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(metrics.render()))),
+        "/healthz" | "/readyz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"not found\n"))),
+    };
+    Ok(resp.expect("static response parts are valid"))
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_member_and_snapshot_metrics() {
+        let m = Metrics::default();
+        m.set_phase("a", Phase::Synced);
+        m.set_synced("a", SystemTime::now() - Duration::from_secs(3));
+        m.watch_event("a", "Service");
+        m.snapshot_version.set(42);
+        m.reconcile_failed("policy", &crate::Error::InvalidObject("x".into()));
+        let text = m.render();
+        assert!(
+            text.contains(r#"meridian_member_phase{cluster="a",phase="Synced"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"meridian_member_phase{cluster="a",phase="Unreachable"} 0"#));
+        assert!(
+            text.contains(r#"meridian_member_last_sync_age_seconds{cluster="a"} 3."#),
+            "{text}"
+        );
+        assert!(text.contains(r#"meridian_watch_events_total{cluster="a",resource="Service"} 1"#));
+        assert!(text.contains("meridian_snapshot_version 42"));
+        assert!(text.contains(
+            r#"meridian_reconcile_errors_total{controller="policy",error="invalid_object"} 1"#
+        ));
+    }
+}

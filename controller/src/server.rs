@@ -1,0 +1,284 @@
+//! The `meridian.v1.Discovery` gRPC server: streams full snapshots to this cluster's gateway
+//! and DNS server.
+//!
+//! The latest snapshot lives in a `tokio::sync::watch` channel, which only ever holds the
+//! newest value. Each subscriber has its own task that sends the current snapshot at once,
+//! then at most one snapshot per coalescing window (50 ms), always the newest. A slow
+//! subscriber only stalls its own task; the publisher never waits for anyone.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use meridian_api::proto::{self, Snapshot, Subscriber};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::metrics::Metrics;
+
+/// Minimum time between two sends to one subscriber.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
+
+/// The publishing side: the controller sets the latest snapshot here.
+#[derive(Clone)]
+pub struct SnapshotPublisher {
+    tx: Arc<watch::Sender<Option<Arc<Snapshot>>>>,
+}
+
+impl Default for SnapshotPublisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotPublisher {
+    /// A publisher with no snapshot yet (subscribers wait for the first one).
+    pub fn new() -> Self {
+        let (tx, _) = watch::channel(None);
+        Self { tx: Arc::new(tx) }
+    }
+
+    /// Publishes `snap` if its version differs from the current one; returns whether it did.
+    pub fn publish(&self, snap: Snapshot) -> bool {
+        self.tx.send_if_modified(|cur| {
+            if cur.as_ref().map(|c| c.version) == Some(snap.version) {
+                return false;
+            }
+            *cur = Some(Arc::new(snap));
+            true
+        })
+    }
+
+    /// The current snapshot, if any.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.tx.borrow().clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.tx.subscribe()
+    }
+}
+
+/// The Discovery service implementation.
+pub struct DiscoveryService {
+    cluster: String,
+    publisher: SnapshotPublisher,
+    metrics: Arc<Metrics>,
+}
+
+impl DiscoveryService {
+    /// Serves the snapshots of `publisher` to subscribers of cluster `cluster`.
+    pub fn new(cluster: String, publisher: SnapshotPublisher, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cluster,
+            publisher,
+            metrics,
+        }
+    }
+
+    /// The tonic service, ready to add to a server.
+    pub fn into_server(self) -> proto::discovery_server::DiscoveryServer<Self> {
+        proto::discovery_server::DiscoveryServer::new(self)
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+/// Feeds one subscriber until it goes away.
+async fn feed(
+    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    tx: mpsc::Sender<Result<Snapshot, Status>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_sent: Option<u64> = None;
+    loop {
+        // Wait for a snapshot newer than the last one sent (or the first one).
+        let snap = loop {
+            let cur = rx.borrow_and_update().clone();
+            if let Some(s) = cur
+                && Some(s.version) != last_sent
+            {
+                break s;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        };
+        let started = std::time::Instant::now();
+        // A full channel means the client is slow: this waits, but only in this task, and
+        // whatever is newest when it frees up is what goes next.
+        if tx.send(Ok((*snap).clone())).await.is_err() {
+            return;
+        }
+        metrics.observe_push(started.elapsed());
+        last_sent = Some(snap.version);
+        debug!(version = snap.version, "snapshot sent");
+        tokio::select! {
+            _ = tokio::time::sleep(COALESCE_WINDOW) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::discovery_server::Discovery for DiscoveryService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: Request<Subscriber>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let sub = request.into_inner();
+        if !sub.cluster.is_empty() && sub.cluster != self.cluster {
+            return Err(Status::invalid_argument(format!(
+                "this controller serves cluster {:?}, not {:?}",
+                self.cluster, sub.cluster
+            )));
+        }
+        info!(role = %sub.role, instance = %sub.instance, "subscriber connected");
+        let (tx, rx) = mpsc::channel(1);
+        let metrics = self.metrics.clone();
+        metrics.subscribers.inc();
+        let span = info_span!("subscriber", role = %sub.role, instance = %sub.instance);
+        let watch_rx = self.publisher.subscribe();
+        tokio::spawn(
+            async move {
+                feed(watch_rx, tx, metrics.clone()).await;
+                metrics.subscribers.dec();
+                info!("subscriber gone");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the Discovery (and, when given, other) gRPC services on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    discovery: DiscoveryService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(discovery.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "gRPC server failed");
+            crate::Error::Server(e.to_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_api::proto::discovery_client::DiscoveryClient;
+
+    fn snap(version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            cluster: "a".into(),
+            ..Snapshot::default()
+        }
+    }
+
+    async fn start(publisher: SnapshotPublisher) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()));
+        tokio::spawn(serve(listener, svc, async {
+            let _ = stop_rx.await;
+        }));
+        (addr, stop_tx)
+    }
+
+    fn subscriber(cluster: &str) -> Subscriber {
+        Subscriber {
+            cluster: cluster.into(),
+            role: "gateway".into(),
+            instance: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn new_subscriber_gets_current_snapshot_then_updates() {
+        let publisher = SnapshotPublisher::new();
+        assert!(publisher.publish(snap(7)));
+        assert!(
+            !publisher.publish(snap(7)),
+            "same version is not republished"
+        );
+        let (addr, _stop) = start(publisher.clone()).await;
+        let mut client = DiscoveryClient::connect(addr).await.unwrap();
+        let mut stream = client.watch(subscriber("a")).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().version, 7);
+        publisher.publish(snap(8));
+        assert_eq!(stream.message().await.unwrap().unwrap().version, 8);
+    }
+
+    #[tokio::test]
+    async fn bursts_are_coalesced_to_the_newest() {
+        let publisher = SnapshotPublisher::new();
+        publisher.publish(snap(1));
+        let (addr, _stop) = start(publisher.clone()).await;
+        let mut client = DiscoveryClient::connect(addr).await.unwrap();
+        let mut stream = client.watch(subscriber("")).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+        for v in 2..=200 {
+            publisher.publish(snap(v));
+        }
+        // However the burst interleaves with the window, the newest arrives and far fewer
+        // than 199 messages are sent.
+        let mut seen = Vec::new();
+        loop {
+            let v = stream.message().await.unwrap().unwrap().version;
+            seen.push(v);
+            if v == 200 {
+                break;
+            }
+        }
+        assert!(seen.len() < 10, "not coalesced: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "order: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_does_not_block_others() {
+        let publisher = SnapshotPublisher::new();
+        publisher.publish(snap(1));
+        let (addr, _stop) = start(publisher.clone()).await;
+        // A subscriber that never reads: its stream is opened and left alone.
+        let mut slow = DiscoveryClient::connect(addr.clone()).await.unwrap();
+        let _slow_stream = slow.watch(subscriber("a")).await.unwrap().into_inner();
+        let mut fast = DiscoveryClient::connect(addr).await.unwrap();
+        let mut stream = fast.watch(subscriber("a")).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+        // Large snapshots fill the slow client's transport buffers quickly.
+        let big = |v: u64| Snapshot {
+            version: v,
+            trust_domain: "x".repeat(256 * 1024),
+            ..Snapshot::default()
+        };
+        for v in 2..=20 {
+            publisher.publish(big(v));
+            let got = stream.message().await.unwrap().unwrap().version;
+            assert_eq!(got, v);
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_cluster_is_rejected() {
+        let publisher = SnapshotPublisher::new();
+        publisher.publish(snap(1));
+        let (addr, _stop) = start(publisher).await;
+        let mut client = DiscoveryClient::connect(addr).await.unwrap();
+        let err = client.watch(subscriber("zz")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}
