@@ -17,6 +17,9 @@ pub mod locality;
 pub mod pick;
 pub mod policy;
 pub mod split;
+pub mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use locality::{Locality, LocalityPattern};
 pub use policy::TrafficPolicy;

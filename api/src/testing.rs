@@ -1,0 +1,372 @@
+//! Test fakes shared by the DNS server, gateway and controller tests (cargo feature `testing`).
+//!
+//! [`FakeDiscovery`] is an in-process `meridian.v1.Discovery` server on `127.0.0.1`. Tests
+//! push the snapshots they want consumers to see, and stop and restart it on the same port
+//! to exercise reconnects and static stability.
+//!
+//! ```no_run
+//! use meridian_api::proto::{GlobalService, Snapshot};
+//! use meridian_api::testing::FakeDiscovery;
+//!
+//! # async fn example() -> std::io::Result<()> {
+//! let mut controller = FakeDiscovery::start().await?;
+//! controller.push(Snapshot {
+//!     version: 1,
+//!     cluster: "east".into(),
+//!     services: vec![GlobalService {
+//!         name: "reviews".into(),
+//!         namespace: "default".into(),
+//!         hostname: "reviews.default.global".into(),
+//!         vip: "10.96.0.10".into(),
+//!         ..Default::default()
+//!     }],
+//!     ..Default::default()
+//! });
+//! // Point the component under test at `controller.url()`, e.g. `--controller <url>`.
+//! let subscriber = controller.wait_for_subscribers(1).await.remove(0);
+//! assert_eq!(subscriber.role, "dns");
+//!
+//! controller.stop().await; // every stream ends, the port is closed
+//! controller.restart().await?; // same port; new subscribers get the latest snapshot
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::proto::discovery_server::{Discovery, DiscoveryServer};
+use crate::proto::{Snapshot, Subscriber};
+
+/// How long [`FakeDiscovery::stop`] waits for connections to close before cutting them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// An in-process fake of the controller's Discovery service.
+///
+/// Every Watch stream receives the current snapshot at once (if one was pushed) and then
+/// each later push, like the real controller. Pushes made while the server is stopped are
+/// kept and delivered after [`restart`](Self::restart).
+#[derive(Debug)]
+pub struct FakeDiscovery {
+    addr: SocketAddr,
+    snapshot: watch::Sender<Option<Arc<Snapshot>>>,
+    subscribers: Arc<watch::Sender<Vec<Subscriber>>>,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl FakeDiscovery {
+    /// Starts a server on a free port of `127.0.0.1`.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let mut fake = Self {
+            addr: listener.local_addr()?,
+            snapshot: watch::channel(None).0,
+            subscribers: Arc::new(watch::channel(Vec::new()).0),
+            running: None,
+        };
+        fake.serve(listener);
+        Ok(fake)
+    }
+
+    /// The address the server listens on (kept across restarts).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint URL for clients, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether the server is currently accepting connections.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Publishes `snapshot` to every open stream and to every later subscriber.
+    pub fn push(&self, snapshot: Snapshot) {
+        self.snapshot.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    /// The last pushed snapshot.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Every Watch request received so far, in arrival order (across restarts).
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        self.subscribers.borrow().clone()
+    }
+
+    /// Waits until at least `count` Watch requests have been received; returns them all.
+    pub async fn wait_for_subscribers(&self, count: usize) -> Vec<Subscriber> {
+        let mut subscribers = self.subscribers.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let seen = subscribers
+            .wait_for(|seen| seen.len() >= count)
+            .await
+            .map(|seen| seen.clone());
+        seen.unwrap_or_default()
+    }
+
+    /// Stops the server: every open stream ends with `UNAVAILABLE`, connections close and
+    /// the port is released. Does nothing if already stopped.
+    pub async fn stop(&mut self) {
+        let Some(Running { stop, mut server }) = self.running.take() else {
+            return;
+        };
+        stop.send_replace(true);
+        if tokio::time::timeout(STOP_GRACE, &mut server).await.is_err() {
+            warn!(addr = %self.addr, "fake discovery server did not stop in time; aborting it");
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Starts the server again on the same address. Does nothing if it is running.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener);
+        Ok(())
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (stop, stopped) = watch::channel(false);
+        let service = WatchService {
+            snapshot: self.snapshot.subscribe(),
+            subscribers: self.subscribers.clone(),
+            stopped: stopped.clone(),
+        };
+        let mut shutdown = stopped;
+        let addr = self.addr;
+        let server = tokio::spawn(
+            async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(DiscoveryServer::new(service))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        until_stopped(&mut shutdown).await
+                    })
+                    .await;
+                if let Err(error) = result {
+                    warn!(%error, "fake discovery server failed");
+                }
+            }
+            .instrument(info_span!("fake_discovery", %addr)),
+        );
+        self.running = Some(Running { stop, server });
+    }
+}
+
+impl Drop for FakeDiscovery {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop.send_replace(true);
+            running.server.abort();
+        }
+    }
+}
+
+/// The Discovery implementation behind [`FakeDiscovery`].
+struct WatchService {
+    snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
+    subscribers: Arc<watch::Sender<Vec<Subscriber>>>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // The guard returned by `wait_for` is not `Send`; drop it here, not in a caller's select!.
+    let _ = stopped.wait_for(|stopped| *stopped).await;
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for WatchService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: Request<Subscriber>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let subscriber = request.into_inner();
+        debug!(?subscriber, "watch");
+        self.subscribers
+            .send_modify(|seen| seen.push(subscriber.clone()));
+        let (tx, rx) = mpsc::channel(4);
+        let mut snapshot = self.snapshot.clone();
+        let mut stopped = self.stopped.clone();
+        // The current snapshot goes out at once, like the real controller's.
+        snapshot.mark_changed();
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        changed = snapshot.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            let Some(current) = snapshot.borrow_and_update().clone() else {
+                                continue;
+                            };
+                            tokio::select! {
+                                sent = tx.send(Ok(Snapshot::clone(&current))) => {
+                                    if sent.is_err() {
+                                        return; // the client went away
+                                    }
+                                }
+                                _ = until_stopped(&mut stopped) => break,
+                            }
+                        }
+                        _ = until_stopped(&mut stopped) => break,
+                    }
+                }
+                // Ending every stream lets the server's graceful shutdown complete.
+                let _ = tx.try_send(Err(Status::unavailable("fake discovery server stopping")));
+            }
+            .instrument(
+                info_span!("fake_watch", cluster = %subscriber.cluster, role = %subscriber.role),
+            ),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::GlobalService;
+    use crate::subscription::{Subscription, SubscriptionConfig};
+
+    fn snapshot(version: u64, vip: &str) -> Snapshot {
+        Snapshot {
+            version,
+            cluster: "east".into(),
+            services: vec![GlobalService {
+                name: "reviews".into(),
+                namespace: "default".into(),
+                hostname: "reviews.default.global".into(),
+                vip: vip.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn config(url: String) -> SubscriptionConfig {
+        let mut config = SubscriptionConfig::new(
+            url,
+            Subscriber {
+                cluster: "east".into(),
+                role: "gateway".into(),
+                instance: "gw-0".into(),
+            },
+        );
+        config.min_backoff = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(200);
+        config
+    }
+
+    /// Waits (bounded, to fail instead of hanging) for a snapshot with `version`.
+    async fn wait_version(subscription: &Subscription, version: u64) -> Arc<Snapshot> {
+        let mut snapshots = subscription.snapshots();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            snapshots.wait_for(|s| s.as_ref().is_some_and(|s| s.version == version)),
+        )
+        .await
+        .expect("snapshot within 30 s")
+        .expect("subscription alive")
+        .clone()
+        .expect("some snapshot")
+    }
+
+    #[tokio::test]
+    async fn subscription_follows_pushes_and_survives_restarts() {
+        let mut fake = FakeDiscovery::start().await.expect("start");
+        fake.push(snapshot(1, "10.0.0.1"));
+        let subscription = Subscription::spawn(config(fake.url())).expect("spawn");
+
+        let first = wait_version(&subscription, 1).await;
+        assert_eq!(first.services[0].vip, "10.0.0.1");
+        let seen = fake.wait_for_subscribers(1).await;
+        assert_eq!(seen[0].role, "gateway");
+        assert_eq!(seen[0].instance, "gw-0");
+        assert!(subscription.status().connected);
+
+        fake.push(snapshot(2, "10.0.0.2"));
+        assert_eq!(
+            wait_version(&subscription, 2).await.services[0].vip,
+            "10.0.0.2"
+        );
+
+        // Controller away: the last snapshot stays published.
+        fake.stop().await;
+        let mut status = subscription.status_changes();
+        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| !s.connected))
+            .await
+            .expect("disconnect noticed")
+            .expect("alive");
+        assert_eq!(subscription.latest().map(|s| s.version), Some(2));
+
+        // Back on the same port with newer content: picked up after reconnecting.
+        fake.push(snapshot(3, "10.0.0.3"));
+        fake.restart().await.expect("restart");
+        assert_eq!(
+            wait_version(&subscription, 3).await.services[0].vip,
+            "10.0.0.3"
+        );
+        let status = subscription.status();
+        assert!(status.connects >= 2, "{status:?}");
+        assert_eq!(status.version, Some(3));
+        assert!(fake.subscribers().len() >= 2);
+        subscription.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unchanged_snapshot_after_reconnect_is_not_republished() {
+        let mut fake = FakeDiscovery::start().await.expect("start");
+        fake.push(snapshot(7, "10.0.0.7"));
+        let subscription = Subscription::spawn(config(fake.url())).expect("spawn");
+        let mut snapshots = subscription.snapshots();
+        wait_version(&subscription, 7).await;
+        snapshots.borrow_and_update();
+
+        fake.stop().await;
+        fake.restart().await.expect("restart");
+        let mut status = subscription.status_changes();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|s| s.connected && s.snapshots >= 2),
+        )
+        .await
+        .expect("resubscribed")
+        .expect("alive");
+        assert!(!snapshots.has_changed().expect("alive"));
+        subscription.shutdown().await;
+    }
+}
