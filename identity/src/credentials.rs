@@ -1,0 +1,170 @@
+//! A gateway's credentials: its certified key, identity and the mesh roots it trusts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::identity::{identities_in, uri_sans};
+use crate::{Error, Identity, tls};
+
+/// A certified key with its identity, validity and the mesh roots. Cheap to clone.
+#[derive(Clone)]
+pub struct Credentials {
+    identity: Identity,
+    certified: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity.to_string())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Builds credentials from a chain (leaf first), its private key and the mesh roots.
+    /// The leaf must carry a Meridian gateway identity (`expected`, when given) and match
+    /// the key.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+        expected: Option<&Identity>,
+    ) -> Result<Self, Error> {
+        let leaf = chain
+            .first()
+            .ok_or(Error::NoCertificate("certificate chain"))?;
+        let found = identities_in(leaf)?;
+        let identity = match expected {
+            Some(want) if found.contains(want) => want.clone(),
+            Some(want) => {
+                return Err(Error::IdentityMismatch {
+                    expected: want.to_string(),
+                    found: uri_sans(leaf)?.join(", "),
+                });
+            }
+            None => found
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NoIdentity(uri_sans(leaf).unwrap_or_default().join(", ")))?,
+        };
+        let (not_before, not_after) = validity(leaf)?;
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r)?;
+        }
+        if store.is_empty() {
+            return Err(Error::NoCertificate("root certificate"));
+        }
+        let signing = tls::provider().key_provider.load_private_key(key)?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match()?;
+        Ok(Self {
+            identity,
+            certified: Arc::new(certified),
+            roots: Arc::new(store),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Builds credentials from PEM text: chain (leaf first), PKCS#8/SEC1/PKCS#1 key, roots.
+    pub fn from_pem(chain_pem: &str, key_pem: &str, root_pem: &str) -> Result<Self, Error> {
+        let chain = parse_certs("certificate chain", chain_pem)?;
+        let roots = parse_certs("root certificate", root_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| Error::Pem {
+                what: "private key",
+                source,
+            })?;
+        Self::new(chain, key, roots, None)
+    }
+
+    /// Reads PEM files (see [`Credentials::from_pem`]).
+    pub fn from_files(chain: &Path, key: &Path, root: &Path) -> Result<Self, Error> {
+        Self::from_pem(
+            &crate::ca::read(chain)?,
+            &crate::ca::read(key)?,
+            &crate::ca::read(root)?,
+        )
+    }
+
+    /// The identity the leaf certifies.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Key and chain, as rustls uses them.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified
+    }
+
+    /// The mesh roots peers must chain to.
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
+
+    /// Start of the leaf's validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of the leaf's validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// When to renew: half way through the leaf's lifetime.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
+        self.not_before + life / 2
+    }
+
+    /// Whether the leaf is outside its validity at `now`.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        now >= self.not_after || now < self.not_before
+    }
+}
+
+/// Every certificate in a PEM document (at least one).
+pub fn parse_certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(Error::NoCertificate(what));
+    }
+    Ok(certs)
+}
+
+fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
+    use x509_parser::prelude::*;
+    let (_, c) = X509Certificate::from_der(cert).map_err(|e| Error::Malformed {
+        what: "leaf certificate",
+        reason: e.to_string(),
+    })?;
+    let at = |t: i64| {
+        if t >= 0 {
+            UNIX_EPOCH + Duration::from_secs(t as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(t.unsigned_abs())
+        }
+    };
+    Ok((
+        at(c.validity().not_before.timestamp()),
+        at(c.validity().not_after.timestamp()),
+    ))
+}
