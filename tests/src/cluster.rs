@@ -1,0 +1,623 @@
+//! One simulated cluster: etcd + kube-apiserver, Node objects, and the simulated kubelet
+//! (echo pods, their Pod status) and endpoints controller.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::apiserver::{ApiServer, ApiServerConfig};
+use crate::binaries::Binaries;
+use crate::echo::{EchoReply, EchoServer};
+use crate::endpoints;
+use crate::error::{Error, Result};
+use crate::etcd::Etcd;
+use crate::kubeconfig;
+use crate::network::{LoopbackBlock, free_port, loopback_to_pod_ip};
+use crate::node::NodeInfo;
+use crate::pki::ClusterPki;
+use crate::pod::{PodHandle, PodSpec, pod_object, pod_status};
+use crate::service::ServiceSpec;
+
+/// Namespace every cluster starts with (where Meridian's own objects live).
+pub const SYSTEM_NAMESPACE: &str = "meridian-system";
+
+/// Deadline for etcd and the API server to become ready (generous: CI machines are slow
+/// and other builds may compete for the CPUs).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Most clusters per testbed: each gets its own Service CIDR `172.(16+i).0.0/16`.
+pub const MAX_CLUSTERS: usize = 16;
+
+/// What cluster to start. Build with [`ClusterSpec::new`] and the chained setters.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Cluster name (a DNS label): kubeconfig context, node name prefix, echo replies.
+    pub name: String,
+    /// Region label of every node.
+    pub region: String,
+    /// Zones; each gets `nodes_per_zone` nodes (per subzone, if any).
+    pub zones: Vec<String>,
+    /// Subzones present in every zone (labelled `topology.istio.io/subzone`). Default none.
+    pub subzones: Vec<String>,
+    /// Nodes per zone (or per subzone). Default 1.
+    pub nodes_per_zone: usize,
+}
+
+impl ClusterSpec {
+    /// A cluster `name` in `region` with one node in each of `zones`.
+    pub fn new(
+        name: impl Into<String>,
+        region: impl Into<String>,
+        zones: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        ClusterSpec {
+            name: name.into(),
+            region: region.into(),
+            zones: zones.into_iter().map(Into::into).collect(),
+            subzones: Vec::new(),
+            nodes_per_zone: 1,
+        }
+    }
+
+    /// Sets the subzones present in every zone.
+    pub fn subzones(mut self, subzones: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.subzones = subzones.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the number of nodes per zone (or per subzone).
+    pub fn nodes_per_zone(mut self, nodes: usize) -> Self {
+        self.nodes_per_zone = nodes;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        if !label(&self.name) {
+            return Err(Error::InvalidSpec(format!(
+                "cluster name {:?} must be a lowercase DNS label",
+                self.name
+            )));
+        }
+        if self.region.is_empty() || self.zones.is_empty() || self.nodes_per_zone == 0 {
+            return Err(Error::InvalidSpec(format!(
+                "cluster {} needs a region, at least one zone and one node per zone",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
+        let subzones: Vec<Option<&str>> = if self.subzones.is_empty() {
+            vec![None]
+        } else {
+            self.subzones.iter().map(|s| Some(s.as_str())).collect()
+        };
+        let mut nodes = Vec::new();
+        for zone in &self.zones {
+            for subzone in &subzones {
+                for i in 1..=self.nodes_per_zone {
+                    nodes.push(NodeInfo::new(&self.name, &self.region, zone, *subzone, i));
+                }
+            }
+        }
+        nodes
+    }
+}
+
+/// A running simulated cluster. Owned by its [`crate::Testbed`]; everything stops when the
+/// testbed is dropped.
+pub struct Cluster {
+    spec: ClusterSpec,
+    client: Client,
+    kubeconfig: String,
+    kubeconfig_path: PathBuf,
+    server_url: String,
+    address: Ipv4Addr,
+    service_cidr: String,
+    block: Arc<LoopbackBlock>,
+    nodes: Vec<NodeInfo>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.spec.name)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    // Field order is drop order: pods, then the API server, then etcd.
+    pods: BTreeMap<(String, String), PodEntry>,
+    apiserver: ApiServer,
+    etcd: Etcd,
+    /// Pods whose status changed while the API server was stopped.
+    unsynced: BTreeSet<(String, String)>,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    handle: PodHandle,
+    image: String,
+    ready: bool,
+    started: Timestamp,
+    echo: Option<EchoServer>,
+}
+
+impl Cluster {
+    /// Starts etcd and the API server, then creates the system namespace and the nodes.
+    #[tracing::instrument(name = "cluster", skip_all, fields(cluster = %spec.name))]
+    pub(crate) async fn start(
+        spec: ClusterSpec,
+        index: usize,
+        binaries: &Binaries,
+        minor_version: u32,
+        block: Arc<LoopbackBlock>,
+        root: &Path,
+    ) -> Result<Cluster> {
+        spec.validate()?;
+        let dir = root.join(&spec.name);
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let address = block.allocate()?;
+        let pki = ClusterPki::generate(&spec.name, address.into(), &dir)?;
+
+        let mut etcd = Etcd::start(&spec.name, &binaries.etcd, address, &dir)?;
+        etcd.wait_ready(STARTUP_TIMEOUT).await?;
+        tracing::debug!("etcd ready");
+
+        let service_cidr = format!("172.{}.0.0/16", 16 + index);
+        let mut apiserver = ApiServer::new(ApiServerConfig {
+            cluster: spec.name.clone(),
+            binary: binaries.kube_apiserver.clone(),
+            minor_version,
+            ip: address,
+            port: free_port(address)?,
+            etcd_url: etcd.client_url(),
+            service_cidr: service_cidr.clone(),
+            pki: pki.files.clone(),
+            dir: dir.clone(),
+        });
+        apiserver.start()?;
+        let server_url = apiserver.url();
+        let kubeconfig = kubeconfig::render(
+            &spec.name,
+            &server_url,
+            &pki.ca_pem,
+            &pki.admin_cert_pem,
+            &pki.admin_key_pem,
+        );
+        let kubeconfig_path = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig_path, &kubeconfig)
+            .map_err(Error::io(format!("writing {}", kubeconfig_path.display())))?;
+        let client = kubeconfig::client(&spec.name, &kubeconfig).await?;
+        apiserver.wait_ready(&client, STARTUP_TIMEOUT).await?;
+        tracing::debug!(url = %server_url, "kube-apiserver ready");
+
+        let nodes = spec.nodes();
+        let cluster = Cluster {
+            spec,
+            client,
+            kubeconfig,
+            kubeconfig_path,
+            server_url,
+            address,
+            service_cidr,
+            block,
+            nodes,
+            state: Mutex::new(State {
+                pods: BTreeMap::new(),
+                apiserver,
+                etcd,
+                unsynced: BTreeSet::new(),
+            }),
+        };
+        cluster.create_namespace(SYSTEM_NAMESPACE).await?;
+        cluster.create_nodes().await?;
+        Ok(cluster)
+    }
+
+    /// Cluster name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Region of every node.
+    pub fn region(&self) -> &str {
+        &self.spec.region
+    }
+
+    /// Zones, in spec order.
+    pub fn zones(&self) -> &[String] {
+        &self.spec.zones
+    }
+
+    /// The spec the cluster was started from.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// The nodes (created at startup).
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// An admin (`system:masters`) client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The admin kubeconfig, self-contained (certificates inline); context = cluster name.
+    pub fn kubeconfig(&self) -> &str {
+        &self.kubeconfig
+    }
+
+    /// A file holding [`Cluster::kubeconfig`], for `kubectl --kubeconfig` and binaries.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// The API server URL, `https://127.B.X.Y:PORT` (stable across restarts).
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The loopback address of the cluster's etcd and API server.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// The Service ClusterIP range (distinct per cluster).
+    pub fn service_cidr(&self) -> &str {
+        &self.service_cidr
+    }
+
+    /// A fresh loopback address of this testbed, for a process the test runs itself (a
+    /// gateway, a DNS server). Never handed out twice.
+    pub fn allocate_address(&self) -> Result<Ipv4Addr> {
+        self.block.allocate()
+    }
+
+    /// Process ids of etcd and (if running) kube-apiserver, for teardown checks.
+    pub async fn process_ids(&self) -> Vec<u32> {
+        let state = self.state.lock().await;
+        let mut pids = vec![state.etcd.pid()];
+        pids.extend(state.apiserver.pid());
+        pids
+    }
+
+    /// Creates a namespace; succeeds if it exists.
+    pub async fn create_namespace(&self, name: &str) -> Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(Error::kube(format!("creating namespace {name}"))(e)),
+        }
+    }
+
+    /// Creates a Service and its Endpoints (from the pods it selects).
+    pub async fn create_service(&self, spec: &ServiceSpec) -> Result<Service> {
+        let _state = self.running_api().await?;
+        self.create_namespace(&spec.namespace).await?;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &spec.namespace);
+        let created = services
+            .create(&PostParams::default(), &spec.to_service())
+            .await
+            .map_err(Error::kube(format!(
+                "creating Service {}/{}",
+                spec.namespace, spec.name
+            )))?;
+        endpoints::sync_namespace(&self.client, &spec.namespace).await?;
+        Ok(created)
+    }
+
+    /// Deletes a Service and the Endpoints the testbed wrote for it.
+    pub async fn delete_service(&self, namespace: &str, name: &str) -> Result<()> {
+        let _state = self.running_api().await?;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        services
+            .delete(name, &DeleteParams::default())
+            .await
+            .map_err(Error::kube(format!("deleting Service {namespace}/{name}")))?;
+        endpoints::sync_namespace(&self.client, namespace).await
+    }
+
+    /// Recomputes the Endpoints of every Service in `namespace`. Testbed calls do this
+    /// themselves; call it after changing Services or Pods through the API directly.
+    pub async fn sync_endpoints(&self, namespace: &str) -> Result<()> {
+        let _state = self.running_api().await?;
+        endpoints::sync_namespace(&self.client, namespace).await
+    }
+
+    /// Adds a pod: an echo server on a fresh loopback address (unless `spec.echo` is false),
+    /// a Pod object on the chosen node with a Running status, and updated Endpoints.
+    pub async fn add_pod(&self, spec: PodSpec) -> Result<PodHandle> {
+        let node = self.place(&spec)?.clone();
+        let mut state = self.running_api().await?;
+        let key = (spec.namespace.clone(), spec.name.clone());
+        if state.pods.contains_key(&key) {
+            return Err(Error::InvalidSpec(format!(
+                "pod {}/{} already exists in cluster {}",
+                spec.namespace,
+                spec.name,
+                self.name()
+            )));
+        }
+        self.create_namespace(&spec.namespace).await?;
+
+        let address = self.block.allocate()?;
+        let pod_ip = match loopback_to_pod_ip(address.into()) {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => unreachable!("loopback block is IPv4"),
+        };
+        let handle = PodHandle {
+            cluster: self.name().to_string(),
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            pod_ip,
+            address,
+            node: node.name.clone(),
+            zone: node.zone.clone(),
+            ports: spec.effective_ports(),
+        };
+        let echo = if spec.echo {
+            let reply = EchoReply {
+                cluster: self.name().to_string(),
+                zone: node.zone.clone(),
+                pod: spec.name.clone(),
+                version: spec.version.clone(),
+            };
+            let ports = handle.ports.iter().map(|p| p.port).collect();
+            let mut server = EchoServer::new(address, ports, &reply);
+            server.start().await?;
+            Some(server)
+        } else {
+            None
+        };
+
+        let object = pod_object(&spec, &node.name);
+        let image = object
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers[0].image.clone())
+            .unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &spec.namespace);
+        pods.create(&PostParams::default(), &object)
+            .await
+            .map_err(Error::kube(format!(
+                "creating Pod {}/{}",
+                spec.namespace, spec.name
+            )))?;
+        let entry = PodEntry {
+            handle: handle.clone(),
+            image,
+            ready: spec.ready,
+            started: Timestamp::now(),
+            echo,
+        };
+        self.write_pod_status(&entry).await?;
+        state.pods.insert(key, entry);
+        endpoints::sync_namespace(&self.client, &spec.namespace).await?;
+        tracing::debug!(pod = %spec.name, ip = %pod_ip, %address, node = %node.name, "pod added");
+        Ok(handle)
+    }
+
+    /// Removes a pod: stops its echo server, deletes the Pod, updates Endpoints.
+    pub async fn remove_pod(&self, pod: &PodHandle) -> Result<()> {
+        let mut state = self.running_api().await?;
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let Some(mut entry) = state.pods.remove(&key) else {
+            return Err(self.no_pod(pod));
+        };
+        state.unsynced.remove(&key);
+        if let Some(echo) = &mut entry.echo {
+            echo.stop().await;
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        // Grace period 0: no kubelet will ever confirm a graceful deletion.
+        pods.delete(&pod.name, &DeleteParams::default().grace_period(0))
+            .await
+            .map_err(Error::kube(format!(
+                "deleting Pod {}/{}",
+                pod.namespace, pod.name
+            )))?;
+        endpoints::sync_namespace(&self.client, &pod.namespace).await
+    }
+
+    /// Flips a pod's readiness, as its kubelet would after a readiness probe: the Pod's
+    /// Ready condition and the Endpoints change; the echo server keeps serving. While the
+    /// API server is stopped the change is recorded and written when it restarts.
+    pub async fn set_pod_ready(&self, pod: &PodHandle, ready: bool) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let Some(entry) = state.pods.get_mut(&key) else {
+            return Err(self.no_pod(pod));
+        };
+        entry.ready = ready;
+        if !state.apiserver.is_running() {
+            state.unsynced.insert(key);
+            return Ok(());
+        }
+        self.write_pod_status(&state.pods[&key]).await?;
+        endpoints::sync_namespace(&self.client, &pod.namespace).await
+    }
+
+    /// Makes the pod's echo server answer HTTP 503 (and close raw TCP connections at once),
+    /// or answer normally again. Kubernetes objects are untouched.
+    pub async fn set_pod_failing(&self, pod: &PodHandle, failing: bool) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.echo_of(&mut state, pod)?.set_failing(failing);
+        Ok(())
+    }
+
+    /// Stops the pod's echo server (connections refused, open ones dropped), like a
+    /// crashed process before its kubelet notices. Kubernetes objects are untouched;
+    /// combine with [`Cluster::set_pod_ready`] to simulate the kubelet noticing.
+    pub async fn stop_pod(&self, pod: &PodHandle) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.echo_of(&mut state, pod)?.stop().await;
+        Ok(())
+    }
+
+    /// Restarts a stopped pod's echo server on the same address and ports.
+    pub async fn start_pod(&self, pod: &PodHandle) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.echo_of(&mut state, pod)?.start().await
+    }
+
+    /// Whether the pod's echo server is listening.
+    pub async fn pod_running(&self, pod: &PodHandle) -> Result<bool> {
+        let mut state = self.state.lock().await;
+        Ok(self.echo_of(&mut state, pod)?.is_running())
+    }
+
+    /// Kills the cluster's API server (SIGKILL). etcd keeps running, so no data is lost;
+    /// clients get connection errors until [`Cluster::start_api_server`].
+    pub async fn stop_api_server(&self) {
+        let mut state = self.state.lock().await;
+        state.apiserver.stop();
+        tracing::info!(cluster = %self.name(), "kube-apiserver stopped");
+    }
+
+    /// Starts the API server again (same address, port and credentials), waits until it is
+    /// ready, then writes pod changes made while it was down.
+    pub async fn start_api_server(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        if !state.apiserver.is_running() {
+            state.apiserver.start()?;
+        }
+        state
+            .apiserver
+            .wait_ready(&self.client, STARTUP_TIMEOUT)
+            .await?;
+        let unsynced = std::mem::take(&mut state.unsynced);
+        let mut namespaces = BTreeSet::new();
+        for key in unsynced {
+            if let Some(entry) = state.pods.get(&key) {
+                self.write_pod_status(entry).await?;
+                namespaces.insert(key.0);
+            }
+        }
+        for namespace in namespaces {
+            endpoints::sync_namespace(&self.client, &namespace).await?;
+        }
+        tracing::info!(cluster = %self.name(), "kube-apiserver started");
+        Ok(())
+    }
+
+    /// Whether the API server process is running.
+    pub async fn api_server_running(&self) -> bool {
+        self.state.lock().await.apiserver.is_running()
+    }
+
+    async fn create_nodes(&self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let status = serde_json::json!({ "status": NodeInfo::ready_status() });
+        for node in &self.nodes {
+            nodes
+                .create(&PostParams::default(), &node.to_node())
+                .await
+                .map_err(Error::kube(format!("creating Node {}", node.name)))?;
+            nodes
+                .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .map_err(Error::kube(format!("writing status of Node {}", node.name)))?;
+        }
+        Ok(())
+    }
+
+    async fn write_pod_status(&self, entry: &PodEntry) -> Result<()> {
+        let h = &entry.handle;
+        let status = pod_status(h.pod_ip, &entry.image, entry.ready, &entry.started);
+        let patch = serde_json::json!({ "status": status });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &h.namespace);
+        pods.patch_status(&h.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube(format!(
+                "writing status of Pod {}/{}",
+                h.namespace, h.name
+            )))?;
+        Ok(())
+    }
+
+    /// The node a pod spec asks for.
+    fn place(&self, spec: &PodSpec) -> Result<&NodeInfo> {
+        let found = match (&spec.node, &spec.zone) {
+            (Some(node), _) => self.nodes.iter().find(|n| &n.name == node),
+            (None, zone) => {
+                let zone = zone.as_deref().unwrap_or(&self.spec.zones[0]);
+                self.nodes.iter().find(|n| {
+                    n.zone == zone
+                        && (spec.subzone.is_none() || n.subzone.as_ref() == spec.subzone.as_ref())
+                })
+            }
+        };
+        found.ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "no node in cluster {} matches pod {} (node {:?}, zone {:?}, subzone {:?})",
+                self.name(),
+                spec.name,
+                spec.node,
+                spec.zone,
+                spec.subzone
+            ))
+        })
+    }
+
+    /// Locks the state, failing if the API server is stopped.
+    async fn running_api(&self) -> Result<MutexGuard<'_, State>> {
+        let mut state = self.state.lock().await;
+        if !state.apiserver.is_running() {
+            return Err(Error::ApiServerStopped {
+                cluster: self.name().to_string(),
+            });
+        }
+        Ok(state)
+    }
+
+    fn echo_of<'a>(&self, state: &'a mut State, pod: &PodHandle) -> Result<&'a mut EchoServer> {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let entry = state.pods.get_mut(&key).ok_or_else(|| self.no_pod(pod))?;
+        entry.echo.as_mut().ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "pod {}/{} runs no echo server",
+                pod.namespace, pod.name
+            ))
+        })
+    }
+
+    fn no_pod(&self, pod: &PodHandle) -> Error {
+        Error::NotFound {
+            kind: "pod",
+            name: format!("{}/{} in cluster {}", pod.namespace, pod.name, self.name()),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Meridian's hermetic multi-cluster testbed.
+//!
+//! Each simulated cluster is a real etcd and a real kube-apiserver (envtest-style) on its
+//! own loopback address, with Node objects carrying topology labels, and "pods" that are
+//! echo servers on `127.B.X.Y` addresses answering `{"cluster","zone","pod","version"}`.
+//! The testbed plays kubelet (Pod status) and endpoints controller (core/v1 Endpoints);
+//! see `docs/testing.md` for what is real and what is simulated.
+//!
+//! ```no_run
+//! use meridian_testbed::{ClusterSpec, PodSpec, ServicePortSpec, ServiceSpec, Testbed};
+//!
+//! # async fn demo() -> meridian_testbed::Result<()> {
+//! let testbed = Testbed::start(&[
+//!     ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),
+//!     ClusterSpec::new("west", "us-west1", ["us-west1-a"]),
+//! ])
+//! .await?;
+//! let east = testbed.cluster("east")?;
+//! east.create_service(&ServiceSpec::new("web").port(ServicePortSpec::http("http", 80).target(8080)))
+//!     .await?;
+//! let pod = east.add_pod(PodSpec::new("web-1").app("web").zone("us-east1-b")).await?;
+//! east.set_pod_ready(&pod, false).await?; // Endpoints now list it as not ready
+//! east.set_pod_failing(&pod, true).await?; // HTTP 503 from pod.socket_addr(8080)
+//! # Ok(())
+//! # }
+//! ```
+#![deny(unsafe_code)]
+
+mod apiserver;
+mod binaries;
+mod cluster;
+mod echo;
+mod endpoints;
+mod error;
+mod etcd;
+mod kubeconfig;
+mod network;
+mod node;
+mod pki;
+mod pod;
+mod process;
+mod service;
+mod testbed;
+
+pub use binaries::{ASSETS_ENV, Binaries, CACHE_ENV, KUBERNETES_VERSION, cache_dir};
+pub use cluster::{Cluster, ClusterSpec, MAX_CLUSTERS, STARTUP_TIMEOUT, SYSTEM_NAMESPACE};
+pub use echo::{EchoReply, GREETING_DELAY};
+pub use endpoints::MANAGED_ANNOTATION;
+pub use error::{Error, Result};
+pub use network::{LOOPBACK_CIDR, POD_NETWORK_CIDR, loopback_to_pod_ip, pod_ip_to_loopback};
+pub use node::{HOSTNAME_LABEL, NodeInfo, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
+pub use pod::{APP_LABEL, ContainerPortSpec, DEFAULT_NAMESPACE, PodHandle, PodSpec, VERSION_LABEL};
+pub use service::{EXPORT_LABEL, ServicePortSpec, ServiceSpec};
+pub use testbed::{TMPDIR_ENV, Testbed};
