@@ -95,7 +95,7 @@ pub enum Tier {
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Tier::SameSubzone => f.write_str("same subzone"),
+            Tier::SameSubzone => f.write_str("same locality"),
             Tier::SameZone => f.write_str("same zone"),
             Tier::SameRegion => f.write_str("same region"),
             Tier::FailoverRegion { rule } => write!(f, "failover[{rule}] region"),
