@@ -220,18 +220,18 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
         if let Some(first) = priorities.iter_mut().find(|p| p.total > 0) {
             first.load += rest;
         }
-    } else if nth > 0 {
-        // distributeLoad, then the rounding rest to the first healthy priority.
+    } else {
+        // distributeLoad, then the rounding rest to the first healthy priority. With NTH = 0
+        // (nothing healthy, panic disabled) every load stays 0: nothing is routable.
         let mut rest = 100u32;
         for p in &mut priorities {
-            p.load = rest.min(p.health * 100 / nth);
+            p.load = rest.min((p.health * 100).checked_div(nth).unwrap_or(0));
             rest -= p.load;
         }
         if let Some(first) = priorities.iter_mut().find(|p| p.health > 0) {
             first.load += rest;
         }
     }
-    // nth == 0 with panic disabled: nothing is routable; every load stays 0.
 
     let mut shares: Vec<GroupShare> = plan
         .iter()
