@@ -1,0 +1,542 @@
+//! Tests of the testbed itself, against real etcd and kube-apiserver processes.
+//!
+//! They need the binaries (`tests/scripts/provision-k8s.sh`) and `kubectl`; when either is
+//! missing they fail with a message saying so, never skip.
+
+mod support {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use meridian_testbed::{Cluster, ClusterSpec, EchoReply};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn init_tracing() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "meridian_testbed=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+
+    pub fn three_clusters() -> Vec<ClusterSpec> {
+        vec![
+            ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),
+            ClusterSpec::new("west", "us-west1", ["us-west1-a", "us-west1-b"]),
+            ClusterSpec::new("north", "eu-north1", ["eu-north1-a"]),
+        ]
+    }
+
+    pub fn one_cluster() -> Vec<ClusterSpec> {
+        vec![ClusterSpec::new(
+            "solo",
+            "us-east1",
+            ["us-east1-a", "us-east1-b"],
+        )]
+    }
+
+    /// Runs `kubectl --kubeconfig <cluster's file> args…`, returning stdout; panics with
+    /// stderr on failure.
+    pub async fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+        let output = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig_path())
+            .args(args)
+            .output()
+            .await
+            .expect("kubectl must be installed (Debian: apt-get install kubernetes-client)");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} against {} failed: {}",
+            cluster.name(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("kubectl prints UTF-8")
+    }
+
+    /// One HTTP/1.1 GET by hand; returns the status code and the parsed reply.
+    pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, EchoReply) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad HTTP response: {response:?}"));
+        let body = response.split("\r\n\r\n").nth(1).expect("HTTP body");
+        (
+            status,
+            serde_json::from_str(body.trim()).expect("echo JSON"),
+        )
+    }
+
+    /// Connects without sending anything and reads the greeting line.
+    pub async fn tcp_greeting(stream: &mut TcpStream) -> Option<EchoReply> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) => line.push(byte[0]),
+            }
+        }
+        Some(serde_json::from_slice(&line).expect("greeting is echo JSON"))
+    }
+
+    /// Process ids whose command line mentions `dir` (every testbed process does).
+    pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
+        let needle = dir.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+                && String::from_utf8_lossy(&cmdline).contains(&needle)
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+mod startup {
+    use k8s_openapi::api::core::v1::{Namespace, Node};
+    use kube::Api;
+    use kube::api::ListParams;
+    use meridian_testbed::{REGION_LABEL, SYSTEM_NAMESPACE, Testbed, ZONE_LABEL};
+
+    use crate::support::{init_tracing, kubectl, three_clusters};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_clusters_come_up_and_kubectl_works_against_each() {
+        init_tracing();
+        let testbed = Testbed::start(&three_clusters())
+            .await
+            .expect("testbed starts");
+        assert_eq!(testbed.clusters().len(), 3);
+
+        let mut urls = Vec::new();
+        for cluster in testbed.clusters() {
+            urls.push(cluster.server_url().to_string());
+            let client = cluster.client();
+
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            namespaces
+                .get(SYSTEM_NAMESPACE)
+                .await
+                .expect("meridian-system exists");
+
+            let nodes: Api<Node> = Api::all(client.clone());
+            let nodes = nodes
+                .list(&ListParams::default())
+                .await
+                .expect("list nodes");
+            assert_eq!(nodes.items.len(), cluster.zones().len());
+            for node in &nodes.items {
+                let labels = node.metadata.labels.as_ref().expect("node labels");
+                assert_eq!(labels[REGION_LABEL], cluster.region());
+                assert!(cluster.zones().contains(&labels[ZONE_LABEL]));
+            }
+
+            // kubectl with the generated kubeconfig: table output, YAML, and server-side
+            // `?pretty=true` (the path that crashed with the unpatched vendored reflect2).
+            let table = kubectl(cluster, &["get", "nodes", "-L", ZONE_LABEL]).await;
+            for zone in cluster.zones() {
+                assert!(table.contains(zone.as_str()), "{table}");
+            }
+            let yaml = kubectl(
+                cluster,
+                &["get", "namespace", SYSTEM_NAMESPACE, "-o", "yaml"],
+            )
+            .await;
+            assert!(yaml.contains("name: meridian-system"), "{yaml}");
+            let pretty = kubectl(cluster, &["get", "--raw", "/api/v1/nodes?pretty=true"]).await;
+            assert!(pretty.contains(cluster.region()), "{pretty}");
+            let context = kubectl(cluster, &["config", "current-context"]).await;
+            assert_eq!(context.trim(), cluster.name());
+        }
+        urls.sort();
+        urls.dedup();
+        assert_eq!(urls.len(), 3, "every cluster has its own API server");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_testbeds_do_not_collide() {
+        init_tracing();
+        let spec = [meridian_testbed::ClusterSpec::new("same-name", "r", ["z"])];
+        let (a, b) = tokio::join!(Testbed::start(&spec), Testbed::start(&spec));
+        let (a, b) = (a.expect("first testbed"), b.expect("second testbed"));
+        assert_ne!(a.block_octet(), b.block_octet());
+        assert_ne!(a.dir(), b.dir());
+        let (ca, cb) = (&a.clusters()[0], &b.clusters()[0]);
+        assert_ne!(ca.server_url(), cb.server_url());
+        // Each answers with its own state.
+        ca.create_namespace("only-in-a")
+            .await
+            .expect("namespace in a");
+        let namespaces: Api<Namespace> = Api::all(cb.client());
+        assert!(
+            namespaces
+                .get_opt("only-in-a")
+                .await
+                .expect("get")
+                .is_none()
+        );
+    }
+}
+
+mod pods {
+    use k8s_openapi::api::core::v1::{Endpoints, Pod};
+    use kube::Api;
+    use kube::api::ListParams;
+    use meridian_testbed::{
+        EchoReply, PodSpec, ServicePortSpec, ServiceSpec, Testbed, pod_ip_to_loopback,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use crate::support::{http_get, init_tracing, one_cluster, tcp_greeting};
+
+    /// (ready, not ready) pod names in the Endpoints of `default/web`.
+    async fn endpoint_pods(api: &Api<Endpoints>) -> (Vec<String>, Vec<String>) {
+        let endpoints = api.get("web").await.expect("Endpoints default/web");
+        let mut ready = Vec::new();
+        let mut not_ready = Vec::new();
+        for subset in endpoints.subsets.unwrap_or_default() {
+            for (list, out) in [
+                (subset.addresses, &mut ready),
+                (subset.not_ready_addresses, &mut not_ready),
+            ] {
+                for address in list.unwrap_or_default() {
+                    out.push(address.target_ref.and_then(|r| r.name).expect("targetRef"));
+                }
+            }
+        }
+        ready.sort();
+        not_ready.sort();
+        (ready, not_ready)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_flip_is_visible_in_endpoints() {
+        init_tracing();
+        let testbed = Testbed::start(&one_cluster())
+            .await
+            .expect("testbed starts");
+        let cluster = &testbed.clusters()[0];
+        cluster
+            .create_service(
+                &ServiceSpec::new("web")
+                    .port(ServicePortSpec::http("http", 80).target_name("http")),
+            )
+            .await
+            .expect("service");
+        let a = cluster
+            .add_pod(PodSpec::new("web-a").app("web").zone("us-east1-a"))
+            .await
+            .expect("pod a");
+        let b = cluster
+            .add_pod(
+                PodSpec::new("web-b")
+                    .app("web")
+                    .zone("us-east1-b")
+                    .version("v2"),
+            )
+            .await
+            .expect("pod b");
+        let endpoints: Api<Endpoints> = Api::namespaced(cluster.client(), "default");
+        let both = vec!["web-a".to_string(), "web-b".to_string()];
+        assert_eq!(endpoint_pods(&endpoints).await, (both.clone(), vec![]));
+
+        // Addresses carry nodeName (→ Node → locality), the named target port resolved,
+        // and pod IPs that map onto the echo servers' loopback addresses.
+        let current = endpoints.get("web").await.expect("endpoints");
+        let subset = &current.subsets.as_ref().expect("subsets")[0];
+        assert_eq!(subset.ports.as_ref().expect("ports")[0].port, 8080);
+        for address in subset.addresses.as_ref().expect("addresses") {
+            let pod = if address.ip == a.pod_ip().to_string() {
+                &a
+            } else {
+                &b
+            };
+            assert_eq!(address.node_name.as_deref(), Some(pod.node()));
+            let loopback = pod_ip_to_loopback(address.ip.parse().expect("ip"));
+            assert_eq!(loopback, std::net::IpAddr::from(pod.address()));
+        }
+
+        cluster.set_pod_ready(&b, false).await.expect("b not ready");
+        assert_eq!(
+            endpoint_pods(&endpoints).await,
+            (vec!["web-a".to_string()], vec!["web-b".to_string()])
+        );
+        cluster.set_pod_ready(&b, true).await.expect("b ready");
+        assert_eq!(endpoint_pods(&endpoints).await, (both, vec![]));
+
+        // A metadata-only Pod list sees the labels.
+        let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
+        let metas = pods
+            .list_metadata(&ListParams::default())
+            .await
+            .expect("metadata");
+        let b_meta = metas
+            .items
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some("web-b"))
+            .expect("web-b listed");
+        let labels = b_meta.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels["version"], "v2");
+
+        cluster.remove_pod(&a).await.expect("remove a");
+        assert_eq!(
+            endpoint_pods(&endpoints).await,
+            (vec!["web-b".to_string()], vec![])
+        );
+        assert!(pods.get_opt("web-a").await.expect("get").is_none());
+        assert!(TcpStream::connect(a.socket_addr(8080)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn echo_pods_answer_http_and_tcp_and_obey_faults() {
+        init_tracing();
+        let testbed = Testbed::start(&one_cluster())
+            .await
+            .expect("testbed starts");
+        let cluster = &testbed.clusters()[0];
+        let pod = cluster
+            .add_pod(
+                PodSpec::new("echo-1")
+                    .zone("us-east1-b")
+                    .version("v7")
+                    .port("http", 8080)
+                    .port("tcp", 9000),
+            )
+            .await
+            .expect("pod");
+        let expected = EchoReply {
+            cluster: "solo".into(),
+            zone: "us-east1-b".into(),
+            pod: "echo-1".into(),
+            version: "v7".into(),
+        };
+
+        // Both protocols on both ports.
+        for port in [8080, 9000] {
+            assert_eq!(
+                http_get(pod.socket_addr(port), "/any/path").await,
+                (200, expected.clone())
+            );
+            let mut stream = TcpStream::connect(pod.socket_addr(port))
+                .await
+                .expect("tcp");
+            assert_eq!(tcp_greeting(&mut stream).await, Some(expected.clone()));
+            stream.write_all(b"ping\n").await.expect("write");
+            let mut echoed = [0u8; 5];
+            stream.read_exact(&mut echoed).await.expect("echo");
+            assert_eq!(&echoed, b"ping\n");
+        }
+
+        // 503 with the same identity; raw TCP is closed without a greeting.
+        cluster.set_pod_failing(&pod, true).await.expect("failing");
+        assert_eq!(
+            http_get(pod.socket_addr(8080), "/").await,
+            (503, expected.clone())
+        );
+        let mut stream = TcpStream::connect(pod.socket_addr(9000))
+            .await
+            .expect("tcp");
+        assert_eq!(tcp_greeting(&mut stream).await, None);
+        cluster.set_pod_failing(&pod, false).await.expect("healthy");
+        assert_eq!(http_get(pod.socket_addr(8080), "/").await.0, 200);
+
+        // Stop drops open connections and refuses new ones; start serves again.
+        let mut open = TcpStream::connect(pod.socket_addr(9000))
+            .await
+            .expect("tcp");
+        assert!(tcp_greeting(&mut open).await.is_some());
+        cluster.stop_pod(&pod).await.expect("stop");
+        assert!(!cluster.pod_running(&pod).await.expect("state"));
+        assert!(TcpStream::connect(pod.socket_addr(8080)).await.is_err());
+        let mut buf = [0u8; 1];
+        assert!(matches!(open.read(&mut buf).await, Ok(0) | Err(_)));
+        cluster.start_pod(&pod).await.expect("start");
+        assert_eq!(http_get(pod.socket_addr(8080), "/").await, (200, expected));
+    }
+}
+
+mod apiserver {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{ConfigMap, Endpoints};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::Api;
+    use kube::api::PostParams;
+    use meridian_testbed::{Error, PodSpec, ServicePortSpec, ServiceSpec, Testbed};
+
+    use crate::support::{init_tracing, one_cluster};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_keeps_data_and_replays_pod_changes() {
+        init_tracing();
+        let testbed = Testbed::start(&one_cluster())
+            .await
+            .expect("testbed starts");
+        let cluster = &testbed.clusters()[0];
+        let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+        let survivor = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("survivor".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("key".into(), "value".into())])),
+            ..Default::default()
+        };
+        config_maps
+            .create(&PostParams::default(), &survivor)
+            .await
+            .expect("create ConfigMap");
+        cluster
+            .create_service(
+                &ServiceSpec::new("web").port(ServicePortSpec::tcp("tcp", 80).target(8080)),
+            )
+            .await
+            .expect("service");
+        let pod = cluster
+            .add_pod(PodSpec::new("web-1").app("web"))
+            .await
+            .expect("pod");
+        let url = cluster.server_url().to_string();
+
+        cluster.stop_api_server().await;
+        assert!(!cluster.api_server_running().await);
+        assert!(config_maps.get("survivor").await.is_err(), "API is down");
+        assert!(matches!(
+            cluster.add_pod(PodSpec::new("web-2").app("web")).await,
+            Err(Error::ApiServerStopped { .. })
+        ));
+        // Recorded now, written when the API server is back.
+        cluster.set_pod_ready(&pod, false).await.expect("recorded");
+
+        cluster.start_api_server().await.expect("restart");
+        assert!(cluster.api_server_running().await);
+        assert_eq!(cluster.server_url(), url);
+        let back = config_maps
+            .get("survivor")
+            .await
+            .expect("ConfigMap survived");
+        assert_eq!(back.data.expect("data")["key"], "value");
+        let endpoints: Api<Endpoints> = Api::namespaced(cluster.client(), "default");
+        let subsets = endpoints
+            .get("web")
+            .await
+            .expect("endpoints")
+            .subsets
+            .expect("subsets");
+        assert!(subsets[0].addresses.is_none());
+        assert_eq!(
+            subsets[0]
+                .not_ready_addresses
+                .as_ref()
+                .expect("not ready")
+                .len(),
+            1
+        );
+    }
+}
+
+mod teardown {
+    use std::net::{SocketAddr, TcpListener};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use meridian_testbed::{PodSpec, Testbed};
+
+    use crate::support::{init_tracing, one_cluster, processes_mentioning};
+
+    struct Leftovers {
+        dir: PathBuf,
+        pids: Vec<u32>,
+        ports: Vec<SocketAddr>,
+    }
+
+    async fn start_and_record() -> (Testbed, Leftovers) {
+        let testbed = Testbed::start(&one_cluster())
+            .await
+            .expect("testbed starts");
+        let cluster = &testbed.clusters()[0];
+        let pod = cluster.add_pod(PodSpec::new("p")).await.expect("pod");
+        let api: SocketAddr = cluster
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .expect("server address");
+        let leftovers = Leftovers {
+            dir: testbed.dir().to_path_buf(),
+            pids: cluster.process_ids().await,
+            ports: vec![api, pod.socket_addr(8080)],
+        };
+        assert_eq!(leftovers.pids.len(), 2, "etcd and kube-apiserver");
+        assert!(leftovers.dir.is_dir());
+        assert!(!processes_mentioning(&leftovers.dir).is_empty());
+        (testbed, leftovers)
+    }
+
+    /// Echo listeners close when the runtime drops their aborted tasks; give it a moment.
+    async fn bindable(addr: SocketAddr) -> bool {
+        for _ in 0..100 {
+            if TcpListener::bind(addr).is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn assert_nothing_left(leftovers: Leftovers) {
+        for pid in &leftovers.pids {
+            assert!(
+                !PathBuf::from(format!("/proc/{pid}")).exists(),
+                "process {pid} survived teardown"
+            );
+        }
+        assert_eq!(processes_mentioning(&leftovers.dir), Vec::<u32>::new());
+        assert!(
+            !leftovers.dir.exists(),
+            "{} survived",
+            leftovers.dir.display()
+        );
+        for addr in leftovers.ports {
+            assert!(bindable(addr).await, "{addr} still bound");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_leaves_no_processes_dirs_or_ports() {
+        init_tracing();
+        let (testbed, leftovers) = start_and_record().await;
+        drop(testbed);
+        assert_nothing_left(leftovers).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panicking_test_still_tears_down() {
+        init_tracing();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let (_testbed, leftovers) = start_and_record().await;
+            tx.send(leftovers).ok().expect("receiver alive");
+            panic!("deliberate panic while a testbed is running");
+        });
+        let error = task.await.expect_err("the task panics");
+        assert!(error.is_panic());
+        assert_nothing_left(rx.await.expect("leftovers recorded")).await;
+    }
+}
