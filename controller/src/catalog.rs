@@ -508,6 +508,50 @@ impl Catalog {
     }
 }
 
+/// The locality of a Service's first endpoint (ready ones first) in one member, e.g. of the
+/// gateway Service: the gateway's own locality.
+pub fn service_locality(input: &MemberInput, namespace: &str, name: &str) -> Option<Locality> {
+    let idx = MemberIndex::new(input);
+    let mut found: Vec<(bool, Locality)> = Vec::new();
+    match &input.endpoints {
+        EndpointObjects::Slices(slices) => {
+            for s in slices.iter().filter(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| n == name)
+            }) {
+                for ep in &s.endpoints {
+                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    found.push((
+                        ready,
+                        idx.locality(ep.node_name.as_deref(), ep.zone.as_deref()),
+                    ));
+                }
+            }
+        }
+        EndpointObjects::Endpoints(list) => {
+            for e in list.iter().filter(|e| {
+                e.metadata.namespace.as_deref() == Some(namespace)
+                    && e.metadata.name.as_deref() == Some(name)
+            }) {
+                for subset in e.subsets.iter().flatten() {
+                    for a in subset.addresses.iter().flatten() {
+                        found.push((true, idx.locality(a.node_name.as_deref(), None)));
+                    }
+                    for a in subset.not_ready_addresses.iter().flatten() {
+                        found.push((false, idx.locality(a.node_name.as_deref(), None)));
+                    }
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    found.into_iter().next().map(|(_, l)| l)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -561,7 +605,11 @@ pub(crate) mod tests {
                 &[("10.1.0.1", true, "m1", "q1")],
             ));
         let cat = Catalog::build(&[b.clone(), a.clone()]);
-        assert_eq!(cat, Catalog::build(&[a, b]), "input order must not matter");
+        assert_eq!(
+            cat,
+            Catalog::build(&[a, b.clone()]),
+            "input order must not matter"
+        );
         let svc = &cat.services[&ServiceKey::new("demo", "echo")];
         assert_eq!(
             svc.ports
@@ -601,6 +649,11 @@ pub(crate) mod tests {
             Counts { ready: 1, total: 1 }
         );
         assert_eq!(svc.total_counts(), Counts { ready: 2, total: 3 });
+        assert_eq!(
+            service_locality(&b, "demo", "echo"),
+            Some(Locality::new("us", "us-1", "s1"))
+        );
+        assert_eq!(service_locality(&b, "demo", "nope"), None);
     }
 
     #[test]

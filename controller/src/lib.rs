@@ -1,20 +1,238 @@
 //! Meridian controller.
 //!
 //! Connects to every member cluster registered through a kubeconfig Secret (and always to its
-//! own cluster), aggregates exported Services, their endpoints and the locality of each
-//! endpoint into a [`catalog`], allocates VIPs and gateway listener ports in its own cluster
-//! ([`vip`]), writes status ([`status`]) and streams deterministic snapshots to its own
-//! cluster's gateway and DNS server ([`server`]).
+//! own cluster, [`registry`], [`member`]), aggregates exported Services, their endpoints and
+//! the locality of each endpoint into a [`catalog`], allocates VIPs and gateway listener
+//! ports in its own cluster ([`vip`]), writes status ([`status`], [`policy`]) and streams
+//! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`]).
+//! [`aggregator`] is the loop that ties them together; [`run`] starts everything.
 #![forbid(unsafe_code)]
 
+pub mod aggregator;
+pub mod catalog;
+pub mod config;
 pub mod crd;
 pub mod error;
-
-pub use error::{Error, Result};
-pub mod catalog;
+pub mod member;
+pub mod metrics;
+pub mod policy;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
+pub mod status;
+pub mod vip;
 
 #[cfg(test)]
 mod fixtures;
-pub mod metrics;
-pub mod server;
-pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Builds the own cluster's client: `--kubeconfig` (and `--context`) when given, else the
+/// in-cluster configuration. Returns the client and the API server URL.
+pub async fn local_client(config: &Config) -> Result<(Client, String)> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Kubeconfig(format!("reading {}: {e}", path.display())))?;
+            let kc = Kubeconfig::from_yaml(&text).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+            let opts = KubeConfigOptions {
+                context: config.context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| Error::Kubeconfig(e.to_string()))?
+        }
+        None => kube::Config::incluster().map_err(|e| Error::Kubeconfig(e.to_string()))?,
+    };
+    let server = kube_config.cluster_url.to_string();
+    let client = Client::try_from(kube_config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    Ok((client, server))
+}
+
+/// Applies Meridian's CRDs and waits until they are served.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::all() {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(vip::FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        info!(crd = %name, "CRD applied");
+    }
+    // Established CRDs answer lists; poll briefly.
+    let ready = || async {
+        Api::<crd::GlobalService>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await?;
+        Api::<crd::MemberCluster>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await?;
+        Api::<crd::GlobalTrafficPolicy>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+    };
+    let mut last = None;
+    for _ in 0..100 {
+        match ready().await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Kube(last.expect("loop ran")))
+}
+
+/// Retries `f` with backoff until it succeeds (the own API server may start after us).
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = member::reconnect_backoff().build();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                warn!(error = %e, "{what} failed, retrying");
+                tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
+            }
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let (client, server_url) = local_client(&config).await?;
+    if config.install_crds {
+        retry("installing CRDs", || install_crds(&client)).await;
+    }
+    let metrics = Arc::new(metrics::Metrics::default());
+    let notify = Arc::new(Notify::new());
+    let publisher = server::SnapshotPublisher::new();
+
+    let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| Error::Server(format!("binding {}: {e}", config.grpc_addr)))?;
+    let http = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|e| Error::Server(format!("binding {}: {e}", config.metrics_addr)))?;
+    info!(
+        cluster = %config.cluster_name,
+        grpc = %grpc.local_addr().map_err(|e| Error::Server(e.to_string()))?,
+        metrics = %http.local_addr().map_err(|e| Error::Server(e.to_string()))?,
+        "meridian-controller starting"
+    );
+
+    let mut tasks = JoinSet::new();
+    let settings = member::MemberSettings {
+        gateway_namespace: config.namespace.clone(),
+        gateway_service: config.gateway_service.clone(),
+        probe_interval: config.probe_interval,
+        metrics: metrics.clone(),
+        notify: notify.clone(),
+    };
+    let local = member::MemberSpec {
+        name: config.cluster_name.clone(),
+        credentials: member::Credentials::Local(client.clone(), server_url),
+        secret: None,
+        gateway_address: None,
+    };
+    let registry = registry::Registry::new(local, settings);
+    tasks.spawn(
+        registry
+            .clone()
+            .run(client.clone(), config.namespace.clone())
+            .instrument(info_span!("registry")),
+    );
+
+    let (policies, policy_controller) =
+        policy::controller(client.clone(), metrics.clone(), notify.clone());
+    tasks.spawn(policy_controller.instrument(info_span!("policy-controller")));
+
+    let (status_tx, status_rx) = watch::channel(None);
+    {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(
+            async move {
+                let writer = retry("listing managed status objects", || {
+                    status::StatusWriter::start(client.clone(), metrics.clone())
+                })
+                .await;
+                writer.run(status_rx).await;
+            }
+            .instrument(info_span!("status-writer")),
+        );
+    }
+    {
+        let config = config.clone();
+        let client = client.clone();
+        let registry = registry.clone();
+        let metrics = metrics.clone();
+        let notify = notify.clone();
+        let publisher = publisher.clone();
+        tasks.spawn(
+            async move {
+                let vips = retry("reading back VIP Services", || {
+                    vip::VipManager::start(
+                        client.clone(),
+                        &config.namespace,
+                        config.gateway_labels(),
+                        config.listener_ports.clone(),
+                    )
+                })
+                .await;
+                aggregator::Aggregator::new(
+                    config, registry, policies, vips, publisher, status_tx, notify, metrics,
+                )
+                .run()
+                .await;
+            }
+            .instrument(info_span!("aggregator")),
+        );
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tasks.spawn(
+        metrics::serve(http, metrics.clone(), stopped(stop_rx.clone()))
+            .instrument(info_span!("metrics-server")),
+    );
+    let discovery =
+        server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone());
+    let grpc_server = tokio::spawn(
+        server::serve(grpc, discovery, stopped(stop_rx)).instrument(info_span!("grpc-server")),
+    );
+
+    shutdown.await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    tasks.shutdown().await;
+    match tokio::time::timeout(Duration::from_secs(5), grpc_server).await {
+        Ok(Ok(r)) => r,
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,151 @@
+//! The controller's configuration: one typed struct, parsed from flags (with the usual
+//! Kubernetes environment fallbacks).
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use clap::Parser;
+use meridian_api::Locality;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    meridian_api::policy::parse_duration(s)
+}
+
+fn port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected LOW-HIGH, e.g. 15100-15999"))?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: LOW must be at least 1 and at most HIGH"));
+    }
+    Ok(lo..=hi)
+}
+
+fn locality(s: &str) -> Result<Locality, String> {
+    s.parse()
+        .map_err(|e: meridian_api::locality::LocalityError| e.to_string())
+}
+
+/// Flags of `meridian-controller`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "meridian-controller", version, about)]
+pub struct Config {
+    /// Name of the cluster this controller runs in (always a member).
+    #[arg(long, env = "MERIDIAN_CLUSTER_NAME")]
+    pub cluster_name: String,
+
+    /// Kubeconfig of the own cluster; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// Context within --kubeconfig (its current context when unset).
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Namespace holding member Secrets and the managed VIP Services.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meridian-system")]
+    pub namespace: String,
+
+    /// Address of the gRPC server (Discovery, Certificates).
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server with /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+
+    /// How long an unreachable member's last endpoints are kept (marked stale).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub stale_endpoint_grace: Duration,
+
+    /// How often each member's API server is probed.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub probe_interval: Duration,
+
+    /// How long the first snapshot waits for remote members to sync.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub initial_sync_timeout: Duration,
+
+    /// Gateway listener ports the controller allocates from, LOW-HIGH.
+    #[arg(long, value_parser = port_range, default_value = "15100-15999")]
+    pub listener_ports: RangeInclusive<u16>,
+
+    /// Label selector (k=v[,k=v]) of the gateway pods the VIP Services select.
+    #[arg(long, default_value = "app.kubernetes.io/name=meridian-gateway")]
+    pub gateway_selector: String,
+
+    /// Name of the gateway Service in --namespace of every member (its east-west address).
+    #[arg(long, default_value = "meridian-gateway")]
+    pub gateway_service: String,
+
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, default_value = "meridian.local")]
+    pub trust_domain: String,
+
+    /// DNS zone of global hostnames.
+    #[arg(long, default_value = "global")]
+    pub zone: String,
+
+    /// Default caller locality of this cluster (region/zone/subzone); derived from the
+    /// gateway's node when unset.
+    #[arg(long, value_parser = locality)]
+    pub locality: Option<Locality>,
+
+    /// Apply Meridian's CRDs at startup (handy for development and tests).
+    #[arg(long)]
+    pub install_crds: bool,
+}
+
+impl Config {
+    /// The gateway selector as a label map.
+    pub fn gateway_labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.gateway_selector
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flags() {
+        let c = Config::try_parse_from([
+            "meridian-controller",
+            "--cluster-name",
+            "a",
+            "--stale-endpoint-grace",
+            "2s",
+            "--listener-ports",
+            "20000-20009",
+            "--locality",
+            "eu/eu-1",
+        ])
+        .unwrap();
+        assert_eq!(c.stale_endpoint_grace, Duration::from_secs(2));
+        assert_eq!(c.listener_ports, 20000..=20009);
+        assert_eq!(c.locality, Some(Locality::new("eu", "eu-1", "")));
+        assert_eq!(
+            c.gateway_labels()
+                .get("app.kubernetes.io/name")
+                .map(String::as_str),
+            Some("meridian-gateway")
+        );
+        assert!(
+            Config::try_parse_from([
+                "meridian-controller",
+                "--cluster-name",
+                "a",
+                "--listener-ports",
+                "9-1"
+            ])
+            .is_err()
+        );
+    }
+}

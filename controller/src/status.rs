@@ -1,0 +1,481 @@
+//! Status the controller writes into its own cluster: one `GlobalService` per global service
+//! (named `<service>.<namespace>`) and one `MemberCluster` per member. Both are cluster-scoped,
+//! labelled `app.kubernetes.io/managed-by: meridian`, and deleted when their subject goes.
+//!
+//! Status is computed by pure functions from the aggregator's view and written with
+//! server-side apply, only when it changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use meridian_api::proto::Protocol;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::catalog::{Catalog, Counts, GlobalServiceEntry, ServiceKey};
+use crate::crd::{
+    ClusterEndpoints, GlobalService, GlobalServicePort, GlobalServiceStatus, LocalityEndpoints,
+    MemberCluster, MemberClusterStatus, Phase,
+};
+use crate::metrics::Metrics;
+use crate::policy::{PolicyInForce, condition, set_condition};
+use crate::snapshot::VipInfo;
+use crate::vip::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::{Error, Result};
+
+/// What a member looks like for its `MemberCluster` status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberReport {
+    /// Cluster name.
+    pub name: String,
+    /// The own cluster.
+    pub local: bool,
+    /// Registration Secret.
+    pub secret: Option<String>,
+    /// Status to write.
+    pub status: MemberClusterStatus,
+}
+
+/// Everything status is written from.
+#[derive(Debug, Clone, Default)]
+pub struct StatusView {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// VIPs and listener ports.
+    pub vips: BTreeMap<ServiceKey, VipInfo>,
+    /// Policies in force.
+    pub policies: BTreeMap<ServiceKey, PolicyInForce>,
+    /// Members (and rejected registrations).
+    pub members: Vec<MemberReport>,
+    /// DNS zone of hostnames.
+    pub zone: String,
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Http => "HTTP",
+        Protocol::Http2 => "HTTP2",
+        Protocol::Grpc => "GRPC",
+    }
+}
+
+fn locality_counts(m: &BTreeMap<meridian_api::Locality, Counts>) -> Vec<LocalityEndpoints> {
+    m.iter()
+        .map(|(l, c)| LocalityEndpoints {
+            locality: l.to_string(),
+            ready: c.ready,
+            total: c.total,
+        })
+        .collect()
+}
+
+/// The status of one global service. `previous` conditions keep their transition times.
+pub fn global_service_status(
+    svc: &GlobalServiceEntry,
+    vip: Option<&VipInfo>,
+    policy: Option<&PolicyInForce>,
+    zone: &str,
+    previous: &[Condition],
+) -> GlobalServiceStatus {
+    let total = svc.total_counts();
+    let counts = svc.counts();
+    let vip_ip = vip.map(|v| v.vip.clone()).filter(|v| !v.is_empty());
+    let mut conditions = previous.to_vec();
+    set_condition(
+        &mut conditions,
+        condition(
+            "Ready",
+            total.ready > 0,
+            if total.ready > 0 {
+                "EndpointsReady"
+            } else {
+                "NoReadyEndpoints"
+            },
+            format!("{} of {} endpoints ready", total.ready, total.total),
+            None,
+        ),
+    );
+    set_condition(
+        &mut conditions,
+        match &vip_ip {
+            Some(ip) => condition("VipAllocated", true, "Allocated", format!("VIP {ip}"), None),
+            None => condition(
+                "VipAllocated",
+                false,
+                "Pending",
+                "the managed VIP Service is not applied yet".into(),
+                None,
+            ),
+        },
+    );
+    GlobalServiceStatus {
+        hostname: svc.key.hostname(zone),
+        vip: vip_ip,
+        ports: svc
+            .ports
+            .iter()
+            .map(|p| GlobalServicePort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: protocol_name(p.protocol).to_owned(),
+                listener_port: vip.and_then(|v| v.listeners.get(&p.name).copied()),
+            })
+            .collect(),
+        ready_summary: format!("{}/{}", total.ready, total.total),
+        cluster_summary: svc.clusters.iter().cloned().collect::<Vec<_>>().join(","),
+        clusters: counts
+            .iter()
+            .map(|(cluster, (c, per))| ClusterEndpoints {
+                cluster: cluster.clone(),
+                ready: c.ready,
+                total: c.total,
+                stale: svc
+                    .endpoints
+                    .iter()
+                    .any(|e| &e.cluster == cluster && e.stale),
+                localities: locality_counts(per),
+            })
+            .collect(),
+        localities: locality_counts(&svc.locality_counts()),
+        policy: policy.map(|p| p.name.clone()),
+        policy_generation: policy.and_then(|p| p.generation),
+        conditions,
+    }
+}
+
+/// RFC 3339 for a status timestamp.
+pub fn rfc3339(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .map(|t| {
+            t.round(k8s_openapi::jiff::Unit::Second)
+                .unwrap_or(t)
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn managed_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned())])
+}
+
+/// Writes `GlobalService` and `MemberCluster` objects.
+pub struct StatusWriter {
+    client: Client,
+    metrics: Arc<Metrics>,
+    services: BTreeMap<String, GlobalServiceStatus>,
+    members: BTreeMap<String, (MemberClusterStatus, SystemTime)>,
+    known_services: BTreeSet<String>,
+    known_members: BTreeSet<String>,
+}
+
+/// A member status older than this is rewritten even if only `lastSyncTime` moved.
+const SYNC_TIME_REFRESH: Duration = Duration::from_secs(30);
+
+impl StatusWriter {
+    /// Lists the managed objects that exist, so stale ones can be collected.
+    pub async fn start(client: Client, metrics: Arc<Metrics>) -> Result<StatusWriter> {
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let gs: Api<GlobalService> = Api::all(client.clone());
+        let mc: Api<MemberCluster> = Api::all(client.clone());
+        let mut w = StatusWriter {
+            known_services: gs
+                .list(&lp)
+                .await?
+                .items
+                .iter()
+                .map(|o| o.name_any())
+                .collect(),
+            known_members: mc
+                .list(&lp)
+                .await?
+                .items
+                .iter()
+                .map(|o| o.name_any())
+                .collect(),
+            // Existing statuses are taken over so transition times survive restarts.
+            services: gs
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|o| Some((o.name_any(), o.status?)))
+                .collect(),
+            members: BTreeMap::new(),
+            client,
+            metrics,
+        };
+        w.services.retain(|_, s| !s.conditions.is_empty());
+        Ok(w)
+    }
+
+    async fn apply<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        kind: &str,
+        spec: &impl Serialize,
+    ) -> Result<()>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let patch = Patch::Apply(serde_json::json!({
+            "apiVersion": "meridian.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "labels": managed_labels()},
+            "spec": spec,
+        }));
+        api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_status<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        kind: &str,
+        status: &impl Serialize,
+    ) -> Result<()>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let patch = Patch::Apply(serde_json::json!({
+            "apiVersion": "meridian.io/v1alpha1",
+            "kind": kind,
+            "status": status,
+        }));
+        api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete<K>(&self, api: &Api<K>, name: &str) -> Result<()>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(Error::Kube(e)),
+        }
+    }
+
+    /// Writes everything that changed since the last call; the first error is returned
+    /// after trying the rest.
+    pub async fn write(&mut self, view: &StatusView) -> Result<()> {
+        let mut first_err: Result<()> = Ok(());
+        let mut note = |r: Result<()>, what: &str, metrics: &Metrics| {
+            if let Err(e) = r {
+                warn!(object = what, error = %e, "status write failed");
+                metrics.reconcile_failed("status", &e);
+                if first_err.is_ok() {
+                    first_err = Err(e);
+                }
+                false
+            } else {
+                true
+            }
+        };
+
+        // GlobalServices.
+        let gs_api: Api<GlobalService> = Api::all(self.client.clone());
+        let mut wanted = BTreeSet::new();
+        for (key, svc) in &view.catalog.services {
+            let name = key.to_string();
+            wanted.insert(name.clone());
+            let previous = self
+                .services
+                .get(&name)
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let status = global_service_status(
+                svc,
+                view.vips.get(key),
+                view.policies.get(key),
+                &view.zone,
+                &previous,
+            );
+            if !self.known_services.contains(&name) {
+                let spec = crate::crd::GlobalServiceSpec {
+                    service: key.name.clone(),
+                    namespace: key.namespace.clone(),
+                };
+                let r = self.apply(&gs_api, &name, "GlobalService", &spec).await;
+                if !note(r, &name, &self.metrics) {
+                    continue;
+                }
+                info!(global_service = %name, "GlobalService created");
+                self.known_services.insert(name.clone());
+            }
+            if self.services.get(&name) != Some(&status) {
+                let r = self
+                    .apply_status(&gs_api, &name, "GlobalService", &status)
+                    .await;
+                if note(r, &name, &self.metrics) {
+                    debug!(global_service = %name, ready = %status.ready_summary, "status written");
+                    self.services.insert(name, status);
+                }
+            }
+        }
+        for name in self.known_services.clone().difference(&wanted) {
+            let r = self.delete(&gs_api, name).await;
+            if note(r, name, &self.metrics) {
+                info!(global_service = %name, "GlobalService deleted");
+                self.known_services.remove(name);
+                self.services.remove(name);
+            }
+        }
+
+        // MemberClusters.
+        let mc_api: Api<MemberCluster> = Api::all(self.client.clone());
+        let mut wanted = BTreeSet::new();
+        let now = SystemTime::now();
+        for m in &view.members {
+            wanted.insert(m.name.clone());
+            if !self.known_members.contains(&m.name) {
+                let spec = crate::crd::MemberClusterSpec {
+                    local: m.local,
+                    secret: m.secret.clone(),
+                };
+                let r = self.apply(&mc_api, &m.name, "MemberCluster", &spec).await;
+                if !note(r, &m.name, &self.metrics) {
+                    continue;
+                }
+                self.known_members.insert(m.name.clone());
+            }
+            let fresh = match self.members.get(&m.name) {
+                Some((old, at)) => {
+                    let mut a = old.clone();
+                    let mut b = m.status.clone();
+                    a.last_sync_time = None;
+                    b.last_sync_time = None;
+                    a == b
+                        && (old.last_sync_time == m.status.last_sync_time
+                            || now.duration_since(*at).unwrap_or_default() < SYNC_TIME_REFRESH)
+                }
+                None => false,
+            };
+            if !fresh {
+                let r = self
+                    .apply_status(&mc_api, &m.name, "MemberCluster", &m.status)
+                    .await;
+                if note(r, &m.name, &self.metrics) {
+                    if m.status.phase != Phase::Synced {
+                        debug!(cluster = %m.name, phase = %m.status.phase, "member status written");
+                    }
+                    self.members.insert(m.name.clone(), (m.status.clone(), now));
+                }
+            }
+        }
+        for name in self.known_members.clone().difference(&wanted) {
+            let r = self.delete(&mc_api, name).await;
+            if note(r, name, &self.metrics) {
+                info!(cluster = %name, "MemberCluster deleted");
+                self.known_members.remove(name);
+                self.members.remove(name);
+            }
+        }
+        first_err
+    }
+
+    /// Writes every view it is sent, newest first, retrying failures. Runs until the sender
+    /// is dropped.
+    pub async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
+        loop {
+            let view = rx.borrow_and_update().clone();
+            if let Some(view) = view
+                && self.write(&view).await.is_err()
+            {
+                // Retry soon, unless something newer arrives first.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+            // Status is for humans: at most a few writes a second.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::MemberInput;
+    use crate::fixtures::*;
+
+    #[test]
+    fn global_service_status_counts_per_cluster_and_locality() {
+        let a = MemberInput::test("a")
+            .with_node("n1", "eu", "eu-1", "")
+            .with_node("n2", "eu", "eu-2", "")
+            .with_service(service("demo", "echo", &[("http", 80, None)], true))
+            .with_slice(slice(
+                "demo",
+                "echo",
+                &[("http", 8080)],
+                &[
+                    ("10.0.0.1", true, "n1", "p1"),
+                    ("10.0.0.2", false, "n1", "p2"),
+                    ("10.0.0.3", true, "n2", "p3"),
+                ],
+            ));
+        let mut b = MemberInput::test("b")
+            .with_node("m1", "us", "us-1", "")
+            .with_service(service("demo", "echo", &[("http", 80, None)], true))
+            .with_slice(slice(
+                "demo",
+                "echo",
+                &[("http", 8080)],
+                &[("10.1.0.1", true, "m1", "q1")],
+            ));
+        b.stale = true;
+        let cat = Catalog::build(&[a, b]);
+        let svc = cat.services.values().next().unwrap();
+        let vip = VipInfo {
+            vip: "10.96.0.9".into(),
+            listeners: BTreeMap::from([("http".to_owned(), 15100)]),
+        };
+        let st = global_service_status(svc, Some(&vip), None, "global", &[]);
+        assert_eq!(st.hostname, "echo.demo.global");
+        assert_eq!(st.ready_summary, "3/4");
+        assert_eq!(st.cluster_summary, "a,b");
+        assert_eq!(st.vip.as_deref(), Some("10.96.0.9"));
+        assert_eq!(st.ports[0].listener_port, Some(15100));
+        assert_eq!(st.ports[0].protocol, "HTTP");
+        let a = &st.clusters[0];
+        assert_eq!((a.ready, a.total, a.stale), (2, 3, false));
+        assert_eq!(
+            a.localities,
+            vec![
+                LocalityEndpoints {
+                    locality: "eu/eu-1".into(),
+                    ready: 1,
+                    total: 2
+                },
+                LocalityEndpoints {
+                    locality: "eu/eu-2".into(),
+                    ready: 1,
+                    total: 1
+                },
+            ]
+        );
+        assert!(st.clusters[1].stale);
+        assert_eq!(st.localities.len(), 3);
+        // Unchanged inputs give an equal status (transition times kept).
+        let again = global_service_status(svc, Some(&vip), None, "global", &st.conditions);
+        assert_eq!(again, st);
+    }
+}
