@@ -1,0 +1,117 @@
+//! The gateway's command line: one typed struct, flags documented, environment fallbacks
+//! where Kubernetes manifests set them (cluster, pod name, controller address).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Meridian east-west gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "meridian-gateway", version, about)]
+pub struct Config {
+    /// Name of the member cluster this gateway serves.
+    #[arg(long, env = "MERIDIAN_CLUSTER")]
+    pub cluster: String,
+
+    /// The controller's gRPC endpoint (snapshot stream and, unless --ca is set, certificates).
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROLLER",
+        default_value = "http://meridian-controller.meridian-system:15010"
+    )]
+    pub controller: String,
+
+    /// The certificate signer's gRPC endpoint (default: --controller).
+    #[arg(long, env = "MERIDIAN_CA")]
+    pub ca: Option<String>,
+
+    /// Instance name for logs and the controller (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "meridian-gateway")]
+    pub instance: String,
+
+    /// Trust domain of the mesh (default: the one in the first snapshot).
+    #[arg(long, env = "MERIDIAN_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Tunnel listener: HTTP/2 CONNECT over mTLS from peer gateways.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub tunnel_addr: SocketAddr,
+
+    /// Admin listener: /healthz/ready, /metrics, /config_dump.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub admin_addr: SocketAddr,
+
+    /// Address the outbound listeners (one per global service port) bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub outbound_bind: IpAddr,
+
+    /// Static certificate chain (PEM); with --key and --root, replaces CSR signing.
+    #[arg(long, requires_all = ["key", "root"])]
+    pub cert_chain: Option<PathBuf>,
+
+    /// Static private key (PEM) for --cert-chain.
+    #[arg(long, requires_all = ["cert_chain", "root"])]
+    pub key: Option<PathBuf>,
+
+    /// Static mesh root certificate (PEM) for --cert-chain.
+    #[arg(long, requires_all = ["cert_chain", "key"])]
+    pub root: Option<PathBuf>,
+
+    /// Requested certificate lifetime; renewed at half life (e.g. 24h, 10m, 30s).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub cert_ttl: Duration,
+
+    /// Retries of an idempotent HTTP request onto the next choice (connect failure or 503).
+    #[arg(long, default_value_t = 2)]
+    pub max_retries: u32,
+
+    /// Timeout of one connection attempt to an endpoint or a peer gateway.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// How often a peer gateway that is down is probed again.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub peer_probe_interval: Duration,
+
+    /// HTTP/2 keepalive PING interval on tunnel connections (detects silent peers).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub tunnel_keepalive: Duration,
+
+    /// On shutdown, how long open connections may drain before they are cut.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    meridian_api::policy::parse_duration(s)
+}
+
+impl Config {
+    /// The certificate signer endpoint in force.
+    pub fn ca_endpoint(&self) -> &str {
+        self.ca.as_deref().unwrap_or(&self.controller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_static_certs() {
+        let c = Config::try_parse_from(["meridian-gateway", "--cluster", "east"]).unwrap();
+        assert_eq!(c.tunnel_addr.port(), 15008);
+        assert_eq!(c.admin_addr.port(), 15021);
+        assert_eq!(c.cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.max_retries, 2);
+        assert_eq!(c.ca_endpoint(), c.controller);
+        // Static files come as a set of three.
+        assert!(Config::try_parse_from(["g", "--cluster", "e", "--cert-chain", "c.pem"]).is_err());
+    }
+}

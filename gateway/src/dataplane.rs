@@ -1,0 +1,286 @@
+//! The data plane's shared state: the routing built from the catalog and live health,
+//! dialling endpoints (directly when local, through the owning cluster's gateway when
+//! remote), reporting outcomes to outlier detection, and draining on shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+
+use crate::catalog::{Catalog, Endpoint, Port};
+use crate::health::Health;
+use crate::metrics::{self, Metrics};
+use crate::outlier::Outcome;
+use crate::route::ServiceRoutes;
+use crate::tunnel::{PeerEvent, Pool, TunnelError};
+
+/// Tunables of the data plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Retries onto the next choice.
+    pub max_retries: u32,
+    /// Timeout of one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+/// Routing for the current catalog and health.
+#[derive(Debug, Default)]
+pub struct Routing {
+    /// The catalog in use.
+    pub catalog: Arc<Catalog>,
+    /// Routes and balancers per service hostname.
+    pub services: HashMap<String, Arc<ServiceRoutes>>,
+}
+
+/// A bidirectional byte stream to an endpoint (TCP or a tunnel stream).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why an endpoint could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The endpoint (or, for a remote one, the peer gateway's dial of it) failed: counts
+    /// against the endpoint.
+    #[error("endpoint unreachable: {0}")]
+    Endpoint(String),
+    /// The peer gateway in front of it failed: counts against the peer.
+    #[error("{0}")]
+    Peer(String),
+    /// The peer gateway refused the target.
+    #[error("peer gateway refused the stream: {0}")]
+    Refused(http::StatusCode),
+    /// No gateway is known for the endpoint's cluster.
+    #[error("no peer gateway for cluster {0}")]
+    NoPeer(String),
+}
+
+impl DialError {
+    /// Whether outlier detection should count this against the endpoint.
+    pub fn blames_endpoint(&self) -> bool {
+        matches!(self, DialError::Endpoint(_))
+    }
+}
+
+/// The gateway's data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    /// This gateway's cluster.
+    pub cluster: String,
+    /// Tunables.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live health.
+    pub health: Health,
+    routing: ArcSwap<Routing>,
+    rebuild_lock: Mutex<()>,
+    pool: Pool,
+    drain: watch::Sender<bool>,
+}
+
+impl Dataplane {
+    /// A data plane with an empty catalog.
+    pub fn new(cluster: &str, settings: Settings, metrics: Arc<Metrics>, pool: Pool) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            settings,
+            metrics,
+            health: Health::default(),
+            routing: ArcSwap::from_pointee(Routing::default()),
+            rebuild_lock: Mutex::new(()),
+            pool,
+            drain: watch::channel(false).0,
+        }
+    }
+
+    /// Installs the tunnel connector (once credentials exist).
+    pub fn set_connector(&self, connector: meridian_identity::tls::Connector) {
+        self.pool.set_connector(connector);
+    }
+
+    /// The routing in force.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Switches to a new catalog (a new snapshot).
+    pub async fn set_catalog(&self, catalog: Catalog) {
+        self.health.sync(&catalog).await;
+        self.metrics
+            .snapshot_version
+            .set(catalog.snapshot.version as i64);
+        self.rebuild_with(Arc::new(catalog)).await;
+    }
+
+    /// Recomputes every service's split from the current health.
+    pub async fn rebuild(&self) {
+        let catalog = self.routing().catalog.clone();
+        self.rebuild_with(catalog).await;
+    }
+
+    async fn rebuild_with(&self, catalog: Arc<Catalog>) {
+        // Serialized, so a slow rebuild never overwrites a newer one.
+        let _guard = self.rebuild_lock.lock().await;
+        let mut services = HashMap::new();
+        for (name, svc) in &catalog.services {
+            let healthy = self.health.healthy(&catalog.cluster, svc).await;
+            let routes = ServiceRoutes::build(svc.clone(), &catalog.caller, healthy);
+            let ejected = self.health.ejected_count(name).await as i64;
+            self.metrics
+                .ejected
+                .get_or_create(&metrics::Service {
+                    service: name.clone(),
+                })
+                .set(ejected);
+            services.insert(name.clone(), Arc::new(routes));
+        }
+        self.routing.store(Arc::new(Routing { catalog, services }));
+    }
+
+    /// Metric labels for endpoint `ep` of a service port.
+    pub fn destination(&self, hostname: &str, port: &Port, ep: &Endpoint) -> metrics::Destination {
+        metrics::Destination {
+            service: hostname.to_owned(),
+            port: port.port,
+            cluster: ep.cluster.clone(),
+            locality: ep.locality_label.clone(),
+        }
+    }
+
+    /// Reports the outcome of a request or connection to endpoint `idx`; an ejection
+    /// recomputes the split.
+    pub async fn report(&self, routes: &ServiceRoutes, idx: usize, outcome: Outcome) {
+        if self.health.record(&routes.service, idx, outcome).await {
+            let ep = &routes.service.endpoints[idx];
+            info!(service = %routes.service.hostname, endpoint = %ep.key.address, cluster = %ep.cluster, "endpoint ejected");
+            self.metrics
+                .ejections
+                .get_or_create(&metrics::Ejection {
+                    service: routes.service.hostname.clone(),
+                    cluster: ep.cluster.clone(),
+                    locality: ep.locality_label.clone(),
+                })
+                .inc();
+            self.rebuild().await;
+        }
+    }
+
+    /// Runs due outlier sweeps; recomputes when an ejection ended.
+    pub async fn sweep(&self) {
+        if self.health.sweep().await {
+            debug!("ejections ended");
+            self.rebuild().await;
+        }
+    }
+
+    /// Applies a peer liveness change.
+    pub async fn peer_event(&self, ev: PeerEvent) {
+        self.metrics
+            .peer_up
+            .get_or_create(&metrics::Peer {
+                peer: ev.cluster.clone(),
+            })
+            .set(i64::from(ev.up));
+        if self
+            .health
+            .set_peer(&ev.cluster, ev.up, ev.error.clone())
+            .await
+        {
+            if ev.up {
+                info!(peer = %ev.cluster, "peer gateway up");
+            } else {
+                warn!(peer = %ev.cluster, error = ?ev.error, "peer gateway down: its endpoints are unhealthy");
+            }
+            self.rebuild().await;
+        }
+    }
+
+    /// Connects to every peer gateway that has no live connection; successes mark the peer
+    /// up (failures are reported by the pool).
+    pub async fn probe_peers(&self) {
+        let catalog = self.routing().catalog.clone();
+        for peer in catalog.peers.values() {
+            if self.pool.is_connected(&peer.cluster).await {
+                continue;
+            }
+            if self.pool.probe(peer).await.is_ok() {
+                self.peer_event(PeerEvent {
+                    cluster: peer.cluster.clone(),
+                    up: true,
+                    error: None,
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Opens a byte stream to endpoint `idx` for service port `port`.
+    pub async fn dial(
+        &self,
+        routes: &ServiceRoutes,
+        idx: usize,
+        port: &Port,
+    ) -> Result<Box<dyn Io>, DialError> {
+        let ep = &routes.service.endpoints[idx];
+        let target = ep.target(port);
+        if ep.cluster == self.cluster {
+            let tcp =
+                tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(target))
+                    .await
+                    .map_err(|_| DialError::Endpoint(format!("connect to {target} timed out")))?
+                    .map_err(|e| DialError::Endpoint(format!("connect to {target}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            return Ok(Box::new(tcp));
+        }
+        let catalog = self.routing().catalog.clone();
+        let peer = catalog
+            .peers
+            .get(&ep.cluster)
+            .ok_or_else(|| DialError::NoPeer(ep.cluster.clone()))?;
+        let service = format!("{}:{}", routes.service.hostname, port.port);
+        match tokio::time::timeout(
+            self.settings.connect_timeout * 2,
+            self.pool.open(peer, target, &service),
+        )
+        .await
+        {
+            Ok(Ok(io)) => Ok(Box::new(io)),
+            Ok(Err(TunnelError::TargetConnect)) => Err(DialError::Endpoint(format!(
+                "{} could not connect to {target}",
+                peer.cluster
+            ))),
+            Ok(Err(TunnelError::Refused(s))) => Err(DialError::Refused(s)),
+            Ok(Err(e @ TunnelError::Peer { .. })) => Err(DialError::Peer(e.to_string())),
+            Err(_) => Err(DialError::Peer(format!(
+                "tunnel to {} timed out",
+                peer.cluster
+            ))),
+        }
+    }
+
+    /// A guard held by every open connection; shutdown waits for all to be dropped. Its
+    /// value turns true when shutdown starts.
+    pub fn drain_guard(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Signals shutdown and waits up to `timeout` for open connections to finish.
+    pub async fn drain(&self, timeout: Duration) {
+        self.drain.send_replace(true);
+        if tokio::time::timeout(timeout, self.drain.closed())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.drain.receiver_count(),
+                "drain timeout: cutting open connections"
+            );
+        }
+        self.pool.clear().await;
+    }
+}

@@ -1,0 +1,174 @@
+//! The gateway's own identity: its key is generated here and never leaves the process;
+//! the controller signs a CSR for `spiffe://<td>/cluster/<cluster>/gateway`, and the
+//! certificate is renewed at half life and swapped in without touching open connections.
+//! Static PEM files (`--cert-chain`, `--key`, `--root`) replace signing for tests and
+//! the testbed; they are re-read periodically so they can be rotated on disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use meridian_api::proto::SignCertificateRequest;
+use meridian_api::proto::certificates_client::CertificatesClient;
+use meridian_identity::tls::{CredentialReceiver, CredentialStore};
+use meridian_identity::{CertificateRequest, Credentials, Identity};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// How often static certificate files are checked for a new certificate.
+const FILE_POLL: Duration = Duration::from_secs(10);
+
+/// Where certificates come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// PEM files on disk.
+    Files {
+        /// Certificate chain.
+        chain: PathBuf,
+        /// Private key.
+        key: PathBuf,
+        /// Mesh root.
+        root: PathBuf,
+    },
+    /// The controller's `Certificates.SignCertificate`.
+    Signer {
+        /// gRPC endpoint.
+        endpoint: String,
+        /// Requested lifetime.
+        ttl: Duration,
+    },
+}
+
+/// Obtains credentials once.
+pub async fn fetch(source: &Source, identity: &Identity) -> anyhow::Result<Credentials> {
+    match source {
+        Source::Files { chain, key, root } => {
+            let creds = Credentials::from_files(chain, key, root)
+                .context("loading the static certificate files")?;
+            anyhow::ensure!(
+                creds.identity() == identity,
+                "static certificate is for {}, not {identity}",
+                creds.identity()
+            );
+            Ok(creds)
+        }
+        Source::Signer { endpoint, ttl } => sign(endpoint, identity, *ttl).await,
+    }
+}
+
+async fn sign(endpoint: &str, identity: &Identity, ttl: Duration) -> anyhow::Result<Credentials> {
+    let request = CertificateRequest::generate(identity)?;
+    let mut client = CertificatesClient::connect(endpoint.to_owned())
+        .await
+        .with_context(|| format!("connecting to the certificate signer at {endpoint}"))?;
+    let resp = client
+        .sign_certificate(SignCertificateRequest {
+            csr_pem: request.pem().to_owned(),
+            cluster: identity.cluster().to_owned(),
+            ttl_seconds: ttl.as_secs(),
+        })
+        .await
+        .context("SignCertificate")?
+        .into_inner();
+    request
+        .into_credentials(&resp.cert_chain_pem, &resp.root_pem)
+        .context("the signed certificate does not fit the request")
+}
+
+/// Obtains credentials, retrying with backoff until it works or `shutdown` turns true.
+pub async fn fetch_until_ok(
+    source: &Source,
+    identity: &Identity,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Credentials> {
+    let mut backoff = backoff();
+    loop {
+        match fetch(source, identity).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(
+                    error = format!("{e:#}"),
+                    ?delay,
+                    "no certificate yet; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::stopped(shutdown) => return None,
+                }
+            }
+        }
+    }
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Records the certificate in force in the metrics.
+pub fn observe(metrics: &Metrics, creds: &Credentials) {
+    metrics
+        .cert_expiry
+        .set(meridian_identity::ca::unix_seconds(creds.not_after()));
+    metrics.cert_renewals.inc();
+}
+
+/// Keeps the credentials fresh until `shutdown`: renews at half life (retrying with
+/// backoff while the old certificate is still valid), or re-reads static files.
+pub async fn renew(
+    store: Arc<CredentialStore>,
+    rx: CredentialReceiver,
+    source: Source,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let current = rx.current();
+        let wait = match &source {
+            Source::Files { .. } => FILE_POLL,
+            Source::Signer { .. } => current
+                .refresh_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        let next = match &source {
+            Source::Files { .. } => match fetch(&source, current.identity()).await {
+                Ok(c) if c.not_after() != current.not_after() => c,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "re-reading certificate files failed"
+                    );
+                    continue;
+                }
+            },
+            Source::Signer { .. } => {
+                match fetch_until_ok(&source, current.identity(), &mut shutdown).await {
+                    Some(c) => c,
+                    None => return,
+                }
+            }
+        };
+        match store.set(next.clone()) {
+            Ok(()) => {
+                info!(not_after = ?next.not_after(), "certificate renewed");
+                observe(&metrics, &next);
+            }
+            Err(e) => warn!(error = %e, "renewed certificate rejected"),
+        }
+    }
+}

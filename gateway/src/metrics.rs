@@ -1,0 +1,242 @@
+//! Prometheus metrics of the gateway (served on the admin listener at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A destination of traffic: the service port and where the chosen endpoint runs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Destination {
+    /// Global service hostname.
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+    /// Cluster of the endpoint.
+    pub cluster: String,
+    /// Locality of the endpoint, `region/zone/subzone`.
+    pub locality: String,
+}
+
+/// A response to a request sent to a destination.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Response {
+    /// Global service hostname.
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+    /// Cluster of the endpoint.
+    pub cluster: String,
+    /// Locality of the endpoint.
+    pub locality: String,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Bytes moved for a destination, by direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Bytes {
+    /// Global service hostname.
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+    /// Cluster of the endpoint.
+    pub cluster: String,
+    /// Locality of the endpoint.
+    pub locality: String,
+    /// `sent` (client to endpoint) or `received`.
+    pub direction: &'static str,
+}
+
+/// A service port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServicePort {
+    /// Global service hostname.
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+}
+
+/// A service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Service {
+    /// Global service hostname.
+    pub service: String,
+}
+
+/// An outlier ejection of an endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Ejection {
+    /// Global service hostname.
+    pub service: String,
+    /// Cluster of the endpoint.
+    pub cluster: String,
+    /// Locality of the endpoint.
+    pub locality: String,
+}
+
+/// A tunnel handshake.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Handshake {
+    /// `server` (accepted) or `client` (originated).
+    pub side: &'static str,
+    /// The peer cluster, when known.
+    pub peer: String,
+    /// `ok` or the failure reason.
+    pub result: String,
+}
+
+/// A refused tunnel connection or stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    /// Why: `plaintext`, `no_client_cert`, `unknown_issuer`, `expired`, `trust_domain`,
+    /// `target`, `not_connect`, ...
+    pub reason: String,
+}
+
+/// A peer gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Peer {
+    /// Its cluster.
+    pub peer: String,
+}
+
+/// Every metric of the gateway.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// TCP connections (outbound listeners) per destination.
+    pub connections: Family<Destination, Counter>,
+    /// HTTP requests (attempts, retries included) per destination.
+    pub requests: Family<Destination, Counter>,
+    /// HTTP responses per destination and status code.
+    pub responses: Family<Response, Counter>,
+    /// Bytes spliced per destination and direction (TCP ports).
+    pub bytes: Family<Bytes, Counter>,
+    /// Failed connection attempts per destination.
+    pub connect_failures: Family<Destination, Counter>,
+    /// Retries onto the next choice, per service port.
+    pub retries: Family<ServicePort, Counter>,
+    /// Requests or connections that found no healthy endpoint.
+    pub no_healthy_upstream: Family<ServicePort, Counter>,
+    /// Outlier ejections per endpoint location.
+    pub ejections: Family<Ejection, Counter>,
+    /// Endpoints ejected right now, per service.
+    pub ejected: Family<Service, Gauge>,
+    /// Tunnel handshakes by side, peer and result.
+    pub tunnel_handshakes: Family<Handshake, Counter>,
+    /// Tunnel streams accepted by this gateway (server side).
+    pub tunnel_streams: Counter,
+    /// Refused tunnel connections and streams by reason.
+    pub tunnel_refusals: Family<Refusal, Counter>,
+    /// Peer gateway liveness (1 up, 0 down).
+    pub peer_up: Family<Peer, Gauge>,
+    /// Unix time at which the current certificate expires.
+    pub cert_expiry: Gauge,
+    /// Certificates installed (initial and renewals).
+    pub cert_renewals: Counter,
+    /// Version of the snapshot in use.
+    pub snapshot_version: Gauge,
+    /// Whether the controller stream is connected (1) or not (0).
+    pub controller_connected: Gauge,
+    /// Outbound listeners open.
+    pub listeners: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric under the `meridian_gateway` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("meridian_gateway");
+        r.register(
+            "connections",
+            "TCP connections per destination",
+            self.connections.clone(),
+        );
+        r.register(
+            "requests",
+            "HTTP request attempts per destination",
+            self.requests.clone(),
+        );
+        r.register(
+            "responses",
+            "HTTP responses per destination and code",
+            self.responses.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes spliced per destination and direction",
+            self.bytes.clone(),
+        );
+        r.register(
+            "connect_failures",
+            "Failed connection attempts per destination",
+            self.connect_failures.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries onto the next choice",
+            self.retries.clone(),
+        );
+        r.register(
+            "no_healthy_upstream",
+            "Requests or connections without a healthy endpoint",
+            self.no_healthy_upstream.clone(),
+        );
+        r.register("ejections", "Outlier ejections", self.ejections.clone());
+        r.register(
+            "ejected_endpoints",
+            "Endpoints currently ejected",
+            self.ejected.clone(),
+        );
+        r.register(
+            "tunnel_handshakes",
+            "Tunnel mTLS handshakes",
+            self.tunnel_handshakes.clone(),
+        );
+        r.register(
+            "tunnel_streams",
+            "Tunnel streams accepted",
+            self.tunnel_streams.clone(),
+        );
+        r.register(
+            "tunnel_refusals",
+            "Refused tunnel connections and streams",
+            self.tunnel_refusals.clone(),
+        );
+        r.register("peer_up", "Peer gateway liveness", self.peer_up.clone());
+        r.register(
+            "cert_expiry_timestamp_seconds",
+            "Expiry of the gateway certificate (Unix seconds)",
+            self.cert_expiry.clone(),
+        );
+        r.register(
+            "cert_renewals",
+            "Certificates installed",
+            self.cert_renewals.clone(),
+        );
+        r.register(
+            "snapshot_version",
+            "Version of the snapshot in use",
+            self.snapshot_version.clone(),
+        );
+        r.register(
+            "controller_connected",
+            "Controller stream connected",
+            self.controller_connected.clone(),
+        );
+        r.register(
+            "listeners",
+            "Outbound listeners open",
+            self.listeners.clone(),
+        );
+    }
+
+    /// Counts a refusal.
+    pub fn refuse(&self, reason: &str) {
+        self.tunnel_refusals
+            .get_or_create(&Refusal {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,460 @@
+//! Outbound listeners: one per (global service, port) at the listener port the snapshot
+//! assigns. TCP ports choose an endpoint per connection and splice bytes both ways; HTTP
+//! ports choose per request, follow HTTP routes, and retry idempotent requests onto the
+//! next choice on a connect failure or a 503.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::catalog::{Catalog, ListenerSpec, Port};
+use crate::dataplane::{Dataplane, Io};
+use crate::metrics;
+use crate::outlier::Outcome;
+use crate::route::ServiceRoutes;
+
+/// Bodies up to this size are buffered so idempotent requests can be retried.
+const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The open outbound listeners, reconciled against each catalog.
+#[derive(Debug)]
+pub struct Listeners {
+    bind: IpAddr,
+    open: BTreeMap<u16, (ListenerSpec, JoinHandle<()>)>,
+}
+
+impl Listeners {
+    /// No listeners yet; they will bind to `bind`.
+    pub fn new(bind: IpAddr) -> Self {
+        Self {
+            bind,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Opens listeners the catalog adds, closes those it drops and restarts those whose
+    /// service port changed; the others, and every open connection, are left alone.
+    pub async fn reconcile(
+        &mut self,
+        catalog: &Catalog,
+        dp: &Arc<Dataplane>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let stale: Vec<u16> = self
+            .open
+            .iter()
+            .filter(|(port, (spec, _))| catalog.listeners.get(port) != Some(spec))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in stale {
+            if let Some((spec, task)) = self.open.remove(&port) {
+                info!(listener_port = port, service = %spec.hostname, "closing outbound listener");
+                task.abort();
+            }
+        }
+        for (port, spec) in &catalog.listeners {
+            if self.open.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind, *port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(%addr, service = %spec.hostname, port = spec.port.port, http = spec.port.is_http(), "outbound listener open");
+                    let task = tokio::spawn(
+                        accept(listener, spec.clone(), dp.clone(), shutdown.clone()).instrument(
+                            info_span!("outbound", service = %spec.hostname, port = spec.port.port),
+                        ),
+                    );
+                    self.open.insert(*port, (spec.clone(), task));
+                }
+                Err(e) => {
+                    warn!(%addr, service = %spec.hostname, error = %e, "cannot open outbound listener; retried on the next snapshot")
+                }
+            }
+        }
+        dp.metrics.listeners.set(self.open.len() as i64);
+    }
+
+    /// Closes every listener (shutdown); open connections drain separately.
+    pub fn close_all(&mut self) {
+        for (_, (_, task)) in std::mem::take(&mut self.open) {
+            task.abort();
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    dp: Arc<Dataplane>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let dp = dp.clone();
+        let spec = spec.clone();
+        let span = info_span!("connection", %remote);
+        if spec.port.is_http() {
+            tokio::spawn(http_connection(tcp, spec, dp).instrument(span));
+        } else {
+            tokio::spawn(tcp_connection(tcp, spec, dp).instrument(span));
+        }
+    }
+}
+
+async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
+    let _drain = dp.drain_guard();
+    let routing = dp.routing();
+    let Some(routes) = routing.services.get(&spec.hostname).cloned() else {
+        return;
+    };
+    let mut tried = Vec::new();
+    let budget = dp.settings.max_retries as usize + 1;
+    let Some((idx, mut upstream)) =
+        connect_within(&dp, &routes, 0, &spec.port, &mut tried, budget).await
+    else {
+        dp.metrics
+            .no_healthy_upstream
+            .get_or_create(&metrics::ServicePort {
+                service: spec.hostname.clone(),
+                port: spec.port.port,
+            })
+            .inc();
+        debug!("no endpoint reachable; closing");
+        return;
+    };
+    let ep = &routes.service.endpoints[idx];
+    let labels = dp.destination(&spec.hostname, &spec.port, ep);
+    dp.metrics.connections.get_or_create(&labels).inc();
+    dp.report(&routes, idx, Outcome::Success).await;
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (sent, received) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "connection ended with an error");
+            (0, 0)
+        }
+    };
+    for (direction, n) in [("sent", sent), ("received", received)] {
+        dp.metrics
+            .bytes
+            .get_or_create(&metrics::Bytes {
+                service: labels.service.clone(),
+                port: labels.port,
+                cluster: labels.cluster.clone(),
+                locality: labels.locality.clone(),
+                direction,
+            })
+            .inc_by(n);
+    }
+}
+
+async fn http_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
+    let mut drain = dp.drain_guard();
+    let spec = Arc::new(spec);
+    let svc_dp = dp.clone();
+    let service = service_fn(move |req| proxy(svc_dp.clone(), spec.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(client), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "http connection ended") },
+        _ = crate::stopped(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn text(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(
+            Full::new(Bytes::from_static(msg.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("valid response")
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(listed.iter()) {
+        headers.remove(h);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The request sent upstream: HTTP/1.1 in origin form with a Host header, or HTTP/2 with
+/// an absolute URI.
+fn upstream_request(
+    parts: &http::request::Parts,
+    body: ProxyBody,
+    http2: bool,
+    fallback_host: &str,
+) -> Request<ProxyBody> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| fallback_host.to_owned());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let (uri, version) = if http2 {
+        headers.remove(header::HOST);
+        (
+            Uri::try_from(format!("http://{authority}{path}"))
+                .unwrap_or_else(|_| Uri::from_static("/")),
+            Version::HTTP_2,
+        )
+    } else {
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            headers.insert(header::HOST, v);
+        }
+        (
+            Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/")),
+            Version::HTTP_11,
+        )
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req
+}
+
+async fn send(
+    io: Box<dyn Io>,
+    req: Request<ProxyBody>,
+    http2: bool,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let io = TokioIo::new(io);
+    if http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream connection ended");
+            }
+        });
+        sender.send_request(req).await
+    }
+}
+
+async fn proxy(
+    dp: Arc<Dataplane>,
+    spec: Arc<ListenerSpec>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let routing = dp.routing();
+    let Some(routes) = routing.services.get(&spec.hostname).cloned() else {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "unknown service\n"));
+    };
+    let port = &spec.port;
+    let dest = routes.destination_for(Some(req.headers()), &mut rand::rng());
+    let inbound_version = req.version();
+    let (parts, body) = req.into_parts();
+    // Retries need the body again: buffer small bodies of idempotent requests.
+    let retryable_size = body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_RETRY_BODY);
+    let (buffered, mut streaming) = if idempotent(&parts.method) && retryable_size {
+        match body.collect().await {
+            Ok(b) => (Some(b.to_bytes()), None),
+            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "request body failed\n")),
+        }
+    } else {
+        (None, Some(body))
+    };
+    let max_attempts = if buffered.is_some() {
+        dp.settings.max_retries as usize + 1
+    } else {
+        1
+    };
+    let mut tried = Vec::new();
+    let mut last: Option<Response<ProxyBody>> = None;
+    while tried.len() < max_attempts {
+        let remaining = max_attempts - tried.len();
+        // Connect failures move on to the next choice within the same budget.
+        let Some((idx, io)) = connect_within(&dp, &routes, dest, port, &mut tried, remaining).await
+        else {
+            break;
+        };
+        let ep = &routes.service.endpoints[idx];
+        let labels = dp.destination(&spec.hostname, port, ep);
+        dp.metrics.requests.get_or_create(&labels).inc();
+        let body: ProxyBody = match (&buffered, streaming.take()) {
+            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            (None, Some(s)) => s.boxed(),
+            (None, None) => break,
+        };
+        let upstream = upstream_request(&parts, body, port.is_http2(), &spec.hostname);
+        match send(io, upstream, port.is_http2()).await {
+            Ok(mut resp) => {
+                let code = resp.status().as_u16();
+                dp.metrics
+                    .responses
+                    .get_or_create(&metrics::Response {
+                        service: labels.service.clone(),
+                        port: labels.port,
+                        cluster: labels.cluster.clone(),
+                        locality: labels.locality.clone(),
+                        code,
+                    })
+                    .inc();
+                let outcome = if code >= 500 {
+                    Outcome::Status(code)
+                } else {
+                    Outcome::Success
+                };
+                dp.report(&routes, idx, outcome).await;
+                strip_hop_by_hop(resp.headers_mut());
+                *resp.version_mut() = inbound_version;
+                let resp = resp.map(|b| b.boxed());
+                if code == 503 && buffered.is_some() && tried.len() < max_attempts {
+                    debug!(endpoint = %ep.key.address, "503: retrying on the next choice");
+                    last = Some(resp);
+                    continue;
+                }
+                return Ok(resp);
+            }
+            Err(e) => {
+                debug!(endpoint = %ep.key.address, error = %e, "upstream request failed");
+                dp.metrics.connect_failures.get_or_create(&labels).inc();
+                dp.report(&routes, idx, Outcome::Status(502)).await;
+                if buffered.is_none() {
+                    return Ok(text(StatusCode::BAD_GATEWAY, "upstream request failed\n"));
+                }
+            }
+        }
+    }
+    if let Some(resp) = last {
+        return Ok(resp);
+    }
+    dp.metrics
+        .no_healthy_upstream
+        .get_or_create(&metrics::ServicePort {
+            service: spec.hostname.clone(),
+            port: port.port,
+        })
+        .inc();
+    Ok(text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no healthy upstream\n",
+    ))
+}
+
+/// Picks and dials endpoints, moving to the next choice on failure, for at most `budget`
+/// attempts. Returns the endpoint index and the stream, or `None` when all failed.
+async fn connect_within(
+    dp: &Dataplane,
+    routes: &ServiceRoutes,
+    dest: usize,
+    port: &Port,
+    tried: &mut Vec<usize>,
+    budget: usize,
+) -> Option<(usize, Box<dyn Io>)> {
+    let limit = tried.len() + budget;
+    while tried.len() < limit {
+        let idx = routes.pick(dest, &mut rand::rng(), tried)?;
+        if !tried.is_empty() {
+            dp.metrics
+                .retries
+                .get_or_create(&metrics::ServicePort {
+                    service: routes.service.hostname.clone(),
+                    port: port.port,
+                })
+                .inc();
+        }
+        tried.push(idx);
+        match dp.dial(routes, idx, port).await {
+            Ok(io) => return Some((idx, io)),
+            Err(e) => {
+                let ep = &routes.service.endpoints[idx];
+                debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "dial failed");
+                dp.metrics
+                    .connect_failures
+                    .get_or_create(&dp.destination(&routes.service.hostname, port, ep))
+                    .inc();
+                if e.blames_endpoint() {
+                    dp.report(routes, idx, Outcome::ConnectFailure).await;
+                }
+            }
+        }
+    }
+    None
+}

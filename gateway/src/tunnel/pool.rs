@@ -1,0 +1,229 @@
+//! Tunnel client: one pooled HTTP/2 connection per peer gateway, streams multiplexed on it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_identity::tls::Connector;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+use tracing::{Instrument, debug, info_span};
+
+use super::{ERROR_HEADER, SERVICE_HEADER, TunnelError};
+use crate::catalog::PeerGateway;
+use crate::metrics::{Handshake, Metrics};
+
+type Sender = SendRequest<Empty<Bytes>>;
+type Slot = Arc<Mutex<Option<Sender>>>;
+
+/// A change of a peer gateway's liveness as the pool sees it.
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    /// The peer's cluster.
+    pub cluster: String,
+    /// Whether a connection is up.
+    pub up: bool,
+    /// Why it is down.
+    pub error: Option<String>,
+}
+
+/// Pooled tunnel connections to peer gateways.
+#[derive(Debug)]
+pub struct Pool {
+    // Set once the gateway has credentials; handshakes read the latest from it.
+    connector: OnceLock<Connector>,
+    slots: Mutex<HashMap<String, Slot>>,
+    connect_timeout: Duration,
+    keepalive: Duration,
+    metrics: Arc<Metrics>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+}
+
+impl Pool {
+    /// A pool without credentials yet (see [`Pool::set_connector`]); liveness changes are
+    /// sent to `events`.
+    pub fn new(
+        connect_timeout: Duration,
+        keepalive: Duration,
+        metrics: Arc<Metrics>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Self {
+        Self {
+            connector: OnceLock::new(),
+            slots: Mutex::default(),
+            connect_timeout,
+            keepalive,
+            metrics,
+            events,
+        }
+    }
+
+    /// Installs the connector whose latest credentials every handshake uses. Only the
+    /// first call has an effect.
+    pub fn set_connector(&self, connector: Connector) {
+        let _ = self.connector.set(connector);
+    }
+
+    /// Opens a stream to `target` through `peer`, for `service` (`hostname:port`).
+    pub async fn open(
+        &self,
+        peer: &PeerGateway,
+        target: SocketAddr,
+        service: &str,
+    ) -> Result<TokioIo<Upgraded>, TunnelError> {
+        let mut sender = self.sender(peer).await?;
+        let peer_err = |e: hyper::Error| TunnelError::Peer {
+            peer: peer.cluster.clone(),
+            reason: e.to_string(),
+        };
+        sender.ready().await.map_err(peer_err)?;
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .header(SERVICE_HEADER, service)
+            .body(Empty::new())
+            .expect("valid CONNECT request");
+        let resp = sender.send_request(req).await.map_err(peer_err)?;
+        match resp.status() {
+            StatusCode::OK => hyper::upgrade::on(resp)
+                .await
+                .map(TokioIo::new)
+                .map_err(peer_err),
+            StatusCode::SERVICE_UNAVAILABLE
+                if resp
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .is_some_and(|v| v == "connect") =>
+            {
+                Err(TunnelError::TargetConnect)
+            }
+            status => Err(TunnelError::Refused(status)),
+        }
+    }
+
+    /// Makes sure a connection to `peer` is up (connecting if needed).
+    pub async fn probe(&self, peer: &PeerGateway) -> Result<(), TunnelError> {
+        self.sender(peer).await.map(|_| ())
+    }
+
+    /// Whether a live connection to `cluster` is pooled.
+    pub async fn is_connected(&self, cluster: &str) -> bool {
+        let slot = self.slots.lock().await.get(cluster).cloned();
+        match slot {
+            Some(slot) => slot.lock().await.as_ref().is_some_and(|s| !s.is_closed()),
+            None => false,
+        }
+    }
+
+    async fn sender(&self, peer: &PeerGateway) -> Result<Sender, TunnelError> {
+        let slot = self
+            .slots
+            .lock()
+            .await
+            .entry(peer.cluster.clone())
+            .or_default()
+            .clone();
+        // One connection attempt per peer at a time; other peers are not held up.
+        let mut current = slot.lock().await;
+        if let Some(s) = current.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        *current = None;
+        match self.connect(peer).await {
+            Ok(s) => {
+                *current = Some(s.clone());
+                let _ = self.events.send(PeerEvent {
+                    cluster: peer.cluster.clone(),
+                    up: true,
+                    error: None,
+                });
+                Ok(s)
+            }
+            Err(e) => {
+                let _ = self.events.send(PeerEvent {
+                    cluster: peer.cluster.clone(),
+                    up: false,
+                    error: Some(e.to_string()),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self, peer: &PeerGateway) -> Result<Sender, TunnelError> {
+        let err = |reason: String| TunnelError::Peer {
+            peer: peer.cluster.clone(),
+            reason,
+        };
+        let connector = self
+            .connector
+            .get()
+            .ok_or_else(|| err("no credentials yet".to_owned()))?;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&peer.address))
+            .await
+            .map_err(|_| err(format!("connect to {} timed out", peer.address)))?
+            .map_err(|e| err(format!("connect to {}: {e}", peer.address)))?;
+        let _ = tcp.set_nodelay(true);
+        let handshake =
+            tokio::time::timeout(self.connect_timeout, connector.connect(tcp, &peer.identity))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
+        let result = match &handshake {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => meridian_identity::verifier::failure_reason(e).to_owned(),
+        };
+        self.metrics
+            .tunnel_handshakes
+            .get_or_create(&Handshake {
+                side: "client",
+                peer: peer.cluster.clone(),
+                result,
+            })
+            .inc();
+        let tls = handshake.map_err(|e| err(format!("TLS handshake: {e}")))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| err(format!("HTTP/2 handshake: {e}")))?;
+        let events = self.events.clone();
+        let cluster = peer.cluster.clone();
+        tokio::spawn(
+            async move {
+                let error = match conn.await {
+                    Ok(()) => "connection closed".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                debug!(%error, "tunnel connection ended");
+                let _ = events.send(PeerEvent {
+                    cluster,
+                    up: false,
+                    error: Some(error),
+                });
+            }
+            .instrument(info_span!("tunnel_connection", peer = %peer.cluster)),
+        );
+        debug!(peer = %peer.cluster, address = %peer.address, "tunnel connected");
+        Ok(sender)
+    }
+
+    /// Drops every pooled connection (shutdown).
+    pub async fn clear(&self) {
+        let slots: Vec<Slot> = self.slots.lock().await.drain().map(|(_, s)| s).collect();
+        for s in slots {
+            if s.lock().await.take().is_some() {
+                debug!("tunnel connection dropped on shutdown");
+            }
+        }
+    }
+}
