@@ -2,7 +2,7 @@
 //! (echo pods, their Pod status) and endpoints controller.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::network::{LoopbackBlock, free_port, loopback_to_pod_ip};
 use crate::node::NodeInfo;
 use crate::pki::ClusterPki;
 use crate::pod::{PodHandle, PodSpec, pod_object, pod_status};
+use crate::proxy;
 use crate::service::ServiceSpec;
 
 /// Namespace every cluster starts with (where Meridian's own objects live).
@@ -357,6 +358,26 @@ impl Cluster {
         endpoints::sync_namespace(&self.client, namespace).await
     }
 
+    /// Where a connection to a Service's `clusterIP:port` would land: the loopback socket
+    /// addresses of its ready endpoints (the testbed's stand-in for kube-proxy).
+    pub async fn resolve_cluster_ip(&self, vip: SocketAddr) -> Result<Vec<SocketAddr>> {
+        let _state = self.running_api().await?;
+        proxy::resolve_cluster_ip(&self.client, vip).await
+    }
+
+    /// Gives a Service a load balancer address (`status.loadBalancer.ingress[0].ip`), as a
+    /// cloud controller would; use an address from [`Cluster::allocate_address`] where the
+    /// test runs the process behind it.
+    pub async fn set_load_balancer_ingress(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: IpAddr,
+    ) -> Result<()> {
+        let _state = self.running_api().await?;
+        proxy::set_load_balancer_ingress(&self.client, namespace, name, ip).await
+    }
+
     /// Adds a pod: an echo server on a fresh loopback address (unless `spec.echo` is false),
     /// a Pod object on the chosen node with a Running status, and updated Endpoints.
     pub async fn add_pod(&self, spec: PodSpec) -> Result<PodHandle> {
@@ -375,8 +396,8 @@ impl Cluster {
 
         let address = self.block.allocate()?;
         let pod_ip = match loopback_to_pod_ip(address.into()) {
-            std::net::IpAddr::V4(ip) => ip,
-            std::net::IpAddr::V6(_) => unreachable!("loopback block is IPv4"),
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => unreachable!("loopback block is IPv4"),
         };
         let handle = PodHandle {
             cluster: self.name().to_string(),

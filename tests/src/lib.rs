@@ -39,6 +39,7 @@ mod node;
 mod pki;
 mod pod;
 mod process;
+mod proxy;
 mod service;
 mod testbed;
 

@@ -305,6 +305,91 @@ mod pods {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_ips_resolve_to_ready_pods_and_load_balancers_get_addresses() {
+        init_tracing();
+        let testbed = Testbed::start(&one_cluster())
+            .await
+            .expect("testbed starts");
+        let cluster = &testbed.clusters()[0];
+        let service = cluster
+            .create_service(
+                &ServiceSpec::new("api")
+                    .namespace("shop")
+                    .port(ServicePortSpec::http("http", 80).target(8080))
+                    .port(ServicePortSpec::tcp("grpc", 90).target_name("grpc")),
+            )
+            .await
+            .expect("service");
+        let cluster_ip: std::net::IpAddr = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .expect("ClusterIP allocated")
+            .parse()
+            .expect("ClusterIP parses");
+        let pods = [
+            cluster
+                .add_pod(
+                    PodSpec::new("api-1")
+                        .namespace("shop")
+                        .app("api")
+                        .port("http", 8080)
+                        .port("grpc", 9090),
+                )
+                .await
+                .expect("pod 1"),
+            cluster
+                .add_pod(
+                    PodSpec::new("api-2")
+                        .namespace("shop")
+                        .app("api")
+                        .port("http", 8080)
+                        .port("grpc", 9090),
+                )
+                .await
+                .expect("pod 2"),
+        ];
+        let vip = std::net::SocketAddr::new(cluster_ip, 90);
+        let mut expected: Vec<_> = pods.iter().map(|p| p.socket_addr(9090)).collect();
+        expected.sort();
+        assert_eq!(
+            cluster.resolve_cluster_ip(vip).await.expect("resolve"),
+            expected
+        );
+        let (status, reply) = http_get(expected[0], "/").await;
+        assert_eq!(status, 200);
+        assert!(reply.pod.starts_with("api-"));
+
+        cluster
+            .set_pod_ready(&pods[0], false)
+            .await
+            .expect("not ready");
+        assert_eq!(
+            cluster.resolve_cluster_ip(vip).await.expect("resolve"),
+            vec![pods[1].socket_addr(9090)]
+        );
+
+        let gateway_ip = cluster.allocate_address().expect("address");
+        cluster
+            .set_load_balancer_ingress("shop", "api", gateway_ip.into())
+            .await
+            .expect("load balancer status");
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(cluster.client(), "shop");
+        let ingress = services
+            .get("api")
+            .await
+            .expect("service")
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .expect("ingress");
+        assert_eq!(
+            ingress[0].ip.as_deref(),
+            Some(gateway_ip.to_string().as_str())
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn echo_pods_answer_http_and_tcp_and_obey_faults() {
         init_tracing();
         let testbed = Testbed::start(&one_cluster())

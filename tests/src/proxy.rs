@@ -1,0 +1,97 @@
+//! Simulated Service networking: what kube-proxy and a cloud load balancer would provide.
+//!
+//! ClusterIPs are allocated by the real API server (`172.(16+i).0.0/16` in cluster `i`) but
+//! nothing routes them; [`resolve_cluster_ip`] answers where a connection to `vip:port`
+//! would land (the ready endpoints, mapped onto loopback), so a test can dial it. A
+//! LoadBalancer Service gets a reachable address by writing its status, as a cloud
+//! controller would ([`set_load_balancer_ingress`]); unlike Endpoints, that field accepts
+//! loopback IPs, so it can name a process the test runs (a gateway).
+
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+use crate::error::{Error, Result};
+use crate::network::pod_ip_to_loopback;
+
+/// The loopback socket addresses of the ready endpoints behind `vip` (a Service's
+/// `clusterIP:port`), in address order.
+pub(crate) async fn resolve_cluster_ip(
+    client: &Client,
+    vip: SocketAddr,
+) -> Result<Vec<SocketAddr>> {
+    let services: Api<Service> = Api::all(client.clone());
+    let services = services
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("listing Services"))?;
+    let not_found = || Error::NotFound {
+        kind: "Service with ClusterIP",
+        name: vip.to_string(),
+    };
+    let (service, port_name) = services
+        .items
+        .iter()
+        .find_map(|s| {
+            let spec = s.spec.as_ref()?;
+            if spec.cluster_ip.as_deref()?.parse::<IpAddr>().ok()? != vip.ip() {
+                return None;
+            }
+            let port = spec
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.port == i32::from(vip.port()))?;
+            Some((s, port.name.clone()))
+        })
+        .ok_or_else(not_found)?;
+    let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+    let Some(endpoints) = endpoints
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Endpoints {namespace}/{name}")))?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut backends = Vec::new();
+    for subset in endpoints.subsets.iter().flatten() {
+        // Endpoints ports carry the Service port's name (None for a single unnamed port).
+        let Some(port) = subset.ports.iter().flatten().find(|p| p.name == port_name) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(port.port) else {
+            continue;
+        };
+        for address in subset.addresses.iter().flatten() {
+            if let Ok(ip) = address.ip.parse::<IpAddr>() {
+                backends.push(SocketAddr::new(pod_ip_to_loopback(ip), port));
+            }
+        }
+    }
+    backends.sort();
+    Ok(backends)
+}
+
+/// Writes `status.loadBalancer.ingress: [{ip}]` on a Service.
+pub(crate) async fn set_load_balancer_ingress(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    ip: IpAddr,
+) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({
+        "status": { "loadBalancer": { "ingress": [ { "ip": ip.to_string() } ] } }
+    });
+    services
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!(
+            "writing load balancer status of Service {namespace}/{name}"
+        )))?;
+    Ok(())
+}
