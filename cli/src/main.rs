@@ -1,12 +1,20 @@
 //! `meridianctl`: the operator's command line for Meridian.
 #![forbid(unsafe_code)]
 
+mod ca;
+mod cluster;
+mod connect;
+mod explain;
 mod render;
 mod simulate;
+mod status;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use crate::connect::ClusterArgs;
+use crate::render::Output;
 
 /// Meridian: multi-cluster federation and failover for Kubernetes.
 #[derive(Debug, Parser)]
@@ -14,22 +22,33 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    output: Output,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Register, remove and list member clusters.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
+    /// Manage the mesh root CA.
+    #[command(subcommand)]
+    Ca(ca::Command),
+    /// Member clusters and global services at a glance.
+    Status,
+    /// The traffic split in force for a global service, with the reason for each share.
+    Explain(explain::Args),
     /// Compute the traffic split for a hypothetical health state (no cluster needed).
     Simulate(simulate::Args),
-}
-
-/// How results are printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Human-readable table.
-    #[default]
-    Table,
-    /// One JSON object.
-    Json,
 }
 
 /// Exit code for bad input (usage or file contents), as distinct from runtime failures.
@@ -38,7 +57,11 @@ const EXIT_BAD_INPUT: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Simulate(args) => simulate::run(&args),
+        Command::Simulate(args) => simulate::run(&args, cli.output),
+        command => runtime().and_then(|rt| {
+            rt.block_on(run(command, &cli.cluster, cli.output))
+                .map_err(CliError::Failed)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +73,25 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(e.into()))
+}
+
+async fn run(command: Command, cluster: &ClusterArgs, output: Output) -> anyhow::Result<()> {
+    // rustls needs one process-wide provider; ring is the only one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match command {
+        Command::Cluster(cmd) => cluster::run(cmd, cluster, output).await,
+        Command::Ca(cmd) => ca::run(cmd, cluster).await,
+        Command::Status => status::run(&cluster.client().await?, output).await,
+        Command::Explain(args) => explain::run(&cluster.client().await?, &args, output).await,
+        Command::Simulate(_) => unreachable!("simulate runs without a cluster"),
     }
 }
 

@@ -1,7 +1,53 @@
-//! Printing a traffic split, shared by `simulate` and `explain`.
+//! Output: tables, JSON/YAML, and the traffic split shared by `simulate` and `explain`.
 
 use meridian_api::split::{Group, Split};
 use serde::Serialize;
+
+/// How results are printed (`-o`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Prints `value` as JSON (one line) or YAML.
+pub fn print_structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
+        _ => println!("{}", serde_json::to_string(value)?),
+    }
+    Ok(())
+}
+
+/// A left-aligned table with two spaces between columns, kubectl style.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut all: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    all.extend(rows);
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            all.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in &all {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
 
 /// One row of the JSON form: `{"locality","priority","percent"}`.
 #[derive(Debug, Serialize)]
@@ -67,7 +113,7 @@ pub fn split_table(groups: &[Group], split: &Split) -> String {
     let header = [
         "LOCALITY", "PRIORITY", "REASON", "HEALTHY", "HEALTH", "WEIGHT", "PANIC", "PERCENT",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    let mut rows = Vec::new();
     for ((g, s), percent) in groups
         .iter()
         .zip(&split.groups)
@@ -78,7 +124,7 @@ pub fn split_table(groups: &[Group], split: &Split) -> String {
             let labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             locality = format!("{locality} {{{}}}", labels.join(","));
         }
-        rows.push([
+        rows.push(vec![
             locality,
             format!("P{}", s.priority),
             s.tier.to_string(),
@@ -89,19 +135,7 @@ pub fn split_table(groups: &[Group], split: &Split) -> String {
             format!("{percent:.2}%"),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(&header, rows);
     let loads: Vec<String> = split
         .priorities
         .iter()

@@ -9,7 +9,8 @@ use meridian_api::policy::{LocalityLbSetting, TrafficPolicy};
 use meridian_api::split::{Caller, Group, compute};
 use serde::Deserialize;
 
-use crate::{CliError, Output, render};
+use crate::CliError;
+use crate::render::{self, Output};
 
 /// Arguments of `meridianctl simulate`.
 #[derive(Debug, clap::Args)]
@@ -17,9 +18,6 @@ pub struct Args {
     /// Scenario file (YAML or JSON); `-` reads standard input.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-    output: Output,
 }
 
 /// A scenario file: a caller, optional policy fields and the health of each locality.
@@ -153,7 +151,7 @@ impl Scenario {
 }
 
 /// Runs `meridianctl simulate`.
-pub fn run(args: &Args) -> Result<(), CliError> {
+pub fn run(args: &Args, output: Output) -> Result<(), CliError> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {
@@ -162,13 +160,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     .map_err(|e| CliError::BadInput(format!("cannot read {}: {e}", args.file.display())))?;
     let checked = parse(&text)?.check()?;
     let split = compute(&checked.caller, &checked.groups, &checked.policy);
-    match args.output {
-        Output::Json => {
-            let json = render::split_json(&checked.groups, &split);
-            println!(
-                "{}",
-                serde_json::to_string(&json).map_err(anyhow::Error::from)?
-            );
+    match output {
+        Output::Json | Output::Yaml => {
+            render::print_structured(&render::split_json(&checked.groups, &split), output)?
         }
         Output::Table => {
             print!("{}", render::split_table(&checked.groups, &split));

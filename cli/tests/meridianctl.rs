@@ -1,17 +1,12 @@
-//! `meridianctl` as a user runs it: the real binary, real files, exit codes and output.
+//! `meridianctl` as a user runs it: the real binary, real files, exit codes and output;
+//! cluster commands against real API servers of the hermetic testbed.
 
 mod simulate {
     use std::io::Write;
-    use std::process::{Command, Output};
 
     use serde_json::Value;
 
-    fn meridianctl(args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_meridianctl"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
+    use super::support::meridianctl;
 
     fn scenario(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
@@ -166,5 +161,245 @@ mod simulate {
         }
         let out = meridianctl(&["simulate", "-f", "/nonexistent/scenario.yaml"]);
         assert_eq!(out.status.code(), Some(2));
+    }
+}
+
+/// Runs the real `meridianctl` against testbed clusters.
+mod support {
+    use std::process::{Command, Output};
+
+    pub fn meridianctl(args: &[&str]) -> Output {
+        // Never fall back to a kubeconfig of the machine running the tests.
+        Command::new(env!("CARGO_BIN_EXE_meridianctl"))
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(args: &[&str]) -> String {
+        let out = meridianctl(args);
+        assert!(
+            out.status.success(),
+            "meridianctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+mod cluster {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use kube::api::ListParams;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use kube::{Api, Client, Config};
+    use meridian_testbed::{ClusterSpec, Testbed};
+
+    use super::support::{meridianctl, ok};
+
+    async fn client_from(kubeconfig: &str) -> Client {
+        let kc = Kubeconfig::from_yaml(kubeconfig).unwrap();
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    async fn registrations(client: Client) -> Vec<Secret> {
+        Api::<Secret>::namespaced(client, "meridian-system")
+            .list(&ListParams::default().labels("meridian.io/cluster=true"))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// `cluster add` writes a working, least-privilege registration; again is harmless;
+    /// `cluster remove` takes it away.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn add_then_remove() {
+        let tb = Testbed::start(&[
+            ClusterSpec::new("east", "sh", ["2000400001"]),
+            ClusterSpec::new("west", "sh", ["200002"]),
+        ])
+        .await
+        .unwrap();
+        let east = tb.cluster("east").unwrap();
+        let west = tb.cluster("west").unwrap();
+        let (host, member) = (
+            east.kubeconfig_path().to_str().unwrap(),
+            west.kubeconfig_path().to_str().unwrap(),
+        );
+        let add = [
+            "cluster",
+            "add",
+            "--kubeconfig",
+            member,
+            "--context",
+            "west",
+            "--host-kubeconfig",
+            host,
+            "--gateway-address",
+            "127.0.0.9:15008",
+        ];
+        let out = ok(&add);
+        assert!(out.contains("cluster \"west\" registered"), "{out}");
+        ok(&add);
+
+        let secrets = registrations(east.client()).await;
+        assert_eq!(secrets.len(), 1, "one registration after two adds");
+        let s = &secrets[0];
+        let annotations = s.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations["meridian.io/cluster-name"], "west");
+        assert_eq!(
+            annotations["meridian.io/gateway-address"],
+            "127.0.0.9:15008"
+        );
+        let kubeconfig =
+            String::from_utf8(s.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+        assert!(kubeconfig.contains(west.server_url()), "{kubeconfig}");
+
+        // The minted identity reads what the controller needs and nothing else.
+        let reader = client_from(&kubeconfig).await;
+        Api::<Service>::all(reader.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("reader lists Services");
+        let denied = Api::<Secret>::all(reader)
+            .list(&ListParams::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(denied, kube::Error::Api(ref s) if s.code == 403),
+            "{denied:?}"
+        );
+
+        ok(&[
+            "cluster",
+            "remove",
+            "west",
+            "--host-kubeconfig",
+            host,
+            "--kubeconfig",
+            member,
+            "--context",
+            "west",
+        ]);
+        assert!(registrations(east.client()).await.is_empty());
+        let gone = meridianctl(&["cluster", "remove", "west", "--host-kubeconfig", host]);
+        assert!(!gone.status.success());
+        assert!(
+            String::from_utf8_lossy(&gone.stderr)
+                .contains("no registration Secret for cluster \"west\"")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_input_is_refused_clearly() {
+        let tb = Testbed::start(&[ClusterSpec::new("east", "sh", ["z1"])])
+            .await
+            .unwrap();
+        let host = tb
+            .cluster("east")
+            .unwrap()
+            .kubeconfig_path()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let out = meridianctl(&[
+            "cluster",
+            "add",
+            "--kubeconfig",
+            &host,
+            "--context",
+            "nope",
+            "--host-kubeconfig",
+            &host,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("context \"nope\" not found"));
+        let out = meridianctl(&[
+            "cluster",
+            "add",
+            "--kubeconfig",
+            &host,
+            "--name",
+            "Bad_Name",
+            "--host-kubeconfig",
+            &host,
+        ]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a DNS label"));
+        assert!(
+            registrations(tb.cluster("east").unwrap().client())
+                .await
+                .is_empty()
+        );
+    }
+}
+
+mod ca {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use meridian_testbed::{ClusterSpec, Testbed};
+
+    use super::support::{meridianctl, ok};
+
+    async fn root(client: kube::Client) -> Vec<u8> {
+        let s = Api::<Secret>::namespaced(client, "meridian-system")
+            .get("meridian-ca")
+            .await
+            .unwrap();
+        s.data.unwrap()["ca.crt"].0.clone()
+    }
+
+    /// One root for every member: created as files once, loaded into each cluster.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn init_shares_one_root() {
+        let tb = Testbed::start(&[
+            ClusterSpec::new("east", "sh", ["z1"]),
+            ClusterSpec::new("west", "sh", ["z2"]),
+        ])
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("ca");
+        let out_dir = out_dir.to_str().unwrap();
+        ok(&["ca", "init", "--out", out_dir]);
+        assert!(
+            !meridianctl(&["ca", "init", "--out", out_dir])
+                .status
+                .success(),
+            "never overwrites a key"
+        );
+        for c in tb.clusters() {
+            let kc = c.kubeconfig_path().to_str().unwrap();
+            ok(&["ca", "init", "--from", out_dir, "--kubeconfig", kc]);
+            let again = ok(&["ca", "init", "--from", out_dir, "--kubeconfig", kc]);
+            assert!(again.contains("already exists"), "{again}");
+        }
+        let pem = std::fs::read(format!("{out_dir}/ca.crt")).unwrap();
+        for c in tb.clusters() {
+            assert_eq!(root(c.client()).await, pem);
+        }
+        // A different root is refused rather than silently replacing the mesh's trust.
+        let other = dir.path().join("other");
+        ok(&["ca", "init", "--out", other.to_str().unwrap()]);
+        let kc = tb
+            .cluster("east")
+            .unwrap()
+            .kubeconfig_path()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let out = meridianctl(&[
+            "ca",
+            "init",
+            "--from",
+            other.to_str().unwrap(),
+            "--kubeconfig",
+            &kc,
+        ]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("holds a different root"));
     }
 }
