@@ -1,0 +1,108 @@
+//! 10,000 queries over UDP with no lost answer.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::net::client::{Client, ClientHandle};
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::net::udp::UdpClientStream;
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::harness::{metric, service, serving, snapshot};
+
+const QUERIES: usize = 10_000;
+const SERVICES: usize = 100;
+/// Queries in flight at once.
+const CONCURRENCY: usize = 64;
+/// Tries per query: the first send and up to two retries.
+const ATTEMPTS: usize = 3;
+/// How long one try waits for its answer before it is retried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How one query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Answered, after this many tries.
+    Answered(usize),
+    /// No answer after every try.
+    Lost,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_udp_queries_lose_no_answer() {
+    let services = (0..SERVICES)
+        .map(|i| service(&format!("svc-{i}"), "load", &format!("10.97.0.{i}")))
+        .collect();
+    let (_controller, dns) = serving(snapshot(1, services), &[]).await;
+
+    // Retries are ours, not the client's, so that each one is counted.
+    let stream = UdpClientStream::builder(dns.addr, TokioRuntimeProvider::default())
+        .with_timeout(Some(ATTEMPT_TIMEOUT))
+        .with_max_retries(0)
+        .build();
+    let (client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(background);
+
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut queries = JoinSet::new();
+    for i in 0..QUERIES {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let mut client = client.clone();
+        queries.spawn(async move {
+            let _permit = permit;
+            let service = i % SERVICES;
+            let name = Name::from_str(&format!("svc-{service}.load.global.")).unwrap();
+            for attempt in 1..=ATTEMPTS {
+                let Ok(response) = client
+                    .query(name.clone(), DNSClass::IN, RecordType::A)
+                    .await
+                else {
+                    continue;
+                };
+                assert_eq!(
+                    response.response_code,
+                    ResponseCode::NoError,
+                    "{response:?}"
+                );
+                let addresses: Vec<_> = response
+                    .answers
+                    .iter()
+                    .filter_map(|rr| match &rr.data {
+                        RData::A(a) => Some(a.0.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(addresses, [format!("10.97.0.{service}")], "query {i}");
+                return Outcome::Answered(attempt);
+            }
+            Outcome::Lost
+        });
+    }
+    let mut first_try = 0;
+    let mut after_retry = 0;
+    let mut lost = 0;
+    while let Some(outcome) = queries.join_next().await {
+        match outcome.expect("query task") {
+            Outcome::Answered(1) => first_try += 1,
+            Outcome::Answered(_) => after_retry += 1,
+            Outcome::Lost => lost += 1,
+        }
+    }
+    let served = metric(
+        &dns.metrics().await,
+        r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#,
+    )
+    .unwrap_or_default();
+    println!(
+        "load: {QUERIES} UDP queries, {CONCURRENCY} in flight: {first_try} answered first try, \
+         {after_retry} after a retry, {lost} lost (no answer after {ATTEMPTS} tries); \
+         server counted {served} answers"
+    );
+    assert_eq!(first_try + after_retry + lost, QUERIES);
+    assert_eq!(lost, 0, "queries without an answer after {ATTEMPTS} tries");
+    assert!(served >= QUERIES as f64, "server counted {served}");
+}

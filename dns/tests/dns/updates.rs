@@ -1,0 +1,159 @@
+//! Snapshot changes: visible on the next query, swapped atomically.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hickory_server::net::client::{Client, ClientHandle};
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::net::udp::UdpClientStream;
+use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
+use meridian_api::proto::ServicePort;
+
+use crate::harness::{CLUSTER, PATIENCE, service, serving, snapshot};
+
+#[tokio::test]
+async fn the_controller_hears_who_subscribes() {
+    let (controller, _dns) = serving(snapshot(1, vec![]), &[]).await;
+    let subscriber = controller.wait_for_subscribers(1).await.remove(0);
+    assert_eq!(subscriber.cluster, CLUSTER);
+    assert_eq!(subscriber.role, "dns");
+    assert!(
+        subscriber.instance.starts_with("dns-test-"),
+        "{subscriber:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_change_is_visible_on_the_next_query() {
+    let (controller, dns) = serving(
+        snapshot(1, vec![service("reviews", "default", "10.96.0.10")]),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        dns.dig(&["reviews.default.global"]).await.answers(),
+        ["10.96.0.10"]
+    );
+
+    // New VIP, a new service, and a service gone.
+    controller.push(snapshot(
+        2,
+        vec![
+            service("details", "default", "10.96.0.30"),
+            service("reviews", "default", "10.96.0.20"),
+        ],
+    ));
+    dns.wait_version(2).await;
+    assert_eq!(
+        dns.dig(&["reviews.default.global"]).await.answers(),
+        ["10.96.0.20"]
+    );
+    assert_eq!(
+        dns.dig(&["details.default.global"]).await.answers(),
+        ["10.96.0.30"]
+    );
+    let soa = dns.dig(&["global", "SOA"]).await;
+    assert!(
+        soa.answers()[0].contains(" 2 60 30 3600 "),
+        "serial: {}",
+        soa.raw
+    );
+
+    controller.push(snapshot(
+        3,
+        vec![service("details", "default", "10.96.0.30")],
+    ));
+    dns.wait_version(3).await;
+    let gone = dns.dig(&["reviews.default.global"]).await;
+    assert_eq!(gone.status, "NXDOMAIN", "{}", gone.raw);
+}
+
+/// Version `v` of the mesh: port `1000 + v` and VIP `10.0.<v / 256>.<v % 256>`, so every
+/// answer says which snapshot each of its records came from.
+fn versioned(v: u64) -> meridian_api::proto::Snapshot {
+    let mut svc = service(
+        "reviews",
+        "default",
+        &format!("10.0.{}.{}", v / 256, v % 256),
+    );
+    svc.ports = vec![ServicePort {
+        name: "http".into(),
+        port: 1000 + v as u32,
+        ..Default::default()
+    }];
+    snapshot(v, vec![svc])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_answer_comes_from_one_snapshot() {
+    let (controller, dns) = serving(versioned(1), &[]).await;
+    let stream = UdpClientStream::builder(dns.addr, TokioRuntimeProvider::default())
+        .with_timeout(Some(Duration::from_secs(2)))
+        .build();
+    let (client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(background);
+
+    // Queries run while snapshots are swapped underneath them.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut queriers = Vec::new();
+    for _ in 0..4 {
+        let mut client = client.clone();
+        let done = done.clone();
+        queriers.push(tokio::spawn(async move {
+            let name = Name::from_str("_http._tcp.reviews.default.global.").unwrap();
+            let (mut checked, mut versions) = (0_u32, std::collections::BTreeSet::new());
+            while !done.load(Ordering::Relaxed) {
+                let Ok(response) = client
+                    .query(name.clone(), DNSClass::IN, RecordType::SRV)
+                    .await
+                else {
+                    continue; // a lost datagram says nothing about consistency
+                };
+                let port = response.answers.iter().find_map(|rr| match &rr.data {
+                    RData::SRV(srv) => Some(u64::from(srv.port) - 1000),
+                    _ => None,
+                });
+                let address = response.additionals.iter().find_map(|rr| match &rr.data {
+                    RData::A(a) => {
+                        let [_, _, hi, lo] = a.0.octets();
+                        Some(u64::from(hi) * 256 + u64::from(lo))
+                    }
+                    _ => None,
+                });
+                let (Some(port), Some(address)) = (port, address) else {
+                    panic!("incomplete answer: {response:?}");
+                };
+                assert_eq!(port, address, "an answer mixed two snapshots");
+                versions.insert(port);
+                checked += 1;
+            }
+            (checked, versions.len())
+        }));
+    }
+
+    let last = 200;
+    for v in 2..=last {
+        controller.push(versioned(v));
+        if v % 20 == 0 {
+            dns.wait_version(v).await;
+        }
+    }
+    dns.wait_version(last).await;
+    done.store(true, Ordering::Relaxed);
+    let (mut checked, mut distinct) = (0, 0);
+    for querier in queriers {
+        let (n, versions) = tokio::time::timeout(PATIENCE, querier)
+            .await
+            .expect("querier ends")
+            .expect("querier passed");
+        checked += n;
+        distinct = distinct.max(versions);
+    }
+    println!(
+        "atomic swap: {checked} answers checked, up to {distinct} versions seen by one querier"
+    );
+    assert!(checked > 0);
+    assert!(distinct > 1, "queries never overlapped a swap");
+}
