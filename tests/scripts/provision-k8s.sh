@@ -174,7 +174,7 @@ replace_vendored() {
 build() {
 	local tree=$1 what
 	# GOPATH mode through the upstream Makefile: module mode cannot work offline.
-	export GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0 GOTOOLCHAIN=local
+	export GO111MODULE=off GOPROXY=off GOFLAGS='' CGO_ENABLED=0 GOTOOLCHAIN=local
 	# No .git in a source package: give hack/lib/version.sh the version outright.
 	export KUBE_GIT_VERSION=${K8S_VERSION} KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=debian-source
 	export GOCACHE="${BUILD_DIR}/gocache"

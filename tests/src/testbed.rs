@@ -19,6 +19,9 @@ use crate::network::LoopbackBlock;
 /// system temp dir).
 pub const TMPDIR_ENV: &str = "MERIDIAN_TESTBED_TMPDIR";
 
+/// The kube-apiserver minor version the testbed targets (what the provisioning script builds).
+const SUPPORTED_MINOR: u32 = 20;
+
 /// Running simulated clusters. Dropping it (also while unwinding from a panic) kills every
 /// process, stops every echo server and removes the directory.
 #[derive(Debug)]
@@ -38,6 +41,15 @@ impl Testbed {
         validate(specs)?;
         let binaries = Binaries::locate()?;
         let minor = apiserver::minor_version(&binaries.kube_apiserver)?;
+        if minor != SUPPORTED_MINOR {
+            // Newer servers serve discovery.k8s.io/v1 EndpointSlices, which the testbed
+            // does not write; consumers preferring them would see no endpoints.
+            tracing::warn!(
+                binary = %binaries.kube_apiserver.display(),
+                minor,
+                "the testbed is built for kube-apiserver v1.{SUPPORTED_MINOR}; it writes only core/v1 Endpoints"
+            );
+        }
         let block = Arc::new(LoopbackBlock::reserve()?);
         let mut builder = tempfile::Builder::new();
         builder.prefix("meridian-testbed-");

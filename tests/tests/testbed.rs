@@ -25,7 +25,7 @@ mod support {
         vec![
             ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),
             ClusterSpec::new("west", "us-west1", ["us-west1-a", "us-west1-b"]),
-            ClusterSpec::new("north", "eu-north1", ["eu-north1-a"]),
+            ClusterSpec::new("north", "eu-north1", ["eu-north1-a"]).subzones(["rack1", "rack2"]),
         ]
     }
 
@@ -111,7 +111,9 @@ mod startup {
     use k8s_openapi::api::core::v1::{Namespace, Node};
     use kube::Api;
     use kube::api::ListParams;
-    use meridian_testbed::{REGION_LABEL, SYSTEM_NAMESPACE, Testbed, ZONE_LABEL};
+    use meridian_testbed::{
+        PodSpec, REGION_LABEL, SUBZONE_LABEL, SYSTEM_NAMESPACE, Testbed, ZONE_LABEL,
+    };
 
     use crate::support::{init_tracing, kubectl, three_clusters};
 
@@ -139,11 +141,17 @@ mod startup {
                 .list(&ListParams::default())
                 .await
                 .expect("list nodes");
-            assert_eq!(nodes.items.len(), cluster.zones().len());
+            let subzones = cluster.spec().subzones.len().max(1);
+            assert_eq!(nodes.items.len(), cluster.zones().len() * subzones);
+            assert_eq!(nodes.items.len(), cluster.nodes().len());
             for node in &nodes.items {
                 let labels = node.metadata.labels.as_ref().expect("node labels");
                 assert_eq!(labels[REGION_LABEL], cluster.region());
                 assert!(cluster.zones().contains(&labels[ZONE_LABEL]));
+                assert_eq!(
+                    labels.get(SUBZONE_LABEL).is_some(),
+                    !cluster.spec().subzones.is_empty()
+                );
             }
 
             // kubectl with the generated kubeconfig: table output, YAML, and server-side
@@ -166,6 +174,20 @@ mod startup {
         urls.sort();
         urls.dedup();
         assert_eq!(urls.len(), 3, "every cluster has its own API server");
+
+        // Pods land on the node of the requested subzone.
+        let north = testbed.cluster("north").expect("north");
+        let pod = north
+            .add_pod(PodSpec::new("racked").subzone("rack2"))
+            .await
+            .expect("pod");
+        let node = north
+            .nodes()
+            .iter()
+            .find(|n| n.name == pod.node())
+            .expect("node");
+        assert_eq!(node.subzone.as_deref(), Some("rack2"));
+        assert_eq!(pod.zone(), "eu-north1-a");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
