@@ -29,8 +29,10 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Lifetime of a new mesh root.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-// Tolerate clocks that run a little behind the CA's.
-const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+// Tolerate clocks that run a little behind the CA's: certificates are backdated by a
+// quarter of their lifetime, at most a minute (so half-life renewal stays meaningful for
+// short lifetimes).
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The lifetime granted for a requested one: 0 means [`DEFAULT_CERT_TTL`], capped at
 /// [`MAX_CERT_TTL`].
@@ -189,7 +191,8 @@ impl MeshCa {
         ttl: Duration,
     ) -> Result<SignedCertificate, Error> {
         let now = SystemTime::now();
-        self.sign_csr_valid(csr_pem, identity, now - CLOCK_SKEW, now + ttl)
+        let backdate = CLOCK_SKEW.min(ttl / 4);
+        self.sign_csr_valid(csr_pem, identity, now - backdate, now + ttl)
     }
 
     /// Signs a gateway CSR with an explicit validity window (tests use it for expired and

@@ -1,0 +1,97 @@
+//! The seed scenario on real requests: 14 endpoints in the caller's zone (east, r1/z1)
+//! and 14 in another region behind the west gateway; overprovisioning factor 1.4.
+
+use std::net::Ipv4Addr;
+
+use meridian_api::proto::Protocol;
+
+use crate::support::{Backend, Client, Mesh, endpoint, service};
+
+const REQUESTS: usize = 400;
+
+async fn measure(client: &mut Client) -> (usize, usize) {
+    let (mut local, mut remote) = (0, 0);
+    for _ in 0..REQUESTS {
+        let (status, body) = client.get(&[]).await;
+        assert_eq!(status, 200, "{body}");
+        if body.starts_with("east/") {
+            local += 1;
+        } else {
+            remote += 1;
+        }
+    }
+    (local, remote)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_failover_by_local_health() {
+    let mesh = Mesh::new();
+    let mut east_pods = Vec::new();
+    let mut west_pods = Vec::new();
+    for i in 0..14u8 {
+        east_pods
+            .push(Backend::http(Ipv4Addr::new(127, 0, 3, 10 + i), "east", &format!("e{i}")).await);
+        west_pods
+            .push(Backend::http(Ipv4Addr::new(127, 0, 4, 10 + i), "west", &format!("w{i}")).await);
+    }
+    let (east, west) = tokio::join!(
+        mesh.gateway("east", Ipv4Addr::new(127, 0, 12, 1), ("r1", "z1")),
+        mesh.gateway("west", Ipv4Addr::new(127, 0, 12, 2), ("r2", "z2")),
+    );
+    let svc = |east_ready: usize| {
+        let mut eps: Vec<_> = east_pods
+            .iter()
+            .enumerate()
+            .map(|(i, b)| endpoint("east", b.addr, ("r1", "z1"), i < east_ready))
+            .collect();
+        eps.extend(
+            west_pods
+                .iter()
+                .map(|b| endpoint("west", b.addr, ("r2", "z2"), true)),
+        );
+        vec![service(
+            "reviews.default.global",
+            Protocol::Http,
+            9080,
+            22080,
+            eps,
+            "",
+        )]
+    };
+    west.push(1, svc(14), vec![east.as_peer()]).await;
+
+    // 10/14 healthy: health = 1.4 × 10/14 = 100% → everything stays local.
+    east.push(1, svc(10), vec![west.as_peer()]).await;
+    let mut client = Client::connect(east.listener(22080), "reviews.default.global").await;
+    let (local, remote) = measure(&mut client).await;
+    eprintln!("10/14 healthy: local {local}, remote {remote}");
+    assert_eq!((local, remote), (REQUESTS, 0));
+    for unready in &east_pods[10..] {
+        assert_eq!(unready.hits(), 0, "not-ready endpoints get nothing");
+    }
+
+    // 5/14 healthy: health = 1.4 × 5/14 = 50% → half spills to the other region.
+    east.push(2, svc(5), vec![west.as_peer()]).await;
+    let (local, remote) = measure(&mut client).await;
+    eprintln!("5/14 healthy: local {local}, remote {remote}");
+    // Binomial(400, 0.5): sd = 10; allow 5 sd.
+    assert!(
+        (150..=250).contains(&remote),
+        "about half remote: {remote}/{REQUESTS}"
+    );
+    let dump = east.config_dump().await;
+    let groups = &dump["splits"]["reviews.default.global"]["destinations"][0]["groups"];
+    let percents: Vec<f64> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(percents, vec![50.0, 50.0], "{groups}");
+
+    // 0/14 healthy: all remote.
+    east.push(3, svc(0), vec![west.as_peer()]).await;
+    let (local, remote) = measure(&mut client).await;
+    eprintln!("0/14 healthy: local {local}, remote {remote}");
+    assert_eq!((local, remote), (0, REQUESTS));
+}

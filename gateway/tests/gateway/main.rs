@@ -1,0 +1,10 @@
+//! Integration tests of the gateway: real `meridian-gateway` processes on loopback
+//! addresses, fed by fake controllers, with echo backends started here.
+
+mod support;
+
+mod e2e;
+mod locality;
+mod mtls;
+mod outlier;
+mod rotation;

@@ -1,0 +1,446 @@
+//! Shared helpers: echo backends on 127.x addresses, real gateway processes fed by a fake
+//! Discovery server, snapshot builders, and metrics scraping.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian_api::proto::{
+    Endpoint, GlobalService, Locality, Peer, Protocol, ServicePort, Snapshot,
+};
+use meridian_api::testing::FakeDiscovery;
+use meridian_identity::testing::{TestCa, TestCert};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// Trust domain of every test mesh.
+pub const TD: &str = "meridian.test";
+
+/// A free TCP port on `ip` (bound and released; the OS does not hand it out again soon).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A backend "pod": HTTP echo answering `<cluster>/<pod>`, or 503 while failing, on
+/// `ip:port`; counts the requests it gets.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub failing: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub async fn http(ip: Ipv4Addr, cluster: &str, pod: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let body = Bytes::from(format!("{cluster}/{pod}"));
+        let (h, f) = (hits.clone(), failing.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (h, f, body) = (h.clone(), f.clone(), body.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let status = if f.load(Ordering::SeqCst) {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        };
+                        let resp = Response::builder()
+                            .status(status)
+                            .body(Full::new(body.clone()))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            failing,
+        }
+    }
+
+    /// A raw TCP echo server: writes back every byte; on EOF, shuts its side down.
+    pub async fn tcp_echo(ip: Ipv4Addr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if tcp.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            failing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An endpoint entry for a snapshot.
+pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
+    Endpoint {
+        cluster: cluster.into(),
+        address: addr.ip().to_string(),
+        ports: [("http".to_string(), u32::from(addr.port()))].into(),
+        locality: Some(Locality {
+            region: zone.0.into(),
+            zone: zone.1.into(),
+            subzone: String::new(),
+        }),
+        labels: BTreeMap::new().into_iter().collect(),
+        ready,
+        stale: false,
+        pod: format!("pod-{addr}"),
+    }
+}
+
+/// A service with one port named `http`.
+pub fn service(
+    hostname: &str,
+    protocol: Protocol,
+    port: u32,
+    listener_port: u16,
+    endpoints: Vec<Endpoint>,
+    policy_json: &str,
+) -> GlobalService {
+    GlobalService {
+        name: hostname.split('.').next().unwrap().into(),
+        namespace: "default".into(),
+        hostname: hostname.into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port,
+            protocol: protocol as i32,
+            listener_port: u32::from(listener_port),
+        }],
+        endpoints,
+        policy_json: policy_json.into(),
+        ..Default::default()
+    }
+}
+
+/// How a gateway gets its certificate.
+pub enum Certs {
+    /// Static PEM files.
+    Files(TestCert),
+    /// A `Certificates` signer at this URL, with this lifetime.
+    Signer(String, &'static str),
+}
+
+/// A real `meridian-gateway` process with its own fake controller.
+pub struct Gateway {
+    pub cluster: String,
+    pub controller: FakeDiscovery,
+    pub ip: Ipv4Addr,
+    pub tunnel: SocketAddr,
+    pub admin: SocketAddr,
+    pub locality: (String, String),
+    child: Child,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "meridian-gw-{name}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+impl Gateway {
+    /// Starts a gateway for `cluster` on `ip` (outbound listeners, tunnel and admin all on
+    /// that loopback address). It waits for its first snapshot, which the caller pushes.
+    pub async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
+        let controller = FakeDiscovery::start().await.unwrap();
+        let dir = TempDir::new(cluster);
+        let tunnel = SocketAddr::from((ip, free_port(ip)));
+        let admin = SocketAddr::from((ip, free_port(ip)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
+        cmd.arg("--cluster")
+            .arg(cluster)
+            .arg("--controller")
+            .arg(controller.url())
+            .arg("--tunnel-addr")
+            .arg(tunnel.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .arg("--outbound-bind")
+            .arg(ip.to_string())
+            .arg("--peer-probe-interval")
+            .arg("200ms")
+            .arg("--connect-timeout")
+            .arg("1s")
+            .arg("--drain-timeout")
+            .arg("1s");
+        match certs {
+            Certs::Files(cert) => {
+                let files = cert.write(&dir.0, "gateway");
+                cmd.arg("--cert-chain")
+                    .arg(files.chain)
+                    .arg("--key")
+                    .arg(files.key)
+                    .arg("--root")
+                    .arg(files.root);
+            }
+            Certs::Signer(url, ttl) => {
+                cmd.arg("--ca").arg(url).arg("--cert-ttl").arg(ttl);
+            }
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+        let child = cmd.spawn().expect("start meridian-gateway");
+        Self {
+            cluster: cluster.into(),
+            controller,
+            ip,
+            tunnel,
+            admin,
+            locality: (locality.0.into(), locality.1.into()),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// This gateway as a peer entry in other clusters' snapshots.
+    pub fn as_peer(&self) -> Peer {
+        Peer {
+            cluster: self.cluster.clone(),
+            address: self.tunnel.to_string(),
+            identity: format!("spiffe://{TD}/cluster/{}/gateway", self.cluster),
+            locality: Some(Locality {
+                region: self.locality.0.clone(),
+                zone: self.locality.1.clone(),
+                subzone: String::new(),
+            }),
+        }
+    }
+
+    /// Pushes a snapshot for this gateway and waits until it is in use.
+    pub async fn push(&self, version: u64, services: Vec<GlobalService>, peers: Vec<Peer>) {
+        self.controller.push(Snapshot {
+            version,
+            cluster: self.cluster.clone(),
+            locality: Some(Locality {
+                region: self.locality.0.clone(),
+                zone: self.locality.1.clone(),
+                subzone: String::new(),
+            }),
+            trust_domain: TD.into(),
+            services,
+            peers,
+        });
+        self.wait_ready().await;
+        let want = format!("meridian_gateway_snapshot_version {version}");
+        for _ in 0..200 {
+            if self.metrics().await.lines().any(|l| l == want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{}: snapshot {version} never applied", self.cluster);
+    }
+
+    /// Waits for `/healthz/ready`.
+    pub async fn wait_ready(&self) {
+        for _ in 0..400 {
+            if let Ok((200, _)) = http_get(self.admin, "/healthz/ready").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{}: gateway never became ready", self.cluster);
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Sum of the samples of `name` whose labels contain every `label="value"` given.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
+    /// The `/config_dump` JSON.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let (_, body) = http_get(self.admin, "/config_dump").await.unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// An outbound listener address of this gateway.
+    pub fn listener(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip, port))
+    }
+
+    /// Stops the process.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Sums matching samples in Prometheus text.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or_default();
+            metric == name
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A one-shot HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A keep-alive HTTP/1.1 client on one connection to a gateway listener.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, host: &str) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self {
+            sender,
+            host: host.into(),
+        }
+    }
+
+    /// GET `/` with extra headers; status and body.
+    pub async fn get(&mut self, headers: &[(&str, &str)]) -> (u16, String) {
+        self.sender.ready().await.unwrap();
+        let mut req = Request::get("/").header("host", &self.host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .sender
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// A mesh CA plus helpers to start gateways with certificates from it.
+pub struct Mesh {
+    pub ca: TestCa,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        Self {
+            ca: TestCa::new(TD),
+        }
+    }
+
+    pub async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
+        Gateway::start(cluster, ip, locality, Certs::Files(self.ca.issue(cluster))).await
+    }
+}
