@@ -95,3 +95,81 @@ async fn seed_failover_by_local_health() {
     eprintln!("0/14 healthy: local {local}, remote {remote}");
     assert_eq!((local, remote), (0, REQUESTS));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_peer_gateway_takes_its_endpoints_down_at_once() {
+    let mesh = Mesh::new();
+    let west_pods = [
+        Backend::http(Ipv4Addr::new(127, 0, 8, 1), "west", "w0").await,
+        Backend::http(Ipv4Addr::new(127, 0, 8, 2), "west", "w1").await,
+    ];
+    let north_pods = [
+        Backend::http(Ipv4Addr::new(127, 0, 9, 1), "north", "n0").await,
+        Backend::http(Ipv4Addr::new(127, 0, 9, 2), "north", "n1").await,
+    ];
+    let (east, mut west, north) = tokio::join!(
+        mesh.gateway("east", Ipv4Addr::new(127, 0, 16, 1), ("r1", "z1")),
+        mesh.gateway("west", Ipv4Addr::new(127, 0, 16, 2), ("r2", "z2")),
+        mesh.gateway("north", Ipv4Addr::new(127, 0, 16, 3), ("r3", "z3")),
+    );
+    let mut eps: Vec<_> = west_pods
+        .iter()
+        .map(|b| endpoint("west", b.addr, ("r2", "z2"), true))
+        .collect();
+    eps.extend(
+        north_pods
+            .iter()
+            .map(|b| endpoint("north", b.addr, ("r3", "z3"), true)),
+    );
+    let svc = vec![service(
+        "api.default.global",
+        Protocol::Http,
+        80,
+        26080,
+        eps,
+        "",
+    )];
+    tokio::join!(
+        east.push(1, svc.clone(), vec![west.as_peer(), north.as_peer()]),
+        west.push(1, svc.clone(), vec![east.as_peer(), north.as_peer()]),
+        north.push(1, svc.clone(), vec![east.as_peer(), west.as_peer()]),
+    );
+    let mut client = Client::connect(east.listener(26080), "api.default.global").await;
+    let (_, remote) = measure(&mut client).await;
+    assert_eq!(remote, REQUESTS);
+    let west_before: usize = west_pods.iter().map(Backend::hits).sum();
+    assert!(
+        west_before > 100,
+        "both remote clusters serve: {west_before}"
+    );
+
+    west.kill().await;
+    // Requests racing the failure are retried onto the next choice; none fails.
+    for _ in 0..100 {
+        let (status, body) = client.get(&[]).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("north/"), "{body}");
+    }
+    assert_eq!(
+        west_pods.iter().map(Backend::hits).sum::<usize>(),
+        west_before
+    );
+    assert_eq!(
+        east.metric("meridian_gateway_peer_up", &[("peer", "west")])
+            .await,
+        0.0
+    );
+    let dump = east.config_dump().await;
+    assert_eq!(dump["peers"]["west"]["up"], false);
+    let healthy: Vec<bool> = dump["splits"]["api.default.global"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["healthy"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        healthy,
+        vec![false, false, true, true],
+        "west's endpoints all down at once"
+    );
+}
