@@ -53,3 +53,25 @@ pub use node::{HOSTNAME_LABEL, NodeInfo, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
 pub use pod::{APP_LABEL, ContainerPortSpec, DEFAULT_NAMESPACE, PodHandle, PodSpec, VERSION_LABEL};
 pub use service::{EXPORT_LABEL, ServicePortSpec, ServiceSpec};
 pub use testbed::{TMPDIR_ENV, Testbed};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Testbeds are shared across tasks (`Arc<Testbed>`) and cluster calls are spawned:
+    /// keep both `Send`. Checked at compile time; never called.
+    #[allow(dead_code)]
+    fn testbed_and_cluster_futures_are_send(testbed: &'static Testbed) {
+        fn send<T: Send + Sync>(_: &T) {}
+        fn send_future<T: Send>(_: T) {}
+        send(testbed);
+        let cluster = &testbed.clusters()[0];
+        let pod = PodSpec::new("p");
+        send_future(Testbed::start(&[]));
+        send_future(cluster.add_pod(pod));
+        send_future(cluster.create_service(&ServiceSpec::new("s")));
+        send_future(cluster.start_api_server());
+        send_future(cluster.stop_api_server());
+        send_future(cluster.resolve_cluster_ip(([127, 0, 0, 1], 80).into()));
+    }
+}
