@@ -336,6 +336,10 @@ pub fn header(bytes: &[u8]) -> Header {
     }
 }
 
+/// How long to wait before counting a packet as dropped. Where dropping is an allowed
+/// outcome this decides nothing about pass or fail.
+pub const DROP_WAIT: Duration = Duration::from_millis(500);
+
 /// Sends one raw UDP datagram and returns the reply, or `None` if none came within `wait`.
 pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -346,6 +350,31 @@ pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Op
         Ok(Err(error)) => panic!("recv: {error}"),
         Err(_) => None,
     }
+}
+
+/// Sends `frame` as is on a new TCP connection; returns the first reply, or `None` if the
+/// server closed the connection or said nothing.
+pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may close as soon as it sees garbage: a failed write is a drop.
+    if stream.write_all(frame).await.is_err() {
+        return None;
+    }
+    let read = async {
+        let mut len = [0_u8; 2];
+        stream.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut body).await.ok()?;
+        Some(body)
+    };
+    tokio::time::timeout(DROP_WAIT, read).await.ok().flatten()
+}
+
+/// `payload` with the two-byte length prefix of DNS over TCP.
+pub fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// A service with a VIP, an `http` port 9080 and pinned VIPs in `east` and `west`.

@@ -1,17 +1,13 @@
 //! Malformed packets never crash the server: they get FORMERR or are dropped.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::harness::{Dns, header, query_bytes, service, serving, snapshot, udp_exchange};
-
-/// How long to wait before counting a packet as dropped (dropping is an allowed outcome,
-/// so this decides nothing about pass or fail).
-const DROP_WAIT: Duration = Duration::from_millis(500);
+use crate::harness::{
+    DROP_WAIT, Dns, framed, header, query_bytes, service, serving, snapshot, tcp_exchange,
+    udp_exchange,
+};
 
 const FORMERR: u8 = 1;
 const NOTIMP: u8 = 4;
@@ -43,30 +39,6 @@ async fn udp_all(addr: SocketAddr, packets: Vec<Vec<u8>>) -> Vec<(Vec<u8>, Optio
         results.push(result.expect("exchange"));
     }
     results
-}
-
-/// Sends `frame` as is on a new TCP connection; returns the first reply, or `None` if the
-/// server closed the connection or said nothing.
-async fn tcp_exchange(addr: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    // The server may close as soon as it sees garbage: a failed write is a drop.
-    if stream.write_all(frame).await.is_err() {
-        return None;
-    }
-    let read = async {
-        let mut len = [0_u8; 2];
-        stream.read_exact(&mut len).await.ok()?;
-        let mut body = vec![0; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut body).await.ok()?;
-        Some(body)
-    };
-    tokio::time::timeout(DROP_WAIT, read).await.ok().flatten()
-}
-
-fn framed(payload: &[u8]) -> Vec<u8> {
-    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(payload);
-    frame
 }
 
 /// Asserts that a reply, if any, is FORMERR for the packet's id.
