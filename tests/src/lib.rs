@@ -25,6 +25,7 @@
 //! # }
 //! ```
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod apiserver;
 mod binaries;
