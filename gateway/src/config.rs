@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// Rewrite dialled endpoint addresses `FROM=TO` (CIDRs of equal length), for simulated
+    /// pod networks such as the testbed's `10.0.0.0/8=127.0.0.0/8`. Never needed in a
+    /// real cluster.
+    #[arg(long)]
+    pub dial_address_map: Option<crate::address_map::AddressMap>,
+
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -3,6 +3,7 @@
 //! remote), reporting outcomes to outlier detection, and draining on shutdown.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
+use crate::address_map::AddressMap;
 use crate::catalog::{Catalog, Endpoint, Port};
 use crate::health::Health;
 use crate::metrics::{self, Metrics};
@@ -26,6 +28,22 @@ pub struct Settings {
     pub max_retries: u32,
     /// Timeout of one connection attempt.
     pub connect_timeout: Duration,
+    /// Rewrites endpoint addresses before dialling (simulated pod networks only).
+    pub address_map: Option<AddressMap>,
+}
+
+impl Settings {
+    /// Connects to an endpoint of this cluster, within the connect timeout.
+    pub async fn connect_endpoint(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
+        let addr = self.address_map.map_or(target, |m| m.apply(target));
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
 }
 
 /// Routing for the current catalog and health.
@@ -229,12 +247,11 @@ impl Dataplane {
         let ep = &routes.service.endpoints[idx];
         let target = ep.target(port);
         if ep.cluster == self.cluster {
-            let tcp =
-                tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(target))
-                    .await
-                    .map_err(|_| DialError::Endpoint(format!("connect to {target} timed out")))?
-                    .map_err(|e| DialError::Endpoint(format!("connect to {target}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = self
+                .settings
+                .connect_endpoint(target)
+                .await
+                .map_err(|e| DialError::Endpoint(format!("connect to {target}: {e}")))?;
             return Ok(Box::new(tcp));
         }
         let catalog = self.routing().catalog.clone();

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod address_map;
 pub mod admin;
 pub mod catalog;
 pub mod config;
@@ -64,6 +65,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
     let settings = Settings {
         max_retries: config.max_retries,
         connect_timeout: config.connect_timeout,
+        address_map: config.dial_address_map,
     };
     let dp = Arc::new(Dataplane::new(
         &config.cluster,

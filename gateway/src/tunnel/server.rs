@@ -155,16 +155,13 @@ async fn stream(
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));
     }
-    let upstream =
-        match tokio::time::timeout(dp.settings.connect_timeout, TcpStream::connect(target)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(%target, error = %e, "tunnel target connect failed");
-                return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "connect"));
-            }
-            Err(_) => return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "connect")),
-        };
-    let _ = upstream.set_nodelay(true);
+    let upstream = match dp.settings.connect_endpoint(target).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%target, error = %e, "tunnel target connect failed");
+            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "connect"));
+        }
+    };
     dp.metrics.tunnel_streams.inc();
     let guard = dp.drain_guard();
     tokio::spawn(
