@@ -180,6 +180,21 @@ impl Aggregator {
             reports.push((name.clone(), m.spec.clone(), state, withdrawn));
         }
 
+        let local_synced = members
+            .get(&local_name)
+            .is_some_and(|m| m.state().phase == Phase::Synced);
+        let others_settled = members
+            .values()
+            .all(|m| m.state().phase != Phase::Connecting);
+        let waited = now.duration_since(self.started) >= self.config.initial_sync_timeout;
+        // Nothing is acted on before the members have synced (or the initial timeout passed):
+        // a restarting controller must neither hand its gateway a half-empty snapshot nor
+        // garbage-collect the VIP Services of services it has not seen yet.
+        if !(self.published || (local_synced && (others_settled || waited))) {
+            debug!("waiting for the initial sync");
+            soonest(self.started + self.config.initial_sync_timeout);
+            return deadline;
+        }
         let catalog = Arc::new(Catalog::build(&inputs));
         let policies = crate::policy::in_force(&self.policies.state());
         let (vips, vip_result) = self.vips.reconcile(&catalog).await;
@@ -216,16 +231,7 @@ impl Aggregator {
             policies: Some(&policy_specs),
             peers,
         });
-        let local_synced = members
-            .get(&local_name)
-            .is_some_and(|m| m.state().phase == Phase::Synced);
-        let others_settled = members
-            .values()
-            .all(|m| m.state().phase != Phase::Connecting);
-        let waited = now.duration_since(self.started) >= self.config.initial_sync_timeout;
-        // The first snapshot waits for the members, so a restarting controller never hands
-        // its gateway a half-empty view.
-        if self.published || (local_synced && (others_settled || waited)) {
+        {
             let version = snap.version;
             if self.publisher.publish(snap) {
                 info!(
@@ -237,8 +243,6 @@ impl Aggregator {
                 self.metrics.snapshot_version.set(version);
             }
             self.published = true;
-        } else {
-            soonest(self.started + self.config.initial_sync_timeout);
         }
 
         // Status view.

@@ -105,7 +105,6 @@ pub struct GlobalServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GlobalServiceStatus {
     /// DNS name, `<service>.<namespace>.global`.
-    #[serde(default)]
     pub hostname: String,
     /// This cluster's VIP (ClusterIP of the managed Service), once allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,10 +113,8 @@ pub struct GlobalServiceStatus {
     #[serde(default)]
     pub ports: Vec<GlobalServicePort>,
     /// Ready and total endpoints over all clusters, e.g. `3/4`.
-    #[serde(default)]
     pub ready_summary: String,
     /// Exporting clusters, comma-separated, for the printer column.
-    #[serde(default)]
     pub cluster_summary: String,
     /// Per exporting cluster: endpoint counts, broken down by locality.
     #[serde(default)]
@@ -141,7 +138,6 @@ pub struct GlobalServiceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct GlobalServicePort {
     /// Port name (empty for a single unnamed port).
-    #[serde(default)]
     pub name: String,
     /// Port clients use on the VIP.
     pub port: u32,

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
@@ -66,15 +66,19 @@ pub async fn local_client(config: &Config) -> Result<(Client, String)> {
 /// Applies Meridian's CRDs and waits until they are served.
 pub async fn install_crds(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crd::all() {
+    // Create or replace, not server-side apply: v1.20's apply turns `default: ''` into null.
+    for mut crd in crd::all() {
         let name = crd.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply(vip::FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        info!(crd = %name, "CRD applied");
+        match api.get_opt(&name).await? {
+            Some(existing) => {
+                crd.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &crd).await?;
+            }
+            None => {
+                api.create(&PostParams::default(), &crd).await?;
+            }
+        }
+        info!(crd = %name, "CRD installed");
     }
     // Established CRDs answer lists; poll briefly.
     let ready = || async {

@@ -1,0 +1,912 @@
+//! The controller binary against the hermetic testbed: three real kube-apiservers (v1.20,
+//! so core/v1 Endpoints), two zones of one region and one other region.
+//!
+//! The controller runs as its real binary in cluster `east1`; `east2` and `west` are
+//! registered through kubeconfig Secrets. Needs the testbed binaries
+//! (`tests/scripts/provision-k8s.sh`); fails loudly without them.
+
+mod support {
+    use std::future::Future;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams, PostParams};
+    use meridian_api::proto::discovery_client::DiscoveryClient;
+    use meridian_api::proto::{Snapshot, Subscriber};
+    use meridian_testbed::{Cluster, ClusterSpec, SYSTEM_NAMESPACE, Testbed};
+
+    /// How long anything may take to converge before a test fails.
+    pub const CONVERGE: Duration = Duration::from_secs(60);
+
+    pub fn init_tracing() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "meridian_testbed=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+
+    /// Two zones of one region (two clusters) and one other region.
+    pub fn clusters() -> Vec<ClusterSpec> {
+        vec![
+            ClusterSpec::new("east1", "us-east1", ["us-east1-a"]),
+            ClusterSpec::new("east2", "us-east1", ["us-east1-b"]),
+            ClusterSpec::new("west", "us-west1", ["us-west1-a"]),
+        ]
+    }
+
+    pub async fn testbed() -> Testbed {
+        init_tracing();
+        Testbed::start(&clusters()).await.expect("testbed starts")
+    }
+
+    /// Polls `f` until it yields `Some`, or fails naming `what`.
+    pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The controller binary, running against `cluster`.
+    pub struct Controller {
+        child: tokio::process::Child,
+        /// gRPC address.
+        pub grpc: SocketAddr,
+        /// Metrics address.
+        pub metrics: SocketAddr,
+        /// Its log file.
+        pub log: PathBuf,
+    }
+
+    impl Controller {
+        pub async fn start(
+            testbed: &Testbed,
+            cluster: &Cluster,
+            ip: Ipv4Addr,
+            extra: &[&str],
+        ) -> Self {
+            let grpc = SocketAddr::from((ip, 15010));
+            let metrics = SocketAddr::from((ip, 15014));
+            // Outside the testbed directory, so it survives a failed test.
+            static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("controller-{}-{n}.log", testbed.block_octet()));
+            let file = std::fs::File::create(&log).expect("log file");
+            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian-controller"))
+                .arg("--cluster-name")
+                .arg(cluster.name())
+                .arg("--kubeconfig")
+                .arg(cluster.kubeconfig_path())
+                .args(["--grpc-addr", &grpc.to_string()])
+                .args(["--metrics-addr", &metrics.to_string()])
+                .args(["--install-crds", "--probe-interval", "1s"])
+                .args(extra)
+                .env("RUST_LOG", "meridian_controller=debug,info")
+                .stdout(Stdio::null())
+                .stderr(file)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("controller binary starts");
+            let c = Controller {
+                child,
+                grpc,
+                metrics,
+                log,
+            };
+            let m = c.metrics;
+            let what = format!(
+                "the controller's metrics endpoint (log: {})",
+                c.log.display()
+            );
+            eventually(&what, || async move {
+                tokio::net::TcpStream::connect(m).await.ok()
+            })
+            .await;
+            c
+        }
+
+        /// Kills the process (as a crash would) and waits for it.
+        pub async fn kill(mut self) {
+            self.child.kill().await.expect("kill controller");
+        }
+
+        /// Connects a subscriber.
+        pub async fn subscribe(&self) -> Watcher {
+            let client = DiscoveryClient::connect(format!("http://{}", self.grpc))
+                .await
+                .expect("connect to the controller");
+            let mut client = client;
+            let stream = client
+                .watch(Subscriber {
+                    cluster: "east1".into(),
+                    role: "gateway".into(),
+                    instance: "test".into(),
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            Watcher {
+                stream,
+                latest: None,
+                log: self.log.clone(),
+            }
+        }
+
+        /// GET /metrics.
+        pub async fn metrics_text(&self) -> String {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    }
+
+    /// A Discovery subscriber.
+    pub struct Watcher {
+        stream: tonic::Streaming<Snapshot>,
+        /// The last snapshot received.
+        pub latest: Option<Snapshot>,
+        log: PathBuf,
+    }
+
+    impl Watcher {
+        /// Reads snapshots until one satisfies `pred`.
+        pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+            if let Some(s) = &self.latest
+                && pred(s)
+            {
+                return s.clone();
+            }
+            let deadline = tokio::time::Instant::now() + CONVERGE;
+            loop {
+                let next = tokio::time::timeout_at(deadline, self.stream.message()).await;
+                let snap = match next {
+                    Ok(Ok(Some(s))) => s,
+                    Ok(other) => panic!(
+                        "snapshot stream ended ({other:?}); log: {}",
+                        self.log.display()
+                    ),
+                    Err(_) => panic!(
+                        "timed out waiting for a snapshot where {what}; last: {:#?}; log: {}",
+                        self.latest,
+                        self.log.display()
+                    ),
+                };
+                self.latest = Some(snap.clone());
+                if pred(&snap) {
+                    return snap;
+                }
+            }
+        }
+    }
+
+    /// Registers `member` with the controller of `own` through a Secret.
+    pub async fn register(
+        own: &Cluster,
+        secret: &str,
+        cluster: Option<&str>,
+        kubeconfig: &str,
+        gateway: Option<&str>,
+    ) {
+        let mut s = Secret::default();
+        s.metadata.name = Some(secret.into());
+        s.metadata.labels = Some([("meridian.io/cluster".to_owned(), "true".to_owned())].into());
+        let mut ann = std::collections::BTreeMap::new();
+        if let Some(c) = cluster {
+            ann.insert("meridian.io/cluster-name".to_owned(), c.to_owned());
+        }
+        if let Some(g) = gateway {
+            ann.insert("meridian.io/gateway-address".to_owned(), g.to_owned());
+        }
+        s.metadata.annotations = Some(ann);
+        s.data = Some(
+            [(
+                "kubeconfig".to_owned(),
+                ByteString(kubeconfig.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        Api::<Secret>::namespaced(own.client(), SYSTEM_NAMESPACE)
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create registration Secret");
+    }
+
+    pub async fn unregister(own: &Cluster, secret: &str) {
+        Api::<Secret>::namespaced(own.client(), SYSTEM_NAMESPACE)
+            .delete(secret, &DeleteParams::default())
+            .await
+            .expect("delete registration Secret");
+    }
+
+    /// The member's kubeconfig with its client certificate replaced by a bogus token.
+    pub fn with_bad_credentials(kubeconfig: &str) -> String {
+        let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(kubeconfig).unwrap();
+        let user = v["users"][0]["user"].as_mapping_mut().expect("a user");
+        user.clear();
+        user.insert("token".into(), "not-a-valid-token".into());
+        serde_yaml_ng::to_string(&v).unwrap()
+    }
+
+    /// The service of a snapshot by hostname.
+    pub fn service<'a>(
+        s: &'a Snapshot,
+        hostname: &str,
+    ) -> Option<&'a meridian_api::proto::GlobalService> {
+        s.services.iter().find(|g| g.hostname == hostname)
+    }
+}
+
+mod registration {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, ListParams};
+    use meridian_controller::crd::{GlobalService, MemberCluster, Phase};
+    use meridian_testbed::{PodSpec, SYSTEM_NAMESPACE, ServicePortSpec, ServiceSpec};
+
+    use crate::support::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_register_members_and_the_catalog_flows_to_status_vips_and_snapshots() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let east2 = testbed.cluster("east2").unwrap();
+        let west = testbed.cluster("west").unwrap();
+
+        // `echo` is exported from east1 and west; `solo` only from east2.
+        let echo = ServiceSpec::new("echo").port(ServicePortSpec::http("http", 80).target(8080));
+        east1.create_service(&echo).await.unwrap();
+        west.create_service(&echo).await.unwrap();
+        east2
+            .create_service(
+                &ServiceSpec::new("solo").port(ServicePortSpec::tcp("tcp-db", 5432).target(8080)),
+            )
+            .await
+            .unwrap();
+        east1
+            .create_service(
+                &ServiceSpec::new("private")
+                    .exported(false)
+                    .port(ServicePortSpec::tcp("tcp", 1).target(8080)),
+            )
+            .await
+            .unwrap();
+        east1
+            .add_pod(PodSpec::new("echo-a").app("echo"))
+            .await
+            .unwrap();
+        let w1 = west
+            .add_pod(PodSpec::new("echo-w1").app("echo").version("v2"))
+            .await
+            .unwrap();
+        let w2 = west
+            .add_pod(PodSpec::new("echo-w2").app("echo").ready(false))
+            .await
+            .unwrap();
+        east2
+            .add_pod(PodSpec::new("solo-1").app("solo"))
+            .await
+            .unwrap();
+
+        register(
+            east1,
+            "east2",
+            None,
+            east2.kubeconfig(),
+            Some("127.0.0.2:15443"),
+        )
+        .await;
+        register(
+            east1,
+            "west-secret",
+            Some("west"),
+            west.kubeconfig(),
+            Some("127.0.0.3:15443"),
+        )
+        .await;
+
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+
+        // Every member syncs, reading core/v1 Endpoints (v1.20 serves no EndpointSlice v1).
+        let members: Api<MemberCluster> = Api::all(east1.client());
+        for name in ["east1", "east2", "west"] {
+            let mc = eventually(&format!("MemberCluster {name} Synced"), || {
+                let members = members.clone();
+                async move {
+                    let mc = members.get(name).await.ok()?;
+                    (mc.status.as_ref()?.phase == Phase::Synced).then_some(mc)
+                }
+            })
+            .await;
+            let st = mc.status.unwrap();
+            assert_eq!(st.endpoint_api.as_deref(), Some("v1/Endpoints"));
+            assert!(st.last_sync_time.is_some());
+            assert_eq!(mc.spec.local, name == "east1");
+        }
+        let west_mc = members.get("west").await.unwrap();
+        assert_eq!(
+            west_mc.spec.secret.as_deref(),
+            Some("meridian-system/west-secret")
+        );
+        let server = west_mc.status.as_ref().unwrap().server.clone().unwrap();
+        assert!(
+            server.starts_with(west.server_url().trim_end_matches('/')),
+            "{server}"
+        );
+
+        // GlobalService status: per cluster and per locality, ready AND total.
+        let gs_api: Api<GlobalService> = Api::all(east1.client());
+        let gs = eventually(
+            "GlobalService echo.default with 3 endpoints and a VIP",
+            || {
+                let gs_api = gs_api.clone();
+                async move {
+                    let gs = gs_api.get("echo.default").await.ok()?;
+                    let st = gs.status.as_ref()?;
+                    (st.ready_summary == "2/3" && st.vip.is_some()).then_some(gs)
+                }
+            },
+        )
+        .await;
+        let st = gs.status.unwrap();
+        assert_eq!(st.hostname, "echo.default.global");
+        assert_eq!(st.cluster_summary, "east1,west");
+        let by_cluster: Vec<_> = st
+            .clusters
+            .iter()
+            .map(|c| (c.cluster.as_str(), c.ready, c.total))
+            .collect();
+        assert_eq!(by_cluster, [("east1", 1, 1), ("west", 1, 2)]);
+        let by_locality: Vec<_> = st
+            .localities
+            .iter()
+            .map(|l| (l.locality.as_str(), l.ready, l.total))
+            .collect();
+        assert_eq!(
+            by_locality,
+            [("us-east1/us-east1-a", 1, 1), ("us-west1/us-west1-a", 1, 2)]
+        );
+        assert_eq!(st.ports.len(), 1);
+        assert_eq!(st.ports[0].protocol, "HTTP");
+        let listener = st.ports[0].listener_port.expect("listener port");
+        assert!((15100..=15999).contains(&listener));
+        assert!(
+            gs_api.get("private.default").await.is_err(),
+            "unexported services stay out"
+        );
+
+        // The managed VIP Service: selects the gateway, maps 80 → listener, ClusterIP = VIP.
+        let svcs: Api<Service> = Api::namespaced(east1.client(), SYSTEM_NAMESPACE);
+        let managed = svcs
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meridian"))
+            .await
+            .unwrap()
+            .items;
+        let vip_svc = managed
+            .iter()
+            .find(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("meridian.io/global-service"))
+                    == Some(&"default/echo".to_owned())
+            })
+            .expect("a managed VIP Service for echo");
+        let spec = vip_svc.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip, st.vip);
+        assert_eq!(
+            spec.selector
+                .as_ref()
+                .unwrap()
+                .get("app.kubernetes.io/name")
+                .map(String::as_str),
+            Some("meridian-gateway")
+        );
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(
+            port.target_port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(listener as i32))
+        );
+
+        // A subscriber gets the same picture at once.
+        let mut sub = ctl.subscribe().await;
+        let snap = sub
+            .wait_for("echo has 3 endpoints and solo exists", |s| {
+                service(s, "echo.default.global").is_some_and(|g| g.endpoints.len() == 3)
+                    && service(s, "solo.default.global").is_some()
+            })
+            .await;
+        assert_eq!(snap.cluster, "east1");
+        assert_ne!(snap.version, 0);
+        let g = service(&snap, "echo.default.global").unwrap();
+        assert_eq!(Some(&g.vip), st.vip.as_ref());
+        assert_eq!(g.ports[0].listener_port, listener);
+        assert_eq!(
+            g.ports[0].protocol,
+            meridian_api::proto::Protocol::Http as i32
+        );
+        assert_eq!(g.clusters, ["east1", "west"]);
+        let eps: Vec<_> = g
+            .endpoints
+            .iter()
+            .map(|e| {
+                let l = e.locality.clone().unwrap_or_default();
+                (
+                    e.cluster.as_str(),
+                    e.ready,
+                    format!("{}/{}", l.region, l.zone),
+                    e.stale,
+                )
+            })
+            .collect();
+        assert_eq!(
+            eps.iter()
+                .filter(|e| e.0 == "west" && e.2 == "us-west1/us-west1-a")
+                .count(),
+            2
+        );
+        assert_eq!(eps.iter().filter(|e| e.1).count(), 2);
+        assert!(eps.iter().all(|e| !e.3));
+        let w1_ep = g
+            .endpoints
+            .iter()
+            .find(|e| e.address == w1.pod_ip().to_string())
+            .expect("w1 endpoint");
+        assert_eq!(w1_ep.labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(w1_ep.ports.get("http"), Some(&8080));
+        assert_eq!(w1_ep.pod, "echo-w1");
+        let peers: Vec<_> = snap
+            .peers
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.address.as_str(), p.identity.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                (
+                    "east2",
+                    "127.0.0.2:15443",
+                    "spiffe://meridian.local/cluster/east2/gateway"
+                ),
+                (
+                    "west",
+                    "127.0.0.3:15443",
+                    "spiffe://meridian.local/cluster/west/gateway"
+                ),
+            ]
+        );
+
+        // Readiness flips reach the snapshot and the status.
+        let before = snap.version;
+        west.set_pod_ready(&w2, true).await.unwrap();
+        let snap = sub
+            .wait_for("all echo endpoints ready", |s| {
+                service(s, "echo.default.global")
+                    .is_some_and(|g| g.endpoints.iter().filter(|e| e.ready).count() == 3)
+            })
+            .await;
+        assert_ne!(snap.version, before);
+        eventually("status 3/3", || {
+            let gs_api = gs_api.clone();
+            async move {
+                let gs = gs_api.get("echo.default").await.ok()?;
+                (gs.status?.ready_summary == "3/3").then_some(())
+            }
+        })
+        .await;
+
+        // kubectl shows the state at a glance.
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(east1.kubeconfig_path())
+            .args(["get", "globalservices,memberclusters"])
+            .output()
+            .await
+            .expect("kubectl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("echo.default.global") && text.contains("3/3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Synced") && text.contains("v1/Endpoints"),
+            "{text}"
+        );
+
+        // Metrics.
+        let metrics = ctl.metrics_text().await;
+        assert!(
+            metrics.contains(r#"meridian_member_phase{cluster="west",phase="Synced"} 1"#),
+            "{metrics}"
+        );
+        assert!(metrics.contains("meridian_catalog_services 2"), "{metrics}");
+        assert!(
+            metrics.contains("meridian_snapshot_pushes_total"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"meridian_member_last_sync_age_seconds{cluster="east2"}"#),
+            "{metrics}"
+        );
+
+        // Bad registrations only affect themselves.
+        register(east1, "garbage", None, "this: [is not a kubeconfig", None).await;
+        register(
+            east1,
+            "badcreds",
+            None,
+            &with_bad_credentials(east2.kubeconfig()),
+            None,
+        )
+        .await;
+        let nowhere = east2
+            .kubeconfig()
+            .replace(east2.server_url(), "https://127.0.0.1:1");
+        register(east1, "nowhere", None, &nowhere, None).await;
+        for (name, phase) in [
+            ("garbage", Phase::InvalidCredentials),
+            ("badcreds", Phase::InvalidCredentials),
+            ("nowhere", Phase::Unreachable),
+        ] {
+            let mc = eventually(&format!("MemberCluster {name} {phase}"), || {
+                let members = members.clone();
+                async move {
+                    let mc = members.get(name).await.ok()?;
+                    (mc.status.as_ref()?.phase == phase).then_some(mc)
+                }
+            })
+            .await;
+            assert!(
+                mc.status.unwrap().message.is_some(),
+                "{name} explains itself"
+            );
+        }
+        for name in ["east1", "east2", "west"] {
+            let st = members.get(name).await.unwrap().status.unwrap();
+            assert_eq!(st.phase, Phase::Synced, "{name} undisturbed");
+        }
+        let snap = sub.latest.clone().unwrap();
+        assert_eq!(
+            service(&snap, "echo.default.global")
+                .unwrap()
+                .endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .count(),
+            3
+        );
+
+        // Deleting a Secret withdraws that member: its endpoints, its only service, the VIP.
+        unregister(east1, "east2").await;
+        sub.wait_for("solo withdrawn with east2", |s| {
+            service(s, "solo.default.global").is_none()
+                && !s.peers.iter().any(|p| p.cluster == "east2")
+        })
+        .await;
+        eventually("MemberCluster east2 deleted", || {
+            let members = members.clone();
+            async move { members.get("east2").await.is_err().then_some(()) }
+        })
+        .await;
+        eventually("GlobalService solo.default deleted", || {
+            let gs_api = gs_api.clone();
+            async move { gs_api.get("solo.default").await.is_err().then_some(()) }
+        })
+        .await;
+        eventually("VIP Service of solo deleted", || {
+            let svcs = svcs.clone();
+            async move {
+                let managed = svcs
+                    .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meridian"))
+                    .await
+                    .ok()?
+                    .items;
+                (managed.len() == 1).then_some(())
+            }
+        })
+        .await;
+        ctl.kill().await;
+    }
+}
+
+mod outage {
+    use kube::api::Api;
+    use meridian_controller::crd::{GlobalService, MemberCluster, Phase};
+    use meridian_testbed::{PodSpec, ServicePortSpec, ServiceSpec};
+
+    use crate::support::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_member_goes_stale_then_is_withdrawn_then_comes_back() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let west = testbed.cluster("west").unwrap();
+        let echo = ServiceSpec::new("echo").port(ServicePortSpec::tcp("tcp", 7).target(8080));
+        east1.create_service(&echo).await.unwrap();
+        west.create_service(&echo).await.unwrap();
+        east1.add_pod(PodSpec::new("e1").app("echo")).await.unwrap();
+        west.add_pod(PodSpec::new("w1").app("echo")).await.unwrap();
+        register(east1, "west", None, west.kubeconfig(), None).await;
+
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &["--stale-endpoint-grace", "6s"]).await;
+        let mut sub = ctl.subscribe().await;
+        let west_eps = |s: &meridian_api::proto::Snapshot| -> Vec<(bool, bool)> {
+            service(s, "echo.default.global")
+                .map(|g| {
+                    g.endpoints
+                        .iter()
+                        .filter(|e| e.cluster == "west")
+                        .map(|e| (e.ready, e.stale))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        sub.wait_for("west endpoint live", |s| west_eps(s) == [(true, false)])
+            .await;
+
+        west.stop_api_server().await;
+        // Kept, marked stale, readiness as last seen.
+        sub.wait_for("west endpoint stale", |s| west_eps(s) == [(true, true)])
+            .await;
+        let members: Api<MemberCluster> = Api::all(east1.client());
+        eventually("west Unreachable", || {
+            let members = members.clone();
+            async move {
+                let st = members.get("west").await.ok()?.status?;
+                (st.phase == Phase::Unreachable).then_some(())
+            }
+        })
+        .await;
+        let gs: Api<GlobalService> = Api::all(east1.client());
+        eventually("status shows west stale", || {
+            let gs = gs.clone();
+            async move {
+                let st = gs.get("echo.default").await.ok()?.status?;
+                st.clusters
+                    .iter()
+                    .any(|c| c.cluster == "west" && c.stale)
+                    .then_some(())
+            }
+        })
+        .await;
+        // Then withdrawn after the grace; east1's endpoint is untouched.
+        let snap = sub
+            .wait_for("west endpoint withdrawn", |s| west_eps(s).is_empty())
+            .await;
+        let g = service(&snap, "echo.default.global").expect("echo still served by east1");
+        assert_eq!(g.endpoints.len(), 1);
+        assert_eq!(g.endpoints[0].cluster, "east1");
+
+        west.start_api_server().await.unwrap();
+        sub.wait_for("west endpoint back", |s| west_eps(s) == [(true, false)])
+            .await;
+        eventually("west Synced again", || {
+            let members = members.clone();
+            async move {
+                let st = members.get("west").await.ok()?.status?;
+                (st.phase == Phase::Synced).then_some(())
+            }
+        })
+        .await;
+        ctl.kill().await;
+    }
+}
+
+mod restart {
+    use meridian_testbed::{PodSpec, ServicePortSpec, ServiceSpec};
+
+    use crate::support::*;
+
+    /// Hostname, VIP and (port name, listener port) per service.
+    type Allocation = Vec<(String, String, Vec<(String, u32)>)>;
+
+    fn allocation(s: &meridian_api::proto::Snapshot) -> Allocation {
+        s.services
+            .iter()
+            .map(|g| {
+                (
+                    g.hostname.clone(),
+                    g.vip.clone(),
+                    g.ports
+                        .iter()
+                        .map(|p| (p.name.clone(), p.listener_port))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_controller_keeps_vips_listener_ports_and_the_snapshot_version() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let west = testbed.cluster("west").unwrap();
+        for name in ["alpha", "beta", "gamma"] {
+            let spec = ServiceSpec::new(name)
+                .port(ServicePortSpec::http("http", 80).target(8080))
+                .port(ServicePortSpec::tcp("grpc-api", 9000).target(8080));
+            east1.create_service(&spec).await.unwrap();
+            west.create_service(&spec).await.unwrap();
+            west.add_pod(PodSpec::new(format!("{name}-1")).app(name))
+                .await
+                .unwrap();
+        }
+        register(
+            east1,
+            "west",
+            None,
+            west.kubeconfig(),
+            Some("127.0.0.3:15443"),
+        )
+        .await;
+
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+        let complete = |s: &meridian_api::proto::Snapshot| {
+            s.services.len() == 3
+                && s.services.iter().all(|g| {
+                    !g.vip.is_empty()
+                        && g.endpoints.len() == 1
+                        && g.ports.iter().all(|p| p.listener_port != 0)
+                })
+        };
+        let first = ctl
+            .subscribe()
+            .await
+            .wait_for("three services with VIPs", complete)
+            .await;
+        let ports: std::collections::BTreeSet<u32> = first
+            .services
+            .iter()
+            .flat_map(|g| g.ports.iter().map(|p| p.listener_port))
+            .collect();
+        assert_eq!(ports.len(), 6, "listener ports are distinct: {ports:?}");
+        ctl.kill().await;
+
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+        let second = ctl
+            .subscribe()
+            .await
+            .wait_for("three services with VIPs", complete)
+            .await;
+        assert_eq!(allocation(&second), allocation(&first));
+        assert_eq!(
+            second.version, first.version,
+            "same inputs, same snapshot version"
+        );
+        assert_eq!(second, first);
+        ctl.kill().await;
+    }
+}
+
+mod policy {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use meridian_controller::crd::{GlobalService, GlobalTrafficPolicy};
+    use meridian_testbed::{ServicePortSpec, ServiceSpec};
+
+    use crate::support::*;
+
+    fn accepted(gtp: &GlobalTrafficPolicy) -> Option<(String, String, String)> {
+        let c = gtp
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")?;
+        Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_policies_are_reported_and_the_last_accepted_stays_in_force() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        east1
+            .create_service(
+                &ServiceSpec::new("echo").port(ServicePortSpec::http("http", 80).target(8080)),
+            )
+            .await
+            .unwrap();
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+
+        let gtps: Api<GlobalTrafficPolicy> = Api::namespaced(east1.client(), "default");
+        let good: GlobalTrafficPolicy = serde_yaml_ng::from_str(
+            r#"
+apiVersion: meridian.io/v1alpha1
+kind: GlobalTrafficPolicy
+metadata: {name: echo}
+spec:
+  service: echo
+  localityLbSetting:
+    distribute:
+      - from: "us-east1/*"
+        to: {"us-east1/*": 80, "us-west1/*": 20}
+  panicThreshold: 40
+"#,
+        )
+        .unwrap();
+        gtps.create(&PostParams::default(), &good).await.unwrap();
+        let st = eventually("policy accepted", || {
+            let gtps = gtps.clone();
+            async move { accepted(&gtps.get("echo").await.ok()?).filter(|a| a.0 == "True") }
+        })
+        .await;
+        assert_eq!(st.1, "Accepted");
+        let mut sub = ctl.subscribe().await;
+        let snap = sub
+            .wait_for("policy in the snapshot", |s| {
+                service(s, "echo.default.global")
+                    .is_some_and(|g| g.policy_json.contains("\"panicThreshold\":40"))
+            })
+            .await;
+        let policy_json = service(&snap, "echo.default.global")
+            .unwrap()
+            .policy_json
+            .clone();
+
+        // Weights summing to 90: the schema accepts it, the controller does not.
+        let patch = serde_json::json!({"spec": {"localityLbSetting": {"distribute": [
+            {"from": "us-east1/*", "to": {"us-east1/*": 70, "us-west1/*": 20}}]}}});
+        gtps.patch("echo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let st = eventually("policy rejected", || {
+            let gtps = gtps.clone();
+            async move { accepted(&gtps.get("echo").await.ok()?).filter(|a| a.0 == "False") }
+        })
+        .await;
+        assert_eq!(st.1, "Invalid");
+        assert!(st.2.contains("weights sum to 90"), "{}", st.2);
+        let gtp = gtps.get("echo").await.unwrap();
+        assert_eq!(gtp.status.as_ref().unwrap().accepted_generation, Some(1));
+        assert_eq!(gtp.status.as_ref().unwrap().observed_generation, Some(2));
+        // The snapshot keeps the accepted generation.
+        let gs: Api<GlobalService> = Api::all(east1.client());
+        let st = eventually("GlobalService shows the policy", || {
+            let gs = gs.clone();
+            async move {
+                let st = gs.get("echo.default").await.ok()?.status?;
+                (st.policy.as_deref() == Some("echo")).then_some(st)
+            }
+        })
+        .await;
+        assert_eq!(st.policy_generation, Some(1));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let latest = sub.wait_for("any snapshot", |_| true).await;
+        assert_eq!(
+            service(&latest, "echo.default.global").unwrap().policy_json,
+            policy_json
+        );
+        ctl.kill().await;
+    }
+}
