@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, value_parser = locality)]
     pub locality: Option<Locality>,
 
+    /// Directory with the mesh CA (`ca.crt`, `ca.key`); default: the Secret `meridian-ca` in
+    /// --namespace.
+    #[arg(long)]
+    pub ca_dir: Option<std::path::PathBuf>,
+
     /// Apply Meridian's CRDs at startup (handy for development and tests).
     #[arg(long)]
     pub install_crds: bool,

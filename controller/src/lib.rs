@@ -10,6 +10,7 @@
 
 pub mod aggregator;
 pub mod catalog;
+pub mod certificates;
 pub mod config;
 pub mod crd;
 pub mod error;
@@ -227,8 +228,21 @@ pub async fn run(
     );
     let discovery =
         server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone());
+    let ca_source = match &config.ca_dir {
+        Some(dir) => certificates::CaSource::Dir(dir.clone()),
+        None => certificates::CaSource::Secret {
+            client: client.clone(),
+            namespace: config.namespace.clone(),
+        },
+    };
+    let certs = certificates::CertificatesService::new(
+        config.cluster_name.clone(),
+        config.trust_domain.clone(),
+        ca_source,
+    );
     let grpc_server = tokio::spawn(
-        server::serve(grpc, discovery, stopped(stop_rx)).instrument(info_span!("grpc-server")),
+        server::serve(grpc, discovery, Some(certs), stopped(stop_rx))
+            .instrument(info_span!("grpc-server")),
     );
 
     shutdown.await;

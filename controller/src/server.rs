@@ -157,16 +157,17 @@ impl proto::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Serves the Discovery (and, when given, other) gRPC services on `listener` until
-/// `shutdown` resolves.
+/// Serves Discovery (and Certificates, when given) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     discovery: DiscoveryService,
+    certificates: Option<crate::certificates::CertificatesService>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(discovery.into_server())
+        .add_optional_service(certificates.map(|c| c.into_server()))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| {
@@ -193,7 +194,7 @@ mod tests {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()));
-        tokio::spawn(serve(listener, svc, async {
+        tokio::spawn(serve(listener, svc, None, async {
             let _ = stop_rx.await;
         }));
         (addr, stop_tx)

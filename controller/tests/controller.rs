@@ -910,3 +910,71 @@ spec:
         ctl.kill().await;
     }
 }
+
+mod certificates {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    use meridian_api::proto::SignCertificateRequest;
+    use meridian_api::proto::certificates_client::CertificatesClient;
+    use meridian_identity::{CertificateRequest, Identity, MeshCa};
+    use meridian_testbed::SYSTEM_NAMESPACE;
+
+    use crate::support::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gateway_csrs_are_signed_with_the_mesh_ca_from_its_secret() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+        let mut client = CertificatesClient::connect(format!("http://{}", ctl.grpc))
+            .await
+            .unwrap();
+        let identity = Identity::gateway("meridian.local", "east1").unwrap();
+        let csr = CertificateRequest::generate(&identity).unwrap();
+        let request = || SignCertificateRequest {
+            csr_pem: csr.pem().to_owned(),
+            cluster: "east1".into(),
+            ttl_seconds: 0,
+        };
+
+        // No CA yet: a clear refusal.
+        let err = client.sign_certificate(request()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+
+        // `meridianctl ca init` writes this Secret; the controller picks it up.
+        let ca = MeshCa::generate("meridian.local").unwrap();
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("meridian-ca".into());
+        secret.data = Some(
+            [
+                (
+                    "ca.crt".to_owned(),
+                    ByteString(ca.cert_pem().as_bytes().to_vec()),
+                ),
+                ("ca.key".to_owned(), ByteString(ca.key_pem().into_bytes())),
+            ]
+            .into(),
+        );
+        Api::<Secret>::namespaced(east1.client(), SYSTEM_NAMESPACE)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let resp = eventually("the CA is picked up", || {
+            let mut client = client.clone();
+            let req = request();
+            async move { client.sign_certificate(req).await.ok() }
+        })
+        .await
+        .into_inner();
+        assert_eq!(resp.root_pem, ca.cert_pem());
+        let certs =
+            meridian_identity::credentials::parse_certs("chain", &resp.cert_chain_pem).unwrap();
+        assert_eq!(
+            meridian_identity::identity::identities_in(&certs[0]).unwrap(),
+            vec![identity]
+        );
+        ctl.kill().await;
+    }
+}
