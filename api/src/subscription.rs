@@ -236,7 +236,13 @@ async fn run(
     let mut backoff = policy.build();
     loop {
         let ended = session(&config, &endpoint, &snapshot_tx, &status_tx).await;
-        let was_connected = status_tx.borrow().connected;
+        let (was_connected, same_reason) = {
+            let status = status_tx.borrow();
+            (
+                status.connected,
+                status.last_error.as_deref() == Some(ended.reason.as_str()),
+            )
+        };
         status_tx.send_modify(|status| {
             status.connected = false;
             status.disconnects += 1;
@@ -244,8 +250,11 @@ async fn run(
         });
         if was_connected {
             warn!(reason = %ended.reason, "disconnected from controller; serving the last snapshot");
+        } else if same_reason {
+            // Retrying against the same failure: say it once, not every backoff step.
+            debug!(reason = %ended.reason, "controller still unavailable");
         } else {
-            debug!(reason = %ended.reason, "controller unreachable");
+            warn!(reason = %ended.reason, "controller unavailable; retrying with backoff");
         }
         if ended.delivered {
             backoff = policy.build();
