@@ -33,7 +33,7 @@ struct QueryLabels {
 pub struct Metrics {
     registry: Registry,
     queries: Family<QueryLabels, Counter>,
-    snapshot_version: Gauge,
+    snapshot_version: Gauge<u64, AtomicU64>,
     snapshot_age: Gauge<f64, AtomicU64>,
     snapshot_updates: Counter,
     zone_records: Gauge,
@@ -59,13 +59,14 @@ impl Metrics {
             "DNS queries answered, by query type, response code and transport",
             queries.clone(),
         );
-        let snapshot_version = Gauge::default();
+        // The same type as the controller's `meridian_snapshot_version` (a content hash), so
+        // the two can be compared; 0 means none yet.
+        let snapshot_version = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "snapshot_version",
-            "Version of the snapshot the zones are built from (-1 before the first)",
+            "Version of the snapshot the zones are built from (0 before the first)",
             snapshot_version.clone(),
         );
-        snapshot_version.set(-1);
         let snapshot_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "snapshot_age_seconds",
@@ -125,8 +126,7 @@ impl Metrics {
 
     /// Records that the zones of snapshot `version` are now served.
     pub fn snapshot_applied(&self, version: u64, records: usize, skipped: usize) {
-        self.snapshot_version
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.snapshot_version.set(version);
         self.zone_records
             .set(i64::try_from(records).unwrap_or(i64::MAX));
         self.skipped_entries
@@ -182,7 +182,7 @@ mod tests {
         let metrics = Metrics::new();
         let before = metrics.encode(&Status::default()).unwrap();
         assert!(
-            before.contains("meridian_dns_snapshot_version -1"),
+            before.contains("meridian_dns_snapshot_version 0"),
             "{before}"
         );
         assert!(
@@ -194,7 +194,8 @@ mod tests {
         metrics.query(Some(RecordType::A), ResponseCode::NoError, Protocol::Udp);
         metrics.query(Some(RecordType::SRV), ResponseCode::NXDomain, Protocol::Tcp);
         metrics.query(None, ResponseCode::FormErr, Protocol::Udp);
-        metrics.snapshot_applied(7, 12, 1);
+        // Controller versions are content hashes: the whole u64 range.
+        metrics.snapshot_applied(10_146_691_460_553_791_713, 12, 1);
         let status = Status {
             connected: true,
             ..Status::default()
@@ -204,7 +205,7 @@ mod tests {
             r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"} 2"#,
             r#"meridian_dns_queries_total{qtype="SRV",rcode="NXDOMAIN",protocol="tcp"} 1"#,
             r#"meridian_dns_queries_total{qtype="none",rcode="FORMERR",protocol="udp"} 1"#,
-            "meridian_dns_snapshot_version 7",
+            "meridian_dns_snapshot_version 10146691460553791713",
             "meridian_dns_zone_records 12",
             "meridian_dns_snapshot_skipped_entries 1",
             "meridian_dns_snapshot_updates_total 1",

@@ -128,7 +128,9 @@ pub struct ZoneError {
 impl Zones {
     /// Builds the zones of `snapshot` for every origin in `settings`.
     pub fn build(snapshot: &Snapshot, settings: &ZoneSettings) -> Self {
-        // RFC 1982 serial arithmetic wraps, so the low 32 bits of the version serve.
+        // The controller's version is a content hash: its low 32 bits change with the content,
+        // which is all a serial must do here (zone transfers are refused, so no secondary
+        // compares serials).
         let serial = snapshot.version as u32;
         let mut zones: Vec<Zone> = settings
             .origins
