@@ -4,7 +4,9 @@
 //! the protobuf [`proto`] types carry snapshots over the wire, [`locality`] and [`policy`]
 //! describe where endpoints are and how traffic should be distributed, and [`split`] and
 //! [`pick`] are the single implementation of Envoy's locality-weighted load balancing that
-//! every component calls.
+//! every component calls. The gateway and the DNS server follow the controller's snapshots
+//! through [`subscription`]; tests fake the controller with `testing::FakeDiscovery`
+//! (cargo feature `testing`).
 #![forbid(unsafe_code)]
 
 pub mod proto {
