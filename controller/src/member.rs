@@ -408,6 +408,9 @@ impl Runner {
             )
             .await;
             match probe {
+                // `/version` may be open to anyone: it cannot clear a credentials problem
+                // (a relisting reflector does).
+                Ok(Ok(_)) if this.state.borrow().phase == Phase::InvalidCredentials => {}
                 Ok(Ok(_)) => this.update(|s| {
                     if s.phase != Phase::Synced {
                         info!("member reachable again");
@@ -474,9 +477,10 @@ impl Runner {
                 Err(e) => {
                     debug!(resource, error = %e, "watch failed");
                     match &e {
+                        // Failing to (re)establish means trouble; a watch that breaks
+                        // mid-stream is simply restarted by the watcher.
                         watcher::Error::InitialListFailed(k)
-                        | watcher::Error::WatchStartFailed(k)
-                        | watcher::Error::WatchFailed(k) => self.lost(k),
+                        | watcher::Error::WatchStartFailed(k) => self.lost(k),
                         watcher::Error::WatchError(s) if s.code == 401 || s.code == 403 => {
                             self.lost(&kube::Error::Api(s.clone()));
                         }

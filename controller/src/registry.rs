@@ -236,6 +236,67 @@ mod tests {
         s
     }
 
+    fn registry() -> Arc<Registry> {
+        // Nothing listens on port 9: the local member simply stays unreachable.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let settings = MemberSettings {
+            gateway_namespace: "meridian-system".into(),
+            gateway_service: "meridian-gateway".into(),
+            probe_interval: std::time::Duration::from_secs(60),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            notify: Arc::new(tokio::sync::Notify::new()),
+        };
+        let local = MemberSpec {
+            name: "home".into(),
+            credentials: Credentials::Local(client, "http://127.0.0.1:9".into()),
+            secret: None,
+            gateway_address: None,
+        };
+        Registry::new(local, settings)
+    }
+
+    fn names(r: &Registry) -> Vec<String> {
+        r.members().keys().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn member_set_follows_the_secrets() {
+        let r = registry();
+        assert_eq!(names(&r), ["home"]);
+        let a = Arc::new(secret("a", None, Some("one")));
+        let b = Arc::new(secret("b", Some("bee"), Some("two")));
+        r.sync(&[a.clone(), b.clone()]);
+        assert_eq!(names(&r), ["a", "bee", "home"]);
+        let first_a = r.members()["a"].clone();
+
+        // Unchanged Secret: same member. Changed kubeconfig: a new member.
+        r.sync(&[a.clone(), b.clone()]);
+        assert!(Arc::ptr_eq(&first_a, &r.members()["a"]));
+        let a2 = Arc::new(secret("a", None, Some("one, rotated")));
+        r.sync(&[a2.clone(), b.clone()]);
+        assert!(!Arc::ptr_eq(&first_a, &r.members()["a"]));
+
+        // Duplicates and the own name are rejected; the first registration stays.
+        let dup = Arc::new(secret("c", Some("bee"), Some("three")));
+        let own = Arc::new(secret("d", Some("home"), Some("four")));
+        let bad = Arc::new(secret("e", None, None));
+        r.sync(&[a2.clone(), b.clone(), dup, own, bad]);
+        assert_eq!(names(&r), ["a", "bee", "home"]);
+        assert_eq!(
+            r.members()["bee"].spec.secret.as_deref(),
+            Some("meridian-system/b")
+        );
+        let rejected: Vec<_> = r.rejected().iter().map(|x| x.name.clone()).collect();
+        assert_eq!(rejected, ["bee", "home", "e"]);
+
+        // Deleting a Secret removes its member; the own cluster always stays.
+        r.sync(&[b]);
+        assert_eq!(names(&r), ["bee", "home"]);
+        r.sync(&[]);
+        assert_eq!(names(&r), ["home"]);
+    }
+
     #[test]
     fn secrets_become_specs() {
         let spec = spec_from_secret(&secret("east", None, Some("apiVersion: v1"))).unwrap();
