@@ -1,0 +1,1312 @@
+//! The install manifests (`manifests/`) and the kind configs (`kind-configs/`), validated.
+//!
+//! The kustomize base is rendered with `kubectl kustomize` (the machine's kubectl; CI
+//! installs Debian's `kubernetes-client`, whose built-in kustomize is v2.0), every object
+//! is parsed into its Kubernetes type and checked (kinds, required fields, security
+//! settings, least-privilege RBAC, the wiring between Deployments, Services and the
+//! controller's defaults), then applied to a real kube-apiserver of the testbed, whose own
+//! schema validation and RBAC authorizer (`kubectl auth can-i`) have the last word.
+//! Missing kubectl or API server binaries fail the tests; they never skip.
+
+mod support {
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+
+    use serde::Deserialize as _;
+    use serde_json::Value;
+    use tokio::io::AsyncWriteExt;
+
+    /// The workspace root.
+    pub fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the testbed crate lives in the workspace")
+            .to_path_buf()
+    }
+
+    /// The result of one kubectl run.
+    pub struct Run {
+        pub ok: bool,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    /// Runs `kubectl args…` with optional stdin; fails loudly when kubectl is missing.
+    pub async fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = tokio::process::Command::new("kubectl")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl must be installed (Debian: apt-get install kubernetes-client)");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(input.as_bytes())
+                .await
+                .expect("writing kubectl's stdin");
+        }
+        let out = child.wait_with_output().await.expect("kubectl runs");
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `kubectl kustomize manifests`, as text.
+    pub async fn render_base() -> String {
+        let dir = repo_root().join("manifests");
+        let run = kubectl(&["kustomize", dir.to_str().expect("UTF-8 path")], None).await;
+        assert!(
+            run.ok,
+            "kubectl kustomize manifests failed:\n{}",
+            run.stderr
+        );
+        run.stdout
+    }
+
+    /// Every non-empty YAML document of `text`, as JSON values.
+    pub fn documents(text: &str) -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(text)
+            .map(|doc| Value::deserialize(doc).expect("every document is valid YAML"))
+            .filter(|v| !v.is_null())
+            .collect()
+    }
+
+    /// Every document of a file in the repository.
+    pub fn file_documents(relative: &str) -> Vec<Value> {
+        let path = repo_root().join(relative);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        documents(&text)
+    }
+
+    /// The objects in the ```yaml blocks of a Markdown file (blocks without `kind` skipped).
+    pub fn markdown_objects(relative: &str) -> Vec<Value> {
+        let path = repo_root().join(relative);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut out = Vec::new();
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match &mut block {
+                None if line.trim_start().starts_with("```yaml") => block = Some(String::new()),
+                Some(b) if line.trim_start().starts_with("```") => {
+                    out.extend(documents(b).into_iter().filter(|d| d.get("kind").is_some()));
+                    block = None;
+                }
+                Some(b) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+/// Object checks, as pure functions from rendered documents to a list of problems, so
+/// they can be shown to catch bad input as well as to pass good input.
+mod checks {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
+    };
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding,
+    };
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+
+    /// Where Meridian runs.
+    pub const NAMESPACE: &str = "meridian-system";
+    /// The controller's ServiceAccount, the only identity with API rights.
+    pub const CONTROLLER_SA: &str = "meridian-controller";
+    /// The per-cluster ConfigMap every component reads the cluster name from.
+    pub const CLUSTER_CONFIGMAP: &str = "meridian-cluster";
+    /// The controller's default `--gateway-selector`.
+    pub const GATEWAY_SELECTOR: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
+    /// The controller's default `--gateway-service`.
+    pub const GATEWAY_SERVICE: &str = "meridian-gateway";
+
+    /// Deployment name → (binary, env var naming the cluster, admin port name).
+    pub const COMPONENTS: [(&str, &str, &str); 3] = [
+        (
+            "meridian-controller",
+            "meridian-controller",
+            "MERIDIAN_CLUSTER_NAME",
+        ),
+        ("meridian-gateway", "meridian-gateway", "MERIDIAN_CLUSTER"),
+        ("meridian-dns", "meridian-dns", "MERIDIAN_CLUSTER_NAME"),
+    ];
+
+    const READ: [&str; 3] = ["get", "list", "watch"];
+    const DANGEROUS_VERBS: [&str; 3] = ["escalate", "bind", "impersonate"];
+
+    /// The rendered objects, typed.
+    #[derive(Default)]
+    pub struct Objects {
+        pub namespaces: Vec<Namespace>,
+        pub crds: Vec<CustomResourceDefinition>,
+        pub service_accounts: Vec<ServiceAccount>,
+        pub cluster_roles: Vec<ClusterRole>,
+        pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+        pub roles: Vec<Role>,
+        pub role_bindings: Vec<RoleBinding>,
+        pub services: Vec<Service>,
+        pub deployments: Vec<Deployment>,
+        pub config_maps: Vec<ConfigMap>,
+    }
+
+    /// Fields of `original` that did not survive a round trip through the typed object:
+    /// misspelt or misplaced fields the typed parser silently drops.
+    fn unknown_fields(original: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+        match (original, typed) {
+            (Value::Object(o), Value::Object(t)) => {
+                for (k, v) in o {
+                    let p = format!("{path}.{k}");
+                    match t.get(k) {
+                        Some(tv) => unknown_fields(v, tv, &p, out),
+                        None if v.is_null() => {}
+                        None => out.push(p),
+                    }
+                }
+            }
+            (Value::Array(o), Value::Array(t)) => {
+                for (i, (ov, tv)) in o.iter().zip(t).enumerate() {
+                    unknown_fields(ov, tv, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn typed<K: DeserializeOwned + serde::Serialize>(
+        doc: &Value,
+        id: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<K> {
+        match serde_json::from_value::<K>(doc.clone()) {
+            Ok(k) => {
+                let back = serde_json::to_value(&k).expect("typed objects serialize");
+                let mut unknown = Vec::new();
+                unknown_fields(doc, &back, "", &mut unknown);
+                for f in unknown {
+                    problems.push(format!("{id}: unknown field {f}"));
+                }
+                Some(k)
+            }
+            Err(e) => {
+                problems.push(format!("{id}: does not parse as its kind: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `Kind namespace/name` of a raw document.
+    pub fn id(doc: &Value) -> String {
+        let s = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or("");
+        format!(
+            "{} {}/{}",
+            s("/kind"),
+            s("/metadata/namespace"),
+            s("/metadata/name")
+        )
+    }
+
+    /// Parses every document into its type; checks apiVersion, names and namespaces.
+    pub fn parse(docs: &[Value], problems: &mut Vec<String>) -> Objects {
+        let mut objects = Objects::default();
+        let mut seen = BTreeSet::new();
+        for doc in docs {
+            let id = id(doc);
+            if !seen.insert(id.clone()) {
+                problems.push(format!("{id}: duplicate object"));
+            }
+            let api_version = doc["apiVersion"].as_str().unwrap_or("");
+            let kind = doc["kind"].as_str().unwrap_or("");
+            let name = doc.pointer("/metadata/name").and_then(Value::as_str);
+            let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str);
+            if name.is_none_or(str::is_empty) {
+                problems.push(format!("{id}: no metadata.name"));
+            }
+            let (want_api, namespaced) = match kind {
+                "Namespace" => ("v1", false),
+                "CustomResourceDefinition" => ("apiextensions.k8s.io/v1", false),
+                "ClusterRole" | "ClusterRoleBinding" => ("rbac.authorization.k8s.io/v1", false),
+                "Role" | "RoleBinding" => ("rbac.authorization.k8s.io/v1", true),
+                "ServiceAccount" | "Service" | "ConfigMap" => ("v1", true),
+                "Deployment" => ("apps/v1", true),
+                other => {
+                    problems.push(format!(
+                        "{id}: unexpected kind {other:?} (PodDisruptionBudget policy/v1 and \
+                         ServiceMonitor are deliberately not in the base)"
+                    ));
+                    continue;
+                }
+            };
+            if api_version != want_api {
+                problems.push(format!(
+                    "{id}: apiVersion {api_version:?}, want {want_api:?}"
+                ));
+            }
+            match (namespaced, namespace) {
+                (true, Some(NAMESPACE)) | (false, None) => {}
+                (true, other) => {
+                    problems.push(format!("{id}: namespace {other:?}, want {NAMESPACE:?}"))
+                }
+                (false, Some(ns)) => {
+                    problems.push(format!("{id}: cluster-scoped but has namespace {ns:?}"))
+                }
+            }
+            if kind != "CustomResourceDefinition"
+                && doc.pointer("/metadata/labels/app.kubernetes.io~1part-of")
+                    != Some(&Value::from("meridian"))
+            {
+                problems.push(format!(
+                    "{id}: label app.kubernetes.io/part-of=meridian missing"
+                ));
+            }
+            let p = &mut *problems;
+            match kind {
+                "Namespace" => objects.namespaces.extend(typed(doc, &id, p)),
+                "CustomResourceDefinition" => objects.crds.extend(typed(doc, &id, p)),
+                "ServiceAccount" => objects.service_accounts.extend(typed(doc, &id, p)),
+                "ClusterRole" => objects.cluster_roles.extend(typed(doc, &id, p)),
+                "ClusterRoleBinding" => objects.cluster_role_bindings.extend(typed(doc, &id, p)),
+                "Role" => objects.roles.extend(typed(doc, &id, p)),
+                "RoleBinding" => objects.role_bindings.extend(typed(doc, &id, p)),
+                "Service" => objects.services.extend(typed(doc, &id, p)),
+                "Deployment" => objects.deployments.extend(typed(doc, &id, p)),
+                "ConfigMap" => objects.config_maps.extend(typed(doc, &id, p)),
+                _ => unreachable!("filtered above"),
+            }
+        }
+        objects
+    }
+
+    fn name<
+        K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    >(
+        k: &K,
+    ) -> &str {
+        k.metadata().name.as_deref().unwrap_or("")
+    }
+
+    /// A rule's verbs/resources/groups, as string sets.
+    fn set(v: &Option<Vec<String>>) -> BTreeSet<&str> {
+        v.iter().flatten().map(String::as_str).collect()
+    }
+
+    fn rule_problems(
+        owner: &str,
+        rule: &PolicyRule,
+        cluster_wide: bool,
+        problems: &mut Vec<String>,
+    ) {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        let resources = set(&rule.resources);
+        let groups = set(&rule.api_groups);
+        for field in [&verbs, &resources, &groups] {
+            if field.contains("*") {
+                problems.push(format!("{owner}: wildcard in rule {rule:?}"));
+            }
+        }
+        if rule.non_resource_urls.is_some() {
+            problems.push(format!("{owner}: nonResourceURLs granted"));
+        }
+        if resources.is_empty() || verbs.is_empty() {
+            problems.push(format!("{owner}: rule without resources or verbs"));
+        }
+        for v in DANGEROUS_VERBS {
+            if verbs.contains(v) {
+                problems.push(format!("{owner}: verb {v:?} granted"));
+            }
+        }
+        if cluster_wide && resources.iter().any(|r| r.starts_with("secrets")) {
+            problems.push(format!(
+                "{owner}: Secrets granted cluster-wide (only allowed in {NAMESPACE})"
+            ));
+        }
+        let writes = verbs.iter().any(|v| !READ.contains(v));
+        if cluster_wide && writes {
+            // Cluster-wide writes only to Meridian's own resources and Events.
+            let own = groups.iter().all(|g| *g == "meridian.io")
+                || resources.iter().all(|r| *r == "events");
+            if !own {
+                problems.push(format!(
+                    "{owner}: cluster-wide write verbs {verbs:?} on {groups:?}/{resources:?}"
+                ));
+            }
+            if groups.contains("meridian.io")
+                && resources.contains("globaltrafficpolicies")
+                && writes
+            {
+                problems.push(format!(
+                    "{owner}: may write users' GlobalTrafficPolicy specs"
+                ));
+            }
+        }
+    }
+
+    /// Least privilege: wildcards, Secrets, write scope, bindings and who is bound.
+    pub fn rbac(objects: &Objects, problems: &mut Vec<String>) {
+        for cr in &objects.cluster_roles {
+            let owner = format!("ClusterRole {}", name(cr));
+            if cr.aggregation_rule.is_some() {
+                problems.push(format!("{owner}: aggregation rule"));
+            }
+            for rule in cr.rules.iter().flatten() {
+                rule_problems(&owner, rule, true, problems);
+            }
+        }
+        for role in &objects.roles {
+            let owner = format!("Role {}", name(role));
+            for rule in role.rules.iter().flatten() {
+                rule_problems(&owner, rule, false, problems);
+            }
+        }
+        let sas: BTreeSet<&str> = objects.service_accounts.iter().map(name).collect();
+        let mut bound = BTreeSet::new();
+        let mut subjects =
+            |owner: &str, subs: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+                for s in subs.iter().flatten() {
+                    if s.kind != "ServiceAccount" || s.namespace.as_deref() != Some(NAMESPACE) {
+                        problems.push(format!(
+                            "{owner}: subject {s:?} is not a {NAMESPACE} ServiceAccount"
+                        ));
+                    } else if !sas.contains(s.name.as_str()) {
+                        problems.push(format!(
+                            "{owner}: ServiceAccount {} is not in the base",
+                            s.name
+                        ));
+                    } else {
+                        bound.insert(s.name.clone());
+                    }
+                }
+            };
+        let cluster_roles: BTreeSet<&str> = objects.cluster_roles.iter().map(name).collect();
+        let roles: BTreeSet<&str> = objects.roles.iter().map(name).collect();
+        let mut refs = Vec::new();
+        for b in &objects.cluster_role_bindings {
+            let owner = format!("ClusterRoleBinding {}", name(b));
+            subjects(&owner, &b.subjects);
+            if b.role_ref.kind != "ClusterRole" || !cluster_roles.contains(b.role_ref.name.as_str())
+            {
+                refs.push(format!(
+                    "{owner}: roleRef {:?} is not a ClusterRole of the base",
+                    b.role_ref
+                ));
+            }
+        }
+        for b in &objects.role_bindings {
+            let owner = format!("RoleBinding {}", name(b));
+            subjects(&owner, &b.subjects);
+            // A RoleBinding to a ClusterRole would grant it in meridian-system only, but the
+            // base has no reason to do that: keep roles and bindings paired.
+            if b.role_ref.kind != "Role" || !roles.contains(b.role_ref.name.as_str()) {
+                refs.push(format!(
+                    "{owner}: roleRef {:?} is not a Role of the base",
+                    b.role_ref
+                ));
+            }
+        }
+        problems.extend(refs);
+        if bound != BTreeSet::from([CONTROLLER_SA.to_owned()]) {
+            problems.push(format!(
+                "only {CONTROLLER_SA} may be bound to roles (the gateway and DNS need no API \
+                 access), bound: {bound:?}"
+            ));
+        }
+        // Completeness: what the controller's watches need, cluster-wide.
+        let granted = |group: &str, resource: &str, verb: &str| {
+            objects
+                .cluster_roles
+                .iter()
+                .flat_map(|r| r.rules.iter().flatten())
+                .any(|r| {
+                    set(&r.api_groups).contains(group)
+                        && set(&r.resources).contains(resource)
+                        && r.verbs.iter().any(|v| v == verb)
+                })
+        };
+        for (group, resource) in [
+            ("", "services"),
+            ("", "endpoints"),
+            ("", "nodes"),
+            ("", "pods"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("meridian.io", "globaltrafficpolicies"),
+            ("meridian.io", "globalservices"),
+            ("meridian.io", "memberclusters"),
+        ] {
+            for verb in READ {
+                if !granted(group, resource, verb) {
+                    problems.push(format!("the controller cannot {verb} {group}/{resource}"));
+                }
+            }
+        }
+    }
+
+    fn container_port<'a>(
+        c: &'a Container,
+        port: &IntOrString,
+    ) -> Option<&'a k8s_openapi::api::core::v1::ContainerPort> {
+        c.ports.iter().flatten().find(|p| match port {
+            IntOrString::Int(n) => p.container_port == *n,
+            IntOrString::String(s) => p.name.as_deref() == Some(s.as_str()),
+        })
+    }
+
+    fn env_from_configmap(c: &Container, var: &str) -> bool {
+        c.env.iter().flatten().any(|e| {
+            e.name == var
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.config_map_key_ref.as_ref())
+                    .is_some_and(|r| {
+                        r.name == CLUSTER_CONFIGMAP && r.key == "name" && r.optional != Some(true)
+                    })
+        })
+    }
+
+    fn pod_problems(owner: &str, spec: &PodSpec, problems: &mut Vec<String>) {
+        let sc = spec.security_context.clone().unwrap_or_default();
+        if sc.run_as_non_root != Some(true) {
+            problems.push(format!("{owner}: pod runAsNonRoot is not true"));
+        }
+        if sc.run_as_user.is_none_or(|u| u == 0) {
+            problems.push(format!("{owner}: pod runAsUser unset or 0"));
+        }
+        if sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()) != Some("RuntimeDefault") {
+            problems.push(format!("{owner}: seccompProfile is not RuntimeDefault"));
+        }
+        if spec.host_network == Some(true)
+            || spec.host_pid == Some(true)
+            || spec.host_ipc == Some(true)
+        {
+            problems.push(format!("{owner}: host namespaces"));
+        }
+        if spec.volumes.iter().flatten().any(|v| v.host_path.is_some()) {
+            problems.push(format!("{owner}: hostPath volume"));
+        }
+    }
+
+    fn probe_port(
+        c: &Container,
+        probe: Option<&k8s_openapi::api::core::v1::Probe>,
+    ) -> Option<IntOrString> {
+        let p = probe?;
+        p.http_get
+            .as_ref()
+            .map(|h| h.port.clone())
+            .or_else(|| p.tcp_socket.as_ref().map(|t| t.port.clone()))
+            .filter(|port| container_port(c, port).is_some())
+    }
+
+    /// Deployments: images, commands, security, resources, probes, metrics annotations,
+    /// the cluster name from the ConfigMap, API access only for the controller.
+    pub fn deployments(objects: &Objects, problems: &mut Vec<String>) {
+        let names: BTreeSet<&str> = objects.deployments.iter().map(name).collect();
+        let want: BTreeSet<&str> = COMPONENTS.iter().map(|c| c.0).collect();
+        if names != want {
+            problems.push(format!("Deployments {names:?}, want {want:?}"));
+        }
+        for d in &objects.deployments {
+            let dname = name(d);
+            let owner = format!("Deployment {dname}");
+            let Some((_, binary, cluster_env)) = COMPONENTS.iter().find(|c| c.0 == dname) else {
+                continue;
+            };
+            let Some(spec) = &d.spec else {
+                problems.push(format!("{owner}: no spec"));
+                continue;
+            };
+            let template_labels = spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            let selector = spec.selector.match_labels.clone().unwrap_or_default();
+            if selector.is_empty()
+                || selector
+                    .iter()
+                    .any(|(k, v)| template_labels.get(k) != Some(v))
+            {
+                problems.push(format!(
+                    "{owner}: selector {selector:?} does not match the pod labels"
+                ));
+            }
+            let Some(pod) = &spec.template.spec else {
+                problems.push(format!("{owner}: no pod spec"));
+                continue;
+            };
+            pod_problems(&owner, pod, problems);
+            let is_controller = dname == "meridian-controller";
+            if is_controller {
+                if pod.service_account_name.as_deref() != Some(CONTROLLER_SA) {
+                    problems.push(format!(
+                        "{owner}: serviceAccountName is not {CONTROLLER_SA}"
+                    ));
+                }
+            } else {
+                if pod.automount_service_account_token != Some(false) {
+                    problems.push(format!(
+                        "{owner}: automountServiceAccountToken is not false"
+                    ));
+                }
+                let sa = pod.service_account_name.as_deref().unwrap_or("default");
+                match objects.service_accounts.iter().find(|s| name(*s) == sa) {
+                    Some(s) if s.automount_service_account_token == Some(false) => {}
+                    Some(_) => {
+                        problems.push(format!("{owner}: ServiceAccount {sa} automounts its token"))
+                    }
+                    None => {
+                        problems.push(format!("{owner}: ServiceAccount {sa} is not in the base"))
+                    }
+                }
+            }
+            let annotations = spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default();
+            let scrape_port = annotations
+                .get("prometheus.io/port")
+                .and_then(|p| p.parse::<i32>().ok());
+            if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true")
+                || annotations.get("prometheus.io/path").map(String::as_str) != Some("/metrics")
+            {
+                problems.push(format!(
+                    "{owner}: prometheus.io/scrape and /path annotations missing"
+                ));
+            }
+            if pod.containers.len() != 1 {
+                problems.push(format!(
+                    "{owner}: {} containers, want 1",
+                    pod.containers.len()
+                ));
+            }
+            for c in &pod.containers {
+                let owner = format!("{owner} container {}", c.name);
+                if c.image.as_deref() != Some("meridian:dev") {
+                    problems.push(format!(
+                        "{owner}: image {:?}, want the one image meridian:dev",
+                        c.image
+                    ));
+                }
+                if c.image_pull_policy.as_deref() != Some("IfNotPresent") {
+                    problems.push(format!("{owner}: imagePullPolicy is not IfNotPresent"));
+                }
+                let want_cmd = format!("/usr/local/bin/{binary}");
+                if c.command.as_ref().and_then(|c| c.first()) != Some(&want_cmd) {
+                    problems.push(format!(
+                        "{owner}: command {:?}, want [{want_cmd}]",
+                        c.command
+                    ));
+                }
+                if !env_from_configmap(c, cluster_env) {
+                    problems.push(format!(
+                        "{owner}: {cluster_env} must come from ConfigMap {CLUSTER_CONFIGMAP} key name"
+                    ));
+                }
+                let sc = c.security_context.clone().unwrap_or_default();
+                if sc.allow_privilege_escalation != Some(false) {
+                    problems.push(format!("{owner}: allowPrivilegeEscalation is not false"));
+                }
+                if sc.read_only_root_filesystem != Some(true) {
+                    problems.push(format!("{owner}: readOnlyRootFilesystem is not true"));
+                }
+                if sc.privileged == Some(true) {
+                    problems.push(format!("{owner}: privileged"));
+                }
+                let caps = sc.capabilities.unwrap_or_default();
+                if !caps.drop.iter().flatten().any(|c| c == "ALL")
+                    || caps.add.is_some_and(|a| !a.is_empty())
+                {
+                    problems.push(format!("{owner}: capabilities must drop ALL and add none"));
+                }
+                let requests = c
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.clone())
+                    .unwrap_or_default();
+                for r in ["cpu", "memory"] {
+                    if !requests.contains_key(r) {
+                        problems.push(format!("{owner}: no {r} request"));
+                    }
+                }
+                for (what, probe) in [
+                    ("readiness", c.readiness_probe.as_ref()),
+                    ("liveness", c.liveness_probe.as_ref()),
+                ] {
+                    if probe_port(c, probe).is_none() {
+                        problems.push(format!("{owner}: no {what} probe on a declared port"));
+                    }
+                }
+                if scrape_port.is_none_or(|p| container_port(c, &IntOrString::Int(p)).is_none()) {
+                    problems.push(format!(
+                        "{owner}: prometheus.io/port {scrape_port:?} is not a container port"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Services: selectors hit a Deployment, target ports exist, the gateway and controller
+    /// Services are what the binaries' defaults expect.
+    pub fn services(objects: &Objects, problems: &mut Vec<String>) {
+        let by_name: BTreeMap<&str, &Service> =
+            objects.services.iter().map(|s| (name(s), s)).collect();
+        for svc in &objects.services {
+            let owner = format!("Service {}", name(svc));
+            let Some(spec) = &svc.spec else {
+                problems.push(format!("{owner}: no spec"));
+                continue;
+            };
+            let selector = spec.selector.clone().unwrap_or_default();
+            let targets: Vec<&Deployment> = objects
+                .deployments
+                .iter()
+                .filter(|d| {
+                    let labels = d
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.metadata.as_ref())
+                        .and_then(|m| m.labels.as_ref());
+                    !selector.is_empty()
+                        && selector
+                            .iter()
+                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                })
+                .collect();
+            let [target] = targets.as_slice() else {
+                problems.push(format!(
+                    "{owner}: selector {selector:?} matches {} Deployments, want 1",
+                    targets.len()
+                ));
+                continue;
+            };
+            let containers = target
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .map(|p| p.containers.clone())
+                .unwrap_or_default();
+            for port in spec.ports.iter().flatten() {
+                let tp = port
+                    .target_port
+                    .clone()
+                    .unwrap_or(IntOrString::Int(port.port));
+                let found = containers
+                    .iter()
+                    .filter_map(|c| container_port(c, &tp))
+                    .find(|cp| {
+                        cp.protocol.as_deref().unwrap_or("TCP")
+                            == port.protocol.as_deref().unwrap_or("TCP")
+                    });
+                if found.is_none() {
+                    problems.push(format!(
+                        "{owner}: port {:?} targets {tp:?}, not a container port of {}",
+                        port.name,
+                        name(*target)
+                    ));
+                }
+                if port.name.as_deref().is_none_or(str::is_empty) {
+                    problems.push(format!("{owner}: unnamed port {}", port.port));
+                }
+            }
+        }
+        match by_name.get(GATEWAY_SERVICE).and_then(|s| s.spec.as_ref()) {
+            Some(spec) => {
+                if spec.type_.as_deref() != Some("LoadBalancer") {
+                    problems.push(format!(
+                        "Service {GATEWAY_SERVICE}: type is not LoadBalancer"
+                    ));
+                }
+                let tunnel = spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some("tunnel"));
+                if tunnel.map(|p| p.port) != Some(15008) {
+                    problems.push(format!("Service {GATEWAY_SERVICE}: no port `tunnel` 15008 (the controller reads that name)"));
+                }
+                if spec
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.get(GATEWAY_SELECTOR.0))
+                    .map(String::as_str)
+                    != Some(GATEWAY_SELECTOR.1)
+                {
+                    problems.push(format!(
+                        "Service {GATEWAY_SERVICE}: does not select {GATEWAY_SELECTOR:?}"
+                    ));
+                }
+            }
+            None => problems.push(format!(
+                "Service {GATEWAY_SERVICE} missing (the controller's --gateway-service)"
+            )),
+        }
+        match by_name.get("meridian-controller").and_then(|s| s.spec.as_ref()) {
+            Some(spec) if spec.ports.iter().flatten().any(|p| p.port == 15010) => {}
+            _ => problems.push("Service meridian-controller with gRPC port 15010 missing (gateway and DNS dial it)".into()),
+        }
+        // The VIP Services the controller creates select gateway pods by its default selector.
+        let gw_labels = objects
+            .deployments
+            .iter()
+            .find(|d| name(*d) == "meridian-gateway")
+            .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.labels.clone())
+            .unwrap_or_default();
+        if gw_labels.get(GATEWAY_SELECTOR.0).map(String::as_str) != Some(GATEWAY_SELECTOR.1) {
+            problems.push(format!(
+                "gateway pods lack the controller's selector {GATEWAY_SELECTOR:?}"
+            ));
+        }
+        // Every controller URL a component is configured with names the controller Service.
+        for d in &objects.deployments {
+            for c in d
+                .spec
+                .iter()
+                .flat_map(|s| s.template.spec.iter())
+                .flat_map(|p| &p.containers)
+            {
+                let urls = c
+                    .args
+                    .iter()
+                    .flatten()
+                    .filter_map(|a| a.strip_prefix("--controller=").map(str::to_owned))
+                    .chain(
+                        c.env
+                            .iter()
+                            .flatten()
+                            .filter(|e| e.name == "MERIDIAN_CONTROLLER")
+                            .filter_map(|e| e.value.clone()),
+                    );
+                for url in urls {
+                    let ok = url == "http://meridian-controller.meridian-system.svc:15010"
+                        || url == "http://meridian-controller.meridian-system:15010";
+                    if !ok {
+                        problems.push(format!("Deployment {}: controller URL {url:?} is not the meridian-controller Service", name(d)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything, in one list.
+    pub fn all(docs: &[Value]) -> (Objects, Vec<String>) {
+        let mut problems = Vec::new();
+        let objects = parse(docs, &mut problems);
+        if objects.namespaces.iter().map(name).collect::<Vec<_>>() != [NAMESPACE] {
+            problems.push(format!(
+                "the base must create exactly the {NAMESPACE} Namespace"
+            ));
+        }
+        rbac(&objects, &mut problems);
+        deployments(&objects, &mut problems);
+        services(&objects, &mut problems);
+        (objects, problems)
+    }
+}
+
+use serde_json::{Value, json};
+use support::{documents, file_documents, kubectl, markdown_objects, render_base, repo_root};
+
+fn assert_no_problems(problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
+}
+
+#[tokio::test]
+async fn base_renders_and_every_object_passes_the_checks() {
+    let rendered = render_base().await;
+    let docs = documents(&rendered);
+    let (objects, problems) = checks::all(&docs);
+    assert_no_problems(&problems);
+
+    // Every generated CRD is installed, and nothing else.
+    let mut crds: Vec<String> = objects
+        .crds
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap_or_default())
+        .collect();
+    crds.sort();
+    let mut files: Vec<String> = std::fs::read_dir(repo_root().join("manifests/crds"))
+        .expect("manifests/crds")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .flat_map(|p| {
+            file_documents(p.strip_prefix(repo_root()).unwrap().to_str().unwrap())
+                .into_iter()
+                .map(|d| d["metadata"]["name"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        crds, files,
+        "the base must list every CRD in manifests/crds"
+    );
+    assert_eq!(
+        crds,
+        [
+            "globalservices.meridian.io",
+            "globaltrafficpolicies.meridian.io",
+            "memberclusters.meridian.io"
+        ]
+    );
+
+    // The example ConfigMap is a valid object of the shape the Deployments read.
+    let example = file_documents("manifests/examples/meridian-cluster.yaml");
+    let mut problems = Vec::new();
+    let parsed = checks::parse(&example, &mut problems);
+    assert_no_problems(&problems);
+    let [cm] = parsed.config_maps.as_slice() else {
+        panic!("the example is one ConfigMap");
+    };
+    assert_eq!(cm.metadata.name.as_deref(), Some(checks::CLUSTER_CONFIGMAP));
+    assert!(cm.data.as_ref().is_some_and(|d| d.contains_key("name")));
+}
+
+/// The checks are not vacuous: each class of mistake in a copy of the base is reported.
+#[tokio::test]
+async fn checks_catch_broken_objects() {
+    let docs = documents(&render_base().await);
+    let broken = |edit: &dyn Fn(&mut Vec<Value>)| {
+        let mut d = docs.clone();
+        edit(&mut d);
+        checks::all(&d).1
+    };
+    let find = |d: &mut Vec<Value>, kind: &str, name: &str| -> usize {
+        d.iter()
+            .position(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+    };
+    type Edit<'a> = Box<dyn Fn(&mut Vec<Value>) + 'a>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "wildcard",
+            Box::new(|d| {
+                let i = find(d, "ClusterRole", "meridian-controller");
+                d[i]["rules"][0]["verbs"] = json!(["*"]);
+            }),
+        ),
+        (
+            "Secrets granted cluster-wide",
+            Box::new(|d| {
+                let i = find(d, "ClusterRole", "meridian-controller");
+                d[i]["rules"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}));
+            }),
+        ),
+        (
+            "cluster-wide write verbs",
+            Box::new(|d| {
+                let i = find(d, "ClusterRole", "meridian-controller");
+                d[i]["rules"].as_array_mut().unwrap().push(
+                    json!({"apiGroups": [""], "resources": ["services"], "verbs": ["create"]}),
+                );
+            }),
+        ),
+        (
+            "only meridian-controller may be bound",
+            Box::new(|d| {
+                let i = find(d, "RoleBinding", "meridian-controller");
+                d[i]["subjects"].as_array_mut().unwrap().push(json!({"kind": "ServiceAccount", "name": "meridian-gateway", "namespace": "meridian-system"}));
+            }),
+        ),
+        (
+            "cannot list /endpoints",
+            Box::new(|d| {
+                let i = find(d, "ClusterRole", "meridian-controller");
+                d[i]["rules"][0]["resources"] = json!(["services", "nodes", "pods"]);
+            }),
+        ),
+        (
+            "automountServiceAccountToken is not false",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-gateway");
+                d[i]["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
+            }),
+        ),
+        (
+            "readOnlyRootFilesystem",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-dns");
+                d[i]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
+                    json!(false);
+            }),
+        ),
+        (
+            "unknown field .spec.template.spec.containers[0].readinessprobe",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-controller");
+                let c = &mut d[i]["spec"]["template"]["spec"]["containers"][0];
+                c["readinessprobe"] = c["readinessProbe"].take();
+                c.as_object_mut().unwrap().remove("readinessProbe");
+            }),
+        ),
+        (
+            "must come from ConfigMap",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-gateway");
+                d[i]["spec"]["template"]["spec"]["containers"][0]["env"][0] =
+                    json!({"name": "MERIDIAN_CLUSTER", "value": "east"});
+            }),
+        ),
+        (
+            "not a container port",
+            Box::new(|d| {
+                let i = find(d, "Service", "meridian-gateway");
+                d[i]["spec"]["ports"][0]["targetPort"] = json!("tunnels");
+            }),
+        ),
+        (
+            "type is not LoadBalancer",
+            Box::new(|d| {
+                let i = find(d, "Service", "meridian-gateway");
+                d[i]["spec"]["type"] = json!("ClusterIP");
+            }),
+        ),
+        (
+            "unexpected kind \"PodDisruptionBudget\"",
+            Box::new(|d| {
+                d.push(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x", "namespace": "meridian-system"}}));
+            }),
+        ),
+        (
+            "namespace Some(\"default\")",
+            Box::new(|d| {
+                let i = find(d, "Service", "meridian-dns");
+                d[i]["metadata"]["namespace"] = json!("default");
+            }),
+        ),
+    ];
+    for (want, edit) in cases {
+        let problems = broken(&*edit);
+        assert!(
+            problems.iter().any(|p| p.contains(want)),
+            "a broken copy should report {want:?}; got {problems:#?}"
+        );
+    }
+}
+
+/// Applies the base (and the documented examples) to a real kube-apiserver, then asks its
+/// authorizer what each ServiceAccount may do.
+#[tokio::test]
+async fn base_applies_to_a_real_api_server_with_least_privilege() {
+    let testbed = meridian_testbed::Testbed::start(&[meridian_testbed::ClusterSpec::new(
+        "manifests",
+        "sh",
+        ["2000400001"],
+    )])
+    .await
+    .expect("the testbed starts (tests/scripts/provision-k8s.sh provides the binaries)");
+    let cluster = &testbed.clusters()[0];
+    let kc = cluster
+        .kubeconfig_path()
+        .to_str()
+        .expect("UTF-8 path")
+        .to_owned();
+    let k = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kc.as_str()];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>, stdin: Option<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(&refs, stdin.as_deref()).await
+    };
+
+    let rendered = render_base().await;
+    let docs = documents(&rendered);
+    // Twice: the second apply must be a no-op, not an error (upgrades re-apply the base).
+    for round in 0..2 {
+        let out = run(k(&["apply", "-f", "-"]), Some(rendered.clone())).await;
+        assert!(
+            out.ok,
+            "apply round {round} rejected:\n{}\n{}",
+            out.stderr, out.stdout
+        );
+        assert_eq!(
+            out.stdout.lines().count(),
+            docs.len(),
+            "one line per object:\n{}",
+            out.stdout
+        );
+    }
+    let out = run(k(&["get", "-f", "-", "-o", "json"]), Some(rendered.clone())).await;
+    assert!(out.ok, "reading the objects back: {}", out.stderr);
+    let list: Value = serde_json::from_str(&out.stdout).expect("kubectl prints JSON");
+    let items = list["items"].as_array().expect("a List");
+    assert_eq!(items.len(), docs.len());
+    let gateway = items
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "meridian-gateway")
+        .expect("gateway Service stored");
+    assert!(
+        gateway["spec"]["ports"][0]["nodePort"]
+            .as_i64()
+            .is_some_and(|p| p > 0),
+        "a LoadBalancer Service gets a NodePort (what kind registrations use): {gateway}"
+    );
+
+    // The per-cluster ConfigMap and every object in docs/operations.md are valid too.
+    let mut extra = file_documents("manifests/examples/meridian-cluster.yaml");
+    extra.extend(markdown_objects("docs/operations.md"));
+    let namespaces: std::collections::BTreeSet<String> = extra
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str().map(str::to_owned))
+        .filter(|n| n != "meridian-system")
+        .collect();
+    for ns in &namespaces {
+        let out = run(k(&["create", "namespace", ns]), None).await;
+        assert!(
+            out.ok || out.stderr.contains("AlreadyExists"),
+            "{}",
+            out.stderr
+        );
+    }
+    let extra_yaml: String = extra
+        .iter()
+        .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap()))
+        .collect();
+    // The CRDs were just created: retry while the API server starts serving them.
+    let mut attempts = 0;
+    let out = loop {
+        let out = run(k(&["apply", "-f", "-"]), Some(extra_yaml.clone())).await;
+        attempts += 1;
+        if out.ok || attempts == 20 || !out.stderr.contains("no matches for kind") {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(out.ok, "examples rejected:\n{}", out.stderr);
+    let kinds: Vec<&str> = extra.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert!(
+        kinds.contains(&"GlobalTrafficPolicy") && kinds.contains(&"ConfigMap"),
+        "docs/operations.md should show a ConfigMap and a GlobalTrafficPolicy: {kinds:?}"
+    );
+
+    // What each identity may do, as the API server's RBAC authorizer decides it.
+    let sa = |name: &str| format!("system:serviceaccount:meridian-system:{name}");
+    let controller = sa("meridian-controller");
+    let allowed: &[&[&str]] = &[
+        &["list", "services", "-A"],
+        &["watch", "services", "-A"],
+        &["watch", "endpoints", "-A"],
+        &["list", "endpointslices.discovery.k8s.io", "-A"],
+        &["watch", "nodes"],
+        &["list", "pods", "-A"],
+        &["get", "secrets", "-n", "meridian-system"],
+        &["watch", "secrets", "-n", "meridian-system"],
+        &["create", "services", "-n", "meridian-system"],
+        &["patch", "services", "-n", "meridian-system"],
+        &["delete", "services", "-n", "meridian-system"],
+        &["watch", "globaltrafficpolicies.meridian.io", "-A"],
+        &[
+            "patch",
+            "globaltrafficpolicies.meridian.io",
+            "--subresource=status",
+            "-n",
+            "demo",
+        ],
+        &["create", "globalservices.meridian.io"],
+        &[
+            "patch",
+            "globalservices.meridian.io",
+            "--subresource=status",
+        ],
+        &["delete", "memberclusters.meridian.io"],
+        &[
+            "patch",
+            "memberclusters.meridian.io",
+            "--subresource=status",
+        ],
+        &[
+            "create",
+            "leases.coordination.k8s.io",
+            "-n",
+            "meridian-system",
+        ],
+        &["create", "events", "-n", "demo"],
+    ];
+    let denied: &[&[&str]] = &[
+        &["get", "secrets", "-n", "default"],
+        &["list", "secrets", "-A"],
+        &["create", "secrets", "-n", "meridian-system"],
+        &["create", "services", "-n", "default"],
+        &["patch", "services", "-n", "demo"],
+        &["create", "pods", "-n", "meridian-system"],
+        &["delete", "pods", "-n", "default"],
+        &["patch", "nodes"],
+        &["create", "endpoints", "-n", "meridian-system"],
+        &["get", "configmaps", "-n", "kube-system"],
+        &["create", "globaltrafficpolicies.meridian.io", "-n", "demo"],
+        &["patch", "globaltrafficpolicies.meridian.io", "-n", "demo"],
+        &["update", "customresourcedefinitions.apiextensions.k8s.io"],
+        &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["impersonate", "serviceaccounts", "-n", "meridian-system"],
+        &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["create", "serviceaccounts/token", "-n", "meridian-system"],
+    ];
+    let can = |who: String, check: &'static [&'static str]| {
+        let mut args = k(&["auth", "can-i"]);
+        args.extend(check.iter().map(|s| s.to_string()));
+        args.push(format!("--as={who}"));
+        run(args, None)
+    };
+    let mut wrong = Vec::new();
+    for (checks, want) in [(allowed, "yes"), (denied, "no")] {
+        for check in checks.iter().copied() {
+            let out = can(controller.clone(), check).await;
+            let got = out.stdout.trim();
+            if got != want {
+                wrong.push(format!(
+                    "controller can-i {check:?}: {got:?} {}, want {want}",
+                    out.stderr.trim()
+                ));
+            }
+        }
+    }
+    for who in ["meridian-gateway", "meridian-dns"] {
+        for check in [
+            &["list", "services", "-A"][..],
+            &["get", "secrets", "-n", "meridian-system"],
+            &["get", "configmaps", "-n", "meridian-system"],
+            &["get", "globalservices.meridian.io"],
+        ] {
+            let out = can(sa(who), check).await;
+            if out.stdout.trim() != "no" {
+                wrong.push(format!(
+                    "{who} can-i {check:?}: {:?}, want no",
+                    out.stdout.trim()
+                ));
+            }
+        }
+    }
+    assert_no_problems(&wrong);
+}
+
+/// The kind configs: strict schema for the fields used, the localities of the seed
+/// scenario, and subnets that overlap nowhere.
+#[test]
+fn kind_configs_are_valid() {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct KindCluster {
+        kind: String,
+        api_version: String,
+        name: String,
+        networking: Networking,
+        nodes: Vec<Node>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Networking {
+        pod_subnet: String,
+        service_subnet: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Node {
+        role: String,
+        // Kept untyped: an unquoted zone like 200002 is a YAML integer, which kind rejects,
+        // while a typed String would silently accept it.
+        labels: std::collections::BTreeMap<String, serde_yaml_ng::Value>,
+    }
+    fn cidr(s: &str) -> (u32, u32) {
+        let (ip, len) = s
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{s}: not a CIDR"));
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        let len: u32 = len.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert!((8..=28).contains(&len), "{s}: unreasonable prefix length");
+        let mask = u32::MAX << (32 - len);
+        assert_eq!(u32::from(ip) & !mask, 0, "{s}: host bits set");
+        (u32::from(ip), mask)
+    }
+
+    let want = [
+        ("east", "sh", "2000400001"),
+        ("west", "sh", "200002"),
+        ("far", "bj", "bj-1"),
+    ];
+    let dir = repo_root().join("kind-configs");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("kind-configs/")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["east.yaml", "far.yaml", "west.yaml"]);
+    let mut subnets: Vec<(String, (u32, u32))> = Vec::new();
+    for (name, region, zone) in want {
+        let path = dir.join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: KindCluster =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(config.kind, "Cluster", "{name}");
+        assert_eq!(config.api_version, "kind.x-k8s.io/v1alpha4", "{name}");
+        assert_eq!(config.name, name);
+        assert!(
+            config.nodes.iter().any(|n| n.role == "control-plane"),
+            "{name}: no control-plane node"
+        );
+        for node in &config.nodes {
+            assert!(
+                ["control-plane", "worker"].contains(&node.role.as_str()),
+                "{name}: role {}",
+                node.role
+            );
+            for (key, value) in &node.labels {
+                assert!(
+                    value.is_string(),
+                    "{name}: label {key} = {value:?} must be a quoted string"
+                );
+            }
+            let label = |key: &str| node.labels.get(key).and_then(serde_yaml_ng::Value::as_str);
+            assert_eq!(
+                label("topology.kubernetes.io/region"),
+                Some(region),
+                "{name}"
+            );
+            assert_eq!(label("topology.kubernetes.io/zone"), Some(zone), "{name}");
+        }
+        for s in [
+            &config.networking.pod_subnet,
+            &config.networking.service_subnet,
+        ] {
+            subnets.push((format!("{name} {s}"), cidr(s)));
+        }
+    }
+    // Docker's default bridge and kind's network.
+    subnets.push(("docker 172.17.0.0/16".into(), cidr("172.17.0.0/16")));
+    subnets.push(("kind 172.18.0.0/16".into(), cidr("172.18.0.0/16")));
+    for (i, (a, (ip_a, mask_a))) in subnets.iter().enumerate() {
+        for (b, (ip_b, mask_b)) in &subnets[i + 1..] {
+            let mask = mask_a & mask_b; // the shorter prefix
+            assert_ne!(ip_a & mask, ip_b & mask, "{a} overlaps {b}");
+        }
+    }
+}
