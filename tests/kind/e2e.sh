@@ -93,8 +93,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+[[ -n ${MERIDIANCTL:-} ]] || command -v cargo >/dev/null || die "cargo is required (or set MERIDIANCTL)"
 
-for tool in docker kind kubectl cargo; do
+for tool in docker kind kubectl; do
 	command -v "$tool" >/dev/null || die "$tool is required"
 done
 
@@ -105,10 +106,13 @@ for c in "${CLUSTERS[@]}"; do
 	kind create cluster --config "kind-configs/$c.yaml" --kubeconfig "$KUBECONFIG" --wait 180s
 done
 
-log "building $IMAGE and meridianctl"
+log "building $IMAGE"
 DOCKER_BUILDKIT=1 docker build -t "$IMAGE" "$ROOT"
-cargo build --release --locked -p meridian-cli --bin meridianctl
-MERIDIANCTL=${MERIDIANCTL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/meridianctl}
+# meridianctl runs on this machine (MERIDIANCTL=path skips the build).
+if [[ -z ${MERIDIANCTL:-} ]]; then
+	cargo build --release --locked -p meridian-cli --bin meridianctl
+	MERIDIANCTL=${CARGO_TARGET_DIR:-$ROOT/target}/release/meridianctl
+fi
 mctl() { "$MERIDIANCTL" --kubeconfig "$KUBECONFIG" "$@"; }
 docker image inspect "$ECHO_IMAGE" >/dev/null 2>&1 || docker pull "$ECHO_IMAGE"
 for c in "${CLUSTERS[@]}"; do
