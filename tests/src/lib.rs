@@ -35,6 +35,7 @@ mod endpoints;
 mod error;
 mod etcd;
 mod kubeconfig;
+pub mod mesh;
 mod network;
 mod node;
 mod pki;
@@ -43,6 +44,7 @@ mod process;
 mod proxy;
 mod service;
 mod testbed;
+pub mod traffic;
 
 pub use binaries::{ASSETS_ENV, Binaries, CACHE_ENV, KUBERNETES_VERSION, cache_dir};
 pub use cluster::{Cluster, ClusterSpec, MAX_CLUSTERS, STARTUP_TIMEOUT, SYSTEM_NAMESPACE};

@@ -1,0 +1,518 @@
+//! Meridian on the testbed: the real controller, gateway and DNS binaries per cluster,
+//! wired together the way an operator would (one mesh CA, clusters registered into each
+//! other with `meridianctl cluster add`, a gateway "pod" behind the LoadBalancer Service
+//! `meridian-system/meridian-gateway`).
+//!
+//! Binaries come from `$MERIDIAN_BIN_DIR`, else the Cargo target directory the running
+//! executable lives in (`cargo test --workspace` and `cargo build` put them there).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, SYSTEM_NAMESPACE};
+use crate::error::{Error, Result};
+use crate::network::free_port;
+use crate::pod::{PodHandle, PodSpec};
+use crate::process::ChildProcess;
+use crate::service::{ServicePortSpec, ServiceSpec};
+use crate::testbed::Testbed;
+use crate::traffic::http_get;
+
+/// Environment variable naming the directory with the Meridian binaries.
+pub const BIN_DIR_ENV: &str = "MERIDIAN_BIN_DIR";
+/// Trust domain of the test mesh.
+pub const TRUST_DOMAIN: &str = "meridian.local";
+/// The tunnel port every gateway listens on (each on its own loopback address).
+pub const TUNNEL_PORT: u16 = 15008;
+/// The gateway admin port.
+pub const ADMIN_PORT: u16 = 15021;
+/// Label selecting gateway pods (the controller's default).
+pub const GATEWAY_LABEL: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
+/// How long components get to come up or converge.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Knobs of a test mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// `--stale-endpoint-grace` of every controller.
+    pub stale_endpoint_grace: Duration,
+    /// How often a gateway probes a peer that is down.
+    pub peer_probe_interval: Duration,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            stale_endpoint_grace: Duration::from_secs(60),
+            peer_probe_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Finds a Meridian binary (see the module docs).
+pub fn meridian_binary(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(Error::io("locating the running executable"))?;
+            let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::InvalidSpec(format!(
+            "{} not found; build it first (`cargo build -p meridian-controller -p meridian-gateway -p meridian-dns -p meridian-cli`) or set {BIN_DIR_ENV}",
+            path.display()
+        )))
+    }
+}
+
+/// Meridian's processes in one cluster.
+#[derive(Debug)]
+pub struct Member {
+    name: String,
+    controller: ChildProcess,
+    grpc: SocketAddr,
+    controller_metrics: SocketAddr,
+    controller_args: Vec<String>,
+    gateway: Option<ChildProcess>,
+    gateway_args: Vec<String>,
+    gateway_pod: PodHandle,
+    dns: ChildProcess,
+    dns_addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Member {
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gateway's loopback address (tunnel, admin and outbound listeners).
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.gateway_pod.address()
+    }
+
+    /// The gateway admin address.
+    pub fn gateway_admin(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.gateway_ip()), ADMIN_PORT)
+    }
+
+    /// The DNS server's address (UDP and TCP).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
+    }
+
+    /// The controller's gRPC address.
+    pub fn controller_grpc(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// The controller's metrics address.
+    pub fn controller_metrics(&self) -> SocketAddr {
+        self.controller_metrics
+    }
+
+    /// The gateway's `/config_dump`.
+    pub async fn config_dump(&self) -> Result<Value> {
+        let r = http_get(self.gateway_admin(), "/config_dump", &[]).await?;
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Error::InvalidSpec(format!("config_dump of {}: {e}", self.name)))
+    }
+
+    /// Kills the gateway process (SIGKILL), as a lost node or cluster would.
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill();
+        }
+    }
+
+    /// Restarts a killed gateway with the same flags.
+    pub async fn start_gateway(&mut self) -> Result<()> {
+        if self.gateway.is_none() {
+            let log = self.dir.join("gateway.log");
+            self.gateway = Some(ChildProcess::spawn(
+                format!("{}/meridian-gateway", self.name),
+                &meridian_binary("meridian-gateway")?,
+                &self.gateway_args,
+                &log,
+            )?);
+            wait_ready(&format!("gateway of {}", self.name), self.gateway_admin()).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills and restarts the controller with the same flags.
+    pub async fn restart_controller(&mut self) -> Result<()> {
+        self.controller.kill();
+        self.controller = ChildProcess::spawn(
+            format!("{}/meridian-controller", self.name),
+            &meridian_binary("meridian-controller")?,
+            &self.controller_args,
+            &self.dir.join("controller.log"),
+        )?;
+        wait_ready(
+            &format!("controller of {}", self.name),
+            self.controller_metrics,
+        )
+        .await
+    }
+
+    /// Fails with the process's log if the controller or DNS server died.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for p in [&mut self.controller, &mut self.dns] {
+            if let Some(status) = p.exited() {
+                return Err(p.failure(format!("exited with {status}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Meridian processes of every testbed cluster.
+#[derive(Debug)]
+pub struct Mesh {
+    members: Vec<Member>,
+}
+
+impl Mesh {
+    /// Installs and starts Meridian in every cluster of `testbed` and registers every
+    /// cluster into every other. Returns once each gateway and DNS server is ready.
+    pub async fn start(testbed: &Testbed, options: MeshOptions) -> Result<Mesh> {
+        let dir = testbed.dir().join("meridian");
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let ca_dir = dir.join("ca");
+        meridianctl(&["ca", "init", "--out", path(&ca_dir)])?;
+        for c in testbed.clusters() {
+            meridianctl(&[
+                "ca",
+                "init",
+                "--from",
+                path(&ca_dir),
+                "--kubeconfig",
+                path(c.kubeconfig_path()),
+            ])?;
+        }
+        for host in testbed.clusters() {
+            for member in testbed
+                .clusters()
+                .iter()
+                .filter(|m| m.name() != host.name())
+            {
+                meridianctl(&[
+                    "cluster",
+                    "add",
+                    "--kubeconfig",
+                    path(member.kubeconfig_path()),
+                    "--context",
+                    member.name(),
+                    "--name",
+                    member.name(),
+                    "--host-kubeconfig",
+                    path(host.kubeconfig_path()),
+                    "--host-context",
+                    host.name(),
+                ])?;
+            }
+        }
+        let mut members = Vec::new();
+        for c in testbed.clusters() {
+            members.push(start_member(c, &dir.join(c.name()), &options).await?);
+        }
+        Ok(Mesh { members })
+    }
+
+    /// Every member, in testbed order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The member for cluster `name`.
+    pub fn member(&self, name: &str) -> Result<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "mesh member",
+                name: name.to_owned(),
+            })
+    }
+
+    /// The member for cluster `name`, mutably.
+    pub fn member_mut(&mut self, name: &str) -> Result<&mut Member> {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "mesh member",
+                name: name.to_owned(),
+            })
+    }
+
+    /// Where a client in `cluster` reaches `hostname:port`: the cluster's VIP from the
+    /// gateway's snapshot, then (as kube-proxy would) the gateway pod behind it.
+    pub async fn service_addr(
+        &self,
+        cluster: &Cluster,
+        hostname: &str,
+        port: u32,
+    ) -> Result<SocketAddr> {
+        let member = self.member(cluster.name())?;
+        let dump = member.config_dump().await?;
+        let svc = find_service(&dump, hostname).ok_or_else(|| Error::NotFound {
+            kind: "global service in the gateway snapshot",
+            name: hostname.to_owned(),
+        })?;
+        let vip: IpAddr = svc["vip"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "{hostname} has no VIP in cluster {}",
+                    cluster.name()
+                ))
+            })?;
+        cluster.sync_endpoints(SYSTEM_NAMESPACE).await?;
+        let targets = cluster
+            .resolve_cluster_ip(SocketAddr::new(vip, port as u16))
+            .await?;
+        targets.into_iter().next().ok_or_else(|| Error::NotFound {
+            kind: "ready gateway behind the VIP",
+            name: format!("{vip}:{port}"),
+        })
+    }
+
+    /// Polls `cluster`'s gateway `/config_dump` until `check` holds.
+    pub async fn wait_for(
+        &self,
+        cluster: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let member = self.member(cluster)?;
+        let start = Instant::now();
+        loop {
+            if let Ok(dump) = member.config_dump().await
+                && check(&dump)
+            {
+                return Ok(dump);
+            }
+            if start.elapsed() > CONVERGE_TIMEOUT {
+                return Err(Error::Timeout {
+                    what: format!("{what} in the gateway of {cluster}"),
+                    after: CONVERGE_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `cluster`'s gateway sees `hostname` with exactly `total` endpoints of
+    /// which `healthy` are healthy (ready and not ejected).
+    pub async fn wait_for_endpoints(
+        &self,
+        cluster: &str,
+        hostname: &str,
+        total: usize,
+        healthy: usize,
+    ) -> Result<()> {
+        self.wait_for(
+            cluster,
+            &format!("{hostname} with {healthy}/{total} healthy endpoints"),
+            |dump| {
+                let eps = dump["splits"][hostname]["endpoints"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                eps.len() == total
+                    && eps
+                        .iter()
+                        .filter(|e| e["healthy"] == Value::Bool(true))
+                        .count()
+                        == healthy
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The snapshot entry for `hostname` in a gateway's config dump.
+pub fn find_service<'a>(dump: &'a Value, hostname: &str) -> Option<&'a Value> {
+    dump["snapshot"]["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["hostname"] == hostname)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Runs `meridianctl` to completion; its output lands in the error on failure.
+pub fn meridianctl(args: &[&str]) -> Result<String> {
+    let bin = meridian_binary("meridianctl")?;
+    let out = Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .map_err(Error::io(format!("running {}", bin.display())))?;
+    if !out.status.success() {
+        return Err(Error::InvalidSpec(format!(
+            "meridianctl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> Result<Member> {
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let name = cluster.name().to_owned();
+    let zone = cluster.zones().first().cloned().unwrap_or_default();
+
+    // The gateway runs as a pod of the cluster (so VIP Services select it) behind the
+    // LoadBalancer Service the controllers read peer addresses from.
+    let gateway_pod = cluster
+        .add_pod(
+            PodSpec::new("meridian-gateway-0")
+                .namespace(SYSTEM_NAMESPACE)
+                .label(GATEWAY_LABEL.0, GATEWAY_LABEL.1)
+                .zone(zone.clone())
+                .port("tunnel", TUNNEL_PORT)
+                .echo(false),
+        )
+        .await?;
+    let gw_ip = gateway_pod.address();
+    cluster
+        .create_service(
+            &ServiceSpec::new("meridian-gateway")
+                .namespace(SYSTEM_NAMESPACE)
+                .selector(GATEWAY_LABEL.0, GATEWAY_LABEL.1)
+                .port(ServicePortSpec::tcp("tunnel", TUNNEL_PORT))
+                .exported(false),
+        )
+        .await?;
+    cluster
+        .set_load_balancer_ingress(SYSTEM_NAMESPACE, "meridian-gateway", IpAddr::V4(gw_ip))
+        .await?;
+
+    let ctl_ip = cluster.allocate_address()?;
+    let grpc = SocketAddr::new(IpAddr::V4(ctl_ip), free_port(ctl_ip)?);
+    let controller_metrics = SocketAddr::new(IpAddr::V4(ctl_ip), free_port(ctl_ip)?);
+    let controller_args: Vec<String> = vec![
+        format!("--cluster-name={name}"),
+        format!("--kubeconfig={}", path(cluster.kubeconfig_path())),
+        format!("--context={name}"),
+        format!("--grpc-addr={grpc}"),
+        format!("--metrics-addr={controller_metrics}"),
+        format!("--trust-domain={TRUST_DOMAIN}"),
+        format!("--locality={}/{zone}", cluster.region()),
+        format!(
+            "--stale-endpoint-grace={}ms",
+            options.stale_endpoint_grace.as_millis()
+        ),
+        "--install-crds".into(),
+    ];
+    let controller = ChildProcess::spawn(
+        format!("{name}/meridian-controller"),
+        &meridian_binary("meridian-controller")?,
+        &controller_args,
+        &dir.join("controller.log"),
+    )?;
+    wait_ready(&format!("controller of {name}"), controller_metrics).await?;
+
+    let controller_url = format!("http://{grpc}");
+    let gateway_args: Vec<String> = vec![
+        format!("--cluster={name}"),
+        format!("--controller={controller_url}"),
+        format!("--trust-domain={TRUST_DOMAIN}"),
+        format!("--tunnel-addr={gw_ip}:{TUNNEL_PORT}"),
+        format!("--admin-addr={gw_ip}:{ADMIN_PORT}"),
+        format!("--outbound-bind={gw_ip}"),
+        format!(
+            "--peer-probe-interval={}ms",
+            options.peer_probe_interval.as_millis()
+        ),
+        "--instance=meridian-gateway-0".into(),
+        // Pod IPs of the testbed are 10.B.X.Y, served on 127.B.X.Y.
+        "--dial-address-map=10.0.0.0/8=127.0.0.0/8".into(),
+    ];
+    let gateway = ChildProcess::spawn(
+        format!("{name}/meridian-gateway"),
+        &meridian_binary("meridian-gateway")?,
+        &gateway_args,
+        &dir.join("gateway.log"),
+    )?;
+    wait_ready(
+        &format!("gateway of {name}"),
+        SocketAddr::new(IpAddr::V4(gw_ip), ADMIN_PORT),
+    )
+    .await?;
+
+    let dns_ip = cluster.allocate_address()?;
+    let dns_addr = SocketAddr::new(IpAddr::V4(dns_ip), free_port(dns_ip)?);
+    let dns_admin = SocketAddr::new(IpAddr::V4(dns_ip), free_port(dns_ip)?);
+    let dns = ChildProcess::spawn(
+        format!("{name}/meridian-dns"),
+        &meridian_binary("meridian-dns")?,
+        &[
+            format!("--cluster={name}"),
+            format!("--controller={controller_url}"),
+            format!("--listen={dns_addr}"),
+            format!("--admin={dns_admin}"),
+        ],
+        &dir.join("dns.log"),
+    )?;
+    wait_ready(&format!("DNS server of {name}"), dns_admin).await?;
+
+    Ok(Member {
+        name,
+        controller,
+        grpc,
+        controller_metrics,
+        controller_args,
+        gateway: Some(gateway),
+        gateway_args,
+        gateway_pod,
+        dns,
+        dns_addr,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Waits until `admin` answers `/healthz/ready` with 200 (or, for the controller's metrics
+/// listener, `/metrics`).
+async fn wait_ready(what: &str, admin: SocketAddr) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        for path in ["/healthz/ready", "/metrics"] {
+            if let Ok(r) = http_get(admin, path, &[]).await
+                && r.status == 200
+            {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > CONVERGE_TIMEOUT {
+            return Err(Error::Timeout {
+                what: format!("{what} to be ready at {admin}"),
+                after: CONVERGE_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

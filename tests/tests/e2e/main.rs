@@ -1,0 +1,9 @@
+//! End-to-end: three simulated clusters with Meridian's real controller, gateway and DNS
+//! processes in each, real requests through the gateways, real failures.
+//!
+//! `east` (region sh, zone 2000400001), `west` (sh, 200002), `far` (bj, bj-1). Callers are
+//! in `east` unless a scenario says otherwise.
+
+mod support;
+
+mod failover;

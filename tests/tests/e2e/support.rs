@@ -1,0 +1,102 @@
+//! The three-cluster world the scenarios share.
+
+use std::net::SocketAddr;
+
+use meridian_testbed::mesh::{Mesh, MeshOptions};
+use meridian_testbed::{
+    Cluster, ClusterSpec, PodHandle, PodSpec, ServicePortSpec, ServiceSpec, Testbed,
+};
+
+pub const NS: &str = "demo";
+pub const EAST_ZONE: &str = "2000400001";
+pub const WEST_ZONE: &str = "200002";
+
+/// A testbed with Meridian running in every cluster.
+pub struct World {
+    pub mesh: Mesh,
+    pub testbed: Testbed,
+}
+
+impl World {
+    pub async fn start() -> World {
+        Self::start_with(MeshOptions::default()).await
+    }
+
+    pub async fn start_with(options: MeshOptions) -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+        let testbed = Testbed::start(&[
+            ClusterSpec::new("east", "sh", [EAST_ZONE]),
+            ClusterSpec::new("west", "sh", [WEST_ZONE]),
+            ClusterSpec::new("far", "bj", ["bj-1"]),
+        ])
+        .await
+        .expect("testbed");
+        let mesh = Mesh::start(&testbed, options)
+            .await
+            .expect("meridian on the testbed");
+        World { mesh, testbed }
+    }
+
+    pub fn cluster(&self, name: &str) -> &Cluster {
+        self.testbed.cluster(name).unwrap()
+    }
+
+    /// Exports `name` (HTTP port 80 → 8080) in every cluster and adds `pods[i]` echo pods
+    /// to cluster `i` (east, west, far), all with `version`.
+    pub async fn deploy(&self, name: &str, pods: [usize; 3]) -> Vec<Vec<PodHandle>> {
+        let mut out = Vec::new();
+        for (c, count) in self.testbed.clusters().iter().zip(pods) {
+            c.create_service(
+                &ServiceSpec::new(name)
+                    .namespace(NS)
+                    .port(ServicePortSpec::http("http", 80).target(8080)),
+            )
+            .await
+            .unwrap();
+            let mut handles = Vec::new();
+            for i in 0..count {
+                let spec = PodSpec::new(format!("{name}-{}-{i}", c.name()))
+                    .namespace(NS)
+                    .app(name)
+                    .port("http", 8080);
+                handles.push(c.add_pod(spec).await.unwrap());
+            }
+            out.push(handles);
+        }
+        out
+    }
+
+    /// Where a client in `cluster` reaches `<name>.demo.global:80`.
+    pub async fn addr(&self, cluster: &str, name: &str) -> SocketAddr {
+        self.mesh
+            .service_addr(self.cluster(cluster), &format!("{name}.{NS}.global"), 80)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until east's gateway sees `name` with `healthy` of `total` endpoints healthy.
+    pub async fn converge(&self, cluster: &str, name: &str, total: usize, healthy: usize) {
+        self.mesh
+            .wait_for_endpoints(cluster, &format!("{name}.{NS}.global"), total, healthy)
+            .await
+            .unwrap();
+    }
+
+    /// Sets the first `n` of `pods` not ready and the rest ready.
+    pub async fn set_unready(&self, cluster: &str, pods: &[PodHandle], n: usize) {
+        let c = self.cluster(cluster);
+        for (i, p) in pods.iter().enumerate() {
+            c.set_pod_ready(p, i >= n).await.unwrap();
+        }
+    }
+}
+
+/// Whether `k` of `n` Bernoulli(p) trials is within 4.5 standard deviations of `n·p`.
+pub fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (k as f64 - mean).abs() <= 4.5 * sd
+}
