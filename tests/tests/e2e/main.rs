@@ -7,3 +7,4 @@
 mod support;
 
 mod failover;
+mod policy;

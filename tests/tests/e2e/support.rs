@@ -100,3 +100,91 @@ pub fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     (k as f64 - mean).abs() <= 4.5 * sd
 }
+
+impl World {
+    /// `kubectl apply` of `yaml` in every cluster, as a user of a multi-primary mesh does
+    /// (each controller reads the policies of its own cluster).
+    pub fn apply_everywhere(&self, yaml: &str) {
+        for c in self.testbed.clusters() {
+            kubectl_apply(c, yaml);
+        }
+    }
+
+    /// Waits until `cluster`'s gateway runs `name` with a policy for which `check` holds.
+    pub async fn converge_policy(
+        &self,
+        cluster: &str,
+        name: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let host = format!("{name}.{NS}.global");
+        self.mesh
+            .wait_for(cluster, &format!("the policy of {host}"), |d| {
+                meridian_testbed::mesh::find_service(d, &host).is_some_and(|s| check(&s["policy"]))
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Runs `kubectl apply -f -` against `cluster`.
+pub fn kubectl_apply(cluster: &Cluster, yaml: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            cluster.kubeconfig_path().to_str().unwrap(),
+            "apply",
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `kubectl args…` against `cluster` and returns its standard output.
+pub fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, for at most 30 s.
+pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
