@@ -7,6 +7,7 @@
 //! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`]).
 //! [`aggregator`] is the loop that ties them together; [`run`] starts everything.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod aggregator;
 pub mod catalog;
