@@ -345,6 +345,30 @@ mod registration {
         )
         .await;
 
+        // Gateways: east1's gateway pod (the VIP Services select it; its node gives the
+        // snapshot's own locality); west's gateway Service has a LoadBalancer address,
+        // which wins over the Secret's annotation.
+        let gateway_svc = ServiceSpec::new("meridian-gateway")
+            .namespace(SYSTEM_NAMESPACE)
+            .exported(false)
+            .selector("app.kubernetes.io/name", "meridian-gateway")
+            .port(ServicePortSpec::tcp("tunnel", 15443).target(15443));
+        east1.create_service(&gateway_svc).await.unwrap();
+        let gw = east1
+            .add_pod(
+                PodSpec::new("gateway-0")
+                    .namespace(SYSTEM_NAMESPACE)
+                    .label("app.kubernetes.io/name", "meridian-gateway")
+                    .echo(false),
+            )
+            .await
+            .unwrap();
+        west.create_service(&gateway_svc).await.unwrap();
+        let west_lb = testbed.allocate_address().unwrap();
+        west.set_load_balancer_ingress(SYSTEM_NAMESPACE, "meridian-gateway", west_lb.into())
+            .await
+            .unwrap();
+
         let ip = testbed.allocate_address().unwrap();
         let ctl = Controller::start(&testbed, east1, ip, &[]).await;
 
@@ -497,6 +521,7 @@ mod registration {
         assert_eq!(w1_ep.labels.get("version").map(String::as_str), Some("v2"));
         assert_eq!(w1_ep.ports.get("http"), Some(&8080));
         assert_eq!(w1_ep.pod, "echo-w1");
+        let west_lb_addr = format!("{west_lb}:15443");
         let peers: Vec<_> = snap
             .peers
             .iter()
@@ -512,11 +537,25 @@ mod registration {
                 ),
                 (
                     "west",
-                    "127.0.0.3:15443",
+                    west_lb_addr.as_str(),
                     "spiffe://meridian.local/cluster/west/gateway"
                 ),
             ]
         );
+        let own = snap.locality.clone().unwrap();
+        assert_eq!(
+            (own.region.as_str(), own.zone.as_str()),
+            ("us-east1", "us-east1-a")
+        );
+
+        // The VIP leads to the gateway pod's listener (the testbed plays kube-proxy).
+        east1.sync_endpoints(SYSTEM_NAMESPACE).await.unwrap();
+        let vip: std::net::IpAddr = st.vip.as_deref().unwrap().parse().unwrap();
+        let backends = east1
+            .resolve_cluster_ip(std::net::SocketAddr::new(vip, 80))
+            .await
+            .unwrap();
+        assert_eq!(backends, [gw.socket_addr(listener as u16)]);
 
         // Readiness flips reach the snapshot and the status.
         let before = snap.version;
