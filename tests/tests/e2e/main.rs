@@ -6,5 +6,8 @@
 
 mod support;
 
+mod dns;
 mod failover;
 mod policy;
+mod resilience;
+mod routing;

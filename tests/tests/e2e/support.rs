@@ -37,6 +37,9 @@ impl World {
         let mesh = Mesh::start(&testbed, options)
             .await
             .expect("meridian on the testbed");
+        for c in testbed.clusters() {
+            c.create_namespace(NS).await.unwrap();
+        }
         World { mesh, testbed }
     }
 

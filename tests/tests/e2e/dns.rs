@@ -1,0 +1,68 @@
+//! `.global` names resolve, in each cluster, to that cluster's VIP (queried with `dig`).
+
+use std::process::Command;
+
+use meridian_testbed::mesh::find_service;
+
+use crate::support::World;
+
+fn dig(server: std::net::SocketAddr, query: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            "+time=2",
+            "+tries=3",
+        ])
+        .args(query)
+        .output()
+        .expect("running dig (Debian package dnsutils)");
+    assert!(
+        out.status.success(),
+        "dig failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_names_resolve_to_each_clusters_vip() {
+    let world = World::start().await;
+    world.deploy("user", [1, 1, 1]).await;
+    let mut vips = Vec::new();
+    for member in world.mesh.members() {
+        world.converge(member.name(), "user", 3, 3).await;
+        let dump = member.config_dump().await.unwrap();
+        let vip = find_service(&dump, "user.demo.global").unwrap()["vip"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(!vip.is_empty(), "{} has a VIP", member.name());
+        // The DNS server follows the same snapshot stream; allow it a moment to catch up.
+        let mut answer = String::new();
+        for _ in 0..50 {
+            answer = dig(member.dns_addr(), &["+short", "user.demo.global", "A"]);
+            if answer == vip {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer, vip, "user.demo.global in {}", member.name());
+        let srv = dig(
+            member.dns_addr(),
+            &["+short", "_http._tcp.user.demo.global", "SRV"],
+        );
+        assert!(
+            srv.contains(" 80 user.demo.global."),
+            "SRV in {}: {srv}",
+            member.name()
+        );
+        vips.push(vip);
+    }
+    vips.sort();
+    vips.dedup();
+    assert_eq!(vips.len(), 3, "each cluster has its own VIP: {vips:?}");
+    let unknown = dig(world.mesh.members()[0].dns_addr(), &["nope.demo.global"]);
+    assert!(unknown.contains("status: NXDOMAIN"), "{unknown}");
+}
