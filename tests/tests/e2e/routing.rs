@@ -125,7 +125,7 @@ spec:
         (0, 100),
         "503s are retried locally, never seen: {t:?}"
     );
-    assert_eq!(t.pods.get(&bad.name().to_owned()), None, "{t:?}");
+    assert_eq!(t.pods.get(bad.name()), None, "{t:?}");
 
     let dump = world
         .mesh
