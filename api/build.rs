@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // Ordered maps make encoding deterministic: the same snapshot is the same bytes.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
