@@ -124,6 +124,7 @@ fn bench(c: &mut Criterion) {
                 VipInfo {
                     vip: format!("172.16.0.{i}"),
                     listeners: BTreeMap::from([("http".to_owned(), 15100 + i as u32)]),
+                    ..VipInfo::default()
                 },
             )
         })

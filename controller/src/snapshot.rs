@@ -33,6 +33,9 @@ pub struct VipInfo {
     pub vip: String,
     /// Gateway listener port per service port name.
     pub listeners: BTreeMap<String, u32>,
+    /// The VIPs pinned to one exporting cluster each, by cluster (their own `pinned` is
+    /// empty).
+    pub pinned: BTreeMap<String, VipInfo>,
 }
 
 /// Everything a snapshot is built from.
@@ -74,24 +77,37 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
         .into_iter()
         .map(|svc| {
             let vip = vips.get(&svc.key);
-            proto::GlobalService {
-                name: svc.key.name.clone(),
-                namespace: svc.key.namespace.clone(),
-                hostname: svc.key.hostname(input.zone),
-                vip: vip.map(|v| v.vip.clone()).unwrap_or_default(),
-                cluster_vips: Vec::new(),
-                ports: svc
-                    .ports
+            let ports = |v: Option<&VipInfo>| -> Vec<proto::ServicePort> {
+                svc.ports
                     .iter()
                     .map(|p| proto::ServicePort {
                         name: p.name.clone(),
                         port: p.port,
                         protocol: p.protocol as i32,
-                        listener_port: vip
+                        listener_port: v
                             .and_then(|v| v.listeners.get(&p.name).copied())
                             .unwrap_or(0),
                     })
+                    .collect()
+            };
+            proto::GlobalService {
+                name: svc.key.name.clone(),
+                namespace: svc.key.namespace.clone(),
+                hostname: svc.key.hostname(input.zone),
+                vip: vip.map(|v| v.vip.clone()).unwrap_or_default(),
+                // Sorted by cluster (a BTreeMap); only clusters exporting the service.
+                cluster_vips: vip
+                    .map(|v| &v.pinned)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(c, _)| svc.clusters.contains(*c))
+                    .map(|(c, p)| proto::ClusterVip {
+                        cluster: c.clone(),
+                        vip: p.vip.clone(),
+                        ports: ports(Some(p)),
+                    })
                     .collect(),
+                ports: ports(vip),
                 endpoints: svc
                     .endpoints
                     .iter()
@@ -229,6 +245,24 @@ mod tests {
             VipInfo {
                 vip: "10.96.0.10".into(),
                 listeners: BTreeMap::from([("http".to_owned(), 15001)]),
+                pinned: BTreeMap::from([
+                    (
+                        "a".to_owned(),
+                        VipInfo {
+                            vip: "10.96.0.11".into(),
+                            listeners: BTreeMap::from([("http".to_owned(), 15002)]),
+                            ..VipInfo::default()
+                        },
+                    ),
+                    (
+                        "gone".to_owned(),
+                        VipInfo {
+                            vip: "10.96.0.12".into(),
+                            listeners: BTreeMap::from([("http".to_owned(), 15003)]),
+                            ..VipInfo::default()
+                        },
+                    ),
+                ]),
             },
         )]);
         let policies = BTreeMap::from([(key, TrafficPolicy::default())]);
@@ -289,5 +323,19 @@ mod tests {
         assert_eq!(svc.policy_json, "{}");
         assert_eq!(svc.endpoints[0].labels.len(), 3);
         assert_eq!(svc.clusters, ["a"]);
+        // Pinned VIPs: one per exporting cluster, with their own listener ports.
+        assert_eq!(
+            svc.cluster_vips.len(),
+            1,
+            "no pin to a cluster not exporting"
+        );
+        let pin = &svc.cluster_vips[0];
+        assert_eq!(
+            (pin.cluster.as_str(), pin.vip.as_str()),
+            ("a", "10.96.0.11")
+        );
+        assert_eq!(pin.ports[0].listener_port, 15002);
+        assert_eq!(pin.ports[0].port, 80);
+        assert_eq!(pin.ports[0].protocol, proto::Protocol::Http as i32);
     }
 }

@@ -447,6 +447,7 @@ mod tests {
         let vip = VipInfo {
             vip: "10.96.0.9".into(),
             listeners: BTreeMap::from([("http".to_owned(), 15100)]),
+            ..VipInfo::default()
         };
         let st = global_service_status(svc, Some(&vip), None, "global", &[]);
         assert_eq!(st.hostname, "echo.demo.global");

@@ -22,6 +22,7 @@ fn snapshot(services: usize) -> Snapshot {
                 .map(|(c, cluster)| ClusterVip {
                     cluster: (*cluster).into(),
                     vip: format!("10.{}.{}.{}", 100 + c, (i / 256) % 256, i % 256),
+                    ports: Vec::new(),
                 })
                 .collect(),
             ports: ["http", "grpc"]

@@ -388,10 +388,12 @@ mod tests {
                 ClusterVip {
                     cluster: "east".into(),
                     vip: "10.96.0.11".into(),
+                    ports: Vec::new(),
                 },
                 ClusterVip {
                     cluster: "west".into(),
                     vip: "fd00::12".into(),
+                    ports: Vec::new(),
                 },
             ],
             ports: vec![

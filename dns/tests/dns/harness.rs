@@ -388,10 +388,12 @@ pub fn service(name: &str, namespace: &str, vip: &str) -> GlobalService {
             ClusterVip {
                 cluster: "east".into(),
                 vip: "10.96.1.1".into(),
+                ports: Vec::new(),
             },
             ClusterVip {
                 cluster: "west".into(),
                 vip: "10.96.2.1".into(),
+                ports: Vec::new(),
             },
         ],
         ports: vec![ServicePort {
