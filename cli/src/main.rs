@@ -1,6 +1,7 @@
 //! `meridianctl`: the operator's command line for Meridian.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod ca;
 mod cluster;
 mod connect;

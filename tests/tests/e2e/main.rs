@@ -6,6 +6,7 @@
 
 mod support;
 
+mod cli;
 mod dns;
 mod failover;
 mod policy;
