@@ -1,17 +1,17 @@
-//! `meridian-testbed`: brings up simulated clusters and keeps them running until Ctrl-C,
-//! for poking at them by hand (`kubectl --kubeconfig …`) or driving them from a script.
+//! `meridian-testbed up` (the default): brings up simulated clusters and keeps them running
+//! until Ctrl-C, for poking at them by hand (`kubectl --kubeconfig …`) or driving them from
+//! a script.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::Args;
 use meridian_testbed::{ClusterSpec, PodSpec, ServicePortSpec, ServiceSpec, Testbed};
 
-/// Start simulated Kubernetes clusters (real etcd + kube-apiserver each) on loopback.
-#[derive(Debug, Parser)]
-#[command(name = "meridian-testbed", version)]
-struct Config {
+/// Flags of `up`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpArgs {
     /// A cluster as NAME=REGION:ZONE[,ZONE...]; repeat for more. Default: east, west, north.
     #[arg(long = "cluster", value_name = "NAME=REGION:ZONES")]
     clusters: Vec<ClusterArg>,
@@ -45,35 +45,28 @@ impl FromStr for ClusterArg {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "meridian_testbed=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::parse();
-    let specs: Vec<ClusterSpec> = if config.clusters.is_empty() {
+/// Starts the clusters, prints how to reach them, then waits forever: the caller ends the
+/// run by dropping this future (on a signal), which tears the testbed down.
+pub async fn run(args: UpArgs) -> Result<()> {
+    let specs: Vec<ClusterSpec> = if args.clusters.is_empty() {
         vec![
             ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),
             ClusterSpec::new("west", "us-west1", ["us-west1-a", "us-west1-b"]),
             ClusterSpec::new("north", "eu-north1", ["eu-north1-a"]),
         ]
     } else {
-        config.clusters.into_iter().map(|c| c.0).collect()
+        args.clusters.into_iter().map(|c| c.0).collect()
     };
 
     let testbed = Testbed::start(&specs)
         .await
         .context("starting the testbed")?;
     println!("testbed {}", testbed.dir().display());
-    if let Some(dir) = &config.kubeconfig_dir {
+    if let Some(dir) = &args.kubeconfig_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     for cluster in testbed.clusters() {
-        let kubeconfig = match &config.kubeconfig_dir {
+        let kubeconfig = match &args.kubeconfig_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.kubeconfig", cluster.name()));
                 std::fs::write(&path, cluster.kubeconfig())
@@ -90,7 +83,7 @@ async fn main() -> Result<()> {
             cluster.server_url(),
             kubeconfig.display()
         );
-        if let Some(service) = &config.service {
+        if let Some(service) = &args.service {
             if service.is_empty() {
                 bail!("--service needs a name");
             }
@@ -120,14 +113,7 @@ async fn main() -> Result<()> {
         }
     }
     println!("ready; Ctrl-C stops everything");
-
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-        _ = terminate.recv() => {}
-    }
-    drop(testbed);
-    eprintln!("testbed stopped");
+    // The testbed lives until this future is dropped.
+    std::future::pending::<()>().await;
     Ok(())
 }
