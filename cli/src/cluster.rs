@@ -21,6 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use meridian_controller::crd::MemberCluster;
+use meridian_controller::registry::{
+    CLUSTER_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION, is_dns_label,
+};
 use serde::Serialize;
 
 use crate::connect::{ClusterArgs, Target};
@@ -28,12 +31,6 @@ use crate::render::{self, Output};
 
 /// Namespace of Meridian's own objects in every cluster.
 pub const SYSTEM_NAMESPACE: &str = "meridian-system";
-/// Label that marks a registration Secret.
-pub const CLUSTER_LABEL: &str = "meridian.io/cluster";
-/// Annotation naming the member cluster of a registration Secret.
-pub const CLUSTER_NAME_ANNOTATION: &str = "meridian.io/cluster-name";
-/// Annotation with the member's gateway address when it has no LoadBalancer.
-pub const GATEWAY_ADDRESS_ANNOTATION: &str = "meridian.io/gateway-address";
 /// Name of the reader ServiceAccount, ClusterRole and ClusterRoleBinding in members.
 pub const READER: &str = "meridian-reader";
 const FIELD_MANAGER: &str = "meridianctl";
@@ -100,17 +97,6 @@ pub async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::
     }
 }
 
-/// Whether `name` is a DNS-1123 label (it becomes part of DNS names and SPIFFE IDs).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
     let host = Target::load(
@@ -119,7 +105,7 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     )?;
     let (cluster_name, cluster) = member.cluster()?;
     let name = args.name.clone().unwrap_or(cluster_name);
-    if !valid_name(&name) {
+    if !is_dns_label(&name) {
         bail!(
             "cluster name {name:?} is not a DNS label (lower-case letters, digits, '-'); pass --name"
         );
@@ -471,16 +457,6 @@ pub fn member_row(m: &MemberCluster) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_dns_labels() {
-        assert!(valid_name("east"));
-        assert!(valid_name("kind-east-1"));
-        assert!(!valid_name("East"));
-        assert!(!valid_name("-east"));
-        assert!(!valid_name("east.1"));
-        assert!(!valid_name(""));
-    }
 
     #[test]
     fn reader_is_read_only() {

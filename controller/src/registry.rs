@@ -86,7 +86,8 @@ pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
     })
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// Whether `s` is a DNS-1123 label: member names become parts of DNS names and SPIFFE IDs.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
