@@ -147,6 +147,12 @@ fn snapshot_json(s: &proto::Snapshot) -> Value {
                 "name": p.name, "port": p.port, "protocol": protocol(p.protocol),
                 "listenerPort": p.listener_port,
             })).collect::<Vec<_>>(),
+            "clusterVips": g.cluster_vips.iter().map(|c| json!({
+                "cluster": c.cluster, "vip": c.vip,
+                "ports": c.ports.iter().map(|p| json!({
+                    "name": p.name, "port": p.port, "listenerPort": p.listener_port,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "policy": if g.policy_json.is_empty() { Value::Null } else {
                 serde_json::from_str::<Value>(&g.policy_json).unwrap_or(Value::String(g.policy_json.clone()))
             },

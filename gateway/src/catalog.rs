@@ -1,6 +1,13 @@
 //! The gateway's catalog: what the current snapshot says, in the shapes the data plane
 //! needs (services with parsed policies and endpoints, listeners, peers, and the local
 //! targets the tunnel may reach). Immutable; a new snapshot builds a new catalog.
+//!
+//! A VIP pinned to one cluster (`<cluster>.<svc>.<ns>.global`, the snapshot's
+//! `cluster_vips`) becomes a service of its own here: the global service's policy and ports
+//! (with the pinned listener ports) over only that cluster's endpoints. Routing, the
+//! locality engine and outlier detection then treat it like any service, so its failover
+//! stays among that cluster's localities; through the tunnel it still names the global
+//! service, which is what the owning gateway authorizes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -81,11 +88,16 @@ impl Endpoint {
     }
 }
 
-/// A global service as the gateway sees it.
+/// A global service as the gateway sees it (or its VIP pinned to one cluster).
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// `<name>.<namespace>.global`.
+    /// `<name>.<namespace>.global`, or `<cluster>.<name>.<namespace>.global` when pinned.
     pub hostname: String,
+    /// The global service's hostname: what the tunnel names (equal to `hostname` unless
+    /// pinned).
+    pub global_hostname: String,
+    /// The cluster whose endpoints alone serve a pinned VIP.
+    pub pinned: Option<String>,
     /// The policy in force (the default one when the snapshot's is unreadable).
     pub policy: TrafficPolicy,
     /// Why the snapshot's policy was not used, if it was not.
@@ -151,8 +163,16 @@ impl Catalog {
         let mut services = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         let mut local_targets = HashSet::new();
-        for s in &snapshot.services {
-            let svc = service(s);
+        let all = snapshot.services.iter().flat_map(|s| {
+            let global = service(s);
+            let pinned: Vec<Service> = s
+                .cluster_vips
+                .iter()
+                .map(|cv| pinned_service(&global, cv))
+                .collect();
+            std::iter::once(global).chain(pinned)
+        });
+        for svc in all {
             for p in &svc.ports {
                 if p.listener_port == 0 || p.listener_port > u32::from(u16::MAX) {
                     continue;
@@ -170,7 +190,7 @@ impl Catalog {
                     );
                 }
                 for ep in svc.endpoints.iter().filter(|e| e.cluster == cluster) {
-                    local_targets.insert((svc.hostname.clone(), p.port, ep.target(p)));
+                    local_targets.insert((svc.global_hostname.clone(), p.port, ep.target(p)));
                 }
             }
             services.insert(svc.hostname.clone(), Arc::new(svc));
@@ -215,6 +235,38 @@ impl Catalog {
     pub fn authorizes(&self, hostname: &str, port: u32, target: SocketAddr) -> bool {
         self.local_targets
             .contains(&(hostname.to_owned(), port, target))
+    }
+}
+
+/// The service behind the VIP of `global` pinned to `cv.cluster`: same policy, the pinned
+/// listener ports, only that cluster's endpoints.
+fn pinned_service(global: &Service, cv: &proto::ClusterVip) -> Service {
+    let listeners: HashMap<&str, u32> = cv
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.listener_port))
+        .collect();
+    Service {
+        hostname: format!("{}.{}", cv.cluster, global.global_hostname),
+        global_hostname: global.global_hostname.clone(),
+        pinned: Some(cv.cluster.clone()),
+        policy: global.policy.clone(),
+        policy_error: global.policy_error.clone(),
+        outlier: global.outlier,
+        ports: global
+            .ports
+            .iter()
+            .map(|p| Port {
+                listener_port: listeners.get(p.name.as_str()).copied().unwrap_or(0),
+                ..p.clone()
+            })
+            .collect(),
+        endpoints: global
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster == cv.cluster)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -274,6 +326,8 @@ fn service(s: &proto::GlobalService) -> Service {
         .collect();
     Service {
         hostname: s.hostname.clone(),
+        global_hostname: s.hostname.clone(),
+        pinned: None,
         policy,
         policy_error,
         outlier,
@@ -285,7 +339,9 @@ fn service(s: &proto::GlobalService) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_api::proto::{Endpoint as PEndpoint, GlobalService, Peer, ServicePort};
+    use meridian_api::proto::{
+        ClusterVip, Endpoint as PEndpoint, GlobalService, Peer, ServicePort,
+    };
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -322,6 +378,16 @@ mod tests {
                     },
                 ],
                 policy_json: r#"{"panicThreshold": 300}"#.into(),
+                cluster_vips: vec![ClusterVip {
+                    cluster: "west".into(),
+                    vip: "10.96.0.12".into(),
+                    ports: vec![ServicePort {
+                        name: "http".into(),
+                        port: 9080,
+                        protocol: Protocol::Http as i32,
+                        listener_port: 20002,
+                    }],
+                }],
                 ..Default::default()
             }],
             peers: vec![Peer {
@@ -353,5 +419,24 @@ mod tests {
             c.peers["west"].identity.to_string(),
             "spiffe://meridian.test/cluster/west/gateway"
         );
+    }
+
+    #[test]
+    fn a_pinned_vip_is_a_service_of_that_clusters_endpoints() {
+        let c = Catalog::build("east", Arc::new(snapshot()));
+        let pinned = &c.services["west.reviews.default.global"];
+        assert_eq!(pinned.pinned.as_deref(), Some("west"));
+        assert_eq!(pinned.global_hostname, "reviews.default.global");
+        assert!(pinned.endpoints.iter().all(|e| e.cluster == "west"));
+        assert_eq!(pinned.endpoints.len(), 1);
+        let l = &c.listeners[&20002];
+        assert_eq!(l.hostname, "west.reviews.default.global");
+        assert_eq!((l.port.port, l.port.listener_port), (9080, 20002));
+        assert_eq!(c.listeners[&20001].hostname, "reviews.default.global");
+        // The tunnel still authorizes by the global service.
+        let west = Catalog::build("west", Arc::new(snapshot()));
+        let target: SocketAddr = "127.0.2.1:8080".parse().unwrap();
+        assert!(west.authorizes("reviews.default.global", 9080, target));
+        assert!(!west.authorizes("west.reviews.default.global", 9080, target));
     }
 }

@@ -259,7 +259,8 @@ impl Dataplane {
             .peers
             .get(&ep.cluster)
             .ok_or_else(|| DialError::NoPeer(ep.cluster.clone()))?;
-        let service = format!("{}:{}", routes.service.hostname, port.port);
+        // The owning gateway authorizes by the global service, pinned VIP or not.
+        let service = format!("{}:{}", routes.service.global_hostname, port.port);
         match tokio::time::timeout(
             self.settings.connect_timeout * 2,
             self.pool.open(peer, target, &service),

@@ -7,4 +7,5 @@ mod e2e;
 mod locality;
 mod mtls;
 mod outlier;
+mod pinned;
 mod rotation;
