@@ -12,7 +12,7 @@ use clap::Parser;
 #[command(name = "meridian-gateway", version, about)]
 pub struct Config {
     /// Name of the member cluster this gateway serves.
-    #[arg(long, env = "MERIDIAN_CLUSTER")]
+    #[arg(long, env = "MERIDIAN_CLUSTER_NAME")]
     pub cluster: String,
 
     /// The controller's gRPC endpoint (snapshot stream and, unless --ca is set, certificates).

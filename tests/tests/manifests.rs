@@ -147,7 +147,11 @@ mod checks {
             "meridian-controller",
             "MERIDIAN_CLUSTER_NAME",
         ),
-        ("meridian-gateway", "meridian-gateway", "MERIDIAN_CLUSTER"),
+        (
+            "meridian-gateway",
+            "meridian-gateway",
+            "MERIDIAN_CLUSTER_NAME",
+        ),
         ("meridian-dns", "meridian-dns", "MERIDIAN_CLUSTER_NAME"),
     ];
 
@@ -971,7 +975,7 @@ async fn checks_catch_broken_objects() {
             Box::new(|d| {
                 let i = find(d, "Deployment", "meridian-gateway");
                 d[i]["spec"]["template"]["spec"]["containers"][0]["env"][0] =
-                    json!({"name": "MERIDIAN_CLUSTER", "value": "east"});
+                    json!({"name": "MERIDIAN_CLUSTER_NAME", "value": "east"});
             }),
         ),
         (
