@@ -185,22 +185,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             step,
             steady: false,
         });
-        let changed = Instant::now();
-        table
+        let began = Instant::now();
+        let changed = table
             .run_until(async {
-                set_ready(east, &pods[0], &mut ready, target).await?;
+                let changed = set_ready(east, &pods[0], &mut ready, target).await?;
                 world
                     .mesh
                     .wait_for_endpoints("east", &host, total, target + others)
                     .await
-                    .context("waiting for east's gateway to see the new health")
+                    .context("waiting for east's gateway to see the new health")?;
+                anyhow::Ok(changed)
             })
             .await?;
-        println!(
-            "  … east's gateway sees {}/{total} healthy endpoints, {:.1} s after the change began",
-            target + others,
-            changed.elapsed().as_secs_f64()
-        );
+        if changed > 0 {
+            println!(
+                "  … {changed} east pods made {}; east's gateway sees {}/{total} healthy endpoints {:.1} s after the first change",
+                if healed { "ready" } else { "unready" },
+                target + others,
+                began.elapsed().as_secs_f64()
+            );
+        }
         table.set_phase(Phase { step, steady: true });
         table.run_until(tokio::time::sleep(step_time)).await;
         table.set_phase(Phase {
@@ -259,22 +263,25 @@ async fn deploy_in(cluster: &Cluster, count: usize) -> Result<Vec<PodHandle>> {
     Ok(pods)
 }
 
-/// Makes exactly `target` of `pods` ready (the last ones), touching only pods that change.
+/// Makes exactly `target` of `pods` ready (the last ones), touching only pods that change;
+/// returns how many changed.
 async fn set_ready(
     cluster: &Cluster,
     pods: &[PodHandle],
     ready: &mut [bool],
     target: usize,
-) -> Result<()> {
+) -> Result<usize> {
     let first_ready = pods.len() - target;
+    let mut changed = 0;
     for (i, pod) in pods.iter().enumerate() {
         let want = i >= first_ready;
         if ready[i] != want {
             cluster.set_pod_ready(pod, want).await?;
             ready[i] = want;
+            changed += 1;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Envoy's priority math for a caller in east, with west (same region) and far (other

@@ -52,6 +52,15 @@ enum Stop {
     Terminate,
 }
 
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Interrupt => "SIGINT",
+            Stop::Terminate => "SIGTERM",
+        })
+    }
+}
+
 impl Stop {
     /// The shell convention for "killed by this signal" (128 + signal number).
     fn exit_code(self) -> u8 {
@@ -91,7 +100,7 @@ async fn main() -> Result<ExitCode> {
         Command::Demo(args) => match until_signal(demo::run(args)).await? {
             Some(stop) => {
                 eprintln!(
-                    "demo stopped ({stop:?}): clusters and Meridian processes stopped, testbed directory removed"
+                    "demo stopped by {stop}: clusters and Meridian processes stopped, testbed directory removed"
                 );
                 Ok(ExitCode::from(stop.exit_code()))
             }
