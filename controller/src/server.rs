@@ -5,6 +5,9 @@
 //! newest value. Each subscriber has its own task that sends the current snapshot at once,
 //! then at most one snapshot per coalescing window (50 ms), always the newest. A slow
 //! subscriber only stalls its own task; the publisher never waits for anyone.
+//!
+//! On shutdown every stream is ended first (the subscribers reconnect, to another replica
+//! behind the Service), so the server's graceful stop does not wait for them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +70,7 @@ pub struct DiscoveryService {
     cluster: String,
     publisher: SnapshotPublisher,
     metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl DiscoveryService {
@@ -76,7 +80,14 @@ impl DiscoveryService {
             cluster,
             publisher,
             metrics,
+            stopping: watch::channel(false).1,
         }
+    }
+
+    /// Ends every stream (and refuses new ones) once `stopping` turns true.
+    pub fn with_shutdown(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// The tonic service, ready to add to a server.
@@ -89,8 +100,26 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send
 
 /// Feeds one subscriber until it goes away.
 async fn feed(
-    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    rx: watch::Receiver<Option<Arc<Snapshot>>>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
+    metrics: Arc<Metrics>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        // Without a shutdown signal (its sender gone), streams end only with their client.
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = feed_until_closed(rx, &tx, metrics) => {}
+        () = stop => debug!("ending the stream: shutting down"),
+    }
+}
+
+async fn feed_until_closed(
+    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    tx: &mpsc::Sender<Result<Snapshot, Status>>,
     metrics: Arc<Metrics>,
 ) {
     let mut last_sent: Option<u64> = None;
@@ -139,15 +168,19 @@ impl proto::discovery_server::Discovery for DiscoveryService {
                 self.cluster, sub.cluster
             )));
         }
+        if *self.stopping.borrow() {
+            return Err(Status::unavailable("the controller is shutting down"));
+        }
         info!(role = %sub.role, instance = %sub.instance, "subscriber connected");
         let (tx, rx) = mpsc::channel(1);
         let metrics = self.metrics.clone();
         metrics.subscribers.inc();
         let span = info_span!("subscriber", role = %sub.role, instance = %sub.instance);
         let watch_rx = self.publisher.subscribe();
+        let stopping = self.stopping.clone();
         tokio::spawn(
             async move {
-                feed(watch_rx, tx, metrics.clone()).await;
+                feed(watch_rx, tx, metrics.clone(), stopping).await;
                 metrics.subscribers.dec();
                 info!("subscriber gone");
             }
@@ -271,6 +304,34 @@ mod tests {
             let got = stream.message().await.unwrap().unwrap().version;
             assert_eq!(got, v);
         }
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_open_streams_at_once() {
+        let publisher = SnapshotPublisher::new();
+        publisher.publish(snap(1));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()))
+            .with_shutdown(stop_rx.clone());
+        let mut stopped = stop_rx;
+        let server = tokio::spawn(serve(listener, svc, None, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let mut client = DiscoveryClient::connect(addr).await.unwrap();
+        let mut stream = client.watch(subscriber("a")).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+        stop_tx.send_replace(true);
+        // The stream ends cleanly and the server stops, long before the 5 s the controller
+        // grants it (the bound here only keeps a regression from hanging the test).
+        let end = tokio::time::timeout(Duration::from_secs(4), stream.message()).await;
+        assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+        tokio::time::timeout(Duration::from_secs(4), server)
+            .await
+            .expect("server stops with streams open")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
