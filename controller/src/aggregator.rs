@@ -23,7 +23,7 @@ use crate::registry::Registry;
 use crate::server::SnapshotPublisher;
 use crate::snapshot::{self, PeerInfo, SnapshotInput};
 use crate::status::{MemberReport, StatusView, rfc3339};
-use crate::vip::VipManager;
+use crate::vip::{self, VipManager};
 
 /// Delay after a change before recomputing, so bursts of watch events make one pass.
 const SETTLE: Duration = Duration::from_millis(25);
@@ -67,12 +67,26 @@ pub struct Aggregator {
     registry: Arc<Registry>,
     policies: Store<GlobalTrafficPolicy>,
     vips: VipManager,
+    /// The managed VIP Services as the API server has them (what followers serve).
+    managed: Store<Service>,
+    /// Whether this replica leads (writes VIP Services).
+    leader: watch::Receiver<bool>,
+    /// Whether `vips` holds the allocation read back since this replica last became leader.
+    vips_current: bool,
     publisher: SnapshotPublisher,
     status: watch::Sender<Option<Arc<StatusView>>>,
     notify: Arc<Notify>,
     metrics: Arc<Metrics>,
     started: Instant,
     published: bool,
+}
+
+/// What an aggregator reads besides the members: the managed VIP Services and leadership.
+pub struct Leadership {
+    /// The managed VIP Services (a reflector's store).
+    pub managed: Store<Service>,
+    /// Whether this replica leads.
+    pub leader: watch::Receiver<bool>,
 }
 
 impl Aggregator {
@@ -83,6 +97,7 @@ impl Aggregator {
         registry: Arc<Registry>,
         policies: Store<GlobalTrafficPolicy>,
         vips: VipManager,
+        leadership: Leadership,
         publisher: SnapshotPublisher,
         status: watch::Sender<Option<Arc<StatusView>>>,
         notify: Arc<Notify>,
@@ -93,6 +108,9 @@ impl Aggregator {
             registry,
             policies,
             vips,
+            managed: leadership.managed,
+            leader: leadership.leader,
+            vips_current: true,
             publisher,
             status,
             notify,
@@ -110,6 +128,7 @@ impl Aggregator {
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                changed = self.leader.changed() => if changed.is_err() { return },
             }
             tokio::time::sleep(SETTLE).await;
         }
@@ -197,7 +216,7 @@ impl Aggregator {
         }
         let catalog = Arc::new(Catalog::build(&inputs));
         let policies = crate::policy::in_force(&self.policies.state());
-        let (vips, vip_result) = self.vips.reconcile(&catalog).await;
+        let (vips, vip_result) = self.vips(&catalog).await;
         if let Err(e) = vip_result {
             warn!(error = %e, "VIP reconcile incomplete, retrying");
             self.metrics.reconcile_failed("vip", &e);
@@ -220,8 +239,7 @@ impl Aggregator {
             cluster: &local_name,
             locality: self
                 .config
-                .locality
-                .clone()
+                .locality()
                 .or(local_gateway_locality)
                 .unwrap_or_default(),
             trust_domain: &self.config.trust_domain,
@@ -314,6 +332,39 @@ impl Aggregator {
             zone: self.config.zone.clone(),
         })));
         deadline
+    }
+}
+
+impl Aggregator {
+    /// VIPs and listener ports: the leader allocates and applies them; other replicas read
+    /// what the leader applied.
+    async fn vips(
+        &mut self,
+        catalog: &Catalog,
+    ) -> (
+        BTreeMap<ServiceKey, crate::snapshot::VipInfo>,
+        crate::Result<()>,
+    ) {
+        if !*self.leader.borrow_and_update() {
+            self.vips_current = false;
+            let managed = self.managed.state();
+            return (
+                vip::vips_of(managed.iter().map(|s| s.as_ref()), catalog),
+                Ok(()),
+            );
+        }
+        if !self.vips_current {
+            // Another leader may have allocated since this replica last wrote.
+            if let Err(e) = self.vips.read_back().await {
+                let managed = self.managed.state();
+                return (
+                    vip::vips_of(managed.iter().map(|s| s.as_ref()), catalog),
+                    Err(e),
+                );
+            }
+            self.vips_current = true;
+        }
+        self.vips.reconcile(catalog).await
     }
 }
 

@@ -24,9 +24,35 @@ fn port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(lo..=hi)
 }
 
+/// `region[/zone[/subzone]]`; empty (or only slashes) is the unknown locality.
 fn locality(s: &str) -> Result<Locality, String> {
+    let s = s.trim().trim_end_matches('/');
+    if s.is_empty() {
+        return Ok(Locality::default());
+    }
     s.parse()
         .map_err(|e: meridian_api::locality::LocalityError| e.to_string())
+}
+
+impl Config {
+    /// The configured caller locality: --locality (`MERIDIAN_LOCALITY`), else --region and
+    /// --locality-zone (`MERIDIAN_REGION`, `MERIDIAN_ZONE`: the manifests fill them from the
+    /// `meridian-cluster` ConfigMap), else none (the gateway's node decides).
+    pub fn locality(&self) -> Option<Locality> {
+        if let Some(l) = self.locality.clone().filter(|l| *l != Locality::default()) {
+            return Some(l);
+        }
+        let region = self.region.as_deref().map(str::trim).unwrap_or_default();
+        if region.is_empty() {
+            return None;
+        }
+        let zone = self
+            .locality_zone
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default();
+        Some(Locality::new(region, zone, ""))
+    }
 }
 
 /// Flags of `meridian-controller`.
@@ -90,9 +116,18 @@ pub struct Config {
     pub zone: String,
 
     /// Default caller locality of this cluster (region/zone/subzone); derived from the
-    /// gateway's node when unset.
-    #[arg(long, value_parser = locality)]
+    /// gateway's node when unset. An empty value counts as unset, and so does a value whose
+    /// parts are all empty (`/`), as an unset ConfigMap key leaves it in the manifests.
+    #[arg(long, env = "MERIDIAN_LOCALITY", value_parser = locality)]
     pub locality: Option<Locality>,
+
+    /// Region of this cluster's callers, when --locality is unset.
+    #[arg(long, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+
+    /// Zone of this cluster's callers, with --region.
+    #[arg(long, env = "MERIDIAN_ZONE")]
+    pub locality_zone: Option<String>,
 
     /// Directory with the mesh CA (`ca.crt`, `ca.key`); default: the Secret `meridian-ca` in
     /// --namespace.
@@ -102,6 +137,25 @@ pub struct Config {
     /// Apply Meridian's CRDs at startup (handy for development and tests).
     #[arg(long)]
     pub install_crds: bool,
+
+    /// Elect a leader among the replicas through a Lease in --namespace: only the leader
+    /// writes to the API; every replica serves snapshots. `false` makes this replica write
+    /// unconditionally (one replica only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "meridian-controller")]
+    pub lease_name: String,
+
+    /// How long a leader's Lease is valid after its last renewal (whole seconds, at least
+    /// 2 s); a crashed leader is replaced within it.
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub lease_duration: Duration,
+
+    /// This replica's identity in the election; default: host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub leader_identity: Option<String>,
 }
 
 impl Config {
@@ -135,7 +189,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.stale_endpoint_grace, Duration::from_secs(2));
         assert_eq!(c.listener_ports, 20000..=20009);
-        assert_eq!(c.locality, Some(Locality::new("eu", "eu-1", "")));
+        assert_eq!(c.locality(), Some(Locality::new("eu", "eu-1", "")));
+        assert!(c.leader_elect);
+        assert_eq!(c.lease_duration, Duration::from_secs(15));
         assert_eq!(
             c.gateway_labels()
                 .get("app.kubernetes.io/name")
@@ -152,5 +208,26 @@ mod tests {
             ])
             .is_err()
         );
+        let c = Config::try_parse_from([
+            "meridian-controller",
+            "--cluster-name",
+            "a",
+            "--leader-elect=false",
+            "--locality=/",
+        ])
+        .unwrap();
+        assert!(!c.leader_elect);
+        assert_eq!(c.locality(), None, "an empty locality is no locality");
+        let c = Config::try_parse_from([
+            "meridian-controller",
+            "--cluster-name",
+            "a",
+            "--region",
+            "eu",
+            "--locality-zone",
+            "eu-2",
+        ])
+        .unwrap();
+        assert_eq!(c.locality(), Some(Locality::new("eu", "eu-2", "")));
     }
 }

@@ -5,7 +5,8 @@
 //! the locality of each endpoint into a [`catalog`], allocates VIPs and gateway listener
 //! ports in its own cluster ([`vip`]), writes status ([`status`], [`policy`]) and streams
 //! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`]).
-//! [`aggregator`] is the loop that ties them together; [`run`] starts everything.
+//! [`aggregator`] is the loop that ties them together; [`run`] starts everything. With more
+//! than one replica, a [`leader`] elected through a Lease does all the writing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod certificates;
 pub mod config;
 pub mod crd;
 pub mod error;
+pub mod leader;
 pub mod member;
 pub mod metrics;
 pub mod policy;
@@ -31,9 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -151,6 +156,37 @@ pub async fn run(
     );
 
     let mut tasks = JoinSet::new();
+    let election = if config.leader_elect {
+        leader::Election::start(
+            client.clone(),
+            leader::ElectionSettings {
+                namespace: config.namespace.clone(),
+                lease_name: config.lease_name.clone(),
+                identity: config
+                    .leader_identity
+                    .clone()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(leader::default_identity),
+                lease_duration: config.lease_duration,
+            },
+        )
+    } else {
+        leader::Election::always_leader()
+    };
+    {
+        let mut leads = election.subscribe();
+        let metrics = metrics.clone();
+        let notify = notify.clone();
+        tasks.spawn(async move {
+            loop {
+                metrics.leader.set(i64::from(*leads.borrow_and_update()));
+                notify.notify_one();
+                if leads.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let settings = member::MemberSettings {
         gateway_namespace: config.namespace.clone(),
         gateway_service: config.gateway_service.clone(),
@@ -172,25 +208,45 @@ pub async fn run(
             .instrument(info_span!("registry")),
     );
 
-    let (policies, policy_controller) =
-        policy::controller(client.clone(), metrics.clone(), notify.clone());
+    let (policies, policy_controller) = policy::controller(
+        client.clone(),
+        metrics.clone(),
+        notify.clone(),
+        election.subscribe(),
+    );
     tasks.spawn(policy_controller.instrument(info_span!("policy-controller")));
 
-    let (status_tx, status_rx) = watch::channel(None);
+    // The managed VIP Services as they are: what replicas that do not lead serve.
+    let (managed, managed_writer) = reflector::store::<Service>();
     {
-        let client = client.clone();
-        let metrics = metrics.clone();
+        let api: Api<Service> = Api::namespaced(client.clone(), &config.namespace);
+        let selector = format!("{}={}", vip::MANAGED_BY_LABEL, vip::MANAGED_BY);
+        let notify = notify.clone();
         tasks.spawn(
-            async move {
-                let writer = retry("listing managed status objects", || {
-                    status::StatusWriter::start(client.clone(), metrics.clone())
-                })
-                .await;
-                writer.run(status_rx).await;
-            }
-            .instrument(info_span!("status-writer")),
+            reflector(
+                managed_writer,
+                watcher(api, watcher::Config::default().labels(&selector)).backoff(
+                    watcher::ExponentialBackoff::from(member::reconnect_backoff()),
+                ),
+            )
+            .for_each(move |_| {
+                notify.notify_one();
+                futures::future::ready(())
+            })
+            .instrument(info_span!("vip-services")),
         );
     }
+
+    let (status_tx, status_rx) = watch::channel(None);
+    tasks.spawn(
+        status::StatusWriter::run_while_leader(
+            client.clone(),
+            metrics.clone(),
+            status_rx,
+            election.subscribe(),
+        )
+        .instrument(info_span!("status-writer")),
+    );
     {
         let config = config.clone();
         let client = client.clone();
@@ -198,6 +254,10 @@ pub async fn run(
         let metrics = metrics.clone();
         let notify = notify.clone();
         let publisher = publisher.clone();
+        let leadership = aggregator::Leadership {
+            managed,
+            leader: election.subscribe(),
+        };
         tasks.spawn(
             async move {
                 let vips = retry("reading back VIP Services", || {
@@ -210,7 +270,8 @@ pub async fn run(
                 })
                 .await;
                 aggregator::Aggregator::new(
-                    config, registry, policies, vips, publisher, status_tx, notify, metrics,
+                    config, registry, policies, vips, leadership, publisher, status_tx, notify,
+                    metrics,
                 )
                 .run()
                 .await;
@@ -228,7 +289,8 @@ pub async fn run(
             .instrument(info_span!("metrics-server")),
     );
     let discovery =
-        server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone());
+        server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone())
+            .with_shutdown(stop_rx.clone());
     let ca_source = match &config.ca_dir {
         Some(dir) => certificates::CaSource::Dir(dir.clone()),
         None => certificates::CaSource::Secret {
@@ -248,8 +310,11 @@ pub async fn run(
 
     shutdown.await;
     info!("shutting down");
+    // Ends the snapshot streams too, so the gRPC server stops at once.
     let _ = stop_tx.send(true);
     tasks.shutdown().await;
+    // Writers are stopped: hand the Lease over.
+    election.resign(Duration::from_secs(3)).await;
     match tokio::time::timeout(Duration::from_secs(5), grpc_server).await {
         Ok(Ok(r)) => r,
         _ => Ok(()),

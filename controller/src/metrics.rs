@@ -98,6 +98,8 @@ pub struct Metrics {
     pub reconciliations: Family<ControllerLabels, Counter>,
     /// Failed reconciliations per reconciler and error.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// 1 while this replica is the leader (the one writing to the API).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,7 @@ impl Default for Metrics {
             subscribers: Gauge::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
+            leader: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -180,6 +183,11 @@ impl Default for Metrics {
             "reconcile_errors",
             "Failed reconciliations per reconciler and error",
             m.reconcile_errors.clone(),
+        );
+        r.register(
+            "controller_leader",
+            "1 while this replica is the leader and writes to the API, else 0",
+            m.leader.clone(),
         );
         m
     }

@@ -20,7 +20,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use meridian_api::TrafficPolicy;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{field, info, instrument, warn};
 
 use crate::catalog::ServiceKey;
@@ -152,6 +152,8 @@ pub struct Context {
     pub store: Store<GlobalTrafficPolicy>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether this replica leads (only the leader writes status).
+    pub leader: watch::Receiver<bool>,
 }
 
 /// The status `gtp` should have.
@@ -200,6 +202,10 @@ pub fn desired_status(
 /// Writes the status of one GlobalTrafficPolicy.
 #[instrument(skip(gtp, ctx), fields(policy = %gtp.name_any(), namespace = field::Empty))]
 pub async fn reconcile(gtp: Arc<GlobalTrafficPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    if !*ctx.leader.borrow() {
+        // Every policy is reconciled again when this replica becomes the leader.
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconciled("policy");
     let ns = gtp
         .namespace()
@@ -237,17 +243,22 @@ pub fn error_policy(gtp: Arc<GlobalTrafficPolicy>, error: &Error, ctx: Arc<Conte
 
 /// Runs the policy controller over every namespace of the own cluster. Returns its store
 /// (read by the aggregator) and the future to drive; `notify` is poked on every change,
-/// deletions included.
+/// deletions included. Status is written only while `leader` is true; becoming the leader
+/// reconciles every policy.
 pub fn controller(
     client: Client,
     metrics: Arc<Metrics>,
     notify: Arc<Notify>,
+    leader: watch::Receiver<bool>,
 ) -> (
     Store<GlobalTrafficPolicy>,
     impl std::future::Future<Output = ()>,
 ) {
     let api: Api<GlobalTrafficPolicy> = Api::all(client.clone());
-    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let gained = tokio_stream::wrappers::WatchStream::new(leader.clone())
+        .filter_map(|leads| futures::future::ready(leads.then_some(())));
+    let controller =
+        Controller::new(api.clone(), watcher::Config::default()).reconcile_all_on(gained);
     let reader = controller.store();
     // The controller does not reconcile deletions; a plain watch pokes the aggregator on
     // every change, deletions included.
@@ -263,6 +274,7 @@ pub fn controller(
         client,
         store: reader.clone(),
         metrics,
+        leader,
     });
     let run = controller
         .run(reconcile, error_policy, ctx)

@@ -447,14 +447,17 @@ mod registration {
             .await
             .unwrap()
             .items;
+        let annotation = |s: &Service, key: &str| {
+            s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key).cloned())
+        };
         let vip_svc = managed
             .iter()
             .find(|s| {
-                s.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("meridian.io/global-service"))
-                    == Some(&"default/echo".to_owned())
+                annotation(s, "meridian.io/global-service").as_deref() == Some("default/echo")
+                    && annotation(s, "meridian.io/pinned-cluster").is_none()
             })
             .expect("a managed VIP Service for echo");
         let spec = vip_svc.spec.as_ref().unwrap();
@@ -474,6 +477,39 @@ mod registration {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(listener as i32))
         );
 
+        // One more per exporting cluster: the VIP pinned to it, with its own listener port.
+        let mut pinned: Vec<(String, String, i32)> = managed
+            .iter()
+            .filter(|s| {
+                annotation(s, "meridian.io/global-service").as_deref() == Some("default/echo")
+            })
+            .filter_map(|s| {
+                let spec = s.spec.as_ref()?;
+                let target = match spec.ports.as_ref()?[0].target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) => t,
+                    _ => return None,
+                };
+                Some((
+                    annotation(s, "meridian.io/pinned-cluster")?,
+                    spec.cluster_ip.clone()?,
+                    target,
+                ))
+            })
+            .collect();
+        pinned.sort();
+        let pinned_clusters: Vec<_> = pinned.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(pinned_clusters, ["east1", "west"], "{pinned:?}");
+        let mut all_listeners: Vec<i32> = pinned.iter().map(|p| p.2).collect();
+        all_listeners.push(listener as i32);
+        all_listeners.sort();
+        all_listeners.dedup();
+        assert_eq!(
+            all_listeners.len(),
+            3,
+            "distinct listener ports: {pinned:?}"
+        );
+        assert!(pinned.iter().all(|p| Some(&p.1) != st.vip.as_ref()));
+
         // A subscriber gets the same picture at once.
         let mut sub = ctl.subscribe().await;
         let snap = sub
@@ -492,6 +528,21 @@ mod registration {
             meridian_api::proto::Protocol::Http as i32
         );
         assert_eq!(g.clusters, ["east1", "west"]);
+        // The pinned VIPs, as the managed Services have them.
+        let cluster_vips: Vec<_> = g
+            .cluster_vips
+            .iter()
+            .map(|c| {
+                assert_eq!(c.ports.len(), 1);
+                assert_eq!(c.ports[0].port, 80);
+                (
+                    c.cluster.clone(),
+                    c.vip.clone(),
+                    c.ports[0].listener_port as i32,
+                )
+            })
+            .collect();
+        assert_eq!(cluster_vips, pinned);
         let eps: Vec<_> = g
             .endpoints
             .iter()
@@ -556,6 +607,13 @@ mod registration {
             .await
             .unwrap();
         assert_eq!(backends, [gw.socket_addr(listener as u16)]);
+        // So does the VIP pinned to west, to its own listener.
+        let (_, west_vip, west_listener) = &pinned[1];
+        let backends = east1
+            .resolve_cluster_ip(std::net::SocketAddr::new(west_vip.parse().unwrap(), 80))
+            .await
+            .unwrap();
+        assert_eq!(backends, [gw.socket_addr(*west_listener as u16)]);
 
         // Readiness flips reach the snapshot and the status.
         let before = snap.version;
@@ -679,7 +737,38 @@ mod registration {
             async move { gs_api.get("solo.default").await.is_err().then_some(()) }
         })
         .await;
-        eventually("VIP Service of solo deleted", || {
+        eventually(
+            "VIP Services of solo (own and pinned to east2) deleted",
+            || {
+                let svcs = svcs.clone();
+                async move {
+                    let managed = svcs
+                        .list(
+                            &ListParams::default().labels("app.kubernetes.io/managed-by=meridian"),
+                        )
+                        .await
+                        .ok()?
+                        .items;
+                    // echo's own VIP and its pins to east1 and west remain.
+                    (managed.len() == 3).then_some(())
+                }
+            },
+        )
+        .await;
+
+        // West stops exporting echo: only its pin goes; echo's VIP and ports stay.
+        west.delete_service("default", "echo").await.unwrap();
+        let snap = sub
+            .wait_for("echo without west", |s| {
+                service(s, "echo.default.global").is_some_and(|g| g.clusters == ["east1"])
+            })
+            .await;
+        let g = service(&snap, "echo.default.global").unwrap();
+        let left: Vec<_> = g.cluster_vips.iter().map(|c| c.cluster.as_str()).collect();
+        assert_eq!(left, ["east1"]);
+        assert_eq!(g.cluster_vips[0].vip, pinned[0].1, "the east1 pin is kept");
+        assert_eq!(Some(&g.vip), st.vip.as_ref());
+        eventually("the VIP Service pinned to west deleted", || {
             let svcs = svcs.clone();
             async move {
                 let managed = svcs
@@ -687,7 +776,7 @@ mod registration {
                     .await
                     .ok()?
                     .items;
-                (managed.len() == 1).then_some(())
+                (managed.len() == 2).then_some(())
             }
         })
         .await;
@@ -1034,5 +1123,205 @@ mod certificates {
             vec![identity]
         );
         ctl.kill().await;
+    }
+}
+
+mod leader {
+    use std::time::{Duration, Instant};
+
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use meridian_controller::crd::GlobalService;
+    use meridian_testbed::{PodSpec, SYSTEM_NAMESPACE, ServicePortSpec, ServiceSpec};
+
+    use crate::support::*;
+
+    const LEASE: &str = "meridian-controller";
+
+    /// `meridian_controller_leader` of a controller.
+    async fn leads(ctl: &Controller) -> Option<bool> {
+        let text = ctl.metrics_text().await;
+        text.lines().find_map(|l| match l {
+            "meridian_controller_leader 1" => Some(true),
+            "meridian_controller_leader 0" => Some(false),
+            _ => None,
+        })
+    }
+
+    async fn holder(leases: &Api<Lease>) -> Option<String> {
+        leases.get(LEASE).await.ok()?.spec?.holder_identity
+    }
+
+    async fn managed_services(east1: &meridian_testbed::Cluster) -> usize {
+        Api::<Service>::namespaced(east1.client(), SYSTEM_NAMESPACE)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meridian"))
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_leader_writes_and_a_follower_takes_over_when_it_dies() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let http = ServicePortSpec::http("http", 80).target(8080);
+        east1
+            .create_service(&ServiceSpec::new("alpha").port(http.clone()))
+            .await
+            .unwrap();
+        east1
+            .add_pod(PodSpec::new("alpha-1").app("alpha"))
+            .await
+            .unwrap();
+
+        // Someone else holds the Lease and keeps renewing it.
+        let leases: Api<Lease> = Api::namespaced(east1.client(), SYSTEM_NAMESPACE);
+        let now = || MicroTime(Timestamp::now());
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(LEASE.into());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some("intruder".into()),
+            lease_duration_seconds: Some(2),
+            acquire_time: Some(now()),
+            renew_time: Some(now()),
+            ..LeaseSpec::default()
+        });
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+        let renewer = {
+            let leases = leases.clone();
+            tokio::spawn(async move {
+                loop {
+                    let patch = serde_json::json!({"spec": {"renewTime": now()}});
+                    let _ = leases
+                        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        };
+
+        let lease_args = |id: &'static str| ["--leader-identity", id, "--lease-duration", "3s"];
+        let a_ip = testbed.allocate_address().unwrap();
+        let b_ip = testbed.allocate_address().unwrap();
+        let a = Controller::start(&testbed, east1, a_ip, &lease_args("a")).await;
+        let b = Controller::start(&testbed, east1, b_ip, &lease_args("b")).await;
+        let (mut a_sub, mut b_sub) = (a.subscribe().await, b.subscribe().await);
+
+        // Neither leads: both serve the catalog, neither writes (the leader applies the VIP
+        // Service before it publishes a snapshot with the service, so none means none).
+        for sub in [&mut a_sub, &mut b_sub] {
+            let snap = sub
+                .wait_for("alpha in the catalog", |s| {
+                    service(s, "alpha.default.global").is_some()
+                })
+                .await;
+            let g = service(&snap, "alpha.default.global").unwrap();
+            assert_eq!(g.vip, "", "a follower allocates no VIP");
+            assert!(g.ports.iter().all(|p| p.listener_port == 0));
+        }
+        assert_eq!(managed_services(east1).await, 0);
+        let gs_api: Api<GlobalService> = Api::all(east1.client());
+        assert!(
+            gs_api.get("alpha.default").await.is_err(),
+            "no status written"
+        );
+        assert_eq!(leads(&a).await, Some(false));
+        assert_eq!(leads(&b).await, Some(false));
+        assert_eq!(holder(&leases).await.as_deref(), Some("intruder"));
+
+        // The intruder stops renewing: one of the two takes over and writes.
+        renewer.abort();
+        let (leader, follower) = eventually("one controller leads", || {
+            let leases = leases.clone();
+            let (a, b) = (&a, &b);
+            async move {
+                let h = holder(&leases).await?;
+                let (la, lb) = (leads(a).await?, leads(b).await?);
+                match (h.as_str(), la, lb) {
+                    ("a", true, false) => Some(("a", "b")),
+                    ("b", false, true) => Some(("b", "a")),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        // A VIP once the service and its pin are fully allocated (the follower may see the
+        // leader's managed Services one by one).
+        let vip_of = |s: &meridian_api::proto::Snapshot, host: &str| {
+            service(s, host)
+                .filter(|g| {
+                    !g.cluster_vips.is_empty()
+                        && g.cluster_vips.iter().all(|c| !c.vip.is_empty())
+                        && g.ports.iter().all(|p| p.listener_port != 0)
+                })
+                .map(|g| g.vip.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let a_vip = a_sub
+            .wait_for("alpha with a VIP", |s| {
+                vip_of(s, "alpha.default.global").is_some()
+            })
+            .await;
+        let b_vip = b_sub
+            .wait_for("alpha with a VIP", |s| {
+                vip_of(s, "alpha.default.global").is_some()
+            })
+            .await;
+        // The follower serves what the leader applied: the same VIPs and listeners.
+        let a_alpha = service(&a_vip, "alpha.default.global").unwrap();
+        let b_alpha = service(&b_vip, "alpha.default.global").unwrap();
+        assert_eq!(a_alpha.vip, b_alpha.vip);
+        assert_eq!(a_alpha.ports, b_alpha.ports);
+        assert_eq!(a_alpha.cluster_vips, b_alpha.cluster_vips);
+        assert_eq!(a_alpha.cluster_vips.len(), 1, "pinned to east1");
+        eventually("GlobalService alpha.default written", || {
+            let gs_api = gs_api.clone();
+            async move { gs_api.get("alpha.default").await.ok() }
+        })
+        .await;
+
+        // The leader dies without releasing the Lease; the follower takes over once it
+        // expires and allocates for a service that appears meanwhile.
+        let (dead, survivor, mut survivor_sub) = if leader == "a" {
+            (a, b, b_sub)
+        } else {
+            (b, a, a_sub)
+        };
+        let killed = Instant::now();
+        dead.kill().await;
+        east1
+            .create_service(&ServiceSpec::new("beta").port(http))
+            .await
+            .unwrap();
+        let snap = survivor_sub
+            .wait_for("beta with a VIP from the new leader", |s| {
+                vip_of(s, "beta.default.global").is_some()
+            })
+            .await;
+        eprintln!(
+            "takeover: {follower} allocated for a new service {:?} after the leader was killed (lease 3 s)",
+            killed.elapsed()
+        );
+        assert_eq!(
+            vip_of(&snap, "alpha.default.global").as_deref(),
+            Some(a_alpha.vip.as_str()),
+            "the new leader keeps the old allocation"
+        );
+        assert_eq!(
+            service(&snap, "alpha.default.global").unwrap().ports,
+            a_alpha.ports
+        );
+        assert_eq!(holder(&leases).await.as_deref(), Some(follower));
+        assert_eq!(leads(&survivor).await, Some(true));
+        eventually("GlobalService beta.default written", || {
+            let gs_api = gs_api.clone();
+            async move { gs_api.get("beta.default").await.ok() }
+        })
+        .await;
+        survivor.kill().await;
     }
 }

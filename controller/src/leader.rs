@@ -1,0 +1,188 @@
+//! Leader election among the controller replicas of one cluster, through a
+//! `coordination.k8s.io/v1` Lease in the controller's namespace (kube-lease-manager).
+//!
+//! Every replica watches every member and serves the read-only snapshot stream from its own
+//! state; only the leader writes to the API (VIP Services, `GlobalService` and
+//! `MemberCluster` objects, policy status). Leadership is published through a
+//! `tokio::sync::watch` channel that the writers follow. On shutdown the leader releases the
+//! Lease, so a successor takes over at its next check instead of after the lease expires.
+
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How this replica takes part in the election.
+#[derive(Debug, Clone)]
+pub struct ElectionSettings {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+    /// How long a leader's lock is valid after its last renewal.
+    pub lease_duration: Duration,
+}
+
+impl ElectionSettings {
+    /// (duration, grace) in whole seconds: the leader renews `grace` before expiry, so grace
+    /// is also the clock skew tolerated between replicas.
+    fn seconds(&self) -> (u64, u64) {
+        let duration = self.lease_duration.as_secs().max(2);
+        (duration, (duration / 3).max(1))
+    }
+}
+
+/// The default identity outside Kubernetes: host name and process id, so two replicas on
+/// one machine differ.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "meridian-controller".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A running election: whether this replica leads, and how to leave.
+pub struct Election {
+    rx: watch::Receiver<bool>,
+    /// The sender of a fixed leadership (no election), kept so followers never see it go.
+    fixed: Option<watch::Sender<bool>>,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Election {
+    /// No election: this replica always leads (`--leader-elect=false`).
+    pub fn always_leader() -> Self {
+        let (tx, rx) = watch::channel(true);
+        Self {
+            rx,
+            fixed: Some(tx),
+            stop: None,
+            task: None,
+        }
+    }
+
+    /// Joins the election. Creating the Lease is retried until the API server answers;
+    /// until then this replica does not lead.
+    pub fn start(client: Client, settings: ElectionSettings) -> Self {
+        let (tx, rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(client, settings, tx, stop_rx));
+        Self {
+            rx,
+            fixed: None,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Follows leadership: `true` while this replica leads.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.rx.clone()
+    }
+
+    /// Stops leading and releases the Lease (bounded by `timeout`).
+    pub async fn resign(mut self, timeout: Duration) {
+        if let Some(fixed) = self.fixed.take() {
+            fixed.send_replace(false);
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = self.task.take()
+            && tokio::time::timeout(timeout, task).await.is_err()
+        {
+            warn!("releasing the leader Lease timed out");
+        }
+    }
+}
+
+async fn run(
+    client: Client,
+    settings: ElectionSettings,
+    leader: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (duration, grace) = settings.seconds();
+    let params = LeaseParams::new(settings.identity.clone(), duration, grace);
+    let mut backoff = std::time::Duration::from_millis(500);
+    let manager = loop {
+        let built = LeaseManager::new(
+            client.clone(),
+            settings.lease_name.clone(),
+            settings.namespace.clone(),
+            params.clone(),
+            LeaseCreateMode::AutoCreate,
+        );
+        match built.await {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(error = %e, lease = %settings.lease_name, "cannot set up the leader Lease, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    info!(
+        identity = %settings.identity,
+        lease = %settings.lease_name,
+        duration_s = duration,
+        "joined the leader election"
+    );
+    // The manager's task renews while a receiver lives and releases the Lease when the
+    // last one is dropped.
+    let (mut state, task) = manager.watch().await;
+    loop {
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let leads = *state.borrow_and_update();
+                if leads {
+                    info!(identity = %settings.identity, "became the leader: writing to the API");
+                } else {
+                    info!(identity = %settings.identity, "not the leader: serving snapshots only");
+                }
+                leader.send_replace(leads);
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    leader.send_replace(false);
+    drop(state);
+    match task.await {
+        Ok(Ok(_)) => {
+            info!(identity = %settings.identity, "left the leader election (Lease released)")
+        }
+        Ok(Err(e)) => warn!(error = %e, "releasing the leader Lease failed"),
+        Err(e) => warn!(error = %e, "leader election task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_is_a_third_of_the_duration() {
+        let s = |secs| ElectionSettings {
+            namespace: "meridian-system".into(),
+            lease_name: "meridian-controller".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(secs),
+        };
+        assert_eq!(s(15).seconds(), (15, 5));
+        assert_eq!(s(3).seconds(), (3, 1));
+        assert_eq!(s(0).seconds(), (2, 1), "never a zero lease or grace");
+        assert!(default_identity().ends_with(&format!("-{}", std::process::id())));
+    }
+}
