@@ -6,14 +6,20 @@
 //! loaded on demand and cached briefly, so a CA created after the controller started is
 //! picked up. A controller only vouches for its own cluster: the identity is
 //! `spiffe://<trust-domain>/cluster/<this cluster>/gateway`, whatever the CSR says.
+//!
+//! Callers prove they are the gateway: they send the gateway ServiceAccount's token
+//! (`authorization: Bearer …`), which the own API server reviews (TokenReview). Without
+//! that, anyone reaching the port could obtain the gateway's identity and impersonate it to
+//! peers. The token is never logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use meridian_api::proto::{self, SignCertificateRequest, SignCertificateResponse};
 use meridian_identity::ca::{CA_CERT_FILE, CA_KEY_FILE, granted_ttl};
 use meridian_identity::{Identity, MeshCa};
@@ -75,21 +81,93 @@ impl CaSource {
     }
 }
 
+/// Who may ask for the gateway's certificate.
+#[derive(Clone)]
+pub enum CallerAuth {
+    /// The caller sends a token that the own API server accepts (TokenReview) and that
+    /// belongs to the ServiceAccount `<namespace>/<name>`.
+    ServiceAccount {
+        /// Own cluster client (creates TokenReviews).
+        client: Client,
+        /// Namespace of the gateway ServiceAccount.
+        namespace: String,
+        /// Name of the gateway ServiceAccount.
+        name: String,
+    },
+    /// Anyone who reaches the port (`--csr-auth none`, development only).
+    Unauthenticated,
+}
+
+impl CallerAuth {
+    /// Checks the caller's credentials in `metadata`.
+    async fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let CallerAuth::ServiceAccount {
+            client,
+            namespace,
+            name,
+        } = self
+        else {
+            return Ok(());
+        };
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "SignCertificate needs the token of ServiceAccount {namespace}/{name} (authorization: Bearer …; gateway flag --token-file)"
+                ))
+            })?;
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                ..TokenReviewSpec::default()
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = Api::<TokenReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("reviewing the caller's token: {e}")))?;
+        let status = reviewed.status.unwrap_or_default();
+        let expected = format!("system:serviceaccount:{namespace}:{name}");
+        let user = status.user.and_then(|u| u.username).unwrap_or_default();
+        if status.authenticated != Some(true) {
+            warn!("CSR refused: the caller's token was not accepted by the API server");
+            return Err(Status::unauthenticated(format!(
+                "the token was not accepted by the API server{}",
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        if user != expected {
+            warn!(%user, "CSR refused: token of another identity");
+            return Err(Status::permission_denied(format!(
+                "{user} may not obtain the gateway certificate (only {expected})"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The Certificates service implementation.
 pub struct CertificatesService {
     cluster: String,
     trust_domain: String,
     source: CaSource,
+    auth: CallerAuth,
     cache: Mutex<Option<(Arc<MeshCa>, Instant)>>,
 }
 
 impl CertificatesService {
-    /// Signs for the gateway of `cluster` in `trust_domain` with the CA from `source`.
-    pub fn new(cluster: String, trust_domain: String, source: CaSource) -> Self {
+    /// Signs for the gateway of `cluster` in `trust_domain` with the CA from `source`, for
+    /// callers that pass `auth`.
+    pub fn new(cluster: String, trust_domain: String, source: CaSource, auth: CallerAuth) -> Self {
         Self {
             cluster,
             trust_domain,
             source,
+            auth,
             cache: Mutex::new(None),
         }
     }
@@ -118,6 +196,7 @@ impl proto::certificates_server::Certificates for CertificatesService {
         &self,
         request: Request<SignCertificateRequest>,
     ) -> Result<Response<SignCertificateResponse>, Status> {
+        self.auth.check(request.metadata()).await?;
         let req = request.into_inner();
         if req.cluster != self.cluster {
             warn!(requested = %req.cluster, "CSR for another cluster refused");
@@ -151,7 +230,12 @@ mod tests {
     async fn serve(source: CaSource) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        let svc = CertificatesService::new("east".into(), "meridian.test".into(), source);
+        let svc = CertificatesService::new(
+            "east".into(),
+            "meridian.test".into(),
+            source,
+            CallerAuth::Unauthenticated,
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc.into_server())

@@ -55,6 +55,15 @@ impl Config {
     }
 }
 
+/// Authentication of certificate requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CsrAuth {
+    /// TokenReview of the caller's ServiceAccount token.
+    TokenReview,
+    /// No authentication.
+    None,
+}
+
 /// Flags of `meridian-controller`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "meridian-controller", version, about)]
@@ -133,6 +142,15 @@ pub struct Config {
     /// --namespace.
     #[arg(long)]
     pub ca_dir: Option<std::path::PathBuf>,
+
+    /// How SignCertificate callers are authenticated: `token-review` (the caller's
+    /// ServiceAccount token must belong to --gateway-service-account) or `none` (development).
+    #[arg(long, value_enum, default_value = "token-review")]
+    pub csr_auth: CsrAuth,
+
+    /// ServiceAccount (in --namespace) whose token may obtain the gateway certificate.
+    #[arg(long, default_value = "meridian-gateway")]
+    pub gateway_service_account: String,
 
     /// Apply Meridian's CRDs at startup (handy for development and tests).
     #[arg(long)]

@@ -298,10 +298,24 @@ pub async fn run(
             namespace: config.namespace.clone(),
         },
     };
+    let csr_auth = match config.csr_auth {
+        config::CsrAuth::TokenReview => certificates::CallerAuth::ServiceAccount {
+            client: client.clone(),
+            namespace: config.namespace.clone(),
+            name: config.gateway_service_account.clone(),
+        },
+        config::CsrAuth::None => {
+            tracing::warn!(
+                "--csr-auth none: anyone who reaches the gRPC port can obtain the gateway certificate"
+            );
+            certificates::CallerAuth::Unauthenticated
+        }
+    };
     let certs = certificates::CertificatesService::new(
         config.cluster_name.clone(),
         config.trust_domain.clone(),
         ca_source,
+        csr_auth,
     );
     let grpc_server = tokio::spawn(
         server::serve(grpc, discovery, Some(certs), stopped(stop_rx))

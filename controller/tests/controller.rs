@@ -1066,6 +1066,7 @@ mod certificates {
     use meridian_api::proto::certificates_client::CertificatesClient;
     use meridian_identity::{CertificateRequest, Identity, MeshCa};
     use meridian_testbed::SYSTEM_NAMESPACE;
+    use meridian_testbed::mesh::{GATEWAY_SERVICE_ACCOUNT, service_account_token};
 
     use crate::support::*;
 
@@ -1080,11 +1081,46 @@ mod certificates {
             .unwrap();
         let identity = Identity::gateway("meridian.local", "east1").unwrap();
         let csr = CertificateRequest::generate(&identity).unwrap();
-        let request = || SignCertificateRequest {
-            csr_pem: csr.pem().to_owned(),
+        let token = service_account_token(east1, GATEWAY_SERVICE_ACCOUNT)
+            .await
+            .unwrap();
+        let signed_in = move |token: &str| {
+            let mut r = tonic::Request::new(SignCertificateRequest {
+                csr_pem: csr.pem().to_owned(),
+                cluster: "east1".into(),
+                ttl_seconds: 0,
+            });
+            let value = format!("Bearer {token}").parse().unwrap();
+            r.metadata_mut().insert("authorization", value);
+            r
+        };
+        let request = || signed_in(&token);
+
+        // Only the gateway ServiceAccount may ask: no token, a bad token or another
+        // account's token are refused before anything is signed.
+        let anonymous = SignCertificateRequest {
+            csr_pem: String::new(),
             cluster: "east1".into(),
             ttl_seconds: 0,
         };
+        let err = client.sign_certificate(anonymous).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        let err = client
+            .sign_certificate(signed_in("not-a-token"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        let intruder = service_account_token(east1, "intruder").await.unwrap();
+        let err = client
+            .sign_certificate(signed_in(&intruder))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        assert!(
+            err.message()
+                .contains("system:serviceaccount:meridian-system:intruder"),
+            "{err}"
+        );
 
         // No CA yet: a clear refusal.
         let err = client.sign_certificate(request()).await.unwrap_err();

@@ -40,6 +40,9 @@ pub enum Source {
         endpoint: String,
         /// Requested lifetime.
         ttl: Duration,
+        /// ServiceAccount token proving the caller is the gateway; re-read for every request
+        /// because the kubelet rotates projected tokens.
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -56,21 +59,39 @@ pub async fn fetch(source: &Source, identity: &Identity) -> anyhow::Result<Crede
             );
             Ok(creds)
         }
-        Source::Signer { endpoint, ttl } => sign(endpoint, identity, *ttl).await,
+        Source::Signer {
+            endpoint,
+            ttl,
+            token_file,
+        } => sign(endpoint, identity, *ttl, token_file.as_deref()).await,
     }
 }
 
-async fn sign(endpoint: &str, identity: &Identity, ttl: Duration) -> anyhow::Result<Credentials> {
+async fn sign(
+    endpoint: &str,
+    identity: &Identity,
+    ttl: Duration,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<Credentials> {
     let request = CertificateRequest::generate(identity)?;
+    let mut grpc_request = tonic::Request::new(SignCertificateRequest {
+        csr_pem: request.pem().to_owned(),
+        cluster: identity.cluster().to_owned(),
+        ttl_seconds: ttl.as_secs(),
+    });
+    if let Some(path) = token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the ServiceAccount token {}", path.display()))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .context("the ServiceAccount token is not a valid header value")?;
+        grpc_request.metadata_mut().insert("authorization", value);
+    }
     let mut client = CertificatesClient::connect(endpoint.to_owned())
         .await
         .with_context(|| format!("connecting to the certificate signer at {endpoint}"))?;
     let resp = client
-        .sign_certificate(SignCertificateRequest {
-            csr_pem: request.pem().to_owned(),
-            cluster: identity.cluster().to_owned(),
-            ttl_seconds: ttl.as_secs(),
-        })
+        .sign_certificate(grpc_request)
         .await
         .context("SignCertificate")?
         .into_inner();

@@ -128,6 +128,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         _ => identity::Source::Signer {
             endpoint: config.ca_endpoint().to_owned(),
             ttl: config.cert_ttl,
+            token_file: config.token_file.clone(),
         },
     };
     info!(%identity, "obtaining the gateway certificate");

@@ -32,6 +32,8 @@ pub const TUNNEL_PORT: u16 = 15008;
 pub const ADMIN_PORT: u16 = 15021;
 /// Label selecting gateway pods (the controller's default).
 pub const GATEWAY_LABEL: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
+/// The ServiceAccount whose token the controller accepts for the gateway certificate.
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "meridian-gateway";
 /// How long components get to come up or converge.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -437,7 +439,15 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
     wait_ready(&format!("controller of {name}"), controller_metrics).await?;
 
     let controller_url = format!("http://{grpc}");
+    let token_file = dir.join("gateway.token");
+    std::fs::write(
+        &token_file,
+        service_account_token(cluster, GATEWAY_SERVICE_ACCOUNT).await?,
+    )
+    .map_err(Error::io(format!("writing {}", token_file.display())))?;
     let gateway_args: Vec<String> = vec![
+        // The controller signs only for the gateway ServiceAccount's token (TokenReview).
+        format!("--token-file={}", path(&token_file)),
         format!("--cluster={name}"),
         format!("--controller={controller_url}"),
         format!("--trust-domain={TRUST_DOMAIN}"),
@@ -493,6 +503,38 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
         dns_addr,
         dir: dir.to_path_buf(),
     })
+}
+
+/// Creates the ServiceAccount `meridian-system/<name>` (if missing) and a token for it, as
+/// the kubelet would project into a pod running as it.
+pub async fn service_account_token(cluster: &Cluster, name: &str) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+
+    let accounts = Api::<ServiceAccount>::namespaced(cluster.client(), SYSTEM_NAMESPACE);
+    let mut sa = ServiceAccount::default();
+    sa.metadata.name = Some(name.into());
+    match accounts.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(Error::kube("creating the gateway ServiceAccount")(e)),
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .map_err(Error::kube("requesting a gateway token"))?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| Error::InvalidSpec("the API server returned no token".into()))
 }
 
 /// Waits until `admin` answers `/healthz/ready` with 200 (or, for the controller's metrics
