@@ -6,7 +6,8 @@ use meridian_testbed::mesh::find_service;
 
 use crate::support::World;
 
-fn dig(server: std::net::SocketAddr, query: &[&str]) -> String {
+/// Runs `dig @server query…` and returns its trimmed output.
+pub fn dig(server: std::net::SocketAddr, query: &[&str]) -> String {
     let out = Command::new("dig")
         .args([
             &format!("@{}", server.ip()),

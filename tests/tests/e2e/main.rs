@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod dns;
 mod failover;
+mod pinned;
 mod policy;
 mod resilience;
 mod routing;
