@@ -161,6 +161,10 @@ pub struct ClusterEndpoints {
     /// True while the cluster is unreachable and its last endpoints are kept (stale grace).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// The VIP pinned to this cluster (`<cluster>.<service>.<namespace>.global`) in the
+    /// controller's cluster, once allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
     /// Per locality within the cluster.
     #[serde(default)]
     pub localities: Vec<LocalityEndpoints>,

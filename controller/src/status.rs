@@ -141,6 +141,10 @@ pub fn global_service_status(
                     .endpoints
                     .iter()
                     .any(|e| &e.cluster == cluster && e.stale),
+                vip: vip
+                    .and_then(|v| v.pinned.get(cluster))
+                    .map(|p| p.vip.clone())
+                    .filter(|v| !v.is_empty()),
                 localities: locality_counts(per),
             })
             .collect(),
@@ -477,7 +481,13 @@ mod tests {
         let vip = VipInfo {
             vip: "10.96.0.9".into(),
             listeners: BTreeMap::from([("http".to_owned(), 15100)]),
-            ..VipInfo::default()
+            pinned: BTreeMap::from([(
+                "a".to_owned(),
+                VipInfo {
+                    vip: "10.96.0.10".into(),
+                    ..VipInfo::default()
+                },
+            )]),
         };
         let st = global_service_status(svc, Some(&vip), None, "global", &[]);
         assert_eq!(st.hostname, "echo.demo.global");
@@ -488,6 +498,8 @@ mod tests {
         assert_eq!(st.ports[0].protocol, "HTTP");
         let a = &st.clusters[0];
         assert_eq!((a.ready, a.total, a.stale), (2, 3, false));
+        assert_eq!(a.vip.as_deref(), Some("10.96.0.10"), "the VIP pinned to a");
+        assert_eq!(st.clusters[1].vip, None, "none pinned to b yet");
         assert_eq!(
             a.localities,
             vec![

@@ -509,6 +509,25 @@ mod registration {
             "distinct listener ports: {pinned:?}"
         );
         assert!(pinned.iter().all(|p| Some(&p.1) != st.vip.as_ref()));
+        // GlobalService status shows each cluster's pinned VIP.
+        let want: Vec<(String, Option<String>)> = pinned
+            .iter()
+            .map(|p| (p.0.clone(), Some(p.1.clone())))
+            .collect();
+        eventually("pinned VIPs in the GlobalService status", || {
+            let gs_api = gs_api.clone();
+            let want = want.clone();
+            async move {
+                let st = gs_api.get("echo.default").await.ok()?.status?;
+                let got: Vec<_> = st
+                    .clusters
+                    .iter()
+                    .map(|c| (c.cluster.clone(), c.vip.clone()))
+                    .collect();
+                (got == want).then_some(())
+            }
+        })
+        .await;
 
         // A subscriber gets the same picture at once.
         let mut sub = ctl.subscribe().await;
