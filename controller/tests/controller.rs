@@ -129,6 +129,22 @@ mod support {
             self.child.kill().await.expect("kill controller");
         }
 
+        /// Sends SIGTERM (as the kubelet does) and waits for the exit, failing after
+        /// `CONVERGE` rather than hanging.
+        pub async fn terminate(mut self) -> std::process::ExitStatus {
+            let pid = self.child.id().expect("running").to_string();
+            let sent = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await
+                .expect("kill -TERM");
+            assert!(sent.success());
+            tokio::time::timeout(CONVERGE, self.child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("no exit after SIGTERM; log: {}", self.log.display()))
+                .expect("wait")
+        }
+
         /// Connects a subscriber.
         pub async fn subscribe(&self) -> Watcher {
             let client = DiscoveryClient::connect(format!("http://{}", self.grpc))
@@ -204,6 +220,11 @@ mod support {
     }
 
     impl Watcher {
+        /// The next message of the stream: `Ok(None)` is a clean end.
+        pub async fn next(&mut self) -> Result<Option<Snapshot>, tonic::Status> {
+            self.stream.message().await
+        }
+
         /// Every snapshot that arrives within `window` (the last one known if none does).
         pub async fn drain(&mut self, window: Duration) -> Vec<Snapshot> {
             let deadline = tokio::time::Instant::now() + window;
@@ -1378,5 +1399,38 @@ mod leader {
         })
         .await;
         survivor.kill().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_ends_the_streams_and_releases_the_lease() {
+        let testbed = testbed().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let leases: Api<Lease> = Api::namespaced(east1.client(), SYSTEM_NAMESPACE);
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &["--leader-identity", "only"]).await;
+        eventually("the only replica leads", || {
+            let leases = leases.clone();
+            let ctl = &ctl;
+            async move {
+                (holder(&leases).await.as_deref() == Some("only") && leads(ctl).await?)
+                    .then_some(())
+            }
+        })
+        .await;
+        let mut sub = ctl.subscribe().await;
+        sub.wait_for("a first snapshot", |_| true).await;
+
+        let asked = Instant::now();
+        let status = ctl.terminate().await;
+        eprintln!(
+            "controller exited {:?} after SIGTERM with a Watch stream open",
+            asked.elapsed()
+        );
+        assert!(status.success(), "{status:?}");
+        // The stream was ended by the server, not cut: a clean end of stream.
+        let end = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+        assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+        // The Lease is free for a successor at once.
+        assert_eq!(holder(&leases).await, None);
     }
 }
