@@ -299,7 +299,8 @@ async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<String> {
         ..Secret::default()
     };
     apply(&secrets, &token_secret).await?;
-    for _ in 0..20 {
+    // A token controller fills the Secret within a second or two where one runs.
+    for _ in 0..12 {
         let s = secrets.get(&format!("{READER}-token")).await?;
         if let Some(token) = s.data.as_ref().and_then(|d| d.get("token")) {
             return String::from_utf8(token.0.clone()).context("the token is not UTF-8");

@@ -207,28 +207,49 @@ impl Mesh {
                 path(c.kubeconfig_path()),
             ])?;
         }
-        for host in testbed.clusters() {
-            for member in testbed
-                .clusters()
+        // Every cluster is registered into every other, as an operator of a multi-primary
+        // mesh does; the registrations are independent, so they run side by side.
+        let pairs: Vec<(&Cluster, &Cluster)> = testbed
+            .clusters()
+            .iter()
+            .flat_map(|host| {
+                testbed
+                    .clusters()
+                    .iter()
+                    .filter(move |m| m.name() != host.name())
+                    .map(move |m| (host, m))
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = pairs
                 .iter()
-                .filter(|m| m.name() != host.name())
-            {
-                meridianctl(&[
-                    "cluster",
-                    "add",
-                    "--kubeconfig",
-                    path(member.kubeconfig_path()),
-                    "--context",
-                    member.name(),
-                    "--name",
-                    member.name(),
-                    "--host-kubeconfig",
-                    path(host.kubeconfig_path()),
-                    "--host-context",
-                    host.name(),
-                ])?;
-            }
-        }
+                .map(|(host, member)| {
+                    scope.spawn(move || {
+                        meridianctl(&[
+                            "cluster",
+                            "add",
+                            "--kubeconfig",
+                            path(member.kubeconfig_path()),
+                            "--context",
+                            member.name(),
+                            "--name",
+                            member.name(),
+                            "--host-kubeconfig",
+                            path(host.kubeconfig_path()),
+                            "--host-context",
+                            host.name(),
+                        ])
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.join().unwrap_or_else(|_| {
+                        Err(Error::InvalidSpec("meridianctl runner panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         let mut members = Vec::new();
         for c in testbed.clusters() {
             members.push(start_member(c, &dir.join(c.name()), &options).await?);
