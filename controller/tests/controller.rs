@@ -22,15 +22,7 @@ mod support {
     /// How long anything may take to converge before a test fails.
     pub const CONVERGE: Duration = Duration::from_secs(60);
 
-    pub fn init_tracing() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "meridian_testbed=info".into()),
-            )
-            .with_test_writer()
-            .try_init();
-    }
+    pub use meridian_testbed::init_tracing;
 
     /// Two zones of one region (two clusters) and one other region.
     pub fn clusters() -> Vec<ClusterSpec> {
@@ -1393,6 +1385,20 @@ mod leader {
         );
         assert_eq!(holder(&leases).await.as_deref(), Some(follower));
         assert_eq!(leads(&survivor).await, Some(true));
+
+        // A replica that joins as a follower never hands out a snapshot without the VIPs:
+        // its very first one already has what the leader applied.
+        let c_ip = testbed.allocate_address().unwrap();
+        let c = Controller::start(&testbed, east1, c_ip, &lease_args("c")).await;
+        let mut c_sub = c.subscribe().await;
+        let first = c_sub.next().await.unwrap().expect("a first snapshot");
+        assert_eq!(
+            vip_of(&first, "alpha.default.global").as_deref(),
+            Some(a_alpha.vip.as_str()),
+            "{first:#?}"
+        );
+        assert_eq!(leads(&c).await, Some(false));
+        c.kill().await;
         eventually("GlobalService beta.default written", || {
             let gs_api = gs_api.clone();
             async move { gs_api.get("beta.default").await.ok() }

@@ -278,6 +278,28 @@ impl Cluster {
         &self.kubeconfig_path
     }
 
+    /// Runs `kubectl --kubeconfig <this cluster> args…` and returns its standard output; a
+    /// failure carries kubectl's standard error.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
+            .args(args)
+            .output()
+            .map_err(Error::io(
+                "running kubectl (Debian: apt-get install kubernetes-client)",
+            ))?;
+        if !out.status.success() {
+            return Err(Error::InvalidSpec(format!(
+                "kubectl {} against {} failed: {}",
+                args.join(" "),
+                self.name(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The API server URL, `https://127.B.X.Y:PORT` (stable across restarts).
     pub fn server_url(&self) -> &str {
         &self.server_url

@@ -57,6 +57,18 @@ pub use pod::{APP_LABEL, ContainerPortSpec, DEFAULT_NAMESPACE, PodHandle, PodSpe
 pub use service::{EXPORT_LABEL, ServicePortSpec, ServiceSpec};
 pub use testbed::{TMPDIR_ENV, Testbed};
 
+/// Logs to the test harness's captured output (`RUST_LOG`, default `meridian_testbed=info`);
+/// safe to call from every test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "meridian_testbed=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,18 +8,10 @@ mod support {
     use std::path::Path;
 
     use meridian_testbed::{Cluster, ClusterSpec, EchoReply};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
 
-    pub fn init_tracing() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "meridian_testbed=info".into()),
-            )
-            .with_test_writer()
-            .try_init();
-    }
+    pub use meridian_testbed::init_tracing;
 
     pub fn three_clusters() -> Vec<ClusterSpec> {
         vec![
@@ -40,39 +32,15 @@ mod support {
     /// Runs `kubectl --kubeconfig <cluster's file> args…`, returning stdout; panics with
     /// stderr on failure.
     pub async fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-        let output = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig_path())
-            .args(args)
-            .output()
-            .await
-            .expect("kubectl must be installed (Debian: apt-get install kubernetes-client)");
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} against {} failed: {}",
-            cluster.name(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("kubectl prints UTF-8")
+        cluster.kubectl(args).expect("kubectl")
     }
 
-    /// One HTTP/1.1 GET by hand; returns the status code and the parsed reply.
+    /// One HTTP GET; returns the status code and the parsed reply.
     pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, EchoReply) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad HTTP response: {response:?}"));
-        let body = response.split("\r\n\r\n").nth(1).expect("HTTP body");
-        (
-            status,
-            serde_json::from_str(body.trim()).expect("echo JSON"),
-        )
+        let r = meridian_testbed::traffic::http_get(addr, path, &[])
+            .await
+            .expect("HTTP GET");
+        (r.status, r.echo().expect("echo JSON"))
     }
 
     /// Connects without sending anything and reads the greeting line.

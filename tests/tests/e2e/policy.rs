@@ -3,7 +3,7 @@
 
 use meridian_testbed::traffic::http_tally;
 
-use crate::support::{World, binomial_ok, eventually, kubectl};
+use crate::support::{World, binomial_ok, eventually, kubectl, policy};
 
 /// `distribute` east → 50/50 east/west with every pod healthy; then, with
 /// `failover: [{from: sh, to: bj}]` and both sh zones down, everything goes to far.
@@ -14,13 +14,9 @@ async fn distribute_then_ordered_failover() {
     world.converge("east", "user", 42, 42).await;
     let addr = world.addr("east", "user").await;
 
-    world.apply_everywhere(
+    world.apply_everywhere(&policy(
+        "user",
         r#"
-apiVersion: meridian.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata: {name: user, namespace: demo}
-spec:
-  service: user
   localityLbSetting:
     distribute:
       - from: sh/2000400001/*
@@ -28,7 +24,7 @@ spec:
           "sh/2000400001/*": 50
           "sh/200002/*": 50
 "#,
-    );
+    ));
     world
         .converge_policy("east", "user", |p| {
             !p["localityLbSetting"]["distribute"].is_null()
@@ -42,18 +38,14 @@ spec:
         "distribute 50/50: {t:?}"
     );
 
-    world.apply_everywhere(
+    world.apply_everywhere(&policy(
+        "user",
         r#"
-apiVersion: meridian.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata: {name: user, namespace: demo}
-spec:
-  service: user
   localityLbSetting:
     failover:
       - {from: sh, to: bj}
 "#,
-    );
+    ));
     world
         .converge_policy("east", "user", |p| {
             !p["localityLbSetting"]["failover"].is_null()
@@ -77,18 +69,16 @@ async fn rejected_policy_keeps_the_last_accepted() {
     let world = World::start().await;
     world.deploy("user", [2, 2, 0]).await;
     world.converge("east", "user", 4, 4).await;
-    let good = r#"
-apiVersion: meridian.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata: {name: user, namespace: demo}
-spec:
-  service: user
+    let good = policy(
+        "user",
+        r#"
   localityLbSetting:
     distribute:
       - from: sh/2000400001/*
         to: {"sh/2000400001/*": 50, "sh/200002/*": 50}
-"#;
-    world.apply_everywhere(good);
+"#,
+    );
+    world.apply_everywhere(&good);
     world
         .converge_policy("east", "user", |p| {
             !p["localityLbSetting"]["distribute"].is_null()

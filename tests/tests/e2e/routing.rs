@@ -4,7 +4,7 @@
 use meridian_testbed::traffic::{http_get, http_tally};
 use meridian_testbed::{PodSpec, ServicePortSpec, ServiceSpec};
 
-use crate::support::{NS, World, binomial_ok};
+use crate::support::{NS, World, binomial_ok, policy};
 
 /// Seed 004: `reviews` v1 in east, v2 and v3 in west. Requests with `end-user: jason` go to
 /// v2/v3 about 50/50, every other request to v1.
@@ -38,13 +38,9 @@ async fn header_match_routes_to_versions() {
             .port("http", 9080);
         world.cluster(c).add_pod(spec).await.unwrap();
     }
-    world.apply_everywhere(
+    world.apply_everywhere(&policy(
+        "reviews",
         r#"
-apiVersion: meridian.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata: {name: reviews, namespace: demo}
-spec:
-  service: reviews
   subsets:
     - {name: v1, labels: {version: v1}}
     - {name: v2, labels: {version: v2}}
@@ -58,7 +54,7 @@ spec:
     - route:
         - {subset: v1}
 "#,
-    );
+    ));
     world.converge("east", "reviews", 6, 6).await;
     world
         .converge_policy("east", "reviews", |p| {
@@ -91,20 +87,16 @@ spec:
 async fn outlier_detection_ejects_a_failing_pod() {
     let world = World::start().await;
     let pods = world.deploy("user", [4, 3, 0]).await;
-    world.apply_everywhere(
+    world.apply_everywhere(&policy(
+        "user",
         r#"
-apiVersion: meridian.io/v1alpha1
-kind: GlobalTrafficPolicy
-metadata: {name: user, namespace: demo}
-spec:
-  service: user
   outlierDetection:
     consecutive5xxErrors: 3
     interval: 1s
     baseEjectionTime: 60s
     maxEjectionPercent: 50
 "#,
-    );
+    ));
     world.converge("east", "user", 7, 7).await;
     world
         .converge_policy("east", "user", |p| {

@@ -23,10 +23,7 @@ impl World {
     }
 
     pub async fn start_with(options: MeshOptions) -> World {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_test_writer()
-            .try_init();
+        meridian_testbed::init_tracing();
         let testbed = Testbed::start(&[
             ClusterSpec::new("east", "sh", [EAST_ZONE]),
             ClusterSpec::new("west", "sh", [WEST_ZONE]),
@@ -163,18 +160,7 @@ pub fn kubectl_apply(cluster: &Cluster, yaml: &str) {
 
 /// Runs `kubectl args…` against `cluster` and returns its standard output.
 pub fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("running kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cluster.kubectl(args).unwrap()
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, for at most 30 s.
@@ -190,4 +176,13 @@ pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> 
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A GlobalTrafficPolicy named after `service`, in the demo namespace; `spec` holds the
+/// fields under `spec:` besides `service`, indented by two spaces.
+pub fn policy(service: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {service}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
+        spec.trim_start_matches('\n')
+    )
 }
