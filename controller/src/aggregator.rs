@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use meridian_api::Locality;
@@ -212,6 +213,13 @@ impl Aggregator {
         if !(self.published || (local_synced && (others_settled || waited))) {
             debug!("waiting for the initial sync");
             soonest(self.started + self.config.initial_sync_timeout);
+            return deadline;
+        }
+        // A follower serves the VIPs it reads from the managed Services: not before it has
+        // listed them, or its gateways would be told every VIP and listener is gone.
+        if !*self.leader.borrow() && self.managed.wait_until_ready().now_or_never().is_none() {
+            debug!("waiting for the managed VIP Services to be listed");
+            soonest(Instant::now() + SETTLE * 4);
             return deadline;
         }
         let catalog = Arc::new(Catalog::build(&inputs));
