@@ -106,6 +106,10 @@ impl Table {
     /// has finished, and returns where they were answered.
     pub async fn steady_total(&mut self, step: usize) -> Tally {
         let phase = Phase { step, steady: true };
+        // Count what is already queued first, so no request sent in the window is missed.
+        while let Ok(event) = self.events.try_recv() {
+            self.record(event);
+        }
         while self.in_flight.get(&phase).copied().unwrap_or(0) > 0 {
             tokio::select! {
                 biased;
