@@ -13,5 +13,5 @@ cargo build --release --locked \
 	-p meridian-testbed -p meridian-controller -p meridian-gateway -p meridian-dns -p meridian-cli
 eval "$(scripts/prereqs.sh)"
 export KUBEBUILDER_ASSETS
-# The demo finds the Meridian binaries next to itself in target/release.
-exec target/release/meridian-testbed demo "$@"
+# The demo finds the Meridian binaries next to itself in the release directory.
+exec "${CARGO_TARGET_DIR:-target}/release/meridian-testbed" demo "$@"
