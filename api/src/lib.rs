@@ -15,6 +15,7 @@ pub mod proto {
     tonic::include_proto!("meridian.v1");
 }
 
+pub mod admin;
 pub mod locality;
 pub mod pick;
 pub mod policy;

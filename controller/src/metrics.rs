@@ -16,7 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing::{debug, warn};
 
 use crate::crd::Phase;
 
@@ -286,10 +285,7 @@ impl Metrics {
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    metrics: Arc<Metrics>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full<Bytes>> {
     let resp = match req.uri().path() {
         "/metrics" => Response::builder()
             .header(
@@ -302,7 +298,7 @@ async fn handle(
             .status(StatusCode::NOT_FOUND)
             .body(Full::new(Bytes::from_static(b"not found\n"))),
     };
-    Ok(resp.expect("static response parts are valid"))
+    resp.expect("static response parts are valid")
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
@@ -311,30 +307,8 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "metrics connection ended");
-            }
-        });
-    }
+    let handler = move |req| handle(req, metrics.clone());
+    meridian_api::admin::serve(listener, handler, shutdown).await;
 }
 
 #[cfg(test)]

@@ -1,20 +1,14 @@
 //! The admin HTTP server: `/metrics`, `/healthz/ready` and `/healthz/live`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use meridian_api::subscription::Status;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::authority::Authority;
 use crate::metrics::Metrics;
@@ -33,34 +27,11 @@ pub struct Admin {
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(%error, "admin accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let admin = admin.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&request, &admin)) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%error, "admin connection ended");
-            }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    // Dropping the set aborts connections still open.
+    let handler = move |request: Request<Incoming>| {
+        let response = route(&request, &admin);
+        async move { response }
+    };
+    meridian_api::admin::serve(listener, handler, shutdown.cancelled_owned()).await;
 }
 
 fn route(request: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {

@@ -10,15 +10,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use meridian_api::proto::{self, Protocol};
 use meridian_identity::tls::CredentialReceiver;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::dataplane::Dataplane;
 
@@ -44,28 +42,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     info!(addr = ?listener.local_addr().ok(), "admin listening");
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = crate::stopped(&mut shutdown) => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await
-            {
-                debug!(error = %e, "admin connection ended");
-            }
-        });
-    }
+    let handler = move |req| handle(state.clone(), req);
+    let stop = async move { crate::stopped(&mut shutdown).await };
+    meridian_api::admin::serve(listener, handler, stop).await;
 }
 
 fn respond(
@@ -80,11 +59,8 @@ fn respond(
         .expect("valid response")
 }
 
-async fn handle(
-    state: Arc<AdminState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    Ok(match req.uri().path() {
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
         "/healthz/ready" => {
             if state.ready.load(Ordering::Relaxed) {
                 respond(StatusCode::OK, "text/plain", "ready\n")
@@ -116,7 +92,7 @@ async fn handle(
             )
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
-    })
+    }
 }
 
 fn locality(l: Option<&proto::Locality>) -> String {
