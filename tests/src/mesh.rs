@@ -292,21 +292,18 @@ impl Mesh {
         hostname: &str,
         port: u32,
     ) -> Result<SocketAddr> {
-        let member = self.member(cluster.name())?;
-        let dump = member.config_dump().await?;
-        let svc = find_service(&dump, hostname).ok_or_else(|| Error::NotFound {
-            kind: "global service in the gateway snapshot",
-            name: hostname.to_owned(),
-        })?;
-        let vip: IpAddr = svc["vip"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                Error::InvalidSpec(format!(
-                    "{hostname} has no VIP in cluster {}",
-                    cluster.name()
-                ))
-            })?;
+        // A service can reach the snapshot before its managed Service has a ClusterIP.
+        let vip_of = |dump: &Value| {
+            find_service(dump, hostname)
+                .and_then(|s| s["vip"].as_str())
+                .and_then(|v| v.parse::<IpAddr>().ok())
+        };
+        let dump = self
+            .wait_for(cluster.name(), &format!("a VIP for {hostname}"), |d| {
+                vip_of(d).is_some()
+            })
+            .await?;
+        let vip = vip_of(&dump).expect("checked by wait_for");
         cluster.sync_endpoints(SYSTEM_NAMESPACE).await?;
         let targets = cluster
             .resolve_cluster_ip(SocketAddr::new(vip, port as u16))

@@ -26,15 +26,14 @@ async fn status_list_and_explain_show_the_live_state() {
         assert!(list.lines().any(|l| l.starts_with(name)), "{list}");
     }
 
-    let status = eventually("user.demo.global in status", || {
+    // The status is written by the leader as the catalog settles, so wait for both
+    // clusters' counts rather than asserting the second right after the first appears.
+    let status = eventually("both localities 14/14 in status", || {
         let out = meridianctl(&["status", "--kubeconfig", &kc]).ok()?;
-        out.contains("sh/2000400001 14/14").then_some(out)
+        (out.contains("sh/2000400001 14/14") && out.contains("sh/200002 14/14")).then_some(out)
     })
     .await;
-    assert!(
-        status.contains("user.demo.global") && status.contains("sh/200002 14/14"),
-        "{status}"
-    );
+    assert!(status.contains("user.demo.global"), "{status}");
 
     world.set_unready("east", &pods[0], 9).await;
     let explain = |extra: &[&str]| {

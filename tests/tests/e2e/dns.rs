@@ -27,6 +27,23 @@ pub fn dig(server: std::net::SocketAddr, query: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Resolves `name` at `server` until it answers `want`: the DNS server follows the same
+/// snapshot stream as the gateway, so it may be a moment behind.
+pub async fn resolves_to(server: std::net::SocketAddr, name: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = dig(server, &["+short", name, "A"]);
+        if answer == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} at {server}: {answer:?}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_names_resolve_to_each_clusters_vip() {
     let world = World::start().await;
@@ -34,22 +51,21 @@ async fn global_names_resolve_to_each_clusters_vip() {
     let mut vips = Vec::new();
     for member in world.mesh.members() {
         world.converge(member.name(), "user", 3, 3).await;
-        let dump = member.config_dump().await.unwrap();
+        // The VIP is the managed Service's ClusterIP, which can follow the endpoints.
+        let dump = world
+            .mesh
+            .wait_for(member.name(), "a VIP for user.demo.global", |d| {
+                find_service(d, "user.demo.global")
+                    .and_then(|s| s["vip"].as_str())
+                    .is_some_and(|v| !v.is_empty())
+            })
+            .await
+            .unwrap();
         let vip = find_service(&dump, "user.demo.global").unwrap()["vip"]
             .as_str()
             .unwrap()
             .to_owned();
-        assert!(!vip.is_empty(), "{} has a VIP", member.name());
-        // The DNS server follows the same snapshot stream; allow it a moment to catch up.
-        let mut answer = String::new();
-        for _ in 0..50 {
-            answer = dig(member.dns_addr(), &["+short", "user.demo.global", "A"]);
-            if answer == vip {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert_eq!(answer, vip, "user.demo.global in {}", member.name());
+        resolves_to(member.dns_addr(), "user.demo.global", &vip).await;
         let srv = dig(
             member.dns_addr(),
             &["+short", "_http._tcp.user.demo.global", "SRV"],

@@ -8,7 +8,6 @@ use meridian_testbed::SYSTEM_NAMESPACE;
 use meridian_testbed::mesh::find_service;
 use meridian_testbed::traffic::http_tally;
 
-use crate::dns::dig;
 use crate::support::{NS, World};
 
 const REQUESTS: usize = 60;
@@ -27,16 +26,7 @@ fn pinned_vip(dump: &serde_json::Value, pinned: &str) -> Option<String> {
 /// Resolves `name` with the DNS server of `cluster` until it answers `want`.
 async fn resolves_to(world: &World, cluster: &str, name: &str, want: &str) {
     let dns = world.mesh.member(cluster).unwrap().dns_addr();
-    let mut answer = String::new();
-    // The DNS server follows the same snapshot stream; allow it a moment to catch up.
-    for _ in 0..50 {
-        answer = dig(dns, &["+short", name, "A"]);
-        if answer == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{name} in {cluster}: {answer:?}, want {want}");
+    crate::dns::resolves_to(dns, name, want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
