@@ -90,7 +90,11 @@ mod support {
                 .arg(cluster.kubeconfig_path())
                 .args(["--grpc-addr", &grpc.to_string()])
                 .args(["--metrics-addr", &metrics.to_string()])
-                .args(["--install-crds", "--probe-interval", "1s"])
+                // The probe's timeout is max(interval, 2 s): a member whose API server is
+                // slow to answer `/version` on a loaded machine would flip to Unreachable
+                // (and its endpoints to stale) mid-test. 5 s, the default, gives it room;
+                // lost members are still noticed at once through their failing watches.
+                .args(["--install-crds", "--probe-interval", "5s"])
                 .args(extra)
                 .env("RUST_LOG", "meridian_controller=debug,info")
                 .stdout(Stdio::null())
@@ -836,7 +840,9 @@ mod outage {
         register(east1, "west", None, west.kubeconfig(), None).await;
 
         let ip = testbed.allocate_address().unwrap();
-        let ctl = Controller::start(&testbed, east1, ip, &["--stale-endpoint-grace", "6s"]).await;
+        // The grace is the window in which the test must see west stale in the snapshot,
+        // the MemberCluster and the GlobalService status: wide enough for a loaded machine.
+        let ctl = Controller::start(&testbed, east1, ip, &["--stale-endpoint-grace", "20s"]).await;
         let mut sub = ctl.subscribe().await;
         let west_eps = |s: &meridian_api::proto::Snapshot| -> Vec<(bool, bool)> {
             service(s, "echo.default.global")
@@ -1246,14 +1252,16 @@ mod leader {
             .await
             .unwrap();
 
-        // Someone else holds the Lease and keeps renewing it.
+        // Someone else holds the Lease and keeps renewing it. Replicas judge expiry by the
+        // Lease's own duration: 10 s, so a renewal delayed on a loaded machine does not
+        // hand the Lease over while the test checks that neither replica leads.
         let leases: Api<Lease> = Api::namespaced(east1.client(), SYSTEM_NAMESPACE);
         let now = || MicroTime(Timestamp::now());
         let mut lease = Lease::default();
         lease.metadata.name = Some(LEASE.into());
         lease.spec = Some(LeaseSpec {
             holder_identity: Some("intruder".into()),
-            lease_duration_seconds: Some(2),
+            lease_duration_seconds: Some(10),
             acquire_time: Some(now()),
             renew_time: Some(now()),
             ..LeaseSpec::default()
@@ -1272,7 +1280,9 @@ mod leader {
             })
         };
 
-        let lease_args = |id: &'static str| ["--leader-identity", id, "--lease-duration", "3s"];
+        // The leader renews a third of the duration before expiry: 6 s leaves 2 s for a
+        // renewal on a loaded machine before a follower may take over.
+        let lease_args = |id: &'static str| ["--leader-identity", id, "--lease-duration", "6s"];
         let a_ip = testbed.allocate_address().unwrap();
         let b_ip = testbed.allocate_address().unwrap();
         let a = Controller::start(&testbed, east1, a_ip, &lease_args("a")).await;
@@ -1371,7 +1381,7 @@ mod leader {
             })
             .await;
         eprintln!(
-            "takeover: {follower} allocated for a new service {:?} after the leader was killed (lease 3 s)",
+            "takeover: {follower} allocated for a new service {:?} after the leader was killed (lease 6 s)",
             killed.elapsed()
         );
         assert_eq!(
@@ -1434,7 +1444,7 @@ mod leader {
         );
         assert!(status.success(), "{status:?}");
         // The stream was ended by the server, not cut: a clean end of stream.
-        let end = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+        let end = tokio::time::timeout(CONVERGE, sub.next()).await;
         assert!(matches!(end, Ok(Ok(None))), "{end:?}");
         // The Lease is free for a successor at once.
         assert_eq!(holder(&leases).await, None);

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Result;
-use crate::network::free_port;
+use crate::network::free_ports;
 use crate::process::ChildProcess;
 
 /// How often readiness is polled.
@@ -24,8 +24,9 @@ pub(crate) struct Etcd {
 impl Etcd {
     /// Starts etcd for `cluster` on `ip` (free ports), keeping its data in `dir/etcd`.
     pub(crate) fn start(cluster: &str, binary: &Path, ip: Ipv4Addr, dir: &Path) -> Result<Self> {
-        let client = SocketAddr::from((ip, free_port(ip)?));
-        let peer = SocketAddr::from((ip, free_port(ip)?));
+        let [client_port, peer_port] = free_ports(ip)?;
+        let client = SocketAddr::from((ip, client_port));
+        let peer = SocketAddr::from((ip, peer_port));
         let data = dir.join("etcd");
         let args = vec![
             format!("--name={cluster}"),

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, SYSTEM_NAMESPACE};
 use crate::error::{Error, Result};
-use crate::network::free_port;
+use crate::network::free_ports;
 use crate::pod::{PodHandle, PodSpec};
 use crate::process::ChildProcess;
 use crate::service::{ServicePortSpec, ServiceSpec};
@@ -432,8 +432,9 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
         .await?;
 
     let ctl_ip = cluster.allocate_address()?;
-    let grpc = SocketAddr::new(IpAddr::V4(ctl_ip), free_port(ctl_ip)?);
-    let controller_metrics = SocketAddr::new(IpAddr::V4(ctl_ip), free_port(ctl_ip)?);
+    let [grpc_port, metrics_port] = free_ports(ctl_ip)?;
+    let grpc = SocketAddr::new(IpAddr::V4(ctl_ip), grpc_port);
+    let controller_metrics = SocketAddr::new(IpAddr::V4(ctl_ip), metrics_port);
     let controller_args: Vec<String> = vec![
         format!("--cluster-name={name}"),
         format!("--kubeconfig={}", path(cluster.kubeconfig_path())),
@@ -493,8 +494,9 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
     .await?;
 
     let dns_ip = cluster.allocate_address()?;
-    let dns_addr = SocketAddr::new(IpAddr::V4(dns_ip), free_port(dns_ip)?);
-    let dns_admin = SocketAddr::new(IpAddr::V4(dns_ip), free_port(dns_ip)?);
+    let [dns_port, dns_admin_port] = free_ports(dns_ip)?;
+    let dns_addr = SocketAddr::new(IpAddr::V4(dns_ip), dns_port);
+    let dns_admin = SocketAddr::new(IpAddr::V4(dns_ip), dns_admin_port);
     let dns = ChildProcess::spawn(
         format!("{name}/meridian-dns"),
         &meridian_binary("meridian-dns")?,

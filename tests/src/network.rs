@@ -138,6 +138,26 @@ pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
     Ok(port)
 }
 
+/// `N` distinct currently free TCP ports on `ip`, for one process that binds them all.
+///
+/// Every probe listener is held until all `N` are picked: two [`free_port`] calls in a row
+/// can get the same port back (the first is released before the second bind), which makes
+/// the process fail to bind its second address.
+pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0)))
+            .map_err(Error::io(format!("finding a free port on {ip}")))?;
+        *port = listener
+            .local_addr()
+            .map_err(Error::io("reading bound address"))?
+            .port();
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
 fn lock_dir() -> PathBuf {
     std::env::temp_dir().join("meridian-testbed-locks")
 }
@@ -167,5 +187,7 @@ mod tests {
         assert_eq!(first.octets()[..2], [127, a.octet()]);
         let port = free_port(first).unwrap();
         assert_ne!(port, 0);
+        let [a_port, b_port] = free_ports(first).unwrap();
+        assert_ne!(a_port, b_port);
     }
 }

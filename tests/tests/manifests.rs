@@ -807,8 +807,8 @@ mod checks {
                             .filter_map(|e| e.value.clone()),
                     );
                 for url in urls {
-                    let ok = url == "http://meridian-controller.meridian-system.svc:15010"
-                        || url == "http://meridian-controller.meridian-system:15010";
+                    // TLS: the serving certificate carries the `.svc` name.
+                    let ok = url == "https://meridian-controller.meridian-system.svc:15010";
                     if !ok {
                         problems.push(format!("Deployment {}: controller URL {url:?} is not the meridian-controller Service", name(d)));
                     }
@@ -1100,12 +1100,15 @@ async fn base_applies_to_a_real_api_server_with_least_privilege() {
         .iter()
         .map(|o| format!("---\n{}\n", serde_json::to_string(o).unwrap()))
         .collect();
-    // The CRDs were just created: retry while the API server starts serving them.
-    let mut attempts = 0;
+    // The CRDs were just created: retry while the API server starts serving them (bounded
+    // by time, generously: establishing a CRD can take a while on a loaded machine).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let out = loop {
         let out = run(k(&["apply", "-f", "-"]), Some(extra_yaml.clone())).await;
-        attempts += 1;
-        if out.ok || attempts == 20 || !out.stderr.contains("no matches for kind") {
+        if out.ok
+            || tokio::time::Instant::now() >= deadline
+            || !out.stderr.contains("no matches for kind")
+        {
             break out;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -1160,6 +1163,19 @@ async fn base_applies_to_a_real_api_server_with_least_privilege() {
         ],
         &["create", "events", "-n", "demo"],
         &["create", "tokenreviews.authentication.k8s.io"],
+        &[
+            "get",
+            "configmaps/meridian-ca-root",
+            "-n",
+            "meridian-system",
+        ],
+        &[
+            "update",
+            "configmaps/meridian-ca-root",
+            "-n",
+            "meridian-system",
+        ],
+        &["create", "configmaps", "-n", "meridian-system"],
     ];
     let denied: &[&[&str]] = &[
         &["get", "secrets", "-n", "default"],
@@ -1172,6 +1188,19 @@ async fn base_applies_to_a_real_api_server_with_least_privilege() {
         &["patch", "nodes"],
         &["create", "endpoints", "-n", "meridian-system"],
         &["get", "configmaps", "-n", "kube-system"],
+        &[
+            "update",
+            "configmaps/meridian-cluster",
+            "-n",
+            "meridian-system",
+        ],
+        &[
+            "delete",
+            "configmaps/meridian-ca-root",
+            "-n",
+            "meridian-system",
+        ],
+        &["create", "configmaps", "-n", "default"],
         &["create", "globaltrafficpolicies.meridian.io", "-n", "demo"],
         &["patch", "globaltrafficpolicies.meridian.io", "-n", "demo"],
         &["update", "customresourcedefinitions.apiextensions.k8s.io"],

@@ -564,15 +564,19 @@ mod teardown {
         (testbed, leftovers)
     }
 
-    /// Echo listeners close when the runtime drops their aborted tasks; give it a moment.
+    /// Echo listeners close when the runtime drops their aborted tasks; give it a moment
+    /// (bounded generously: a loaded machine may take a while to get to them).
     async fn bindable(addr: SocketAddr) -> bool {
-        for _ in 0..100 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
             if TcpListener::bind(addr).is_ok() {
                 return true;
             }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        false
     }
 
     async fn assert_nothing_left(leftovers: Leftovers) {

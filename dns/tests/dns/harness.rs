@@ -71,7 +71,9 @@ impl Dns {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let log = dns.log();
-            if let (Some(addr), Some(admin)) = (field(&log, "tcp="), field(&log, "admin=")) {
+            // Only whole lines: a line caught mid-write could end inside a port number.
+            let lines = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+            if let (Some(addr), Some(admin)) = (field(lines, "tcp="), field(lines, "admin=")) {
                 dns.addr = addr;
                 dns.admin = admin;
                 return dns;
@@ -229,7 +231,9 @@ pub async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
         Command::new("dig")
             .arg(format!("@{}", addr.ip()))
             .args(["-p", &addr.port().to_string()])
-            .args(["+norecurse", "+tries=3", "+time=2"])
+            // A generous per-try timeout: a retry would be counted twice by the server,
+            // and a slow answer on a loaded machine is still an answer.
+            .args(["+norecurse", "+tries=3", "+time=10"])
             .args([
                 "+noall",
                 "+comments",
@@ -340,6 +344,9 @@ pub fn header(bytes: &[u8]) -> Header {
 /// outcome this decides nothing about pass or fail.
 pub const DROP_WAIT: Duration = Duration::from_millis(500);
 
+/// How long to wait for a reply the test requires: only turns a hang into a failure.
+pub const REPLY_WAIT: Duration = PATIENCE;
+
 /// Sends one raw UDP datagram and returns the reply, or `None` if none came within `wait`.
 pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -353,8 +360,8 @@ pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Op
 }
 
 /// Sends `frame` as is on a new TCP connection; returns the first reply, or `None` if the
-/// server closed the connection or said nothing.
-pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
+/// server closed the connection or said nothing within `wait`.
+pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The server may close as soon as it sees garbage: a failed write is a drop.
     if stream.write_all(frame).await.is_err() {
@@ -367,7 +374,7 @@ pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8]) -> Option<Vec<u8>> {
         stream.read_exact(&mut body).await.ok()?;
         Some(body)
     };
-    tokio::time::timeout(DROP_WAIT, read).await.ok().flatten()
+    tokio::time::timeout(wait, read).await.ok().flatten()
 }
 
 /// `payload` with the two-byte length prefix of DNS over TCP.

@@ -2,7 +2,7 @@
 
 use meridian_api::testing::FakeDiscovery;
 
-use crate::harness::{Dns, service, serving, snapshot};
+use crate::harness::{Dns, PATIENCE, service, serving, snapshot};
 
 #[tokio::test]
 async fn before_the_first_snapshot_zone_names_fail_and_the_pod_is_not_ready() {
@@ -44,7 +44,9 @@ async fn metrics_count_queries_by_type_and_code_and_report_the_snapshot() {
     dns.dig(&["nope.default.global", "AAAA"]).await;
     dns.dig(&["example.com", "A"]).await;
 
-    let text = dns.metrics().await;
+    // A query is counted after its answer is sent, so dig may be done before the count is:
+    // wait until all five are counted, then check how they were counted.
+    let text = eventually_counted(&dns, 5.0).await;
     let sample = |name: &str| crate::harness::metric(&text, name);
     assert_eq!(
         sample(r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#),
@@ -76,6 +78,28 @@ async fn metrics_count_queries_by_type_and_code_and_report_the_snapshot() {
     assert_eq!(sample("meridian_dns_zone_records"), Some(6.0), "{text}");
     let age = sample("meridian_dns_snapshot_age_seconds").expect("age");
     assert!(age >= 0.0, "{text}");
+}
+
+/// The `/metrics` text once the samples of `meridian_dns_queries_total` add up to at
+/// least `queries`.
+async fn eventually_counted(dns: &Dns, queries: f64) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = dns.metrics().await;
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("meridian_dns_queries_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= queries {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {counted} of {queries} queries counted:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
 //! Malformed packets never crash the server: they get FORMERR or are dropped.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
 use crate::harness::{
-    DROP_WAIT, Dns, framed, header, query_bytes, service, serving, snapshot, tcp_exchange,
-    udp_exchange,
+    DROP_WAIT, Dns, REPLY_WAIT, framed, header, query_bytes, service, serving, snapshot,
+    tcp_exchange, udp_exchange,
 };
 
 const FORMERR: u8 = 1;
@@ -25,12 +26,17 @@ async fn server() -> (meridian_api::testing::FakeDiscovery, Dns) {
     .await
 }
 
-/// Sends every packet over UDP (concurrently) and returns the replies, `None` for drops.
-async fn udp_all(addr: SocketAddr, packets: Vec<Vec<u8>>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+/// Sends every packet over UDP (concurrently) and returns the replies, `None` for what got
+/// no reply within `wait`.
+async fn udp_all(
+    addr: SocketAddr,
+    packets: Vec<Vec<u8>>,
+    wait: Duration,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut set = JoinSet::new();
     for packet in packets {
         set.spawn(async move {
-            let reply = udp_exchange(addr, &packet, DROP_WAIT).await;
+            let reply = udp_exchange(addr, &packet, wait).await;
             (packet, reply)
         });
     }
@@ -87,7 +93,9 @@ async fn truncated_queries_get_formerr_or_nothing() {
     let (_controller, mut dns) = server().await;
     let query = query_bytes(0x1234, RD, &[("reviews.default.global", A, IN)]);
     let cuts: Vec<Vec<u8>> = (0..query.len()).map(|len| query[..len].to_vec()).collect();
-    let results = udp_all(dns.addr, cuts.clone()).await;
+    // `formerr > 0` below depends on replies arriving in time: wait longer than DROP_WAIT
+    // (the packets go out together, so this costs one wait, not one per packet).
+    let results = udp_all(dns.addr, cuts.clone(), Duration::from_secs(5)).await;
     let mut formerr = 0;
     for (packet, reply) in &results {
         assert_formerr_or_dropped(packet, reply.as_ref());
@@ -98,13 +106,16 @@ async fn truncated_queries_get_formerr_or_nothing() {
         }
     }
     for cut in &cuts {
-        let reply = tcp_exchange(dns.addr, &framed(cut)).await;
+        let reply = tcp_exchange(dns.addr, &framed(cut), DROP_WAIT).await;
         assert_formerr_or_dropped(cut, reply.as_ref());
     }
     // A frame whose length promises more than is sent, then the client gives up.
     let mut short = framed(&query);
     short.truncate(short.len() - 5);
-    assert_formerr_or_dropped(&query, tcp_exchange(dns.addr, &short).await.as_ref());
+    assert_formerr_or_dropped(
+        &query,
+        tcp_exchange(dns.addr, &short, DROP_WAIT).await.as_ref(),
+    );
     println!(
         "truncated: {} cuts, {formerr} FORMERR, {} dropped",
         results.len(),
@@ -128,13 +139,13 @@ async fn garbage_gets_formerr_or_nothing() {
             packet
         })
         .collect();
-    let results = udp_all(dns.addr, packets.clone()).await;
+    let results = udp_all(dns.addr, packets.clone(), DROP_WAIT).await;
     let answered = results.iter().filter(|(_, reply)| reply.is_some()).count();
     for (packet, reply) in &results {
         assert_formerr_or_dropped(packet, reply.as_ref());
     }
     for packet in packets.iter().take(30) {
-        let reply = tcp_exchange(dns.addr, &framed(packet)).await;
+        let reply = tcp_exchange(dns.addr, &framed(packet), DROP_WAIT).await;
         assert_formerr_or_dropped(packet, reply.as_ref());
     }
     println!(
@@ -176,7 +187,7 @@ async fn oversize_messages_get_formerr_or_nothing() {
     max_frame.extend(&huge[..65_535.min(huge.len())]);
     max_frame.resize(65_537, 0);
     for (what, frame) in [("max frame", max_frame), ("long name", framed(&long))] {
-        let reply = tcp_exchange(dns.addr, &frame).await;
+        let reply = tcp_exchange(dns.addr, &frame, DROP_WAIT).await;
         println!(
             "oversize {what} over TCP: {}",
             if reply.is_some() {
@@ -197,12 +208,12 @@ async fn wrong_classes_get_formerr_or_refused() {
     // Classes that are not valid in a question are malformed: FORMERR.
     for (class, id) in [(0_u16, 1_u16), (42, 2), (254, 3), (0xfe00, 4)] {
         let packet = query_bytes(id, RD, &[(name, A, class)]);
-        let reply = udp_exchange(dns.addr, &packet, DROP_WAIT)
+        let reply = udp_exchange(dns.addr, &packet, REPLY_WAIT)
             .await
             .unwrap_or_else(|| panic!("no reply for class {class}"));
         assert_eq!(header(&reply).rcode, FORMERR, "class {class}");
         assert_eq!(header(&reply).id, id);
-        let reply = tcp_exchange(dns.addr, &framed(&packet))
+        let reply = tcp_exchange(dns.addr, &framed(&packet), REPLY_WAIT)
             .await
             .expect("TCP reply");
         assert_eq!(header(&reply).rcode, FORMERR, "class {class} over TCP");
@@ -211,7 +222,7 @@ async fn wrong_classes_get_formerr_or_refused() {
     // like a name outside every zone.
     for class in [3_u16, 4, 255] {
         let packet = query_bytes(7, RD, &[(name, A, class)]);
-        let reply = udp_exchange(dns.addr, &packet, DROP_WAIT)
+        let reply = udp_exchange(dns.addr, &packet, REPLY_WAIT)
             .await
             .expect("reply");
         assert_eq!(header(&reply).rcode, REFUSED, "class {class}");
@@ -230,7 +241,7 @@ async fn questions_and_headers_that_do_not_make_a_query() {
         query_bytes(11, RD, &[]),
         query_bytes(12, RD, &[(name, A, IN), (name, A, IN)]),
     ] {
-        let reply = udp_exchange(dns.addr, &packet, DROP_WAIT)
+        let reply = udp_exchange(dns.addr, &packet, REPLY_WAIT)
             .await
             .expect("reply");
         assert_eq!(header(&reply).rcode, FORMERR, "{packet:?}");
@@ -240,7 +251,7 @@ async fn questions_and_headers_that_do_not_make_a_query() {
     assert!(udp_exchange(dns.addr, &response, DROP_WAIT).await.is_none());
     // An opcode the server does not implement (STATUS).
     let status = query_bytes(14, 2 << 11, &[(name, A, IN)]);
-    let reply = udp_exchange(dns.addr, &status, DROP_WAIT)
+    let reply = udp_exchange(dns.addr, &status, REPLY_WAIT)
         .await
         .expect("reply");
     assert_eq!(header(&reply).rcode, NOTIMP);

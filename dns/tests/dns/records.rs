@@ -229,17 +229,17 @@ async fn every_zone_flag_is_served() {
 
 #[tokio::test]
 async fn zone_transfers_are_refused_and_updates_not_implemented() {
-    use crate::harness::{DROP_WAIT, framed, header, query_bytes, tcp_exchange, udp_exchange};
+    use crate::harness::{REPLY_WAIT, framed, header, query_bytes, tcp_exchange, udp_exchange};
     let (_controller, dns) = reviews_server(&[]).await;
     // AXFR (252) over TCP, as transfers are made.
     let axfr = query_bytes(21, 0, &[("global", 252, 1)]);
-    let reply = tcp_exchange(dns.addr, &framed(&axfr))
+    let reply = tcp_exchange(dns.addr, &framed(&axfr), REPLY_WAIT)
         .await
         .expect("AXFR reply");
     assert_eq!(header(&reply).rcode, 5, "AXFR: REFUSED");
     // A dynamic UPDATE (opcode 5) naming the zone.
     let update = query_bytes(22, 5 << 11, &[("global", 6, 1)]);
-    let reply = udp_exchange(dns.addr, &update, DROP_WAIT)
+    let reply = udp_exchange(dns.addr, &update, REPLY_WAIT)
         .await
         .expect("UPDATE reply");
     assert_eq!(header(&reply).rcode, 4, "UPDATE: NOTIMP");

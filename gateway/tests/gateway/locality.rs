@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use meridian_api::proto::Protocol;
 
-use crate::support::{Backend, Client, Mesh, endpoint, service};
+use crate::support::{Backend, Client, Mesh, endpoint, eventually, service};
 
 const REQUESTS: usize = 400;
 
@@ -154,19 +154,26 @@ async fn a_failing_peer_gateway_takes_its_endpoints_down_at_once() {
         west_pods.iter().map(Backend::hits).sum::<usize>(),
         west_before
     );
+    // The failed dial reports the peer down through the gateway's peer-event task, which
+    // sets the gauge and the peer state, then rebuilds every split in one go: wait for
+    // that rebuild (any endpoint unhealthy), then check all of it.
+    let (dump, healthy) = eventually("the split rebuilt without west", || async {
+        let dump = east.config_dump().await;
+        let healthy: Vec<bool> = dump["splits"]["api.default.global"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["healthy"].as_bool().unwrap())
+            .collect();
+        healthy.contains(&false).then_some((dump, healthy))
+    })
+    .await;
     assert_eq!(
         east.metric("meridian_gateway_peer_up", &[("peer", "west")])
             .await,
         0.0
     );
-    let dump = east.config_dump().await;
     assert_eq!(dump["peers"]["west"]["up"], false);
-    let healthy: Vec<bool> = dump["splits"]["api.default.global"]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["healthy"].as_bool().unwrap())
-        .collect();
     assert_eq!(
         healthy,
         vec![false, false, true, true],

@@ -15,7 +15,7 @@ use meridian_identity::{Credentials, Identity, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Gateway, Mesh, TD, endpoint, service};
+use crate::support::{Backend, Gateway, Mesh, PATIENCE, TD, endpoint, service};
 
 /// Opens a CONNECT stream to `target` through `gw` with `creds`; returns the status.
 async fn connect_stream(
@@ -172,8 +172,11 @@ async fn refuses_and_counts_every_bad_peer_and_target() {
         ("expired", 1.0),
         ("target", 4.0),
     ];
+    // The server counts a refusal after the client may already have seen it fail: poll
+    // (bounded only by PATIENCE) until every count has arrived.
     let mut got = Vec::new();
-    for _ in 0..40 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         let text = west.metrics().await;
         got = want
             .iter()

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream_free::serve;
 
-use crate::support::{Backend, Certs, Gateway, TD, endpoint, service};
+use crate::support::{Backend, Certs, Gateway, PATIENCE, TD, endpoint, service};
 
 /// The controller's side of `SignCertificate`, as the controller is meant to implement it.
 struct Signer {
@@ -69,6 +69,11 @@ mod tokio_stream_free {
     }
 }
 
+/// Certificates a gateway has installed so far.
+async fn installed(gw: &Gateway) -> f64 {
+    gw.metric("meridian_gateway_cert_renewals_total", &[]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_during_a_long_lived_stream_without_breaking_it() {
     let ca = Arc::new(TestCa::new(TD));
@@ -107,17 +112,28 @@ async fn renews_during_a_long_lived_stream_without_breaking_it() {
         .await;
 
     let mut stream = TcpStream::connect(east.listener(25070)).await.unwrap();
-    // ~8 s of traffic: several half-life renewals (every ~2 s) on both gateways.
-    for i in 0..40u32 {
+    // At least ~8 s of traffic, and on until both gateways have installed at least three
+    // certificates (half-life renewals every ~2 s), however long a loaded machine takes
+    // to get there: the stream has to span the renewals, not a fixed time.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for i in 0u32.. {
         let msg = format!("message {i:04}");
         stream.write_all(msg.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, msg.as_bytes());
+        if i + 1 >= 40 && installed(&east).await >= 3.0 && installed(&west).await >= 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no three certificates on both gateways after {} messages",
+            i + 1
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for gw in [&east, &west] {
-        let renewals = gw.metric("meridian_gateway_cert_renewals_total", &[]).await;
+        let renewals = installed(gw).await;
         assert!(
             renewals >= 3.0,
             "{}: {renewals} certificates installed",

@@ -26,13 +26,42 @@ use tokio::process::{Child, Command};
 /// Trust domain of every test mesh.
 pub const TD: &str = "meridian.test";
 
+/// Upper bound for anything the tests wait for (a gateway starting, a snapshot applied, a
+/// counter catching up). It only turns a hang into a failure on a loaded machine; no
+/// assertion depends on how fast things happen.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it yields `Some`, or fails naming `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A free TCP port on `ip` (bound and released; the OS does not hand it out again soon).
 pub fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>(ip)[0]
+}
+
+/// `N` distinct free TCP ports on `ip`: every listener is held until all are bound, so
+/// the kernel cannot hand the same just-released port out twice.
+pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A backend "pod": HTTP echo answering `<cluster>/<pod>`, or 503 while failing, on
@@ -219,8 +248,9 @@ impl Gateway {
     pub async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
         let controller = FakeDiscovery::start().await.unwrap();
         let dir = TempDir::new(cluster);
-        let tunnel = SocketAddr::from((ip, free_port(ip)));
-        let admin = SocketAddr::from((ip, free_port(ip)));
+        let [tunnel_port, admin_port] = free_ports(ip);
+        let tunnel = SocketAddr::from((ip, tunnel_port));
+        let admin = SocketAddr::from((ip, admin_port));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
         cmd.arg("--cluster")
             .arg(cluster)
@@ -234,8 +264,10 @@ impl Gateway {
             .arg(ip.to_string())
             .arg("--peer-probe-interval")
             .arg("200ms")
+            // Only a bound on a slow handshake (peers are dialled on a loaded machine);
+            // every "dead" peer or endpoint in these tests refuses at once.
             .arg("--connect-timeout")
-            .arg("1s")
+            .arg("10s")
             .arg("--drain-timeout")
             .arg("1s");
         match certs {
@@ -301,25 +333,27 @@ impl Gateway {
             peers,
         });
         self.wait_ready().await;
+        // The version gauge is set before the new routing is stored (and after the
+        // listeners are reconciled): "in use" is the snapshot `/config_dump` reports from
+        // the routing that requests read, so wait for both.
         let want = format!("meridian_gateway_snapshot_version {version}");
-        for _ in 0..200 {
-            if self.metrics().await.lines().any(|l| l == want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("{}: snapshot {version} never applied", self.cluster);
+        let what = format!("{}: snapshot {version} applied", self.cluster);
+        eventually(&what, || async {
+            let metric = self.metrics().await.lines().any(|l| l == want);
+            let (status, dump) = http_get(self.admin, "/config_dump").await.ok()?;
+            let dump: serde_json::Value = serde_json::from_str(&dump).ok()?;
+            (metric && status == 200 && dump["snapshot"]["version"] == version).then_some(())
+        })
+        .await;
     }
 
     /// Waits for `/healthz/ready`.
     pub async fn wait_ready(&self) {
-        for _ in 0..400 {
-            if let Ok((200, _)) = http_get(self.admin, "/healthz/ready").await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("{}: gateway never became ready", self.cluster);
+        let what = format!("{}: gateway ready", self.cluster);
+        eventually(&what, || async {
+            matches!(http_get(self.admin, "/healthz/ready").await, Ok((200, _))).then_some(())
+        })
+        .await;
     }
 
     /// The `/metrics` text.
