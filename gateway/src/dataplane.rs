@@ -129,10 +129,10 @@ impl Dataplane {
     /// Switches to a new catalog (a new snapshot).
     pub async fn set_catalog(&self, catalog: Catalog) {
         self.health.sync(&catalog).await;
-        self.metrics
-            .snapshot_version
-            .set(catalog.snapshot.version as i64);
+        let version = catalog.snapshot.version as i64;
         self.rebuild_with(Arc::new(catalog)).await;
+        // Only now is the snapshot the one requests route by.
+        self.metrics.snapshot_version.set(version);
     }
 
     /// Recomputes every service's split from the current health.
