@@ -5,7 +5,8 @@
 //! describe where endpoints are and how traffic should be distributed, and [`split`] and
 //! [`pick`] are the single implementation of Envoy's locality-weighted load balancing that
 //! every component calls. The gateway and the DNS server follow the controller's snapshots
-//! through [`subscription`]; tests fake the controller with `testing::FakeDiscovery`
+//! through [`subscription`], over the one controller connection in [`channel`] (TLS with a
+//! pinned root, or plaintext for development); tests fake the controller with `testing::FakeDiscovery`
 //! (cargo feature `testing`).
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod proto {
 }
 
 pub mod admin;
+pub mod channel;
 pub mod locality;
 pub mod pick;
 pub mod policy;

@@ -43,40 +43,27 @@ use std::time::{Duration, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::channel::{ControllerEndpoint, ControllerTls};
 use crate::proto::discovery_client::DiscoveryClient;
 use crate::proto::{Snapshot, Subscriber};
 
 /// The latest snapshot, `None` until the first one arrives.
 pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
 
-/// Errors that prevent a subscription from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The controller endpoint is not a valid URI.
-    #[error("invalid controller endpoint {endpoint:?}: {source}")]
-    InvalidEndpoint {
-        /// The endpoint as given.
-        endpoint: String,
-        /// Why it was rejected.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The endpoint's scheme is not supported (only `http://` is, for now).
-    #[error("unsupported scheme in controller endpoint {endpoint:?}: expected http://")]
-    UnsupportedScheme {
-        /// The endpoint as given.
-        endpoint: String,
-    },
-}
+/// Errors that prevent a subscription from starting: the endpoint is malformed, or
+/// `https://` without a pinned root (see [`crate::channel`]).
+pub use crate::channel::Error;
 
 /// Where the controller is, who is asking, and how patiently to reconnect.
 #[derive(Clone, Debug)]
 pub struct SubscriptionConfig {
-    /// The controller's Discovery endpoint, e.g. `http://meridian-controller.meridian-system:15010`.
+    /// The controller's Discovery endpoint, e.g.
+    /// `https://meridian-controller.meridian-system.svc:15010`.
     pub endpoint: String,
+    /// How to verify the controller on an `https://` endpoint (required there).
+    pub tls: Option<ControllerTls>,
     /// Sent as the Watch request: this cluster, the role (`dns`, `gateway`) and the instance.
     pub subscriber: Subscriber,
     /// Timeout of one TCP connect.
@@ -99,6 +86,7 @@ impl SubscriptionConfig {
     pub fn new(endpoint: impl Into<String>, subscriber: Subscriber) -> Self {
         Self {
             endpoint: endpoint.into(),
+            tls: None,
             subscriber,
             connect_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
@@ -145,7 +133,8 @@ pub struct Subscription {
 impl Subscription {
     /// Starts following the controller. Must be called within a Tokio runtime.
     ///
-    /// Fails only on a malformed endpoint; an unreachable controller is retried forever.
+    /// Fails only on a malformed endpoint (or `https://` without [`SubscriptionConfig::tls`]);
+    /// an unreachable controller, or one that fails verification, is retried forever.
     pub fn spawn(config: SubscriptionConfig) -> Result<Self, Error> {
         let endpoint = endpoint(&config)?;
         let (snapshot_tx, snapshots) = watch::channel(None);
@@ -198,25 +187,16 @@ impl Drop for Subscription {
     }
 }
 
-fn endpoint(config: &SubscriptionConfig) -> Result<Endpoint, Error> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|source| {
-        Error::InvalidEndpoint {
-            endpoint: config.endpoint.clone(),
-            source,
-        }
-    })?;
-    // TLS to the controller is not enabled in this build; fail loudly rather than at connect.
-    if endpoint.uri().scheme_str() != Some("http") {
-        return Err(Error::UnsupportedScheme {
-            endpoint: config.endpoint.clone(),
-        });
-    }
-    Ok(endpoint
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(config.keepalive_interval)
-        .keep_alive_timeout(config.keepalive_timeout)
-        .keep_alive_while_idle(true))
+fn endpoint(config: &SubscriptionConfig) -> Result<ControllerEndpoint, Error> {
+    Ok(
+        ControllerEndpoint::new(config.endpoint.clone(), config.tls.clone())?.configure(|e| {
+            e.connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(true)
+        }),
+    )
 }
 
 /// Reconnect loop. The backoff restarts after a session that delivered a snapshot, so a
@@ -224,7 +204,7 @@ fn endpoint(config: &SubscriptionConfig) -> Result<Endpoint, Error> {
 /// stream is retried ever more slowly.
 async fn run(
     config: SubscriptionConfig,
-    endpoint: Endpoint,
+    endpoint: ControllerEndpoint,
     snapshot_tx: watch::Sender<Option<Arc<Snapshot>>>,
     status_tx: watch::Sender<Status>,
 ) {
@@ -274,7 +254,7 @@ struct SessionEnd {
 /// One connection: connect, Watch, publish snapshots until the stream ends.
 async fn session(
     config: &SubscriptionConfig,
-    endpoint: &Endpoint,
+    endpoint: &ControllerEndpoint,
     snapshot_tx: &watch::Sender<Option<Arc<Snapshot>>>,
     status_tx: &watch::Sender<Status>,
 ) -> SessionEnd {
@@ -366,13 +346,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rejects_malformed_and_non_http_endpoints() {
+    async fn rejects_malformed_endpoints_and_https_without_a_root() {
         let bad = Subscription::spawn(SubscriptionConfig::new("not a uri", subscriber()));
         assert!(matches!(bad, Err(Error::InvalidEndpoint { .. })), "{bad:?}");
         let tls = Subscription::spawn(SubscriptionConfig::new("https://127.0.0.1:1", subscriber()));
+        assert!(matches!(tls, Err(Error::MissingRoot { .. })), "{tls:?}");
+        let other = Subscription::spawn(SubscriptionConfig::new("ftp://127.0.0.1:1", subscriber()));
         assert!(
-            matches!(tls, Err(Error::UnsupportedScheme { .. })),
-            "{tls:?}"
+            matches!(other, Err(Error::UnsupportedScheme { .. })),
+            "{other:?}"
         );
     }
 

@@ -4,6 +4,11 @@
 //! every member; each controller signs its own gateways' certificates with it. Create it
 //! once (`--out DIR` keeps a copy as PEM files), then load the same files into the other
 //! members with `--from DIR`. Rotation is described in docs/operations.md.
+//!
+//! Next to the Secret it writes the ConfigMap `meridian-system/meridian-ca-root` (key
+//! `root-cert.pem`, the root only) that gateway and DNS pods mount to verify the
+//! controller's TLS, so it exists before the first controller starts; the controller keeps
+//! it up to date afterwards. With `--out`, `ca.crt` is that same root.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,6 +82,10 @@ pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
             println!(
                 "Secret {ns}/{name} already exists; keeping it (delete it first to replace the root)"
             );
+            // Installs from before the ConfigMap existed get it from the Secret in force.
+            if let Some(root) = existing.data.as_ref().and_then(|d| d.get(CA_CERT_FILE)) {
+                publish_root(&client, ns, &String::from_utf8_lossy(&root.0)).await?;
+            }
             return Ok(());
         }
         bail!(
@@ -90,7 +99,7 @@ pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
         },
         ..Namespace::default()
     };
-    Api::<Namespace>::all(client)
+    Api::<Namespace>::all(client.clone())
         .patch(
             ns,
             &PatchParams::apply("meridianctl"),
@@ -122,5 +131,17 @@ pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating Secret {ns}/{name}"))?;
     println!("created Secret {ns}/{name} with the mesh root CA");
+    publish_root(&client, ns, ca.cert_pem()).await
+}
+
+/// Writes the root into the ConfigMap clients pin it from.
+async fn publish_root(client: &kube::Client, ns: &str, root_pem: &str) -> anyhow::Result<()> {
+    use meridian_controller::ca_root::{CONFIGMAP_NAME, apply};
+    if apply(client, ns, root_pem)
+        .await
+        .with_context(|| format!("writing ConfigMap {ns}/{CONFIGMAP_NAME}"))?
+    {
+        println!("wrote the mesh root into ConfigMap {ns}/{CONFIGMAP_NAME}");
+    }
     Ok(())
 }

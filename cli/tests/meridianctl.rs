@@ -380,6 +380,19 @@ mod ca {
         let pem = std::fs::read(format!("{out_dir}/ca.crt")).unwrap();
         for c in tb.clusters() {
             assert_eq!(root(c.client()).await, pem);
+            // The root alone, for gateway and DNS pods to pin the controller's TLS with.
+            let cm = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+                c.client(),
+                "meridian-system",
+            )
+            .get("meridian-ca-root")
+            .await
+            .unwrap();
+            assert_eq!(cm.data.unwrap()["root-cert.pem"].as_bytes(), pem);
+            assert_eq!(
+                cm.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+                "meridian"
+            );
         }
         // A different root is refused rather than silently replacing the mesh's trust.
         let other = dir.path().join("other");

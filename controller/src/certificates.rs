@@ -30,7 +30,7 @@ use tracing::{info, warn};
 /// Name of the Secret holding the mesh root.
 pub const CA_SECRET_NAME: &str = "meridian-ca";
 /// How long a loaded CA is reused before it is read again.
-const CA_CACHE: Duration = Duration::from_secs(30);
+pub const CA_CACHE: Duration = Duration::from_secs(30);
 
 /// Where the mesh CA is read from.
 #[derive(Clone)]
@@ -78,6 +78,38 @@ impl CaSource {
                     .map_err(|e| Status::failed_precondition(format!("mesh CA Secret: {e}")))
             }
         }
+    }
+}
+
+/// The mesh CA as last read from its [`CaSource`], reused for [`CA_CACHE`]. Shared by
+/// certificate signing, the controller's own serving certificate ([`crate::tls`]) and the
+/// root publisher ([`crate::ca_root`]), so they agree on one CA and read it once.
+pub struct CaCache {
+    source: CaSource,
+    cache: Mutex<Option<(Arc<MeshCa>, Instant)>>,
+}
+
+impl CaCache {
+    /// Reads the CA from `source` on demand.
+    pub fn new(source: CaSource) -> Self {
+        Self {
+            source,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The CA: `FAILED_PRECONDITION` when there is none (no Secret, no files, a broken
+    /// one), `UNAVAILABLE` when the API server could not be asked.
+    pub async fn current(&self) -> Result<Arc<MeshCa>, Status> {
+        let mut cache = self.cache.lock().await;
+        if let Some((ca, at)) = cache.as_ref()
+            && at.elapsed() < CA_CACHE
+        {
+            return Ok(ca.clone());
+        }
+        let ca = Arc::new(self.source.load().await?);
+        *cache = Some((ca.clone(), Instant::now()));
+        Ok(ca)
     }
 }
 
@@ -154,39 +186,25 @@ impl CallerAuth {
 pub struct CertificatesService {
     cluster: String,
     trust_domain: String,
-    source: CaSource,
+    ca: Arc<CaCache>,
     auth: CallerAuth,
-    cache: Mutex<Option<(Arc<MeshCa>, Instant)>>,
 }
 
 impl CertificatesService {
-    /// Signs for the gateway of `cluster` in `trust_domain` with the CA from `source`, for
+    /// Signs for the gateway of `cluster` in `trust_domain` with the CA from `ca`, for
     /// callers that pass `auth`.
-    pub fn new(cluster: String, trust_domain: String, source: CaSource, auth: CallerAuth) -> Self {
+    pub fn new(cluster: String, trust_domain: String, ca: Arc<CaCache>, auth: CallerAuth) -> Self {
         Self {
             cluster,
             trust_domain,
-            source,
+            ca,
             auth,
-            cache: Mutex::new(None),
         }
     }
 
     /// The tonic service, ready to add to a server.
     pub fn into_server(self) -> proto::certificates_server::CertificatesServer<Self> {
         proto::certificates_server::CertificatesServer::new(self)
-    }
-
-    async fn ca(&self) -> Result<Arc<MeshCa>, Status> {
-        let mut cache = self.cache.lock().await;
-        if let Some((ca, at)) = cache.as_ref()
-            && at.elapsed() < CA_CACHE
-        {
-            return Ok(ca.clone());
-        }
-        let ca = Arc::new(self.source.load().await?);
-        *cache = Some((ca.clone(), Instant::now()));
-        Ok(ca)
     }
 }
 
@@ -207,7 +225,7 @@ impl proto::certificates_server::Certificates for CertificatesService {
         }
         let identity = Identity::gateway(&self.trust_domain, &self.cluster)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let ca = self.ca().await?;
+        let ca = self.ca.current().await?;
         let ttl = granted_ttl(Duration::from_secs(req.ttl_seconds));
         let signed = ca
             .sign_csr(&req.csr_pem, &identity, ttl)
@@ -233,7 +251,7 @@ mod tests {
         let svc = CertificatesService::new(
             "east".into(),
             "meridian.test".into(),
-            source,
+            Arc::new(CaCache::new(source)),
             CallerAuth::Unauthenticated,
         );
         tokio::spawn(

@@ -88,6 +88,21 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
 
+    /// Serve the gRPC port in plaintext (development only): without TLS, anyone able to
+    /// impersonate the controller can feed gateways and DNS servers, and read the gateway's
+    /// token. By default the port is TLS with a certificate issued from the mesh CA.
+    #[arg(long)]
+    pub grpc_plaintext: bool,
+
+    /// Extra DNS name of the gRPC serving certificate (repeatable), besides
+    /// `meridian-controller.<namespace>.svc` and `….svc.cluster.local`.
+    #[arg(long = "grpc-dns-name")]
+    pub grpc_dns_names: Vec<String>,
+
+    /// Lifetime of the gRPC serving certificate; renewed in process at half life.
+    #[arg(long, value_parser = duration, default_value = "24h")]
+    pub grpc_cert_ttl: Duration,
+
     /// Address of the HTTP server with /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,
@@ -209,6 +224,8 @@ mod tests {
         assert_eq!(c.listener_ports, 20000..=20009);
         assert_eq!(c.locality(), Some(Locality::new("eu", "eu-1", "")));
         assert!(c.leader_elect);
+        assert!(!c.grpc_plaintext, "TLS by default");
+        assert_eq!(c.grpc_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.lease_duration, Duration::from_secs(15));
         assert_eq!(
             c.gateway_labels()

@@ -4,13 +4,15 @@
 //! own cluster, [`registry`], [`member`]), aggregates exported Services, their endpoints and
 //! the locality of each endpoint into a [`catalog`], allocates VIPs and gateway listener
 //! ports in its own cluster ([`vip`]), writes status ([`status`], [`policy`]) and streams
-//! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`]).
+//! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`], over
+//! TLS with a certificate from the mesh CA: [`tls`]; the root goes out through [`ca_root`]).
 //! [`aggregator`] is the loop that ties them together; [`run`] starts everything. With more
 //! than one replica, a [`leader`] elected through a Lease does all the writing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod aggregator;
+pub mod ca_root;
 pub mod catalog;
 pub mod certificates;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod registry;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod vip;
 
 #[cfg(test)]
@@ -291,13 +294,13 @@ pub async fn run(
     let discovery =
         server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone())
             .with_shutdown(stop_rx.clone());
-    let ca_source = match &config.ca_dir {
+    let ca = Arc::new(certificates::CaCache::new(match &config.ca_dir {
         Some(dir) => certificates::CaSource::Dir(dir.clone()),
         None => certificates::CaSource::Secret {
             client: client.clone(),
             namespace: config.namespace.clone(),
         },
-    };
+    }));
     let csr_auth = match config.csr_auth {
         config::CsrAuth::TokenReview => certificates::CallerAuth::ServiceAccount {
             client: client.clone(),
@@ -314,11 +317,46 @@ pub async fn run(
     let certs = certificates::CertificatesService::new(
         config.cluster_name.clone(),
         config.trust_domain.clone(),
-        ca_source,
+        ca.clone(),
         csr_auth,
     );
+    tasks.spawn(
+        ca_root::publish_while_leader(
+            client.clone(),
+            config.namespace.clone(),
+            ca.clone(),
+            election.subscribe(),
+        )
+        .instrument(info_span!("ca-root")),
+    );
+    let transport = if config.grpc_plaintext {
+        warn!(
+            "--grpc-plaintext: the gRPC port is not authenticated; anyone who can impersonate \
+             the controller can feed gateways and DNS servers and read the gateway's token"
+        );
+        tls::Transport::Plaintext
+    } else {
+        let serving = tls::ServingCert::new();
+        let settings = tls::ServingSettings {
+            dns_names: tls::dns_names(&config.namespace, &config.grpc_dns_names),
+            spiffe_id: meridian_identity::identity::controller_spiffe_id(
+                &config.trust_domain,
+                &config.cluster_name,
+            )
+            .map_err(|e| warn!(error = %e, "no SPIFFE ID in the serving certificate"))
+            .ok(),
+            ttl: config.grpc_cert_ttl,
+        };
+        tasks.spawn(
+            serving
+                .clone()
+                .run(ca.clone(), settings)
+                .instrument(info_span!("serving-cert")),
+        );
+        tls::Transport::tls(&serving)
+    };
     let grpc_server = tokio::spawn(
-        server::serve(grpc, discovery, Some(certs), stopped(stop_rx))
+        server::serve(grpc, transport, discovery, Some(certs), stopped(stop_rx))
             .instrument(info_span!("grpc-server")),
     );
 

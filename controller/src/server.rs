@@ -190,14 +190,16 @@ impl proto::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Serves Discovery (and Certificates, when given) on `listener` until `shutdown` resolves.
+/// Serves Discovery (and Certificates, when given) on `listener` over `transport` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    transport: crate::tls::Transport,
     discovery: DiscoveryService,
     certificates: Option<crate::certificates::CertificatesService>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = crate::tls::incoming(listener, transport)?;
     tonic::transport::Server::builder()
         .add_service(discovery.into_server())
         .add_optional_service(certificates.map(|c| c.into_server()))
@@ -212,6 +214,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::Transport;
     use meridian_api::proto::discovery_client::DiscoveryClient;
 
     fn snap(version: u64) -> Snapshot {
@@ -227,7 +230,7 @@ mod tests {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()));
-        tokio::spawn(serve(listener, svc, None, async {
+        tokio::spawn(serve(listener, Transport::Plaintext, svc, None, async {
             let _ = stop_rx.await;
         }));
         (addr, stop_tx)
@@ -316,9 +319,15 @@ mod tests {
         let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()))
             .with_shutdown(stop_rx.clone());
         let mut stopped = stop_rx;
-        let server = tokio::spawn(serve(listener, svc, None, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            Transport::Plaintext,
+            svc,
+            None,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
         let mut client = DiscoveryClient::connect(addr).await.unwrap();
         let mut stream = client.watch(subscriber("a")).await.unwrap().into_inner();
         assert_eq!(stream.message().await.unwrap().unwrap().version, 1);

@@ -44,15 +44,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let authority = Authority::new(&settings.origins, metrics.clone());
 
-    let subscription = Subscription::spawn(SubscriptionConfig::new(
+    let mut subscription_config = SubscriptionConfig::new(
         config.controller.clone(),
         Subscriber {
             cluster: config.cluster.clone(),
             role: "dns".into(),
             instance: config.instance.clone(),
         },
-    ))
-    .context("controller endpoint")?;
+    );
+    subscription_config.tls = config.controller_tls();
+    let subscription = Subscription::spawn(subscription_config).context("controller endpoint")?;
 
     let mut dns = DnsServer::bind(&config.listen, authority.clone())
         .await

@@ -3,6 +3,11 @@
 //! certificate is renewed at half life and swapped in without touching open connections.
 //! Static PEM files (`--cert-chain`, `--key`, `--root`) replace signing for tests and
 //! the testbed; they are re-read periodically so they can be rotated on disk.
+//!
+//! Over TLS (`https://`) the root that comes back with the certificate is not trusted
+//! because the controller said so: every root in it must be one of the pinned roots
+//! (`--controller-ca-file`), else the certificate is refused. Only plaintext development
+//! setups take the controller's word for the root.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use meridian_api::channel::ControllerEndpoint;
 use meridian_api::proto::SignCertificateRequest;
 use meridian_api::proto::certificates_client::CertificatesClient;
 use meridian_identity::tls::{CredentialReceiver, CredentialStore};
@@ -36,8 +42,8 @@ pub enum Source {
     },
     /// The controller's `Certificates.SignCertificate`.
     Signer {
-        /// gRPC endpoint.
-        endpoint: String,
+        /// gRPC endpoint (with its pinned root, over TLS); boxed, it is large.
+        endpoint: Box<ControllerEndpoint>,
         /// Requested lifetime.
         ttl: Duration,
         /// ServiceAccount token proving the caller is the gateway; re-read for every request
@@ -68,7 +74,7 @@ pub async fn fetch(source: &Source, identity: &Identity) -> anyhow::Result<Crede
 }
 
 async fn sign(
-    endpoint: &str,
+    endpoint: &ControllerEndpoint,
     identity: &Identity,
     ttl: Duration,
     token_file: Option<&std::path::Path>,
@@ -87,17 +93,35 @@ async fn sign(
             .context("the ServiceAccount token is not a valid header value")?;
         grpc_request.metadata_mut().insert("authorization", value);
     }
-    let mut client = CertificatesClient::connect(endpoint.to_owned())
+    let channel = endpoint
+        .connect()
         .await
-        .with_context(|| format!("connecting to the certificate signer at {endpoint}"))?;
-    let resp = client
+        .with_context(|| format!("connecting to the certificate signer at {}", endpoint.url()))?;
+    let resp = CertificatesClient::new(channel)
         .sign_certificate(grpc_request)
         .await
         .context("SignCertificate")?
         .into_inner();
+    if let Some(pinned) = endpoint.pinned_roots() {
+        check_root(&resp.root_pem, &pinned?)?;
+    }
     request
         .into_credentials(&resp.cert_chain_pem, &resp.root_pem)
         .context("the signed certificate does not fit the request")
+}
+
+/// Accepts the root the signer returned only if every certificate in it is pinned.
+fn check_root(
+    root_pem: &str,
+    pinned: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<()> {
+    let returned = meridian_identity::credentials::parse_certs("returned root", root_pem)?;
+    anyhow::ensure!(
+        returned.iter().all(|r| pinned.contains(r)),
+        "the controller returned a mesh root that is not in --controller-ca-file; refusing it \
+         (a rotated root must be added to the meridian-ca-root ConfigMap first)"
+    );
+    Ok(())
 }
 
 /// Obtains credentials, retrying with backoff until it works or `shutdown` turns true.
@@ -191,5 +215,29 @@ pub async fn renew(
             }
             Err(e) => warn!(error = %e, "renewed certificate rejected"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pinned_roots_are_accepted() {
+        let ours = meridian_identity::MeshCa::generate("a").unwrap();
+        let theirs = meridian_identity::MeshCa::generate("b").unwrap();
+        let pinned = vec![ours.cert_der().clone()];
+        check_root(ours.cert_pem(), &pinned).unwrap();
+        let err = check_root(theirs.cert_pem(), &pinned).unwrap_err();
+        assert!(
+            err.to_string().contains("not in --controller-ca-file"),
+            "{err}"
+        );
+        let both = format!("{}{}", ours.cert_pem(), theirs.cert_pem());
+        assert!(
+            check_root(&both, &pinned).is_err(),
+            "every returned root must be pinned"
+        );
+        assert!(check_root("garbage", &pinned).is_err());
     }
 }

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use meridian_api::channel::ControllerEndpoint;
 use meridian_api::proto::Subscriber;
 use meridian_api::subscription::{SnapshotReceiver, Subscription, SubscriptionConfig};
 use meridian_identity::{Identity, tls};
@@ -90,15 +91,21 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
             .instrument(info_span!("admin")),
     );
 
-    let subscription = Subscription::spawn(SubscriptionConfig::new(
+    // Checked before anything waits on it: a TLS endpoint without a root is a
+    // configuration error, not something to retry.
+    let signer = ControllerEndpoint::new(config.ca_endpoint(), config.controller_tls())
+        .context("the certificate signer endpoint (--ca, --controller)")?;
+    let mut subscription_config = SubscriptionConfig::new(
         config.controller.clone(),
         Subscriber {
             cluster: config.cluster.clone(),
             role: "gateway".into(),
             instance: config.instance.clone(),
         },
-    ))
-    .context("starting the snapshot subscription")?;
+    );
+    subscription_config.tls = config.controller_tls();
+    let subscription =
+        Subscription::spawn(subscription_config).context("starting the snapshot subscription")?;
     spawn_status(
         &subscription,
         state.clone(),
@@ -126,7 +133,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
             root: root.clone(),
         },
         _ => identity::Source::Signer {
-            endpoint: config.ca_endpoint().to_owned(),
+            endpoint: Box::new(signer),
             ttl: config.cert_ttl,
             token_file: config.token_file.clone(),
         },

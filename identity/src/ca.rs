@@ -13,7 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::{Error, Identity};
 
@@ -67,6 +67,39 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// A TLS server certificate the CA issued together with its key, for a process that holds
+/// the CA itself (the controller's gRPC port): no CSR round trip is needed there.
+pub struct ServerCertificate {
+    /// The leaf certificate (the mesh root is not included: clients pin it).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key, PKCS#8. A secret: never log it.
+    pub key: PrivateKeyDer<'static>,
+    /// Start of validity (backdated a little for clock skew).
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertificate {
+    /// When to renew: half way through the lifetime.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
+        self.not_before + life / 2
     }
 }
 
@@ -195,6 +228,55 @@ impl MeshCa {
         self.sign_csr_valid(csr_pem, identity, now - backdate, now + ttl)
     }
 
+    /// Issues a TLS server certificate with a fresh key for `dns_names` (and the URI SAN
+    /// `uri`, e.g. a SPIFFE ID), valid from now for `ttl`. Clients check it with WebPKI
+    /// against the pinned mesh root and one of the DNS names; its only extended key usage is
+    /// serverAuth, and a gateway's tunnel verifier refuses it (it carries no gateway ID).
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        uri: Option<&str>,
+        ttl: Duration,
+    ) -> Result<ServerCertificate, Error> {
+        let err = |source| Error::Certificate {
+            what: "issuing a server certificate",
+            source,
+        };
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::new(dns_names.to_vec()).map_err(err)?;
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.to_owned().try_into().map_err(err)?));
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Meridian");
+        if let Some(first) = dns_names.first() {
+            dn.push(DnType::CommonName, first.clone());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_before = truncate_to_seconds(now - CLOCK_SKEW.min(ttl / 4));
+        let not_after = truncate_to_seconds(now + ttl);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
+        Ok(ServerCertificate {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before,
+            not_after,
+        })
+    }
+
     /// Signs a gateway CSR with an explicit validity window (tests use it for expired and
     /// not-yet-valid certificates).
     pub fn sign_csr_valid(
@@ -316,6 +398,25 @@ mod tests {
             .unwrap();
         assert_eq!(creds.identity(), &id);
         assert_eq!(creds.not_after(), signed.not_after);
+    }
+
+    #[test]
+    fn server_certificates_carry_the_names_and_half_life() {
+        let ca = MeshCa::generate("meridian.local").unwrap();
+        let names = vec!["meridian-controller.meridian-system.svc".to_owned()];
+        let uri = "spiffe://meridian.local/cluster/east/controller";
+        let cert = ca
+            .issue_server(&names, Some(uri), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(crate::identity::uri_sans(&cert.chain[0]).unwrap(), [uri]);
+        assert!(
+            crate::identity::identities_in(&cert.chain[0])
+                .unwrap()
+                .is_empty(),
+            "a controller certificate is no gateway identity"
+        );
+        let half = cert.refresh_at().duration_since(cert.not_before).unwrap();
+        assert_eq!(half, Duration::from_secs(3600 + 60) / 2);
     }
 
     #[test]

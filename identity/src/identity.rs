@@ -109,6 +109,16 @@ fn check_segment(id: &str, seg: &str) -> Result<(), Error> {
     }
 }
 
+/// The SPIFFE ID of `cluster`'s controller, `spiffe://<trust-domain>/cluster/<cluster>/controller`,
+/// carried by its gRPC serving certificate. It is not an [`Identity`]: the tunnel accepts
+/// only gateway IDs, so a controller certificate can never stand in for a gateway.
+pub fn controller_spiffe_id(trust_domain: &str, cluster: &str) -> Result<String, Error> {
+    let text = format!("{SCHEME}{trust_domain}/cluster/{cluster}/controller");
+    check_trust_domain(&text, trust_domain)?;
+    check_segment(&text, cluster)?;
+    Ok(text)
+}
+
 /// Every URI SAN of a DER certificate, in order.
 pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, Error> {
     use x509_parser::prelude::*;
@@ -151,6 +161,14 @@ mod tests {
             "spiffe://meridian.local/cluster/east-1/gateway"
         );
         assert_eq!(Identity::gateway("meridian.local", "east-1").unwrap(), id);
+    }
+
+    #[test]
+    fn controller_ids_are_not_gateway_identities() {
+        let id = controller_spiffe_id("meridian.local", "east-1").unwrap();
+        assert_eq!(id, "spiffe://meridian.local/cluster/east-1/controller");
+        assert!(id.parse::<Identity>().is_err());
+        assert!(controller_spiffe_id("meridian.local", "a/b").is_err());
     }
 
     #[test]

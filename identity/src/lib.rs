@@ -20,7 +20,7 @@ pub mod testing;
 pub mod tls;
 pub mod verifier;
 
-pub use ca::{MeshCa, SignedCertificate};
+pub use ca::{MeshCa, ServerCertificate, SignedCertificate};
 pub use credentials::Credentials;
 pub use csr::CertificateRequest;
 pub use identity::Identity;

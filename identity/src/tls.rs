@@ -83,6 +83,17 @@ pub fn client_config(creds: &Credentials, server: &Identity) -> Result<ClientCon
     Ok(cfg)
 }
 
+/// A certified key on the `ring` provider, checked to match its leaf certificate.
+pub fn certified_key(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, Error> {
+    let signing = provider().key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match()?;
+    Ok(Arc::new(certified))
+}
+
 /// What the watch channel carries: credentials and the server config built from them once.
 #[derive(Debug)]
 struct Current {

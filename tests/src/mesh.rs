@@ -34,6 +34,9 @@ pub const ADMIN_PORT: u16 = 15021;
 pub const GATEWAY_LABEL: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
 /// The ServiceAccount whose token the controller accepts for the gateway certificate.
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "meridian-gateway";
+/// The name the controller's gRPC serving certificate carries (its Service in
+/// meridian-system), which gateway and DNS verify.
+pub const CONTROLLER_SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
 /// How long components get to come up or converge.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -252,7 +255,7 @@ impl Mesh {
         })?;
         let mut members = Vec::new();
         for c in testbed.clusters() {
-            members.push(start_member(c, &dir.join(c.name()), &options).await?);
+            members.push(start_member(c, &dir.join(c.name()), &ca_dir, &options).await?);
         }
         Ok(Mesh { members })
     }
@@ -400,7 +403,12 @@ pub fn meridianctl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> Result<Member> {
+async fn start_member(
+    cluster: &Cluster,
+    dir: &Path,
+    ca_dir: &Path,
+    options: &MeshOptions,
+) -> Result<Member> {
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     let name = cluster.name().to_owned();
     let zone = cluster.zones().first().cloned().unwrap_or_default();
@@ -457,7 +465,14 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
     )?;
     wait_ready(&format!("controller of {name}"), controller_metrics).await?;
 
-    let controller_url = format!("http://{grpc}");
+    // The controller serves TLS with a certificate from the mesh CA; gateway and DNS pin
+    // the root (`ca.crt` is what the meridian-ca-root ConfigMap holds) and check the
+    // Service name, not the loopback address they dial.
+    let controller_url = format!("https://{grpc}");
+    let controller_tls = [
+        format!("--controller-ca-file={}", path(&ca_dir.join("ca.crt"))),
+        format!("--controller-server-name={CONTROLLER_SERVER_NAME}"),
+    ];
     let token_file = dir.join("gateway.token");
     std::fs::write(
         &token_file,
@@ -469,6 +484,8 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
         format!("--token-file={}", path(&token_file)),
         format!("--cluster={name}"),
         format!("--controller={controller_url}"),
+        controller_tls[0].clone(),
+        controller_tls[1].clone(),
         format!("--trust-domain={TRUST_DOMAIN}"),
         format!("--tunnel-addr={gw_ip}:{TUNNEL_PORT}"),
         format!("--admin-addr={gw_ip}:{ADMIN_PORT}"),
@@ -503,6 +520,8 @@ async fn start_member(cluster: &Cluster, dir: &Path, options: &MeshOptions) -> R
         &[
             format!("--cluster={name}"),
             format!("--controller={controller_url}"),
+            controller_tls[0].clone(),
+            controller_tls[1].clone(),
             format!("--listen={dns_addr}"),
             format!("--admin={dns_admin}"),
         ],

@@ -1,0 +1,381 @@
+//! TLS on the controller's gRPC port: the serving certificate from the mesh CA, who can
+//! and cannot connect, rotation under an open Watch stream, the plaintext fallback without
+//! a CA, and the root published in the ConfigMap `meridian-ca-root` (the last against a
+//! testbed API server with the real binary; the others in process).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_api::channel::{ControllerEndpoint, ControllerTls};
+use meridian_api::proto::discovery_client::DiscoveryClient;
+use meridian_api::proto::{Snapshot, Subscriber};
+use meridian_controller::certificates::{CaCache, CaSource};
+use meridian_controller::metrics::Metrics;
+use meridian_controller::server::{self, DiscoveryService, SnapshotPublisher};
+use meridian_controller::tls::{self, ServingCert, ServingSettings, Transport};
+use meridian_identity::MeshCa;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("grpc-tls-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn snap(version: u64) -> Snapshot {
+    Snapshot {
+        version,
+        cluster: "east".into(),
+        ..Snapshot::default()
+    }
+}
+
+fn subscriber() -> Subscriber {
+    Subscriber {
+        cluster: "east".into(),
+        role: "gateway".into(),
+        instance: "test".into(),
+    }
+}
+
+/// A Discovery server over TLS with a CA read from `ca_dir`, in process.
+struct Server {
+    addr: SocketAddr,
+    publisher: SnapshotPublisher,
+    serving: ServingCert,
+}
+
+async fn serve(ca_dir: &Path, ttl: Duration) -> Server {
+    let serving = ServingCert::new();
+    let settings = ServingSettings {
+        dns_names: tls::dns_names("meridian-system", &[]),
+        spiffe_id: Some("spiffe://meridian.local/cluster/east/controller".into()),
+        ttl,
+    };
+    let ca = Arc::new(CaCache::new(CaSource::Dir(ca_dir.to_path_buf())));
+    tokio::spawn(serving.clone().run(ca, settings));
+    let publisher = SnapshotPublisher::new();
+    publisher.publish(snap(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let discovery = DiscoveryService::new(
+        "east".into(),
+        publisher.clone(),
+        Arc::new(Metrics::default()),
+    );
+    tokio::spawn(server::serve(
+        listener,
+        Transport::tls(&serving),
+        discovery,
+        None,
+        std::future::pending(),
+    ));
+    Server {
+        addr,
+        publisher,
+        serving,
+    }
+}
+
+/// Opens a Watch through the shared client code (`meridian_api::channel`).
+async fn watch_tls(
+    addr: SocketAddr,
+    root: &Path,
+    server_name: &str,
+) -> Result<tonic::Streaming<Snapshot>, String> {
+    let endpoint = ControllerEndpoint::new(
+        format!("https://{addr}"),
+        Some(ControllerTls {
+            ca_file: root.to_path_buf(),
+            server_name: server_name.into(),
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
+    DiscoveryClient::new(channel)
+        .watch(subscriber())
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.to_string())
+}
+
+/// An error with its sources (tonic's transport errors hide the cause otherwise).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+async fn watch_plain(addr: SocketAddr) -> Result<tonic::Streaming<Snapshot>, String> {
+    let mut client = DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .watch(subscriber())
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.to_string())
+}
+
+/// The leaf certificate the server presents to a new connection.
+async fn served_leaf(addr: SocketAddr, root: &Path) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in meridian_api::channel::read_roots(root).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(meridian_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+async fn ready(serving: &ServingCert) {
+    let mut rx = serving.subscribe();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| matches!(s, tls::ServingState::Ready(_))),
+    )
+    .await
+    .expect("a serving certificate is issued")
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_pinning_the_root_gets_snapshots() {
+    let dir = Scratch::new("ok");
+    MeshCa::generate("meridian.local")
+        .unwrap()
+        .write_dir(&dir.0)
+        .unwrap();
+    let server = serve(&dir.0, Duration::from_secs(3600)).await;
+    let root = dir.0.join("ca.crt");
+    let mut stream = watch_tls(server.addr, &root, SERVER_NAME).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    // The fully qualified Service name is in the certificate too.
+    let mut stream = watch_tls(
+        server.addr,
+        &root,
+        "meridian-controller.meridian-system.svc.cluster.local",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn plaintext_foreign_root_and_wrong_name_clients_are_refused() {
+    let dir = Scratch::new("refused");
+    MeshCa::generate("meridian.local")
+        .unwrap()
+        .write_dir(&dir.0)
+        .unwrap();
+    let server = serve(&dir.0, Duration::from_secs(3600)).await;
+    ready(&server.serving).await;
+
+    let plain = watch_plain(server.addr).await;
+    assert!(plain.is_err(), "a plaintext client must not get a snapshot");
+
+    let other = dir.0.join("other-root.pem");
+    std::fs::write(
+        &other,
+        MeshCa::generate("attacker").unwrap().cert_pem().as_bytes(),
+    )
+    .unwrap();
+    let err = watch_tls(server.addr, &other, SERVER_NAME)
+        .await
+        .expect_err("a client trusting another root refuses the controller");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    let err = watch_tls(server.addr, &dir.0.join("ca.crt"), "evil.example.com")
+        .await
+        .expect_err("a name the certificate does not carry is refused");
+    assert!(err.contains("not valid for name"), "{err}");
+}
+
+#[tokio::test]
+async fn rotation_replaces_the_certificate_without_breaking_streams() {
+    let dir = Scratch::new("rotation");
+    MeshCa::generate("meridian.local")
+        .unwrap()
+        .write_dir(&dir.0)
+        .unwrap();
+    // Renewed every 2 s (half of 4 s).
+    let server = serve(&dir.0, Duration::from_secs(4)).await;
+    let root = dir.0.join("ca.crt");
+    let mut stream = watch_tls(server.addr, &root, SERVER_NAME).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    let first = served_leaf(server.addr, &root).await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if served_leaf(server.addr, &root).await != first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the serving certificate was never renewed"
+        );
+    }
+    // The stream opened under the old certificate still delivers.
+    server.publisher.publish(snap(2));
+    let next = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the open stream delivers after rotation")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, 2);
+    // And new clients get in with the new certificate.
+    let mut fresh = watch_tls(server.addr, &root, SERVER_NAME).await.unwrap();
+    assert_eq!(fresh.message().await.unwrap().unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn without_a_ca_the_port_is_plaintext_until_one_appears() {
+    let dir = Scratch::new("no-ca");
+    let server = serve(&dir.0, Duration::from_secs(3600)).await;
+    let mut rx = server.serving.subscribe();
+    tokio::time::timeout(WAIT, rx.wait_for(|s| matches!(s, tls::ServingState::NoCa)))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut plain = watch_plain(server.addr).await.unwrap();
+    assert_eq!(plain.message().await.unwrap().unwrap().version, 1);
+
+    // `meridianctl ca init` later: new connections are TLS from then on, no restart.
+    MeshCa::generate("meridian.local")
+        .unwrap()
+        .write_dir(&dir.0)
+        .unwrap();
+    ready(&server.serving).await;
+    let mut stream = watch_tls(server.addr, &dir.0.join("ca.crt"), SERVER_NAME)
+        .await
+        .unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    assert!(watch_plain(server.addr).await.is_err());
+}
+
+/// The real binary on a testbed API server: it publishes the root in the ConfigMap, and a
+/// client pinning that ConfigMap's root gets snapshots over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_is_published_and_pins_the_served_certificate() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, PostParams};
+    use meridian_testbed::{ClusterSpec, SYSTEM_NAMESPACE, Testbed};
+
+    meridian_testbed::init_tracing();
+    let testbed = Testbed::start(&[ClusterSpec::new("east", "us-east1", ["us-east1-a"])])
+        .await
+        .expect("testbed starts");
+    let east = testbed.cluster("east").unwrap();
+    let ca = MeshCa::generate("meridian.local").unwrap();
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("meridian-ca".into());
+    secret.data = Some(
+        [
+            (
+                "ca.crt".to_owned(),
+                ByteString(ca.cert_pem().as_bytes().to_vec()),
+            ),
+            ("ca.key".to_owned(), ByteString(ca.key_pem().into_bytes())),
+        ]
+        .into(),
+    );
+    Api::<Secret>::namespaced(east.client(), SYSTEM_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let ip = testbed.allocate_address().unwrap();
+    let grpc = SocketAddr::from((ip, 15010));
+    let metrics = SocketAddr::from((ip, 15014));
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("controller-grpc-tls-{}.log", testbed.block_octet()));
+    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian-controller"))
+        .arg("--cluster-name=east")
+        .arg("--kubeconfig")
+        .arg(east.kubeconfig_path())
+        .arg(format!("--grpc-addr={grpc}"))
+        .arg(format!("--metrics-addr={metrics}"))
+        .args(["--install-crds", "--initial-sync-timeout=1s"])
+        .env("RUST_LOG", "meridian_controller=debug,info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("controller binary starts");
+
+    let configmaps = Api::<ConfigMap>::namespaced(east.client(), SYSTEM_NAMESPACE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let cm = loop {
+        if let Ok(Some(cm)) = configmaps.get_opt("meridian-ca-root").await {
+            break cm;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ConfigMap meridian-ca-root; log: {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let root_pem = cm.data.unwrap()["root-cert.pem"].clone();
+    assert_eq!(root_pem, ca.cert_pem());
+    assert_eq!(
+        cm.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+        "meridian"
+    );
+
+    let dir = Scratch::new("configmap");
+    let root = dir.0.join("root-cert.pem");
+    std::fs::write(&root, &root_pem).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let snapshot = loop {
+        if let Ok(mut stream) = watch_tls(grpc, &root, SERVER_NAME).await
+            && let Ok(Some(s)) = stream.message().await
+        {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot over TLS; log: {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(snapshot.cluster, "east");
+    assert!(
+        watch_plain(grpc).await.is_err(),
+        "the binary serves TLS by default"
+    );
+}
