@@ -10,11 +10,9 @@
 //! controller's TLS, so it exists before the first controller starts; the controller keeps
 //! it up to date afterwards. With `--out`, `ca.crt` is that same root.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
@@ -107,25 +105,7 @@ pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
         )
         .await
         .context("creating the meridian-system namespace")?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                CA_CERT_FILE.to_owned(),
-                ByteString(ca.cert_pem().as_bytes().to_vec()),
-            ),
-            (
-                CA_KEY_FILE.to_owned(),
-                ByteString(ca.key_pem().into_bytes()),
-            ),
-        ])),
-        type_: Some("Opaque".into()),
-        ..Secret::default()
-    };
+    let secret = meridian_controller::certificates::ca_secret(&ca, ns);
     secrets
         .create(&PostParams::default(), &secret)
         .await

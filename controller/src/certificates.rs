@@ -12,12 +12,15 @@
 //! that, anyone reaching the port could obtain the gateway's identity and impersonate it to
 //! peers. The token is never logged.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use meridian_api::proto::{self, SignCertificateRequest, SignCertificateResponse};
@@ -28,9 +31,33 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 /// Name of the Secret holding the mesh root.
-pub const CA_SECRET_NAME: &str = "meridian-ca";
+pub const CA_SECRET_NAME: &str = meridian_identity::ca::CA_SECRET.1;
 /// How long a loaded CA is reused before it is read again.
 pub const CA_CACHE: Duration = Duration::from_secs(30);
+
+/// The Secret `<namespace>/meridian-ca` holding `ca` in the layout [`CaSource::Secret`]
+/// reads (what `meridianctl ca init` creates).
+pub fn ca_secret(ca: &MeshCa, namespace: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(CA_SECRET_NAME.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                CA_CERT_FILE.to_owned(),
+                ByteString(ca.cert_pem().as_bytes().to_vec()),
+            ),
+            (
+                CA_KEY_FILE.to_owned(),
+                ByteString(ca.key_pem().into_bytes()),
+            ),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
 
 /// Where the mesh CA is read from.
 #[derive(Clone)]

@@ -1097,7 +1097,6 @@ spec:
 }
 
 mod certificates {
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, PostParams};
     use meridian_api::proto::SignCertificateRequest;
@@ -1166,18 +1165,7 @@ mod certificates {
 
         // `meridianctl ca init` writes this Secret; the controller picks it up.
         let ca = MeshCa::generate("meridian.local").unwrap();
-        let mut secret = Secret::default();
-        secret.metadata.name = Some("meridian-ca".into());
-        secret.data = Some(
-            [
-                (
-                    "ca.crt".to_owned(),
-                    ByteString(ca.cert_pem().as_bytes().to_vec()),
-                ),
-                ("ca.key".to_owned(), ByteString(ca.key_pem().into_bytes())),
-            ]
-            .into(),
-        );
+        let secret = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
         Api::<Secret>::namespaced(east1.client(), SYSTEM_NAMESPACE)
             .create(&PostParams::default(), &secret)
             .await

@@ -290,7 +290,6 @@ async fn without_a_ca_the_port_is_plaintext_until_one_appears() {
 /// client pinning that ConfigMap's root gets snapshots over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_is_published_and_pins_the_served_certificate() {
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
     use kube::api::{Api, PostParams};
     use meridian_testbed::{ClusterSpec, SYSTEM_NAMESPACE, Testbed};
@@ -301,18 +300,7 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
         .expect("testbed starts");
     let east = testbed.cluster("east").unwrap();
     let ca = MeshCa::generate("meridian.local").unwrap();
-    let mut secret = Secret::default();
-    secret.metadata.name = Some("meridian-ca".into());
-    secret.data = Some(
-        [
-            (
-                "ca.crt".to_owned(),
-                ByteString(ca.cert_pem().as_bytes().to_vec()),
-            ),
-            ("ca.key".to_owned(), ByteString(ca.key_pem().into_bytes())),
-        ]
-        .into(),
-    );
+    let secret = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
     Api::<Secret>::namespaced(east.client(), SYSTEM_NAMESPACE)
         .create(&PostParams::default(), &secret)
         .await

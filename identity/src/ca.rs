@@ -95,11 +95,7 @@ impl std::fmt::Debug for ServerCertificate {
 impl ServerCertificate {
     /// When to renew: half way through the lifetime.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or(Duration::ZERO);
-        self.not_before + life / 2
+        crate::credentials::half_life(self.not_before, self.not_after)
     }
 }
 

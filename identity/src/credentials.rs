@@ -126,11 +126,7 @@ impl Credentials {
 
     /// When to renew: half way through the leaf's lifetime.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or(Duration::ZERO);
-        self.not_before + life / 2
+        half_life(self.not_before, self.not_after)
     }
 
     /// Whether the leaf is outside its validity at `now`.
@@ -167,4 +163,12 @@ fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error
         at(c.validity().not_before.timestamp()),
         at(c.validity().not_after.timestamp()),
     ))
+}
+
+/// Half way through a validity period: when a certificate is renewed.
+pub(crate) fn half_life(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    not_before + life / 2
 }
