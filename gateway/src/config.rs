@@ -102,6 +102,18 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub tunnel_keepalive: Duration,
 
+    /// How long an unused upstream HTTP connection is kept for the next request to the
+    /// same endpoint (idle HTTP/1.1 keep-alive connections, and the shared HTTP/2
+    /// connection of an endpoint). `0s` turns reuse off: every request opens its own
+    /// connection (or tunnel stream).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// Idle HTTP/1.1 upstream connections kept per endpoint (0: none; HTTP/2 connections
+    /// are shared regardless).
+    #[arg(long, default_value_t = 16)]
+    pub upstream_max_idle: usize,
+
     /// On shutdown, how long open connections may drain before they are cut.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -149,6 +161,17 @@ mod tests {
         assert_eq!(c.admin_addr.port(), 15021);
         assert_eq!(c.cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.max_retries, 2);
+        assert_eq!(c.upstream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.upstream_max_idle, 16);
+        let off = Config::try_parse_from([
+            "meridian-gateway",
+            "--cluster",
+            "east",
+            "--upstream-idle-timeout",
+            "0s",
+        ])
+        .unwrap();
+        assert!(off.upstream_idle_timeout.is_zero());
         assert_eq!(c.ca_endpoint(), c.controller);
         assert!(c.controller.starts_with("https://"), "TLS by default");
         assert_eq!(

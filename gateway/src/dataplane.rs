@@ -1,8 +1,9 @@
 //! The data plane's shared state: the routing built from the catalog and live health,
 //! dialling endpoints (directly when local, through the owning cluster's gateway when
-//! remote), reporting outcomes to outlier detection, and draining on shutdown.
+//! remote), reusing upstream HTTP connections, reporting outcomes to outlier detection,
+//! and draining on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::metrics::{self, Metrics};
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
 use crate::tunnel::{PeerEvent, Pool, TunnelError};
+use crate::upstream::{self, Conn, Upstreams};
 
 /// Tunables of the data plane.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Rewrites endpoint addresses before dialling (simulated pod networks only).
     pub address_map: Option<AddressMap>,
+    /// Reuse of upstream HTTP connections.
+    pub upstream: upstream::Settings,
 }
 
 impl Settings {
@@ -98,6 +102,7 @@ pub struct Dataplane {
     routing: ArcSwap<Routing>,
     rebuild_lock: Mutex<()>,
     pool: Pool,
+    upstreams: Upstreams,
     drain: watch::Sender<bool>,
 }
 
@@ -106,6 +111,7 @@ impl Dataplane {
     pub fn new(cluster: &str, settings: Settings, metrics: Arc<Metrics>, pool: Pool) -> Self {
         Self {
             cluster: cluster.to_owned(),
+            upstreams: Upstreams::new(settings.upstream),
             settings,
             metrics,
             health: Health::default(),
@@ -145,9 +151,15 @@ impl Dataplane {
         // Serialized, so a slow rebuild never overwrites a newer one.
         let _guard = self.rebuild_lock.lock().await;
         let mut services = HashMap::new();
+        let mut live = HashSet::new();
         for (name, svc) in &catalog.services {
             let healthy = self.health.healthy(&catalog.cluster, svc).await;
             let routes = ServiceRoutes::build(svc.clone(), &catalog.caller, healthy);
+            for port in svc.ports.iter().filter(|p| p.is_http()) {
+                for idx in (0..svc.endpoints.len()).filter(|&i| routes.healthy[i]) {
+                    live.insert(self.upstream_key(&routes, idx, port));
+                }
+            }
             let ejected = self.health.ejected_count(name).await as i64;
             self.metrics
                 .ejected
@@ -158,6 +170,8 @@ impl Dataplane {
             services.insert(name.clone(), Arc::new(routes));
         }
         self.routing.store(Arc::new(Routing { catalog, services }));
+        // Connections to endpoints that left or turned unhealthy are not worth keeping.
+        self.upstreams.retain(live).await;
     }
 
     /// Metric labels for endpoint `ep` of a service port.
@@ -281,6 +295,75 @@ impl Dataplane {
         }
     }
 
+    /// How connections to endpoint `idx` for service port `port` are pooled.
+    pub fn upstream_key(&self, routes: &ServiceRoutes, idx: usize, port: &Port) -> upstream::Key {
+        let ep = &routes.service.endpoints[idx];
+        let remote = ep.cluster != self.cluster;
+        upstream::Key {
+            cluster: ep.cluster.clone(),
+            target: ep.target(port),
+            // What `dial` names in the CONNECT request: the global service, pinned or not.
+            tunnel_service: remote
+                .then(|| format!("{}:{}", routes.service.global_hostname, port.port)),
+            http2: port.is_http2(),
+        }
+    }
+
+    /// An HTTP connection to endpoint `idx` for service port `port`: a pooled one, or a
+    /// new one over [`Dataplane::dial`]. Counts opened connections and reused requests.
+    pub async fn connect_upstream(
+        &self,
+        routes: &ServiceRoutes,
+        idx: usize,
+        port: &Port,
+    ) -> Result<Conn, DialError> {
+        let key = self.upstream_key(routes, idx, port);
+        let conn = self
+            .upstreams
+            .connect(&key, || self.dial(routes, idx, port))
+            .await?;
+        self.count_upstream(routes, &conn, true);
+        Ok(conn)
+    }
+
+    /// A fresh connection to endpoint `idx`, replacing connection `stale` that failed a
+    /// request before sending it.
+    pub async fn reconnect_upstream(
+        &self,
+        routes: &ServiceRoutes,
+        idx: usize,
+        port: &Port,
+        stale: u64,
+    ) -> Result<Conn, DialError> {
+        let key = self.upstream_key(routes, idx, port);
+        let conn = self
+            .upstreams
+            .reconnect(&key, stale, || self.dial(routes, idx, port))
+            .await?;
+        // The request was already counted as reused.
+        self.count_upstream(routes, &conn, false);
+        Ok(conn)
+    }
+
+    fn count_upstream(&self, routes: &ServiceRoutes, conn: &Conn, count_reuse: bool) {
+        let label = metrics::Service {
+            service: routes.service.hostname.clone(),
+        };
+        if !conn.reused() {
+            self.metrics
+                .upstream_connections
+                .get_or_create(&label)
+                .inc();
+        } else if count_reuse {
+            self.metrics.upstream_reused.get_or_create(&label).inc();
+        }
+    }
+
+    /// The pool of upstream HTTP connections.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     /// A guard held by every open connection; shutdown waits for all to be dropped. Its
     /// value turns true when shutdown starts.
     pub fn drain_guard(&self) -> watch::Receiver<bool> {
@@ -299,6 +382,7 @@ impl Dataplane {
                 "drain timeout: cutting open connections"
             );
         }
+        self.upstreams.clear().await;
         self.pool.clear().await;
     }
 }

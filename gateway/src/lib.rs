@@ -4,7 +4,7 @@
 //! outbound listeners ([`outbound`]); the gateway picks the endpoint with the shared
 //! locality engine ([`route`], over health from [`health`] and [`outlier`]) and dials it
 //! directly when local, or through the owning cluster's gateway over the mTLS HTTP/2
-//! CONNECT [`tunnel`] when remote. It follows its controller's snapshots ([`catalog`]),
+//! CONNECT [`tunnel`] when remote, reusing upstream HTTP connections ([`upstream`]). It follows its controller's snapshots ([`catalog`]),
 //! keeps serving the last one while the controller is away, obtains and renews its
 //! certificate ([`identity`]), and reports on the [`admin`] listener.
 #![forbid(unsafe_code)]
@@ -22,6 +22,7 @@ pub mod outbound;
 pub mod outlier;
 pub mod route;
 pub mod tunnel;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,6 +68,10 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         max_retries: config.max_retries,
         connect_timeout: config.connect_timeout,
         address_map: config.dial_address_map,
+        upstream: upstream::Settings {
+            idle_timeout: config.upstream_idle_timeout,
+            max_idle: config.upstream_max_idle,
+        },
     };
     let dp = Arc::new(Dataplane::new(
         &config.cluster,
@@ -211,6 +216,19 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
             }
         },
     );
+
+    if dp.upstreams().settings().reuse() {
+        // Idle connections are checked a few times per idle timeout, at most every 5 s.
+        let every = (config.upstream_idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        spawn_ticker("upstream_reap", every, shutdown.clone(), {
+            let dp = dp.clone();
+            move || {
+                let dp = dp.clone();
+                async move { dp.upstreams().reap().await }
+            }
+        });
+    }
 
     state.ready.store(true, Ordering::Relaxed);
     info!(cluster = %config.cluster, tunnel = %config.tunnel_addr, "gateway ready");

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub responses: Family<Response, Counter>,
     /// Bytes spliced per destination and direction (TCP ports).
     pub bytes: Family<Bytes, Counter>,
+    /// Upstream HTTP connections opened (direct or through the tunnel), per service.
+    pub upstream_connections: Family<Service, Counter>,
+    /// HTTP requests sent on a reused upstream connection, per service.
+    pub upstream_reused: Family<Service, Counter>,
     /// Failed connection attempts per destination.
     pub connect_failures: Family<Destination, Counter>,
     /// Retries onto the next choice, per service port.
@@ -166,6 +170,16 @@ impl Metrics {
             "bytes",
             "Bytes spliced per destination and direction",
             self.bytes.clone(),
+        );
+        r.register(
+            "upstream_connections",
+            "Upstream HTTP connections opened",
+            self.upstream_connections.clone(),
+        );
+        r.register(
+            "upstream_reused_requests",
+            "HTTP requests sent on a reused upstream connection",
+            self.upstream_reused.clone(),
         );
         r.register(
             "connect_failures",

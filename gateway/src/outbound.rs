@@ -1,7 +1,8 @@
 //! Outbound listeners: one per (global service, port) at the listener port the snapshot
 //! assigns. TCP ports choose an endpoint per connection and splice bytes both ways; HTTP
 //! ports choose per request, follow HTTP routes, and retry idempotent requests onto the
-//! next choice on a connect failure or a 503.
+//! next choice on a connect failure or a 503; their upstream connections come from the
+//! [`crate::upstream`] pool.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
@@ -23,15 +23,16 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{Catalog, ListenerSpec, Port};
-use crate::dataplane::{Dataplane, Io};
+use crate::dataplane::{Dataplane, DialError};
 use crate::metrics;
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
+use crate::upstream::{Conn, RequestBody, UpstreamBody};
 
 /// Bodies up to this size are buffered so idempotent requests can be retried.
 const MAX_RETRY_BODY: u64 = 64 * 1024;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ProxyBody = RequestBody;
 
 /// The open outbound listeners, reconciled against each catalog.
 #[derive(Debug)]
@@ -139,7 +140,10 @@ async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Datap
     let mut tried = Vec::new();
     let budget = dp.settings.max_retries as usize + 1;
     let Some((idx, mut upstream)) =
-        connect_within(&dp, &routes, 0, &spec.port, &mut tried, budget).await
+        connect_within(&dp, &routes, 0, &spec.port, &mut tried, budget, |idx| {
+            dp.dial(&routes, idx, &spec.port)
+        })
+        .await
     else {
         dp.metrics
             .no_healthy_upstream
@@ -194,15 +198,15 @@ async fn http_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplan
     }
 }
 
+fn full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
 fn text(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(
-            Full::new(Bytes::from_static(msg.as_bytes()))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(full(Bytes::from_static(msg.as_bytes())))
         .expect("valid response")
 }
 
@@ -288,32 +292,6 @@ fn upstream_request(
     req
 }
 
-async fn send(
-    io: Box<dyn Io>,
-    req: Request<ProxyBody>,
-    http2: bool,
-) -> Result<Response<Incoming>, hyper::Error> {
-    let io = TokioIo::new(io);
-    if http2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream h2 connection ended");
-            }
-        });
-        sender.send_request(req).await
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream connection ended");
-            }
-        });
-        sender.send_request(req).await
-    }
-}
-
 async fn proxy(
     dp: Arc<Dataplane>,
     spec: Arc<ListenerSpec>,
@@ -347,10 +325,17 @@ async fn proxy(
     };
     let mut tried = Vec::new();
     let mut last: Option<Response<ProxyBody>> = None;
+    let http2 = port.is_http2();
+    let routes_ref: &ServiceRoutes = &routes;
+    let replay = |b: &Bytes| upstream_request(&parts, full(b.clone()), http2, &spec.hostname);
     while tried.len() < max_attempts {
         let remaining = max_attempts - tried.len();
         // Connect failures move on to the next choice within the same budget.
-        let Some((idx, io)) = connect_within(&dp, &routes, dest, port, &mut tried, remaining).await
+        let Some((idx, conn)) =
+            connect_within(&dp, &routes, dest, port, &mut tried, remaining, |idx| {
+                dp.connect_upstream(routes_ref, idx, port)
+            })
+            .await
         else {
             break;
         };
@@ -358,12 +343,13 @@ async fn proxy(
         let labels = dp.destination(&spec.hostname, port, ep);
         dp.metrics.requests.get_or_create(&labels).inc();
         let body: ProxyBody = match (&buffered, streaming.take()) {
-            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            (Some(b), _) => full(b.clone()),
             (None, Some(s)) => s.boxed(),
             (None, None) => break,
         };
-        let upstream = upstream_request(&parts, body, port.is_http2(), &spec.hostname);
-        match send(io, upstream, port.is_http2()).await {
+        let upstream = upstream_request(&parts, body, http2, &spec.hostname);
+        let replayable = buffered.as_ref().map(|b| move || replay(b));
+        match send_upstream(&dp, &routes, idx, port, conn, upstream, replayable).await {
             Ok(mut resp) => {
                 let code = resp.status().as_u16();
                 dp.metrics
@@ -392,7 +378,17 @@ async fn proxy(
                 }
                 return Ok(resp);
             }
-            Err(e) => {
+            Err(Failure::Connect(e)) => {
+                debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "reconnect failed");
+                dp.metrics.connect_failures.get_or_create(&labels).inc();
+                if e.blames_endpoint() {
+                    dp.report(&routes, idx, Outcome::ConnectFailure).await;
+                }
+                if buffered.is_none() {
+                    return Ok(text(StatusCode::BAD_GATEWAY, "upstream request failed\n"));
+                }
+            }
+            Err(Failure::Request(e)) => {
                 debug!(endpoint = %ep.key.address, error = %e, "upstream request failed");
                 dp.metrics.connect_failures.get_or_create(&labels).inc();
                 dp.report(&routes, idx, Outcome::Status(502)).await;
@@ -418,16 +414,21 @@ async fn proxy(
     ))
 }
 
-/// Picks and dials endpoints, moving to the next choice on failure, for at most `budget`
-/// attempts. Returns the endpoint index and the stream, or `None` when all failed.
-async fn connect_within(
+/// Picks endpoints and opens a connection with `open`, moving to the next choice on
+/// failure, for at most `budget` attempts. Returns the endpoint index and the connection,
+/// or `None` when all failed.
+async fn connect_within<T, Fut>(
     dp: &Dataplane,
     routes: &ServiceRoutes,
     dest: usize,
     port: &Port,
     tried: &mut Vec<usize>,
     budget: usize,
-) -> Option<(usize, Box<dyn Io>)> {
+    mut open: impl FnMut(usize) -> Fut,
+) -> Option<(usize, T)>
+where
+    Fut: Future<Output = Result<T, DialError>>,
+{
     let limit = tried.len() + budget;
     while tried.len() < limit {
         let idx = routes.pick(dest, &mut rand::rng(), tried)?;
@@ -441,8 +442,8 @@ async fn connect_within(
                 .inc();
         }
         tried.push(idx);
-        match dp.dial(routes, idx, port).await {
-            Ok(io) => return Some((idx, io)),
+        match open(idx).await {
+            Ok(conn) => return Some((idx, conn)),
             Err(e) => {
                 let ep = &routes.service.endpoints[idx];
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "dial failed");
@@ -457,4 +458,51 @@ async fn connect_within(
         }
     }
     None
+}
+
+/// Why a request could not be sent upstream.
+enum Failure {
+    /// The fresh connection replacing a reused one could not be opened.
+    Connect(DialError),
+    /// The request failed on its connection.
+    Request(hyper::Error),
+}
+
+/// Sends `req` on `conn`. A reused connection may turn out to be gone (the server closed
+/// it while idle); when it fails a request that was never written (hyper hands it back),
+/// or any request that can be replayed (buffered and idempotent, rebuilt by `replay`),
+/// the request goes once more on a fresh connection to the same endpoint. That is not an
+/// endpoint error and not a retry onto the next choice; only the fresh attempt's failure
+/// counts. A failure on a new connection is returned as is.
+async fn send_upstream(
+    dp: &Dataplane,
+    routes: &ServiceRoutes,
+    idx: usize,
+    port: &Port,
+    conn: Conn,
+    req: Request<ProxyBody>,
+    replay: Option<impl FnOnce() -> Request<ProxyBody>>,
+) -> Result<Response<UpstreamBody>, Failure> {
+    let (reused, stale) = (conn.reused(), conn.id());
+    let err = match dp.upstreams().send(conn, req).await {
+        Ok(resp) => return Ok(resp),
+        Err(e) => e,
+    };
+    let again = match (reused, err.request, replay) {
+        (false, _, _) => None,
+        (true, Some(req), _) => Some(req),
+        (true, None, replay) => replay.map(|f| f()),
+    };
+    let Some(req) = again else {
+        return Err(Failure::Request(err.error));
+    };
+    debug!(endpoint = %routes.service.endpoints[idx].key.address, error = %err.error, "reused upstream connection failed; sending on a fresh one");
+    let conn = dp
+        .reconnect_upstream(routes, idx, port, stale)
+        .await
+        .map_err(Failure::Connect)?;
+    dp.upstreams()
+        .send(conn, req)
+        .await
+        .map_err(|e| Failure::Request(e.error))
 }

@@ -8,4 +8,5 @@ mod locality;
 mod mtls;
 mod outlier;
 mod pinned;
+mod reuse;
 mod rotation;

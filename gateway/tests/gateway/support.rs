@@ -65,12 +65,40 @@ pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
 }
 
 /// A backend "pod": HTTP echo answering `<cluster>/<pod>`, or 503 while failing, on
-/// `ip:port`; counts the requests it gets.
+/// `ip:port`; counts the requests it gets, the connections it accepted and those still
+/// open.
 #[derive(Clone)]
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+}
+
+/// When [`Backend::http_hanging_up`] closes a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HangUp {
+    /// This long after each response.
+    After(Duration),
+    /// When the next request on the connection arrives, without answering it.
+    OnNextRequest,
+}
+
+/// Counts a connection as open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Backend {
@@ -79,13 +107,25 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let body = Bytes::from(format!("{cluster}/{pod}"));
-        let (h, f) = (hits.clone(), failing.clone());
+        let (h, f, a, o) = (
+            hits.clone(),
+            failing.clone(),
+            accepted.clone(),
+            open.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
+                // As real servers do; small writes must not wait on delayed ACKs.
+                let _ = tcp.set_nodelay(true);
+                a.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenGuard::new(&o);
                 let (h, f, body) = (h.clone(), f.clone(), body.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::SeqCst);
                         let status = if f.load(Ordering::SeqCst) {
@@ -109,6 +149,70 @@ impl Backend {
             addr,
             hits,
             failing,
+            accepted,
+            open,
+        }
+    }
+
+    /// An HTTP/1.1 server that keeps connections alive by the protocol (no
+    /// `Connection: close`) but hangs up on them as `hang_up` says: what a server with a
+    /// short keep-alive timeout does to an idle client connection. Answers
+    /// `<cluster>/<pod>` to requests without a body; counts answered requests.
+    pub async fn http_hanging_up(ip: Ipv4Addr, cluster: &str, pod: &str, hang_up: HangUp) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let body = format!("{cluster}/{pod}");
+        let (h, a, o) = (hits.clone(), accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenGuard::new(&o);
+                let (h, body) = (h.clone(), body.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let mut served = 0;
+                    loop {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if served > 0 && hang_up == HangUp::OnNextRequest {
+                            // Dropped unanswered, as if the idle timeout struck just as
+                            // the request arrived.
+                            return;
+                        }
+                        h.fetch_add(1, Ordering::SeqCst);
+                        served += 1;
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if let HangUp::After(linger) = hang_up {
+                            tokio::time::sleep(linger).await;
+                            // Dropped without a word, as an idle-timeout close looks.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            failing: Arc::new(AtomicBool::new(false)),
+            accepted,
+            open,
         }
     }
 
@@ -142,11 +246,23 @@ impl Backend {
             addr,
             hits,
             failing: Arc::new(AtomicBool::new(false)),
+            accepted: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -246,6 +362,17 @@ impl Gateway {
     /// Starts a gateway for `cluster` on `ip` (outbound listeners, tunnel and admin all on
     /// that loopback address). It waits for its first snapshot, which the caller pushes.
     pub async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
+        Self::start_with(cluster, ip, locality, certs, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra command-line flags.
+    pub async fn start_with(
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        certs: Certs,
+        extra: &[&str],
+    ) -> Self {
         let controller = FakeDiscovery::start().await.unwrap();
         let dir = TempDir::new(cluster);
         let [tunnel_port, admin_port] = free_ports(ip);
@@ -269,7 +396,8 @@ impl Gateway {
             .arg("--connect-timeout")
             .arg("10s")
             .arg("--drain-timeout")
-            .arg("1s");
+            .arg("1s")
+            .args(extra);
         match certs {
             Certs::Files(cert) => {
                 let files = cert.write(&dir.0, "gateway");
@@ -434,6 +562,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr, host: &str) -> Self {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
@@ -475,6 +604,18 @@ impl Mesh {
     }
 
     pub async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
-        Gateway::start(cluster, ip, locality, Certs::Files(self.ca.issue(cluster))).await
+        self.gateway_with(cluster, ip, locality, &[]).await
+    }
+
+    /// A gateway with extra command-line flags.
+    pub async fn gateway_with(
+        &self,
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        extra: &[&str],
+    ) -> Gateway {
+        let certs = Certs::Files(self.ca.issue(cluster));
+        Gateway::start_with(cluster, ip, locality, certs, extra).await
     }
 }
