@@ -53,6 +53,53 @@ impl ControllerTls {
     }
 }
 
+/// The `--controller*` flags of every component that talks to the controller (gateway,
+/// DNS server), defined once so they read and behave the same everywhere.
+#[cfg(feature = "clap")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// The controller's gRPC endpoint. `https://` verifies the controller against
+    /// --controller-ca-file and --controller-server-name; `http://` is plaintext, for
+    /// development only.
+    #[arg(
+        long = "controller",
+        env = "MERIDIAN_CONTROLLER",
+        default_value = "https://meridian-controller.meridian-system.svc:15010"
+    )]
+    pub url: String,
+
+    /// The mesh root (PEM) the controller's serving certificate must chain to: the
+    /// ConfigMap `meridian-ca-root` mounted into the pod. Required with `https://`; re-read
+    /// on every reconnect.
+    #[arg(
+        long = "controller-ca-file",
+        env = "MERIDIAN_CONTROLLER_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// The DNS name the controller's serving certificate must carry (checked instead of
+    /// the URL's host).
+    #[arg(
+        long = "controller-server-name",
+        value_name = "NAME",
+        env = "MERIDIAN_CONTROLLER_SERVER_NAME",
+        default_value = DEFAULT_SERVER_NAME
+    )]
+    pub server_name: String,
+}
+
+#[cfg(feature = "clap")]
+impl ControllerArgs {
+    /// How `https://` endpoints are verified (`None` without a CA file).
+    pub fn tls(&self) -> Option<ControllerTls> {
+        self.ca_file.clone().map(|ca_file| ControllerTls {
+            ca_file,
+            server_name: self.server_name.clone(),
+        })
+    }
+}
+
 /// Why an endpoint cannot be used at all (a configuration error, not retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

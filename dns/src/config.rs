@@ -10,30 +10,9 @@ use hickory_server::proto::rr::Name;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "meridian-dns", version, about)]
 pub struct Config {
-    /// The controller's Discovery endpoint (gRPC). `https://` verifies the controller
-    /// against --controller-ca-file and --controller-server-name; `http://` is plaintext,
-    /// for development only.
-    #[arg(
-        long,
-        env = "MERIDIAN_CONTROLLER",
-        default_value = "https://meridian-controller.meridian-system.svc:15010"
-    )]
-    pub controller: String,
-
-    /// The mesh root (PEM) the controller's serving certificate must chain to: the
-    /// ConfigMap `meridian-ca-root` mounted into the pod. Required with `https://`; re-read
-    /// on every reconnect.
-    #[arg(long, env = "MERIDIAN_CONTROLLER_CA_FILE")]
-    pub controller_ca_file: Option<std::path::PathBuf>,
-
-    /// The DNS name the controller's serving certificate must carry (checked instead of
-    /// the URL's host).
-    #[arg(
-        long,
-        env = "MERIDIAN_CONTROLLER_SERVER_NAME",
-        default_value = meridian_api::channel::DEFAULT_SERVER_NAME
-    )]
-    pub controller_server_name: String,
+    /// Where the controller is and how it is verified.
+    #[command(flatten)]
+    pub controller: meridian_api::channel::ControllerArgs,
 
     /// Name of the cluster this server runs in; its VIPs are the ones answered.
     #[arg(long, env = "MERIDIAN_CLUSTER_NAME")]
@@ -70,18 +49,6 @@ pub struct Config {
     pub nameserver: Name,
 }
 
-impl Config {
-    /// How an `https://` controller is verified (`None` without a CA file).
-    pub fn controller_tls(&self) -> Option<meridian_api::channel::ControllerTls> {
-        self.controller_ca_file
-            .clone()
-            .map(|ca_file| meridian_api::channel::ControllerTls {
-                ca_file,
-                server_name: self.controller_server_name.clone(),
-            })
-    }
-}
-
 /// Parses an absolute, lower-cased domain name (`global` and `global.` are the same).
 fn zone(s: &str) -> Result<Name, String> {
     let mut name = Name::from_str(s).map_err(|e| format!("invalid domain name {s:?}: {e}"))?;
@@ -112,15 +79,18 @@ mod tests {
         assert_eq!(config.ttl, 5);
         assert_eq!(config.listen, vec!["0.0.0.0:5353".parse().unwrap()]);
         assert_eq!(config.cluster, "east");
-        assert!(config.controller.starts_with("https://"), "TLS by default");
-        assert!(config.controller_tls().is_none());
+        assert!(
+            config.controller.url.starts_with("https://"),
+            "TLS by default"
+        );
+        assert!(config.controller.tls().is_none());
         let config = Config::try_parse_from([
             "meridian-dns",
             "--cluster=east",
             "--controller-ca-file=/etc/meridian/ca/root-cert.pem",
         ])
         .unwrap();
-        let tls = config.controller_tls().unwrap();
+        let tls = config.controller.tls().unwrap();
         assert_eq!(tls.server_name, "meridian-controller.meridian-system.svc");
     }
 

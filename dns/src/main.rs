@@ -45,14 +45,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let authority = Authority::new(&settings.origins, metrics.clone());
 
     let mut subscription_config = SubscriptionConfig::new(
-        config.controller.clone(),
+        config.controller.url.clone(),
         Subscriber {
             cluster: config.cluster.clone(),
             role: "dns".into(),
             instance: config.instance.clone(),
         },
     );
-    subscription_config.tls = config.controller_tls();
+    subscription_config.tls = config.controller.tls();
     let subscription = Subscription::spawn(subscription_config).context("controller endpoint")?;
 
     let mut dns = DnsServer::bind(&config.listen, authority.clone())
@@ -65,7 +65,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         admin = %admin_listener.local_addr()?,
         zones = ?config.zones.iter().map(ToString::to_string).collect::<Vec<_>>(),
         ttl = config.ttl,
-        controller = %config.controller,
+        controller = %config.controller.url,
         cluster = %config.cluster,
         "meridian-dns started"
     );

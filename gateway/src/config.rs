@@ -15,35 +15,15 @@ pub struct Config {
     #[arg(long, env = "MERIDIAN_CLUSTER_NAME")]
     pub cluster: String,
 
-    /// The controller's gRPC endpoint (snapshot stream and, unless --ca is set,
-    /// certificates). `https://` verifies the controller against --controller-ca-file and
-    /// --controller-server-name; `http://` is plaintext, for development only.
-    #[arg(
-        long,
-        env = "MERIDIAN_CONTROLLER",
-        default_value = "https://meridian-controller.meridian-system.svc:15010"
-    )]
-    pub controller: String,
+    /// Where the controller is (snapshot stream and, unless --ca is set, certificates)
+    /// and how it is verified. Over TLS the root the controller returns with the gateway
+    /// certificate must be in --controller-ca-file too.
+    #[command(flatten)]
+    pub controller: meridian_api::channel::ControllerArgs,
 
     /// The certificate signer's gRPC endpoint (default: --controller); verified the same way.
     #[arg(long, env = "MERIDIAN_CA")]
     pub ca: Option<String>,
-
-    /// The mesh root (PEM) the controller's serving certificate must chain to: the
-    /// ConfigMap `meridian-ca-root` mounted into the pod. Required with `https://`; re-read
-    /// on every reconnect. The root the controller returns with the gateway certificate
-    /// must be in this file too.
-    #[arg(long, env = "MERIDIAN_CONTROLLER_CA_FILE")]
-    pub controller_ca_file: Option<PathBuf>,
-
-    /// The DNS name the controller's serving certificate must carry (checked instead of
-    /// the URL's host).
-    #[arg(
-        long,
-        env = "MERIDIAN_CONTROLLER_SERVER_NAME",
-        default_value = meridian_api::channel::DEFAULT_SERVER_NAME
-    )]
-    pub controller_server_name: String,
 
     /// Instance name for logs and the controller (the pod name).
     #[arg(long, env = "POD_NAME", default_value = "meridian-gateway")]
@@ -136,17 +116,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 impl Config {
     /// The certificate signer endpoint in force.
     pub fn ca_endpoint(&self) -> &str {
-        self.ca.as_deref().unwrap_or(&self.controller)
-    }
-
-    /// How `https://` controller endpoints are verified (`None` without a CA file).
-    pub fn controller_tls(&self) -> Option<meridian_api::channel::ControllerTls> {
-        self.controller_ca_file
-            .clone()
-            .map(|ca_file| meridian_api::channel::ControllerTls {
-                ca_file,
-                server_name: self.controller_server_name.clone(),
-            })
+        self.ca.as_deref().unwrap_or(&self.controller.url)
     }
 }
 
@@ -172,13 +142,13 @@ mod tests {
         ])
         .unwrap();
         assert!(off.upstream_idle_timeout.is_zero());
-        assert_eq!(c.ca_endpoint(), c.controller);
-        assert!(c.controller.starts_with("https://"), "TLS by default");
+        assert_eq!(c.ca_endpoint(), c.controller.url);
+        assert!(c.controller.url.starts_with("https://"), "TLS by default");
         assert_eq!(
-            c.controller_server_name,
+            c.controller.server_name,
             "meridian-controller.meridian-system.svc"
         );
-        assert!(c.controller_tls().is_none());
+        assert!(c.controller.tls().is_none());
         // Static files come as a set of three.
         assert!(Config::try_parse_from(["g", "--cluster", "e", "--cert-chain", "c.pem"]).is_err());
     }

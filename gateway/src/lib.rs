@@ -98,17 +98,17 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
 
     // Checked before anything waits on it: a TLS endpoint without a root is a
     // configuration error, not something to retry.
-    let signer = ControllerEndpoint::new(config.ca_endpoint(), config.controller_tls())
+    let signer = ControllerEndpoint::new(config.ca_endpoint(), config.controller.tls())
         .context("the certificate signer endpoint (--ca, --controller)")?;
     let mut subscription_config = SubscriptionConfig::new(
-        config.controller.clone(),
+        config.controller.url.clone(),
         Subscriber {
             cluster: config.cluster.clone(),
             role: "gateway".into(),
             instance: config.instance.clone(),
         },
     );
-    subscription_config.tls = config.controller_tls();
+    subscription_config.tls = config.controller.tls();
     let subscription =
         Subscription::spawn(subscription_config).context("starting the snapshot subscription")?;
     spawn_status(
@@ -118,7 +118,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         shutdown.clone(),
     );
     let mut snapshots = subscription.snapshots();
-    info!(controller = %config.controller, "waiting for the first snapshot");
+    info!(controller = %config.controller.url, "waiting for the first snapshot");
     let first = tokio::select! {
         r = snapshots.wait_for(Option::is_some) => r.context("snapshot channel closed")?.clone(),
         _ = &mut signal => return Ok(()),
