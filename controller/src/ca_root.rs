@@ -100,7 +100,9 @@ pub async fn publish_while_leader(
             return;
         }
         loop {
-            let wait = match ca.current().await {
+            // Read fresh: a cached root up to CA_CACHE old could undo a rotation that
+            // `meridianctl ca init --from` has just written.
+            let wait = match ca.fresh().await {
                 // No CA: the serving certificate task already says so.
                 Err(_) => RETRY,
                 Ok(ca) => match apply(&client, &namespace, ca.cert_pem()).await {

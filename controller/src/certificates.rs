@@ -138,6 +138,15 @@ impl CaCache {
         *cache = Some((ca.clone(), Instant::now()));
         Ok(ca)
     }
+
+    /// The CA read now, bypassing (and refreshing) the cache: for writers that must not
+    /// put a just-replaced root back (the root publisher during a rotation).
+    pub async fn fresh(&self) -> Result<Arc<MeshCa>, Status> {
+        let mut cache = self.cache.lock().await;
+        let ca = Arc::new(self.source.load().await?);
+        *cache = Some((ca.clone(), Instant::now()));
+        Ok(ca)
+    }
 }
 
 /// Who may ask for the gateway's certificate.

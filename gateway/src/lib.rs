@@ -99,7 +99,13 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
     // Checked before anything waits on it: a TLS endpoint without a root is a
     // configuration error, not something to retry.
     let signer = ControllerEndpoint::new(config.ca_endpoint(), config.controller.tls())
-        .context("the certificate signer endpoint (--ca, --controller)")?;
+        .context("the certificate signer endpoint (--ca, --controller)")?
+        // A blackholed or hung signer fails the attempt (retried with backoff) instead of
+        // stalling issuance or renewal.
+        .configure(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+        });
     let mut subscription_config = SubscriptionConfig::new(
         config.controller.url.clone(),
         Subscriber {

@@ -61,7 +61,7 @@ use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info_span};
 
@@ -72,6 +72,18 @@ use crate::dataplane::{DialError, Io};
 /// exchange, normally within microseconds; this only bounds the odd case (a server that
 /// answered before reading the whole request body) before a new connection is opened.
 const READY_WAIT: Duration = Duration::from_millis(500);
+
+/// PING interval (and timeout) on shared HTTP/2 connections. A shared connection takes
+/// every request to its endpoint and is never idle long enough to be reaped, so an
+/// endpoint that vanishes without a reset (a partitioned node) must be detected by the
+/// connection itself; without pings its requests would hang until TCP gives up.
+const H2_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Idle HTTP/1.1 connections kept per peer gateway across all its endpoints. Each is an
+/// open CONNECT stream on the one tunnel connection to that peer, whose server admits a
+/// bounded number of concurrent streams (hyper's default: 200); idle ones must leave
+/// room for new streams, or new requests to that peer would queue behind them.
+const MAX_IDLE_PER_PEER: usize = 64;
 
 /// The body of a request sent upstream.
 pub type RequestBody = BoxBody<Bytes, hyper::Error>;
@@ -383,9 +395,11 @@ impl Upstreams {
             return self.open(key, dial).await;
         };
         let mut shared = slot.lock().await;
+        // A stream error on the shared connection (a reset stream) does not make the
+        // connection stale: only replace it when it is closed or no longer takes streams.
         if let Some(s) = shared
             .as_mut()
-            .filter(|s| !s.sender.is_closed() && Some(s.id) != stale)
+            .filter(|s| !s.sender.is_closed() && (Some(s.id) != stale || s.sender.is_ready()))
         {
             s.last_used = Instant::now();
             return Ok(Conn {
@@ -420,7 +434,12 @@ impl Upstreams {
             DialError::Endpoint(format!("HTTP handshake with {}: {e}", key.target))
         };
         let sender = if key.http2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEPALIVE)
+                .keep_alive_timeout(H2_KEEPALIVE)
+                .keep_alive_while_idle(true)
+                .handshake(io)
                 .await
                 .map_err(handshake)?;
             tokio::spawn(
@@ -493,6 +512,18 @@ impl Checkin {
     fn put(self, st: &mut State) {
         if st.closed || !st.live.contains(&self.key) || self.sender.is_closed() {
             return;
+        }
+        if self.key.tunnel_service.is_some() {
+            let cluster = &self.key.cluster;
+            let per_peer: usize = st
+                .idle
+                .iter()
+                .filter(|(k, _)| &k.cluster == cluster)
+                .map(|(_, l)| l.len())
+                .sum();
+            if per_peer >= MAX_IDLE_PER_PEER {
+                return;
+            }
         }
         let list = st.idle.entry(self.key).or_default();
         if list.len() < self.settings.max_idle {
@@ -685,6 +716,39 @@ mod tests {
             "nothing is kept after shutdown"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_tunnel_streams_are_capped_per_peer() {
+        // Ten endpoints behind one peer (their tunnel streams all share its stream limit),
+        // eight idle connections each wanted: only MAX_IDLE_PER_PEER are kept in total.
+        let mut keys = Vec::new();
+        for i in 0..10 {
+            let (addr, _) = server().await;
+            keys.push(Key {
+                cluster: "west".into(),
+                target: addr,
+                tunnel_service: Some(format!("svc{i}.demo.global:80")),
+                http2: false,
+            });
+        }
+        let pool = Upstreams::new(settings(16));
+        pool.retain(keys.iter().cloned().collect()).await;
+        for k in &keys {
+            let mut conns = Vec::new();
+            for _ in 0..8 {
+                conns.push(pool.connect(k, || dial(k.target)).await.unwrap());
+            }
+            let mut bodies = Vec::new();
+            for c in conns {
+                bodies.push(pool.send(c, get()).await.unwrap().into_body());
+            }
+            for b in bodies {
+                b.collect().await.unwrap();
+            }
+        }
+        let total: usize = pool.state.lock().await.idle.values().map(Vec::len).sum();
+        assert_eq!(total, MAX_IDLE_PER_PEER);
     }
 
     #[tokio::test]
