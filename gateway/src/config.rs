@@ -94,6 +94,13 @@ pub struct Config {
     #[arg(long, default_value_t = 16)]
     pub upstream_max_idle: usize,
 
+    /// How long an upstream may take to answer an HTTP request with its response headers
+    /// (retries on a fresh connection included); then the client gets 504 and the
+    /// endpoint an error for outlier detection. Envoy's default route timeout; `0s`
+    /// waits forever (long polls, streaming RPCs that send headers late).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+
     /// On shutdown, how long open connections may drain before they are cut.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -133,6 +140,7 @@ mod tests {
         assert_eq!(c.max_retries, 2);
         assert_eq!(c.upstream_idle_timeout, Duration::from_secs(60));
         assert_eq!(c.upstream_max_idle, 16);
+        assert_eq!(c.upstream_timeout, Duration::from_secs(15));
         let off = Config::try_parse_from([
             "meridian-gateway",
             "--cluster",

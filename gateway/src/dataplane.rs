@@ -30,6 +30,8 @@ pub struct Settings {
     pub max_retries: u32,
     /// Timeout of one connection attempt.
     pub connect_timeout: Duration,
+    /// How long an HTTP upstream may take to send response headers (zero: no limit).
+    pub response_timeout: Duration,
     /// Rewrites endpoint addresses before dialling (simulated pod networks only).
     pub address_map: Option<AddressMap>,
     /// Reuse of upstream HTTP connections.

@@ -67,6 +67,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
     let settings = Settings {
         max_retries: config.max_retries,
         connect_timeout: config.connect_timeout,
+        response_timeout: config.upstream_timeout,
         address_map: config.dial_address_map,
         upstream: upstream::Settings {
             idle_timeout: config.upstream_idle_timeout,

@@ -388,6 +388,21 @@ async fn proxy(
                     return Ok(text(StatusCode::BAD_GATEWAY, "upstream request failed\n"));
                 }
             }
+            Err(Failure::Timeout) => {
+                debug!(endpoint = %ep.key.address, cluster = %ep.cluster, "upstream response timed out");
+                let response = metrics::Response {
+                    service: labels.service.clone(),
+                    port: labels.port,
+                    cluster: labels.cluster.clone(),
+                    locality: labels.locality.clone(),
+                    code: 504,
+                };
+                dp.metrics.responses.get_or_create(&response).inc();
+                dp.report(&routes, idx, Outcome::Status(504)).await;
+                // Not retried (as Envoy's default retry policy): the request may have
+                // been processed, and another attempt would double the wait.
+                return Ok(text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
+            }
             Err(Failure::Request(e)) => {
                 debug!(endpoint = %ep.key.address, error = %e, "upstream request failed");
                 dp.metrics.connect_failures.get_or_create(&labels).inc();
@@ -466,6 +481,8 @@ enum Failure {
     Connect(DialError),
     /// The request failed on its connection.
     Request(hyper::Error),
+    /// No response headers within the response timeout.
+    Timeout,
 }
 
 /// Sends `req` on `conn`. A reused connection may turn out to be gone (the server closed
@@ -474,7 +491,29 @@ enum Failure {
 /// the request goes once more on a fresh connection to the same endpoint. That is not an
 /// endpoint error and not a retry onto the next choice; only the fresh attempt's failure
 /// counts. A failure on a new connection is returned as is.
+///
+/// Both attempts together get the response timeout; when it expires the request is
+/// dropped (hyper resets the stream or closes the connection) and [`Failure::Timeout`]
+/// returned.
 async fn send_upstream(
+    dp: &Dataplane,
+    routes: &ServiceRoutes,
+    idx: usize,
+    port: &Port,
+    conn: Conn,
+    req: Request<ProxyBody>,
+    replay: Option<impl FnOnce() -> Request<ProxyBody>>,
+) -> Result<Response<UpstreamBody>, Failure> {
+    let send = send_on(dp, routes, idx, port, conn, req, replay);
+    match dp.settings.response_timeout {
+        t if t.is_zero() => send.await,
+        t => tokio::time::timeout(t, send)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
+    }
+}
+
+async fn send_on(
     dp: &Dataplane,
     routes: &ServiceRoutes,
     idx: usize,

@@ -10,3 +10,4 @@ mod outlier;
 mod pinned;
 mod reuse;
 mod rotation;
+mod timeout;

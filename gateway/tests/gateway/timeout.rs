@@ -1,0 +1,74 @@
+//! The upstream response timeout: an endpoint that accepts a request and never answers
+//! costs the client a 504 after `--upstream-timeout`, not a hang, and counts as an error
+//! for outlier detection.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use meridian_api::proto::Protocol;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use crate::support::{Mesh, endpoint, eventually, http_get, service};
+
+const SERVICE: (&str, &str) = ("r1", "z1");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_gets_504_after_the_timeout() {
+    // Reads requests and never answers; counts connections still open.
+    let listener = TcpListener::bind((Ipv4Addr::new(127, 0, 40, 1), 0))
+        .await
+        .unwrap();
+    let silent = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            o.fetch_add(1, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+
+    let mesh = Mesh::new();
+    let east = mesh
+        .gateway_with(
+            "east",
+            Ipv4Addr::new(127, 0, 40, 2),
+            SERVICE,
+            &["--upstream-timeout", "1s"],
+        )
+        .await;
+    east.push(
+        1,
+        vec![service(
+            "silent.default.global",
+            Protocol::Http,
+            80,
+            24090,
+            vec![endpoint("east", silent, SERVICE, true)],
+            "",
+        )],
+        vec![],
+    )
+    .await;
+
+    let (status, _) = http_get(east.listener(24090), "/").await.unwrap();
+    assert_eq!(status, 504);
+    assert_eq!(
+        east.metric("meridian_gateway_responses_total", &[("code", "504")])
+            .await,
+        1.0
+    );
+    // The abandoned exchange's connection is closed, not kept for the next request.
+    eventually("the timed-out upstream connection closed", || async {
+        (open.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+}
