@@ -66,7 +66,7 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Why an endpoint could not be reached.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DialError {
     /// The endpoint (or, for a remote one, the peer gateway's dial of it) failed: counts
     /// against the endpoint.

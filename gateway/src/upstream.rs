@@ -18,7 +18,9 @@
 //! - HTTP/2: one shared connection per key; every request opens a stream on it. It is
 //!   replaced when it is closed (including after a GOAWAY) and dropped after
 //!   `idle_timeout` without a new request. Opening it is serialized per key, so a burst
-//!   of requests opens one connection, not one each.
+//!   of requests opens one connection, not one each; if that attempt fails, the requests
+//!   that waited for it fail with its error at once (each then moves on to its next
+//!   choice) rather than dialling again one after another.
 //! - Keys of endpoints that leave the catalog or turn unhealthy (not ready, ejected, peer
 //!   down) are dropped at every routing rebuild ([`Upstreams::retain`]), and connections
 //!   finishing a request for such a key are not kept. [`Upstreams::clear`] drops
@@ -178,7 +180,15 @@ struct Shared {
 }
 
 /// One HTTP/2 key's shared connection; its lock serializes opening it.
-type Slot = Arc<Mutex<Option<Shared>>>;
+type Slot = Arc<Mutex<SlotState>>;
+
+#[derive(Default)]
+struct SlotState {
+    shared: Option<Shared>,
+    /// The last failed attempt to open it: requests that waited for that attempt fail
+    /// with it at once instead of dialling again one after another.
+    failed: Option<(Instant, DialError)>,
+}
 
 #[derive(Default)]
 struct State {
@@ -318,12 +328,12 @@ impl Upstreams {
         };
         for slot in slots {
             // A slot being opened is in use, not idle.
-            if let Ok(mut shared) = slot.try_lock()
-                && shared.as_ref().is_some_and(|s| {
+            if let Ok(mut slot) = slot.try_lock()
+                && slot.shared.as_ref().is_some_and(|s| {
                     s.sender.is_closed() || now.duration_since(s.last_used) >= timeout
                 })
             {
-                *shared = None;
+                slot.shared = None;
             }
         }
     }
@@ -394,10 +404,12 @@ impl Upstreams {
             // Not to be kept: a connection for this request only.
             return self.open(key, dial).await;
         };
-        let mut shared = slot.lock().await;
+        let waiting_since = Instant::now();
+        let mut slot = slot.lock().await;
         // A stream error on the shared connection (a reset stream) does not make the
         // connection stale: only replace it when it is closed or no longer takes streams.
-        if let Some(s) = shared
+        if let Some(s) = slot
+            .shared
             .as_mut()
             .filter(|s| !s.sender.is_closed() && (Some(s.id) != stale || s.sender.is_ready()))
         {
@@ -409,16 +421,30 @@ impl Upstreams {
                 reused: true,
             });
         }
-        *shared = None;
-        let conn = self.open(key, dial).await?;
-        if let Sender::Http2(sender) = &conn.sender {
-            *shared = Some(Shared {
-                id: conn.id,
-                sender: sender.clone(),
-                last_used: Instant::now(),
-            });
+        // The attempt this request waited for failed: share its outcome.
+        if let Some((at, e)) = &slot.failed
+            && *at >= waiting_since
+        {
+            return Err(e.clone());
         }
-        Ok(conn)
+        slot.shared = None;
+        match self.open(key, dial).await {
+            Ok(conn) => {
+                if let Sender::Http2(sender) = &conn.sender {
+                    slot.shared = Some(Shared {
+                        id: conn.id,
+                        sender: sender.clone(),
+                        last_used: Instant::now(),
+                    });
+                }
+                slot.failed = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     async fn open<F, Fut>(&self, key: &Key, dial: F) -> Result<Conn, DialError>
@@ -749,6 +775,26 @@ mod tests {
         }
         let total: usize = pool.state.lock().await.idle.values().map(Vec::len).sum();
         assert_eq!(total, MAX_IDLE_PER_PEER);
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_failed_http2_dial_share_its_error() {
+        let pool = Upstreams::new(settings(16));
+        let k = key("127.0.0.1:9".parse().unwrap(), true);
+        pool.retain([k.clone()].into()).await;
+        let dials = AtomicUsize::new(0);
+        let attempt = || async {
+            dials.fetch_add(1, Ordering::SeqCst);
+            // A slow failure, as a blackholed endpoint's connect timeout.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err::<Box<dyn Io>, _>(DialError::Endpoint("connect timed out".into()))
+        };
+        let results = futures::future::join_all((0..5).map(|_| pool.connect(&k, attempt))).await;
+        assert!(results.iter().all(Result::is_err));
+        assert_eq!(dials.load(Ordering::SeqCst), 1, "one dial for the burst");
+        // A later request tries again.
+        assert!(pool.connect(&k, attempt).await.is_err());
+        assert_eq!(dials.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
