@@ -193,6 +193,18 @@ pub struct HttpRoute {
     pub matches: Vec<HttpMatch>,
     /// Weighted destinations; weights sum to 100 (a single destination may omit it).
     pub route: Vec<RouteDestination>,
+    /// How long the upstream may take to send its response headers (Istio's
+    /// `VirtualService` `timeout`, e.g. `"5s"`; `"0s"` waits forever). Unset: the gateway's
+    /// `--upstream-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+impl HttpRoute {
+    /// The route's timeout, if it sets one (validated by [`TrafficPolicy::validate`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+    }
 }
 
 /// Conditions on a request (all of them must hold).
@@ -326,6 +338,9 @@ impl TrafficPolicy {
             }
         }
         for (i, r) in self.http.iter().enumerate() {
+            if let Some(t) = &r.timeout {
+                parse_duration(t).map_err(|e| invalid(format!("http[{i}].timeout"), e))?;
+            }
             if r.route.is_empty() {
                 return Err(invalid(
                     format!("http[{i}].route"),
@@ -516,6 +531,10 @@ mod tests {
             (
                 r#"{"http":[{"route":[{"subset":"v9"}]}]}"#,
                 "http[0].route[0].subset: unknown subset \"v9\"",
+            ),
+            (
+                r#"{"http":[{"route":[{}],"timeout":"5 seconds"}]}"#,
+                "http[0].timeout: unknown unit \" seconds\" in duration \"5 seconds\" (use ms, s, m, h)",
             ),
             (
                 r#"{"panicThreshold":120}"#,

@@ -302,7 +302,9 @@ async fn proxy(
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "unknown service\n"));
     };
     let port = &spec.port;
-    let dest = routes.destination_for(Some(req.headers()), &mut rand::rng());
+    let choice = routes.destination_for(Some(req.headers()), &mut rand::rng());
+    let dest = choice.destination;
+    let timeout = choice.timeout.unwrap_or(dp.settings.response_timeout);
     let inbound_version = req.version();
     let (parts, body) = req.into_parts();
     // Retries need the body again: buffer small bodies of idempotent requests.
@@ -349,7 +351,8 @@ async fn proxy(
         };
         let upstream = upstream_request(&parts, body, http2, &spec.hostname);
         let replayable = buffered.as_ref().map(|b| move || replay(b));
-        match send_upstream(&dp, &routes, idx, port, conn, upstream, replayable).await {
+        let send = send_upstream(&dp, &routes, idx, port, conn, upstream, replayable);
+        match within(timeout, send).await {
             Ok(mut resp) => {
                 let code = resp.status().as_u16();
                 dp.metrics
@@ -475,6 +478,21 @@ where
     None
 }
 
+/// `send` bounded by the response `timeout` (zero: unbounded). Both attempts of
+/// [`send_upstream`] share it; when it expires the request is dropped (hyper resets the
+/// stream or closes the connection) and [`Failure::Timeout`] returned.
+async fn within<T>(
+    timeout: Duration,
+    send: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    if timeout.is_zero() {
+        return send.await;
+    }
+    tokio::time::timeout(timeout, send)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
+}
+
 /// Why a request could not be sent upstream.
 enum Failure {
     /// The fresh connection replacing a reused one could not be opened.
@@ -491,29 +509,7 @@ enum Failure {
 /// the request goes once more on a fresh connection to the same endpoint. That is not an
 /// endpoint error and not a retry onto the next choice; only the fresh attempt's failure
 /// counts. A failure on a new connection is returned as is.
-///
-/// Both attempts together get the response timeout; when it expires the request is
-/// dropped (hyper resets the stream or closes the connection) and [`Failure::Timeout`]
-/// returned.
 async fn send_upstream(
-    dp: &Dataplane,
-    routes: &ServiceRoutes,
-    idx: usize,
-    port: &Port,
-    conn: Conn,
-    req: Request<ProxyBody>,
-    replay: Option<impl FnOnce() -> Request<ProxyBody>>,
-) -> Result<Response<UpstreamBody>, Failure> {
-    let send = send_on(dp, routes, idx, port, conn, req, replay);
-    match dp.settings.response_timeout {
-        t if t.is_zero() => send.await,
-        t => tokio::time::timeout(t, send)
-            .await
-            .unwrap_or(Err(Failure::Timeout)),
-    }
-}
-
-async fn send_on(
     dp: &Dataplane,
     routes: &ServiceRoutes,
     idx: usize,

@@ -5,6 +5,7 @@
 //! pick costs a couple of random numbers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderMap;
 use meridian_api::pick::{Balance, EndpointView};
@@ -30,6 +31,16 @@ struct Route {
     matches: Vec<HttpMatch>,
     /// (destination index, cumulative weight).
     targets: Vec<(usize, u32)>,
+    timeout: Option<Duration>,
+}
+
+/// What routing decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Index into [`ServiceRoutes::destinations`].
+    pub destination: usize,
+    /// The matched route's response timeout, if it sets one.
+    pub timeout: Option<Duration>,
 }
 
 /// A service's routes and balancers for the current health.
@@ -71,6 +82,7 @@ impl ServiceRoutes {
             routes.push(Route {
                 matches: r.matches.clone(),
                 targets,
+                timeout: r.timeout(),
             });
         }
         Self {
@@ -82,26 +94,38 @@ impl ServiceRoutes {
     }
 
     /// The destination for a request (`None` headers: a TCP connection, which takes the
-    /// default destination). First matching route wins, then a weighted choice.
+    /// default destination) and the matched route's timeout. First matching route wins,
+    /// then a weighted choice.
     pub fn destination_for<R: Rng + ?Sized>(
         &self,
         headers: Option<&HeaderMap>,
         rng: &mut R,
-    ) -> usize {
-        let Some(headers) = headers else { return 0 };
+    ) -> Choice {
+        let default = Choice {
+            destination: 0,
+            timeout: None,
+        };
+        let Some(headers) = headers else {
+            return default;
+        };
         for r in &self.routes {
             let hit = r.matches.is_empty() || r.matches.iter().any(|m| matches(m, headers));
             if !hit {
                 continue;
             }
             let total = r.targets.last().map_or(0, |t| t.1);
-            if total == 0 {
-                return r.targets.first().map_or(0, |t| t.0);
-            }
-            let x = rng.random_range(0..total);
-            return r.targets.iter().find(|t| x < t.1).map_or(0, |t| t.0);
+            let destination = if total == 0 {
+                r.targets.first().map_or(0, |t| t.0)
+            } else {
+                let x = rng.random_range(0..total);
+                r.targets.iter().find(|t| x < t.1).map_or(0, |t| t.0)
+            };
+            return Choice {
+                destination,
+                timeout: r.timeout,
+            };
         }
-        0
+        default
     }
 
     /// Picks an endpoint (index into the service's endpoints) of destination `dest`,
@@ -222,7 +246,7 @@ mod tests {
         jason.insert("end-user", "jason".parse().unwrap());
         let mut seen = [0usize; 3];
         for _ in 0..400 {
-            let d = routes.destination_for(Some(&jason), &mut rng);
+            let d = routes.destination_for(Some(&jason), &mut rng).destination;
             let ep = routes.pick(d, &mut rng, &[]).unwrap();
             seen[ep] += 1;
         }
@@ -232,11 +256,13 @@ mod tests {
             "v2/v3 about 50/50: {seen:?}"
         );
         for _ in 0..50 {
-            let d = routes.destination_for(Some(&HeaderMap::new()), &mut rng);
+            let d = routes
+                .destination_for(Some(&HeaderMap::new()), &mut rng)
+                .destination;
             assert_eq!(routes.pick(d, &mut rng, &[]), Some(0), "everyone else → v1");
         }
         // TCP connections take the default destination: every endpoint.
-        assert_eq!(routes.destination_for(None, &mut rng), 0);
+        assert_eq!(routes.destination_for(None, &mut rng).destination, 0);
         assert_eq!(routes.destinations[0].members, vec![0, 1, 2]);
     }
 

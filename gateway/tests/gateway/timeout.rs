@@ -1,8 +1,8 @@
 //! The upstream response timeout: an endpoint that accepts a request and never answers
 //! costs the client a 504 after `--upstream-timeout`, not a hang, and counts as an error
-//! for outlier detection.
+//! for outlier detection; a route of the policy may set its own timeout.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,17 +10,15 @@ use meridian_api::proto::Protocol;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::support::{Mesh, endpoint, eventually, http_get, service};
+use crate::support::{Mesh, PATIENCE, endpoint, eventually, http_get, service};
 
 const SERVICE: (&str, &str) = ("r1", "z1");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_endpoint_gets_504_after_the_timeout() {
-    // Reads requests and never answers; counts connections still open.
-    let listener = TcpListener::bind((Ipv4Addr::new(127, 0, 40, 1), 0))
-        .await
-        .unwrap();
-    let silent = listener.local_addr().unwrap();
+/// An endpoint on `ip` that reads requests and never answers; counts connections still
+/// open.
+async fn silent(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let open = Arc::new(AtomicUsize::new(0));
     let o = open.clone();
     tokio::spawn(async move {
@@ -35,7 +33,12 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
             });
         }
     });
+    (addr, open)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_gets_504_after_the_timeout() {
+    let (silent, open) = silent(Ipv4Addr::new(127, 0, 40, 1)).await;
     let mesh = Mesh::new();
     let east = mesh
         .gateway_with(
@@ -71,4 +74,37 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
         (open.load(Ordering::SeqCst) == 0).then_some(())
     })
     .await;
+}
+
+/// A route's `timeout` overrides the gateway's (none here: without the route's, the
+/// request would wait forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_overrides_the_default() {
+    let (silent, _) = silent(Ipv4Addr::new(127, 0, 40, 11)).await;
+    let mesh = Mesh::new();
+    let east = mesh
+        .gateway_with(
+            "east",
+            Ipv4Addr::new(127, 0, 40, 12),
+            SERVICE,
+            &["--upstream-timeout", "0s"],
+        )
+        .await;
+    east.push(
+        1,
+        vec![service(
+            "silent.default.global",
+            Protocol::Http,
+            80,
+            24091,
+            vec![endpoint("east", silent, SERVICE, true)],
+            r#"{"http":[{"route":[{}],"timeout":"1s"}]}"#,
+        )],
+        vec![],
+    )
+    .await;
+    let answer = tokio::time::timeout(PATIENCE, http_get(east.listener(24091), "/"))
+        .await
+        .expect("the route's timeout ends the wait");
+    assert_eq!(answer.unwrap().0, 504);
 }
