@@ -10,7 +10,7 @@ use meridian_api::proto::Protocol;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::support::{Mesh, PATIENCE, endpoint, eventually, http_get, service};
+use crate::support::{Gateway, Mesh, PATIENCE, endpoint, eventually, http_get, service};
 
 const SERVICE: (&str, &str) = ("r1", "z1");
 
@@ -36,17 +36,18 @@ async fn silent(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, open)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_endpoint_gets_504_after_the_timeout() {
-    let (silent, open) = silent(Ipv4Addr::new(127, 0, 40, 1)).await;
-    let mesh = Mesh::new();
+/// A gateway on `ip` started with `--upstream-timeout <flag>`, serving
+/// `silent.default.global` on listener `port` with the one endpoint `silent` and `policy`.
+async fn gateway(
+    mesh: &Mesh,
+    ip: Ipv4Addr,
+    flag: &str,
+    silent: SocketAddr,
+    port: u16,
+    policy: &str,
+) -> Gateway {
     let east = mesh
-        .gateway_with(
-            "east",
-            Ipv4Addr::new(127, 0, 40, 2),
-            SERVICE,
-            &["--upstream-timeout", "1s"],
-        )
+        .gateway_with("east", ip, SERVICE, &["--upstream-timeout", flag])
         .await;
     east.push(
         1,
@@ -54,13 +55,21 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
             "silent.default.global",
             Protocol::Http,
             80,
-            24090,
+            port,
             vec![endpoint("east", silent, SERVICE, true)],
-            "",
+            policy,
         )],
         vec![],
     )
     .await;
+    east
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_gets_504_after_the_timeout() {
+    let (silent, open) = silent(Ipv4Addr::new(127, 0, 40, 1)).await;
+    let mesh = Mesh::new();
+    let east = gateway(&mesh, Ipv4Addr::new(127, 0, 40, 2), "1s", silent, 24090, "").await;
 
     let (status, _) = http_get(east.listener(24090), "/").await.unwrap();
     assert_eq!(status, 504);
@@ -82,25 +91,14 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
 async fn a_route_timeout_overrides_the_default() {
     let (silent, _) = silent(Ipv4Addr::new(127, 0, 40, 11)).await;
     let mesh = Mesh::new();
-    let east = mesh
-        .gateway_with(
-            "east",
-            Ipv4Addr::new(127, 0, 40, 12),
-            SERVICE,
-            &["--upstream-timeout", "0s"],
-        )
-        .await;
-    east.push(
-        1,
-        vec![service(
-            "silent.default.global",
-            Protocol::Http,
-            80,
-            24091,
-            vec![endpoint("east", silent, SERVICE, true)],
-            r#"{"http":[{"route":[{}],"timeout":"1s"}]}"#,
-        )],
-        vec![],
+    let policy = r#"{"http":[{"route":[{}],"timeout":"1s"}]}"#;
+    let east = gateway(
+        &mesh,
+        Ipv4Addr::new(127, 0, 40, 12),
+        "0s",
+        silent,
+        24091,
+        policy,
     )
     .await;
     let answer = tokio::time::timeout(PATIENCE, http_get(east.listener(24091), "/"))
