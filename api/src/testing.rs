@@ -37,6 +37,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -253,6 +255,27 @@ impl Discovery for WatchService {
             ),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Polls `probe` every `every` until it yields `Some`, or panics naming `what` once
+/// `within` has passed. The bound only turns a hang into a failure on a loaded machine;
+/// it is not a timing assertion.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(every).await;
     }
 }
 

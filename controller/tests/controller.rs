@@ -39,22 +39,12 @@ mod support {
     }
 
     /// Polls `f` until it yields `Some`, or fails naming `what`.
-    pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+    pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = tokio::time::Instant::now() + CONVERGE;
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        meridian_api::testing::eventually(what, CONVERGE, Duration::from_millis(200), f).await
     }
 
     /// The controller binary, running against `cluster`.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use meridian_api::channel::{ControllerEndpoint, ControllerTls};
 use meridian_api::proto::discovery_client::DiscoveryClient;
 use meridian_api::proto::{Snapshot, Subscriber};
+use meridian_api::testing::eventually;
 use meridian_controller::certificates::{CaCache, CaSource};
 use meridian_controller::metrics::Metrics;
 use meridian_controller::server::{self, DiscoveryService, SnapshotPublisher};
@@ -20,6 +21,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 const SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
 const WAIT: Duration = Duration::from_secs(30);
+/// Bound for waits on a real API server and controller process.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -237,17 +240,13 @@ async fn rotation_replaces_the_certificate_without_breaking_streams() {
     assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
     let first = served_leaf(server.addr, &root).await;
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if served_leaf(server.addr, &root).await != first {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the serving certificate was never renewed"
-        );
-    }
+    eventually(
+        "the serving certificate renewed",
+        WAIT,
+        Duration::from_millis(250),
+        || async { (served_leaf(server.addr, &root).await != first).then_some(()) },
+    )
+    .await;
     // The stream opened under the old certificate still delivers.
     server.publisher.publish(snap(2));
     let next = tokio::time::timeout(WAIT, stream.message())
@@ -325,18 +324,11 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
         .expect("controller binary starts");
 
     let configmaps = Api::<ConfigMap>::namespaced(east.client(), SYSTEM_NAMESPACE);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let cm = loop {
-        if let Ok(Some(cm)) = configmaps.get_opt("meridian-ca-root").await {
-            break cm;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no ConfigMap meridian-ca-root; log: {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let what = format!("the ConfigMap meridian-ca-root (log: {})", log.display());
+    let cm = eventually(&what, PATIENCE, Duration::from_millis(200), || async {
+        configmaps.get_opt("meridian-ca-root").await.ok().flatten()
+    })
+    .await;
     let root_pem = cm.data.unwrap()["root-cert.pem"].clone();
     assert_eq!(root_pem, ca.cert_pem());
     assert_eq!(
@@ -347,20 +339,16 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
     let dir = Scratch::new("configmap");
     let root = dir.0.join("root-cert.pem");
     std::fs::write(&root, &root_pem).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let snapshot = loop {
-        if let Ok(mut stream) = watch_tls(grpc, &root, SERVER_NAME).await
-            && let Ok(Some(s)) = stream.message().await
-        {
-            break s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no snapshot over TLS; log: {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let what = format!("a snapshot over TLS (log: {})", log.display());
+    let snapshot = eventually(&what, PATIENCE, Duration::from_millis(200), || async {
+        watch_tls(grpc, &root, SERVER_NAME)
+            .await
+            .ok()?
+            .message()
+            .await
+            .ok()?
+    })
+    .await;
     assert_eq!(snapshot.cluster, "east");
     assert!(
         watch_plain(grpc).await.is_err(),

@@ -32,22 +32,12 @@ pub const TD: &str = "meridian.test";
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `f` until it yields `Some`, or fails naming `what` after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    meridian_api::testing::eventually(what, PATIENCE, Duration::from_millis(25), f).await
 }
 
 /// A free TCP port on `ip` (bound and released; the OS does not hand it out again soon).

@@ -109,13 +109,7 @@ async fn rejected_policy_keeps_the_last_accepted() {
         message.contains("weights sum to 90, not 100"),
         "the reason names the problem: {message}"
     );
-    let dump = world
-        .mesh
-        .member("east")
-        .unwrap()
-        .config_dump()
-        .await
-        .unwrap();
+    let dump = world.config_dump("east").await;
     let svc = meridian_testbed::mesh::find_service(&dump, "user.demo.global").unwrap();
     assert_eq!(
         svc["policy"]["localityLbSetting"]["distribute"][0]["to"]["sh/200002/*"], 50,

@@ -119,13 +119,7 @@ async fn outlier_detection_ejects_a_failing_pod() {
     );
     assert_eq!(t.pods.get(bad.name()), None, "{t:?}");
 
-    let dump = world
-        .mesh
-        .member("east")
-        .unwrap()
-        .config_dump()
-        .await
-        .unwrap();
+    let dump = world.config_dump("east").await;
     let ejections = dump["ejections"].as_array().unwrap();
     assert_eq!(ejections.len(), 1, "{ejections:?}");
     assert_eq!(ejections[0]["address"], bad.pod_ip().to_string());

@@ -77,6 +77,16 @@ impl World {
             .unwrap()
     }
 
+    /// The `/config_dump` of `cluster`'s gateway now.
+    pub async fn config_dump(&self, cluster: &str) -> serde_json::Value {
+        self.mesh
+            .member(cluster)
+            .unwrap()
+            .config_dump()
+            .await
+            .unwrap()
+    }
+
     /// Waits until east's gateway sees `name` with `healthy` of `total` endpoints healthy.
     pub async fn converge(&self, cluster: &str, name: &str, total: usize, healthy: usize) {
         self.mesh
