@@ -19,6 +19,19 @@ pub struct Destination {
     pub locality: String,
 }
 
+impl Destination {
+    /// The labels of a response with `code` from this destination.
+    pub fn response(&self, code: u16) -> Response {
+        Response {
+            service: self.service.clone(),
+            port: self.port,
+            cluster: self.cluster.clone(),
+            locality: self.locality.clone(),
+            code,
+        }
+    }
+}
+
 /// A response to a request sent to a destination.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Response {

@@ -357,13 +357,7 @@ async fn proxy(
                 let code = resp.status().as_u16();
                 dp.metrics
                     .responses
-                    .get_or_create(&metrics::Response {
-                        service: labels.service.clone(),
-                        port: labels.port,
-                        cluster: labels.cluster.clone(),
-                        locality: labels.locality.clone(),
-                        code,
-                    })
+                    .get_or_create(&labels.response(code))
                     .inc();
                 let outcome = if code >= 500 {
                     Outcome::Status(code)
@@ -393,14 +387,10 @@ async fn proxy(
             }
             Err(Failure::Timeout) => {
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, "upstream response timed out");
-                let response = metrics::Response {
-                    service: labels.service.clone(),
-                    port: labels.port,
-                    cluster: labels.cluster.clone(),
-                    locality: labels.locality.clone(),
-                    code: 504,
-                };
-                dp.metrics.responses.get_or_create(&response).inc();
+                dp.metrics
+                    .responses
+                    .get_or_create(&labels.response(504))
+                    .inc();
                 dp.report(&routes, idx, Outcome::Status(504)).await;
                 // Not retried (as Envoy's default retry policy): the request may have
                 // been processed, and another attempt would double the wait.
