@@ -224,12 +224,14 @@ impl Aggregator {
         }
         let catalog = Arc::new(Catalog::build(&inputs));
         let policies = crate::policy::in_force(&self.policies.state());
-        let (vips, vip_result) = self.vips(&catalog).await;
+        let (vip::Reconciled { vips, refused }, vip_result) = self.vips(&catalog).await;
         if let Err(e) = vip_result {
             warn!(error = %e, "VIP reconcile incomplete, retrying");
             self.metrics.reconcile_failed("vip", &e);
             soonest(Instant::now() + VIP_RETRY);
         }
+        self.metrics
+            .set_vip_refusals(refused.values().map(vip::Refusal::reason));
         self.metrics.reconciled("aggregate");
         self.metrics
             .catalog_services
@@ -335,6 +337,7 @@ impl Aggregator {
         let _ = self.status.send(Some(Arc::new(StatusView {
             catalog,
             vips,
+            vip_refusals: refused,
             policies,
             members: members_view,
             zone: self.config.zone.clone(),
@@ -344,31 +347,21 @@ impl Aggregator {
 }
 
 impl Aggregator {
-    /// VIPs and listener ports: the leader allocates and applies them; other replicas read
-    /// what the leader applied.
-    async fn vips(
-        &mut self,
-        catalog: &Catalog,
-    ) -> (
-        BTreeMap<ServiceKey, crate::snapshot::VipInfo>,
-        crate::Result<()>,
-    ) {
+    /// VIPs and listener ports: the leader allocates and applies them (and knows which
+    /// VIPs it refused); other replicas read what the leader applied.
+    async fn vips(&mut self, catalog: &Catalog) -> (vip::Reconciled, crate::Result<()>) {
+        let followed = |managed: &Store<Service>| vip::Reconciled {
+            vips: vip::vips_of(managed.state().iter().map(|s| s.as_ref()), catalog),
+            refused: BTreeMap::new(),
+        };
         if !*self.leader.borrow_and_update() {
             self.vips_current = false;
-            let managed = self.managed.state();
-            return (
-                vip::vips_of(managed.iter().map(|s| s.as_ref()), catalog),
-                Ok(()),
-            );
+            return (followed(&self.managed), Ok(()));
         }
         if !self.vips_current {
             // Another leader may have allocated since this replica last wrote.
             if let Err(e) = self.vips.read_back().await {
-                let managed = self.managed.state();
-                return (
-                    vip::vips_of(managed.iter().map(|s| s.as_ref()), catalog),
-                    Err(e),
-                );
+                return (followed(&self.managed), Err(e));
             }
             self.vips_current = true;
         }

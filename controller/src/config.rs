@@ -123,6 +123,13 @@ pub struct Config {
     #[arg(long, value_parser = port_range, default_value = "15100-15999")]
     pub listener_ports: RangeInclusive<u16>,
 
+    /// Listener ports the VIPs of one namespace's services may hold together (each port of
+    /// a service's VIP and of each of its pinned VIPs counts), so one namespace cannot take
+    /// the whole range; a VIP beyond it is refused (`VipAllocated=False`,
+    /// `NamespacePortLimit`) and every other keeps its ports.
+    #[arg(long, default_value_t = 256)]
+    pub max_listener_ports_per_namespace: usize,
+
     /// Label selector (k=v[,k=v]) of the gateway pods the VIP Services select.
     #[arg(long, default_value = "app.kubernetes.io/name=meridian-gateway")]
     pub gateway_selector: String,
@@ -192,6 +199,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The VIP manager's settings.
+    pub fn vip_settings(&self) -> crate::vip::VipSettings {
+        crate::vip::VipSettings {
+            namespace: self.namespace.clone(),
+            selector: self.gateway_labels(),
+            range: self.listener_ports.clone(),
+            namespace_limit: self.max_listener_ports_per_namespace,
+        }
+    }
+
     /// The gateway selector as a label map.
     pub fn gateway_labels(&self) -> std::collections::BTreeMap<String, String> {
         self.gateway_selector
@@ -222,6 +239,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.stale_endpoint_grace, Duration::from_secs(2));
         assert_eq!(c.listener_ports, 20000..=20009);
+        assert_eq!(c.max_listener_ports_per_namespace, 256);
         assert_eq!(c.locality(), Some(Locality::new("eu", "eu-1", "")));
         assert!(c.leader_elect);
         assert!(!c.grpc_plaintext, "TLS by default");

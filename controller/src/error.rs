@@ -12,9 +12,6 @@ pub enum Error {
     /// A resource is missing something it needs (e.g. a namespace).
     #[error("invalid object: {0}")]
     InvalidObject(String),
-    /// No free gateway listener port is left in the configured range.
-    #[error("listener port range {0} exhausted")]
-    PortsExhausted(String),
     /// The gRPC or metrics server failed.
     #[error("server: {0}")]
     Server(String),
@@ -30,7 +27,6 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Kubeconfig(_) => "kubeconfig",
             Error::InvalidObject(_) => "invalid_object",
-            Error::PortsExhausted(_) => "ports_exhausted",
             Error::Server(_) => "server",
             Error::Serialization(_) => "serialization",
         }

@@ -264,12 +264,7 @@ pub async fn run(
         tasks.spawn(
             async move {
                 let vips = retry("reading back VIP Services", || {
-                    vip::VipManager::start(
-                        client.clone(),
-                        &config.namespace,
-                        config.gateway_labels(),
-                        config.listener_ports.clone(),
-                    )
+                    vip::VipManager::start(client.clone(), config.vip_settings())
                 })
                 .await;
                 aggregator::Aggregator::new(

@@ -53,6 +53,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
 /// `{controller}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -99,6 +106,11 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// 1 while this replica is the leader (the one writing to the API).
     pub leader: Gauge,
+    /// VIPs currently without (all of) their listener ports or Service, per reason.
+    pub vip_refusals: Family<ReasonLabels, Gauge>,
+    /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
+    /// reason.
+    pub skipped_endpoints: Family<ReasonLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -120,6 +132,8 @@ impl Default for Metrics {
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
+            vip_refusals: Family::default(),
+            skipped_endpoints: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -184,6 +198,16 @@ impl Default for Metrics {
             m.reconcile_errors.clone(),
         );
         r.register(
+            "vip_refusals",
+            "VIPs without (all of) their listener ports or Service, per reason",
+            m.vip_refusals.clone(),
+        );
+        r.register(
+            "catalog_skipped_endpoints",
+            "Endpoints of exported Services left out of the catalog, per reason",
+            m.skipped_endpoints.clone(),
+        );
+        r.register(
             "controller_leader",
             "1 while this replica is the leader and writes to the API, else 0",
             m.leader.clone(),
@@ -193,6 +217,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets the refused VIPs per reason (every known reason, zero when none).
+    pub fn set_vip_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        let mut counts: BTreeMap<&str, i64> = crate::vip::Refusal::REASONS
+            .iter()
+            .map(|r| (*r, 0))
+            .collect();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            self.vip_refusals
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .set(n);
+        }
+    }
+
     /// Records a member's phase.
     pub fn set_phase(&self, cluster: &str, phase: Phase) {
         for p in PHASES {

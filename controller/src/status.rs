@@ -27,7 +27,7 @@ use crate::crd::{
 use crate::metrics::Metrics;
 use crate::policy::{PolicyInForce, condition, set_condition};
 use crate::snapshot::VipInfo;
-use crate::vip::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::vip::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, Refusal, VipKey};
 use crate::{Error, Result};
 
 /// What a member looks like for its `MemberCluster` status.
@@ -50,6 +50,8 @@ pub struct StatusView {
     pub catalog: Arc<Catalog>,
     /// VIPs and listener ports.
     pub vips: BTreeMap<ServiceKey, VipInfo>,
+    /// VIPs refused (their service's `VipAllocated` is false), known to the leader.
+    pub vip_refusals: BTreeMap<VipKey, Refusal>,
     /// Policies in force.
     pub policies: BTreeMap<ServiceKey, PolicyInForce>,
     /// Members (and rejected registrations).
@@ -77,10 +79,12 @@ fn locality_counts(m: &BTreeMap<meridian_api::Locality, Counts>) -> Vec<Locality
         .collect()
 }
 
-/// The status of one global service. `previous` conditions keep their transition times.
+/// The status of one global service. `previous` conditions keep their transition times;
+/// `refused` is the first of its VIPs that was refused, if any.
 pub fn global_service_status(
     svc: &GlobalServiceEntry,
     vip: Option<&VipInfo>,
+    refused: Option<(&VipKey, &Refusal)>,
     policy: Option<&PolicyInForce>,
     zone: &str,
     previous: &[Condition],
@@ -105,9 +109,14 @@ pub fn global_service_status(
     );
     set_condition(
         &mut conditions,
-        match &vip_ip {
-            Some(ip) => condition("VipAllocated", true, "Allocated", format!("VIP {ip}"), None),
-            None => condition(
+        match (&vip_ip, refused) {
+            (_, Some((key, r))) => {
+                condition("VipAllocated", false, r.reason(), r.message(key), None)
+            }
+            (Some(ip), None) => {
+                condition("VipAllocated", true, "Allocated", format!("VIP {ip}"), None)
+            }
+            (None, None) => condition(
                 "VipAllocated",
                 false,
                 "Pending",
@@ -300,9 +309,15 @@ impl StatusWriter {
                 .get(&name)
                 .map(|s| s.conditions.clone())
                 .unwrap_or_default();
+            let refused = view
+                .vip_refusals
+                .range(VipKey::global(key.clone())..)
+                .take_while(|(k, _)| &k.service == key)
+                .next();
             let status = global_service_status(
                 svc,
                 view.vips.get(key),
+                refused,
                 view.policies.get(key),
                 &view.zone,
                 &previous,
@@ -489,7 +504,7 @@ mod tests {
                 },
             )]),
         };
-        let st = global_service_status(svc, Some(&vip), None, "global", &[]);
+        let st = global_service_status(svc, Some(&vip), None, None, "global", &[]);
         assert_eq!(st.hostname, "echo.demo.global");
         assert_eq!(st.ready_summary, "3/4");
         assert_eq!(st.cluster_summary, "a,b");
@@ -518,7 +533,7 @@ mod tests {
         assert!(st.clusters[1].stale);
         assert_eq!(st.localities.len(), 3);
         // Unchanged inputs give an equal status (transition times kept).
-        let again = global_service_status(svc, Some(&vip), None, "global", &st.conditions);
+        let again = global_service_status(svc, Some(&vip), None, None, "global", &st.conditions);
         assert_eq!(again, st);
     }
 }
