@@ -77,6 +77,7 @@ fn member(c: usize) -> MemberInput {
                     node_name: Some(format!("node-{}", e % 3)),
                     target_ref: Some(ObjectReference {
                         kind: Some("Pod".into()),
+                        namespace: Some("bench".into()),
                         name: Some(format!("svc-{s}-{e}")),
                         ..ObjectReference::default()
                     }),

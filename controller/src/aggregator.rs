@@ -239,6 +239,14 @@ impl Aggregator {
         self.metrics
             .catalog_endpoints
             .set(catalog.endpoint_count() as i64);
+        for (skip, n) in catalog.skipped_counts() {
+            self.metrics
+                .skipped_endpoints
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: skip.label().to_owned(),
+                })
+                .set(i64::from(n));
+        }
 
         // Snapshot.
         let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies

@@ -14,6 +14,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use meridian_api::Locality;
 use meridian_api::proto::Protocol;
+use tracing::debug;
+
+use crate::targets::{self, Skip};
 
 /// Label that exports a Service.
 pub const EXPORT_LABEL: &str = "meridian.io/export";
@@ -154,6 +157,8 @@ pub struct GlobalServiceEntry {
     pub clusters: BTreeSet<String>,
     /// Endpoints sorted by (cluster, address).
     pub endpoints: Vec<EndpointEntry>,
+    /// Endpoints left out because they are not tunnel targets ([`targets`]), per reason.
+    pub skipped: BTreeMap<Skip, u32>,
 }
 
 impl GlobalServiceEntry {
@@ -327,11 +332,14 @@ impl Catalog {
         let mut clusters: BTreeMap<ServiceKey, BTreeSet<String>> = BTreeMap::new();
         let mut endpoints: BTreeMap<ServiceKey, BTreeMap<(String, String), EndpointEntry>> =
             BTreeMap::new();
+        let mut skipped: BTreeMap<ServiceKey, BTreeMap<Skip, u32>> = BTreeMap::new();
 
         for m in sorted {
             let idx = MemberIndex::new(m);
             // Services this member exports.
             let mut exported = BTreeSet::new();
+            // Of those, the ones admitting endpoints that are not their namespace's Pods.
+            let mut external = BTreeSet::new();
             for svc in m.services.iter().filter(|s| is_exported(s)) {
                 let (Some(ns), Some(name)) = (
                     svc.metadata.namespace.as_deref(),
@@ -341,6 +349,9 @@ impl Catalog {
                 };
                 let key = ServiceKey::new(ns, name);
                 exported.insert(key.clone());
+                if targets::allows_external(svc) {
+                    external.insert(key.clone());
+                }
                 clusters
                     .entry(key.clone())
                     .or_default()
@@ -362,6 +373,25 @@ impl Catalog {
                 }
             }
 
+            // Whether an endpoint is a tunnel target; counts and logs it when it is not.
+            let mut admit = |key: &ServiceKey,
+                             address: &str,
+                             target_ref: Option<&k8s_openapi::api::core::v1::ObjectReference>|
+             -> bool {
+                match targets::admit(target_ref, &key.namespace, external.contains(key)) {
+                    Ok(()) => true,
+                    Err(skip) => {
+                        debug!(cluster = %m.cluster, service = %key, address, reason = skip.label(),
+                            "endpoint skipped: not a Pod of the service's namespace");
+                        *skipped
+                            .entry(key.clone())
+                            .or_default()
+                            .entry(skip)
+                            .or_default() += 1;
+                        false
+                    }
+                }
+            };
             let mut add = |key: &ServiceKey, e: EndpointEntry| {
                 endpoints
                     .entry(key.clone())
@@ -412,6 +442,9 @@ impl Catalog {
                             let ready =
                                 ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                             for addr in &ep.addresses {
+                                if !admit(&key, addr, ep.target_ref.as_ref()) {
+                                    continue;
+                                }
                                 add(
                                     &key,
                                     idx.endpoint(
@@ -459,6 +492,9 @@ impl Catalog {
                             ];
                             for (addrs, ready) in both {
                                 for a in addrs {
+                                    if !admit(&key, &a.ip, a.target_ref.as_ref()) {
+                                        continue;
+                                    }
                                     add(
                                         &key,
                                         idx.endpoint(
@@ -493,6 +529,7 @@ impl Catalog {
                         .unwrap_or_default()
                         .into_values()
                         .collect(),
+                    skipped: skipped.remove(&key).unwrap_or_default(),
                     clusters,
                     key: key.clone(),
                 };
@@ -505,6 +542,15 @@ impl Catalog {
     /// Number of endpoints over every service.
     pub fn endpoint_count(&self) -> usize {
         self.services.values().map(|s| s.endpoints.len()).sum()
+    }
+
+    /// Endpoints left out as not tunnel targets, per reason, over every service.
+    pub fn skipped_counts(&self) -> BTreeMap<Skip, u32> {
+        let mut out: BTreeMap<Skip, u32> = Skip::ALL.iter().map(|s| (*s, 0)).collect();
+        for (skip, n) in self.services.values().flat_map(|s| &s.skipped) {
+            *out.entry(*skip).or_default() += n;
+        }
+        out
     }
 }
 
@@ -698,5 +744,83 @@ pub(crate) mod tests {
             cat.services.values().next().unwrap().endpoints[0].locality,
             Locality::new("", "", "")
         );
+    }
+    /// Issue 11 §5: endpoints written by hand into a selectorless Service (no `targetRef`,
+    /// a Node, a Pod of another namespace) are not tunnel targets, on both endpoint APIs;
+    /// the Service's `meridian.io/allow-external-endpoints: "true"` admits them.
+    #[test]
+    fn only_pods_of_the_service_namespace_are_tunnel_targets() {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        let reference = |kind: &str, ns: &str, name: &str| ObjectReference {
+            kind: Some(kind.into()),
+            namespace: (!ns.is_empty()).then(|| ns.to_owned()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        };
+        let refs = [
+            ("10.0.0.1", Some(reference("Pod", "demo", "p1"))),
+            ("10.0.0.2", None),
+            ("10.0.0.3", Some(reference("Node", "", "n1"))),
+            ("10.0.0.4", Some(reference("Pod", "other", "p4"))),
+            ("10.0.0.5", Some(reference("Pod", "", "p5"))),
+        ];
+        let eps: Vec<(&str, bool, &str, &str)> =
+            refs.iter().map(|(ip, _)| (*ip, true, "n1", "p")).collect();
+        let target = |ip: &str| refs.iter().find(|r| r.0 == ip).and_then(|r| r.1.clone());
+        let mut with_slice = slice("demo", "manual", &[("tcp", 1)], &eps);
+        for ep in &mut with_slice.endpoints {
+            ep.target_ref = target(&ep.addresses[0]);
+        }
+        let mut with_endpoints = endpoints("demo", "manual", &[("tcp", 1)], &eps);
+        for subset in with_endpoints.subsets.iter_mut().flatten() {
+            for a in subset.addresses.iter_mut().flatten() {
+                a.target_ref = target(&a.ip);
+            }
+        }
+        let exported = service("demo", "manual", &[("tcp", 1, None)], true);
+        let mut annotated = exported.clone();
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            targets::ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        let members = [
+            (
+                "EndpointSlices",
+                MemberInput::test("a").with_slice(with_slice),
+            ),
+            (
+                "Endpoints",
+                MemberInput::test("a").with_endpoints(with_endpoints),
+            ),
+        ];
+        for (api, member) in members {
+            let build = |svc: &Service| {
+                let cat = Catalog::build(&[member.clone().with_service(svc.clone())]);
+                cat.services[&ServiceKey::new("demo", "manual")].clone()
+            };
+            let strict = build(&exported);
+            let addresses: Vec<&str> = strict
+                .endpoints
+                .iter()
+                .map(|e| e.address.as_str())
+                .collect();
+            assert_eq!(addresses, ["10.0.0.1"], "{api}");
+            assert_eq!(
+                strict.skipped,
+                BTreeMap::from([
+                    (Skip::NoTargetRef, 1),
+                    (Skip::NotAPod, 1),
+                    (Skip::OtherNamespace, 2),
+                ]),
+                "{api}"
+            );
+            let open = build(&annotated);
+            assert_eq!(
+                open.endpoints.len(),
+                5,
+                "{api}: the annotation admits them all"
+            );
+            assert!(open.skipped.is_empty());
+        }
     }
 }

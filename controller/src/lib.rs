@@ -26,6 +26,7 @@ pub mod registry;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod targets;
 pub mod tls;
 pub mod vip;
 

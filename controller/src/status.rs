@@ -79,6 +79,22 @@ fn locality_counts(m: &BTreeMap<meridian_api::Locality, Counts>) -> Vec<Locality
         .collect()
 }
 
+/// `Ready`'s message: the counts, and the endpoints left out as not tunnel targets.
+fn ready_message(svc: &GlobalServiceEntry, total: Counts) -> String {
+    let mut message = format!("{} of {} endpoints ready", total.ready, total.total);
+    let skipped: u32 = svc.skipped.values().sum();
+    if skipped > 0 {
+        let reasons: Vec<&str> = svc.skipped.keys().map(|s| s.label()).collect();
+        message.push_str(&format!(
+            "; {skipped} endpoint(s) skipped ({}): not Pods of namespace {}, see the {} annotation",
+            reasons.join(", "),
+            svc.key.namespace,
+            crate::targets::ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION
+        ));
+    }
+    message
+}
+
 /// The status of one global service. `previous` conditions keep their transition times;
 /// `refused` is the first of its VIPs that was refused, if any.
 pub fn global_service_status(
@@ -103,7 +119,7 @@ pub fn global_service_status(
             } else {
                 "NoReadyEndpoints"
             },
-            format!("{} of {} endpoints ready", total.ready, total.total),
+            ready_message(svc, total),
             None,
         ),
     );
@@ -535,5 +551,49 @@ mod tests {
         // Unchanged inputs give an equal status (transition times kept).
         let again = global_service_status(svc, Some(&vip), None, None, "global", &st.conditions);
         assert_eq!(again, st);
+    }
+    #[test]
+    fn refused_vips_and_skipped_endpoints_are_reported() {
+        let mut manual = slice(
+            "demo",
+            "echo",
+            &[("tcp", 1)],
+            &[("10.0.0.1", true, "n", "p")],
+        );
+        manual.endpoints[0].target_ref = None;
+        let a = MemberInput::test("a")
+            .with_service(service("demo", "echo", &[("tcp", 1, None)], true))
+            .with_slice(manual);
+        let cat = Catalog::build(&[a]);
+        let svc = cat.services.values().next().unwrap();
+        let key = VipKey::pinned(svc.key.clone(), "a");
+        let refusal = Refusal::PortsExhausted {
+            range: "15000-15003".into(),
+            needed: 1,
+        };
+        let st = global_service_status(svc, None, Some((&key, &refusal)), None, "global", &[]);
+        let vip = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "VipAllocated")
+            .unwrap();
+        assert_eq!(
+            (vip.status.as_str(), vip.reason.as_str()),
+            ("False", "PortsExhausted")
+        );
+        assert!(
+            vip.message.contains("the VIP pinned to a"),
+            "{}",
+            vip.message
+        );
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "NoReadyEndpoints");
+        assert!(
+            ready
+                .message
+                .contains("1 endpoint(s) skipped (no_target_ref)"),
+            "{}",
+            ready.message
+        );
     }
 }

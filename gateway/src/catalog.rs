@@ -145,7 +145,8 @@ pub struct Catalog {
     pub listeners: BTreeMap<u16, ListenerSpec>,
     /// Peer gateways by cluster.
     pub peers: BTreeMap<String, PeerGateway>,
-    /// (hostname, service port, target) the tunnel may connect to: local endpoints only.
+    /// (hostname, service port, target) the tunnel may connect to: ready local endpoints
+    /// only.
     local_targets: HashSet<(String, u32, SocketAddr)>,
 }
 
@@ -189,7 +190,13 @@ impl Catalog {
                         "two service ports share a listener port; the later one wins"
                     );
                 }
-                for ep in svc.endpoints.iter().filter(|e| e.cluster == cluster) {
+                // Not-ready endpoints are never tunnel targets, not even in panic: a peer
+                // reaches only what Kubernetes would route to.
+                for ep in svc
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.cluster == cluster && e.ready)
+                {
                     local_targets.insert((svc.global_hostname.clone(), p.port, ep.target(p)));
                 }
             }
@@ -231,7 +238,7 @@ impl Catalog {
     }
 
     /// Whether the tunnel may connect a peer to `target` for `hostname:port`: the target
-    /// must be a local endpoint of that exported service port.
+    /// must be a ready local endpoint of that exported service port.
     pub fn authorizes(&self, hostname: &str, port: u32, target: SocketAddr) -> bool {
         self.local_targets
             .contains(&(hostname.to_owned(), port, target))
@@ -438,5 +445,20 @@ mod tests {
         let target: SocketAddr = "127.0.2.1:8080".parse().unwrap();
         assert!(west.authorizes("reviews.default.global", 9080, target));
         assert!(!west.authorizes("west.reviews.default.global", 9080, target));
+    }
+    /// Issue 11 §5: a local endpoint that is not ready is no tunnel target.
+    #[test]
+    fn a_not_ready_local_endpoint_is_no_tunnel_target() {
+        let mut snap = snapshot();
+        let eps = &mut snap.services[0].endpoints;
+        eps[0].ready = false;
+        let c = Catalog::build("east", Arc::new(snap));
+        let local: SocketAddr = "127.0.1.1:8080".parse().unwrap();
+        assert!(!c.authorizes("reviews.default.global", 9080, local));
+        assert_eq!(
+            c.services["reviews.default.global"].endpoints.len(),
+            2,
+            "still listed"
+        );
     }
 }

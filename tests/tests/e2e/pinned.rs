@@ -86,11 +86,14 @@ async fn a_cluster_pinned_name_is_served_only_by_that_cluster() {
     assert_eq!(east_pinned.from("east"), REQUESTS, "{east_pinned:?}");
 
     // West's pods go unready: the global name is unaffected, the west-pinned name still
-    // never spills into east or far (it balances in panic over west's pods).
+    // never spills into east or far. East's gateway balances it in panic over west's pods,
+    // but west's gateway refuses tunnel streams to pods that are not ready (issue 11 §5),
+    // so once west's gateway knows, those requests fail instead.
     world.set_unready("west", &pods[1], 2).await;
     world.converge("east", "user", 6, 4).await;
+    world.converge("west", "user", 6, 4).await;
     let global = http_tally(behind(&global_vip).await, REQUESTS, &[]).await;
     assert_eq!(global.from("east"), REQUESTS, "{global:?}");
     let west = http_tally(behind(&west_vip).await, REQUESTS, &[]).await;
-    assert_eq!(west.from("west"), REQUESTS, "{west:?}");
+    assert_eq!(west.failed, REQUESTS, "{west:?}");
 }
