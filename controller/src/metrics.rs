@@ -99,6 +99,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// 1 while this replica is the leader (the one writing to the API).
     pub leader: Gauge,
+    /// Connections the metrics server closed.
+    pub admin: meridian_api::admin::AdminMetrics,
 }
 
 impl Default for Metrics {
@@ -120,8 +122,10 @@ impl Default for Metrics {
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
+            admin: meridian_api::admin::AdminMetrics::default(),
         };
         let r = &mut m.registry;
+        m.admin.register(r);
         r.register(
             "member_phase",
             "Current phase of each member cluster (1 = in that phase)",
@@ -305,10 +309,12 @@ async fn handle(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full<
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    limits: meridian_api::admin::Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let admin = metrics.admin.clone();
     let handler = move |req| handle(req, metrics.clone());
-    meridian_api::admin::serve(listener, handler, shutdown).await;
+    meridian_api::admin::serve(listener, handler, limits, admin, shutdown).await;
 }
 
 #[cfg(test)]
