@@ -23,7 +23,8 @@ pub struct Args {
     /// The caller's locality, `region/zone[/subzone]` (default: the gateway's, with --gateway).
     #[arg(long)]
     from: Option<String>,
-    /// Admin URL of a gateway (e.g. http://10.0.0.5:15021) whose live ejections to apply.
+    /// URL of a gateway's /config_dump listener whose live ejections to apply (e.g.
+    /// http://127.0.0.1:15000 through `kubectl port-forward`).
     #[arg(long)]
     gateway: Option<String>,
 }

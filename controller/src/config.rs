@@ -103,9 +103,14 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "24h")]
     pub grpc_cert_ttl: Duration,
 
-    /// Address of the HTTP server with /metrics and /healthz.
-    #[arg(long, default_value = "0.0.0.0:15014")]
-    pub metrics_addr: SocketAddr,
+    /// Address of the HTTP server with /metrics and /healthz (default: $POD_IP:15014,
+    /// else 127.0.0.1:15014).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Where the metrics server binds by default and how many clients it serves.
+    #[command(flatten)]
+    pub admin: meridian_api::admin::AdminArgs,
 
     /// How long an unreachable member's last endpoints are kept (marked stale).
     #[arg(long, value_parser = duration, default_value = "60s")]
@@ -198,6 +203,9 @@ pub struct Config {
     pub leader_identity: Option<String>,
 }
 
+/// Port of the metrics server when --metrics-addr is not given.
+pub const METRICS_PORT: u16 = 15014;
+
 impl Config {
     /// The VIP manager's settings.
     pub fn vip_settings(&self) -> crate::vip::VipSettings {
@@ -207,6 +215,11 @@ impl Config {
             range: self.listener_ports.clone(),
             namespace_limit: self.max_listener_ports_per_namespace,
         }
+    }
+
+    /// The metrics server's address in force.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.admin.addr(self.metrics_addr, METRICS_PORT)
     }
 
     /// The gateway selector as a label map.
@@ -242,6 +255,13 @@ mod tests {
         assert_eq!(c.max_listener_ports_per_namespace, 256);
         assert_eq!(c.locality(), Some(Locality::new("eu", "eu-1", "")));
         assert!(c.leader_elect);
+        // Never every interface by default: the pod IP (downward API) or loopback.
+        assert!(
+            !c.metrics_addr().ip().is_unspecified(),
+            "{}",
+            c.metrics_addr()
+        );
+        assert_eq!(c.metrics_addr().port(), METRICS_PORT);
         assert!(!c.grpc_plaintext, "TLS by default");
         assert_eq!(c.grpc_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.lease_duration, Duration::from_secs(15));

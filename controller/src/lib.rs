@@ -149,9 +149,10 @@ pub async fn run(
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|e| Error::Server(format!("binding {}: {e}", config.grpc_addr)))?;
-    let http = tokio::net::TcpListener::bind(config.metrics_addr)
+    let metrics_addr = config.metrics_addr();
+    let http = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .map_err(|e| Error::Server(format!("binding {}: {e}", config.metrics_addr)))?;
+        .map_err(|e| Error::Server(format!("binding {metrics_addr}: {e}")))?;
     info!(
         cluster = %config.cluster_name,
         grpc = %grpc.local_addr().map_err(|e| Error::Server(e.to_string()))?,
@@ -284,8 +285,13 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     tasks.spawn(
-        metrics::serve(http, metrics.clone(), stopped(stop_rx.clone()))
-            .instrument(info_span!("metrics-server")),
+        metrics::serve(
+            http,
+            metrics.clone(),
+            config.admin.limits(),
+            stopped(stop_rx.clone()),
+        )
+        .instrument(info_span!("metrics-server")),
     );
     let discovery =
         server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone())

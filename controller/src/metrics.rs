@@ -111,6 +111,8 @@ pub struct Metrics {
     /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
     /// reason.
     pub skipped_endpoints: Family<ReasonLabels, Gauge>,
+    /// Connections the metrics server closed.
+    pub admin: meridian_api::admin::AdminMetrics,
 }
 
 impl Default for Metrics {
@@ -134,8 +136,10 @@ impl Default for Metrics {
             leader: Gauge::default(),
             vip_refusals: Family::default(),
             skipped_endpoints: Family::default(),
+            admin: meridian_api::admin::AdminMetrics::default(),
         };
         let r = &mut m.registry;
+        m.admin.register(r);
         r.register(
             "member_phase",
             "Current phase of each member cluster (1 = in that phase)",
@@ -347,10 +351,12 @@ async fn handle(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full<
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    limits: meridian_api::admin::Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let admin = metrics.admin.clone();
     let handler = move |req| handle(req, metrics.clone());
-    meridian_api::admin::serve(listener, handler, shutdown).await;
+    meridian_api::admin::serve(listener, handler, limits, admin, shutdown).await;
 }
 
 #[cfg(test)]

@@ -23,15 +23,26 @@ pub struct Admin {
     pub status: watch::Receiver<Status>,
     /// Ready once zones from a snapshot are served.
     pub authority: Authority,
+    /// Connections served at once and the request header timeout.
+    pub limits: meridian_api::admin::Limits,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let limits = admin.limits;
+    let metrics = admin.metrics.admin.clone();
     let handler = move |request: Request<Incoming>| {
         let response = route(&request, &admin);
         async move { response }
     };
-    meridian_api::admin::serve(listener, handler, shutdown.cancelled_owned()).await;
+    meridian_api::admin::serve(
+        listener,
+        handler,
+        limits,
+        metrics,
+        shutdown.cancelled_owned(),
+    )
+    .await;
 }
 
 fn route(request: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {

@@ -27,9 +27,14 @@ pub struct Config {
     #[arg(long = "listen", default_value = "0.0.0.0:5353")]
     pub listen: Vec<SocketAddr>,
 
-    /// Address of the admin HTTP server (`/metrics`, `/healthz/ready`, `/healthz/live`).
-    #[arg(long, default_value = "0.0.0.0:15053")]
-    pub admin: SocketAddr,
+    /// Address of the admin HTTP server (`/metrics`, `/healthz/ready`, `/healthz/live`);
+    /// default: $POD_IP:15053, else 127.0.0.1:15053.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+
+    /// Where the admin server binds by default and how many clients it serves.
+    #[command(flatten)]
+    pub admin_listener: meridian_api::admin::AdminArgs,
 
     /// Zone the server is authoritative for (repeatable), e.g. `global.`.
     #[arg(long = "zone", default_value = "global.", value_parser = zone)]
@@ -47,6 +52,16 @@ pub struct Config {
         value_parser = zone
     )]
     pub nameserver: Name,
+}
+
+/// Port of the admin server when --admin is not given.
+pub const ADMIN_PORT: u16 = 15053;
+
+impl Config {
+    /// The admin server's address in force.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.addr(self.admin, ADMIN_PORT)
+    }
 }
 
 /// Parses an absolute, lower-cased domain name (`global` and `global.` are the same).
@@ -79,6 +94,9 @@ mod tests {
         assert_eq!(config.ttl, 5);
         assert_eq!(config.listen, vec!["0.0.0.0:5353".parse().unwrap()]);
         assert_eq!(config.cluster, "east");
+        // Never every interface by default: the pod IP (downward API) or loopback.
+        assert!(!config.admin_addr().ip().is_unspecified());
+        assert_eq!(config.admin_addr().port(), ADMIN_PORT);
         assert!(
             config.controller.url.starts_with("https://"),
             "TLS by default"

@@ -58,9 +58,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut dns = DnsServer::bind(&config.listen, authority.clone())
         .await
         .with_context(|| format!("binding DNS sockets on {:?}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin)
+    let admin_addr = config.admin_addr();
+    let admin_listener = TcpListener::bind(admin_addr)
         .await
-        .with_context(|| format!("binding the admin server on {}", config.admin))?;
+        .with_context(|| format!("binding the admin server on {admin_addr}"))?;
     info!(
         admin = %admin_listener.local_addr()?,
         zones = ?config.zones.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -88,6 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 metrics,
                 status: subscription.status_changes(),
                 authority,
+                limits: config.admin_listener.limits(),
             }),
             shutdown.clone(),
         )

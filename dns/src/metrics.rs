@@ -39,6 +39,8 @@ pub struct Metrics {
     zone_records: Gauge,
     skipped_entries: Gauge,
     controller_connected: Gauge,
+    /// Connections the admin server closed.
+    pub admin: meridian_api::admin::AdminMetrics,
     /// When the served snapshot took effect, in milliseconds since the epoch (0: never).
     applied_at_ms: AtomicU64,
 }
@@ -97,8 +99,11 @@ impl Metrics {
             "1 while the snapshot stream from the controller is open",
             controller_connected.clone(),
         );
+        let admin = meridian_api::admin::AdminMetrics::default();
+        admin.register(&mut registry);
         Self {
             registry,
+            admin,
             queries,
             snapshot_version,
             snapshot_age,

@@ -1,6 +1,8 @@
-//! Admin listener: `/healthz/ready`, `/metrics` (OpenMetrics text) and `/config_dump`
-//! (the snapshot in use, live ejections, peer liveness and the current split per service,
-//! as JSON).
+//! Admin listeners: `/healthz/ready` and `/metrics` (OpenMetrics text) on the pod IP for
+//! the kubelet and Prometheus, and, on loopback by default, those and `/config_dump` (the
+//! snapshot in use, live ejections, peer liveness and the current split per service, as
+//! JSON), which shows every endpoint of the mesh (Istio keeps Envoy's admin port on
+//! loopback for the same reason).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -33,18 +35,32 @@ pub struct AdminState {
     pub credentials: OnceLock<CredentialReceiver>,
     /// Whether the controller stream is connected.
     pub controller_connected: AtomicBool,
+    /// Limits of every admin listener.
+    pub limits: meridian_api::admin::Limits,
+}
+
+/// Which endpoints an admin listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/healthz/ready` and `/metrics`: for the kubelet and Prometheus, on the pod IP.
+    Probes,
+    /// Those and `/config_dump`, which shows the whole mesh: loopback by default.
+    All,
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
+    endpoints: Endpoints,
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    info!(addr = ?listener.local_addr().ok(), "admin listening");
-    let handler = move |req| handle(state.clone(), req);
+    info!(addr = ?listener.local_addr().ok(), ?endpoints, "admin listening");
+    let limits = state.limits;
+    let metrics = state.dataplane.metrics.admin.clone();
+    let handler = move |req| handle(state.clone(), endpoints, req);
     let stop = async move { crate::stopped(&mut shutdown).await };
-    meridian_api::admin::serve(listener, handler, stop).await;
+    meridian_api::admin::serve(listener, handler, limits, metrics, stop).await;
 }
 
 fn respond(
@@ -59,7 +75,11 @@ fn respond(
         .expect("valid response")
 }
 
-async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: Arc<AdminState>,
+    endpoints: Endpoints,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz/ready" => {
             if state.ready.load(Ordering::Relaxed) {
@@ -83,7 +103,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
                 ),
             }
         }
-        "/config_dump" => {
+        "/config_dump" if endpoints == Endpoints::All => {
             let dump = config_dump(&state).await;
             respond(
                 StatusCode::OK,

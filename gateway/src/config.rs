@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// Port of the admin listener (probes, metrics) when --admin-addr is not given.
+pub const ADMIN_PORT: u16 = 15021;
+
 /// Meridian east-west gateway.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "meridian-gateway", version, about)]
@@ -37,9 +40,50 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub tunnel_addr: SocketAddr,
 
-    /// Admin listener: /healthz/ready, /metrics, /config_dump.
-    #[arg(long, default_value = "0.0.0.0:15021")]
-    pub admin_addr: SocketAddr,
+    /// Admin listener for probes and scraping: /healthz/ready, /metrics (default:
+    /// $POD_IP:15021, else 127.0.0.1:15021).
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Listener of /config_dump (and /metrics, /healthz/ready): loopback only by default,
+    /// as Envoy's admin port in Istio, since the dump shows every endpoint of the mesh.
+    /// Reach it with `kubectl port-forward`.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub config_dump_addr: SocketAddr,
+
+    /// Where admin listeners bind by default and how many clients they serve.
+    #[command(flatten)]
+    pub admin: meridian_api::admin::AdminArgs,
+
+    /// Connections each listener (every outbound listener, the tunnel listener) serves at
+    /// once; more are closed on accept and counted in `connections_refused`.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Tunnel connections one peer gateway identity may hold at once; more are closed
+    /// after the handshake and counted in `connections_refused`.
+    #[arg(long, default_value_t = 64)]
+    pub max_peer_connections: usize,
+
+    /// Concurrent streams one tunnel connection may carry (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; the peer's pool waits for a free one).
+    #[arg(long, default_value_t = 200)]
+    pub tunnel_max_streams: u32,
+
+    /// How long a tunnel client may take to start and finish its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long an HTTP/1 client of an outbound listener may take to send request
+    /// headers; also how long an idle keep-alive connection is kept.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub http_header_timeout: Duration,
+
+    /// A spliced TCP connection, tunnel stream or inbound HTTP connection that moves no
+    /// byte in either direction for this long is closed (Envoy's tcp_proxy idle_timeout
+    /// default; `0s`: never).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub idle_timeout: Duration,
 
     /// Address the outbound listeners (one per global service port) bind to.
     #[arg(long, default_value = "0.0.0.0")]
@@ -121,6 +165,23 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The limits the flags set.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_connections: self.max_connections,
+            max_peer_connections: self.max_peer_connections,
+            max_streams: self.tunnel_max_streams,
+            handshake_timeout: self.handshake_timeout,
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// The admin listener's address in force (probes and metrics).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr(self.admin_addr, ADMIN_PORT)
+    }
+
     /// The certificate signer endpoint in force.
     pub fn ca_endpoint(&self) -> &str {
         self.ca.as_deref().unwrap_or(&self.controller.url)
@@ -135,7 +196,9 @@ mod tests {
     fn defaults_and_static_certs() {
         let c = Config::try_parse_from(["meridian-gateway", "--cluster", "east"]).unwrap();
         assert_eq!(c.tunnel_addr.port(), 15008);
-        assert_eq!(c.admin_addr.port(), 15021);
+        assert_eq!(c.admin_addr().port(), 15021);
+        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.limits().max_streams, 200);
         assert_eq!(c.cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.max_retries, 2);
         assert_eq!(c.upstream_idle_timeout, Duration::from_secs(60));
@@ -159,5 +222,27 @@ mod tests {
         assert!(c.controller.tls().is_none());
         // Static files come as a set of three.
         assert!(Config::try_parse_from(["g", "--cluster", "e", "--cert-chain", "c.pem"]).is_err());
+    }
+
+    /// The admin listeners never bind every interface by default: the probe and metrics
+    /// listener takes the pod IP (downward API) or loopback, /config_dump loopback.
+    #[test]
+    fn admin_listeners_default_to_pod_ip_or_loopback() {
+        let c = Config::try_parse_from(["g", "--cluster", "e"]).unwrap();
+        assert!(!c.admin_addr().ip().is_unspecified(), "{}", c.admin_addr());
+        assert!(
+            c.config_dump_addr.ip().is_loopback(),
+            "{}",
+            c.config_dump_addr
+        );
+        let c = Config::try_parse_from(["g", "--cluster", "e", "--pod-ip", "10.1.2.3"]).unwrap();
+        assert_eq!(c.admin_addr(), "10.1.2.3:15021".parse().unwrap());
+        assert!(
+            c.config_dump_addr.ip().is_loopback(),
+            "{}",
+            c.config_dump_addr
+        );
+        let c = Config::try_parse_from(["g", "--cluster", "e", "--pod-ip", "0.0.0.0"]).unwrap();
+        assert!(c.admin_addr().ip().is_loopback(), "{}", c.admin_addr());
     }
 }

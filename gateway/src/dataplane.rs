@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::address_map::AddressMap;
 use crate::catalog::{Catalog, Endpoint, Port};
 use crate::health::Health;
+use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
@@ -34,6 +35,8 @@ pub struct Settings {
     pub response_timeout: Duration,
     /// Rewrites endpoint addresses before dialling (simulated pod networks only).
     pub address_map: Option<AddressMap>,
+    /// Limits of the listeners.
+    pub limits: Limits,
     /// Reuse of upstream HTTP connections.
     pub upstream: upstream::Settings,
 }

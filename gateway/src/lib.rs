@@ -17,10 +17,12 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod outlier;
 pub mod route;
+pub mod splice;
 pub mod tunnel;
 pub mod upstream;
 
@@ -69,6 +71,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         connect_timeout: config.connect_timeout,
         response_timeout: config.upstream_timeout,
         address_map: config.dial_address_map,
+        limits: config.limits(),
         upstream: upstream::Settings {
             idle_timeout: config.upstream_idle_timeout,
             max_idle: config.upstream_max_idle,
@@ -82,20 +85,26 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
 
-    let admin_listener = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin listener {}", config.admin_addr))?;
     let state = Arc::new(AdminState {
         ready: AtomicBool::new(false),
         registry,
         dataplane: dp.clone(),
         credentials: Default::default(),
         controller_connected: AtomicBool::new(false),
+        limits: config.admin.limits(),
     });
-    tokio::spawn(
-        admin::serve(admin_listener, state.clone(), shutdown.clone())
-            .instrument(info_span!("admin")),
-    );
+    for (addr, endpoints) in [
+        (config.admin_addr(), admin::Endpoints::Probes),
+        (config.config_dump_addr, admin::Endpoints::All),
+    ] {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener {addr}"))?;
+        tokio::spawn(
+            admin::serve(listener, endpoints, state.clone(), shutdown.clone())
+                .instrument(info_span!("admin", ?endpoints)),
+        );
+    }
 
     // Checked before anything waits on it: a TLS endpoint without a root is a
     // configuration error, not something to retry.

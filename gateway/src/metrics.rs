@@ -108,6 +108,16 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A connection a listener closed because of a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Limited {
+    /// `outbound` or `tunnel`.
+    pub listener: &'static str,
+    /// Refusals: `max_connections`, `max_peer_connections`. Timeouts: `handshake`,
+    /// `header`, `idle`.
+    pub reason: &'static str,
+}
+
 /// A peer gateway.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Peer {
@@ -158,6 +168,13 @@ pub struct Metrics {
     pub controller_connected: Gauge,
     /// Outbound listeners open.
     pub listeners: Gauge,
+    /// Connections refused on accept because a limit was reached, by listener and reason.
+    pub connections_refused: Family<Limited, Counter>,
+    /// Connections or streams closed because a client stayed silent too long, by listener
+    /// and reason.
+    pub timeouts: Family<Limited, Counter>,
+    /// Connections the admin listeners closed (shared with every binary).
+    pub admin: meridian_api::admin::AdminMetrics,
 }
 
 impl Metrics {
@@ -256,6 +273,31 @@ impl Metrics {
             "Outbound listeners open",
             self.listeners.clone(),
         );
+        r.register(
+            "connections_refused",
+            "Connections refused because a limit was reached, by listener and reason",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "timeouts",
+            "Connections or streams closed after a timeout, by listener and reason",
+            self.timeouts.clone(),
+        );
+        self.admin.register(r);
+    }
+
+    /// Counts a connection refused by `listener` because of limit `reason`.
+    pub fn refuse_connection(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&Limited { listener, reason })
+            .inc();
+    }
+
+    /// Counts a connection or stream of `listener` closed after timeout `reason`.
+    pub fn timeout(&self, listener: &'static str, reason: &'static str) {
+        self.timeouts
+            .get_or_create(&Limited { listener, reason })
+            .inc();
     }
 
     /// Counts a refusal.

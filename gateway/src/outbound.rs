@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,10 +24,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{Catalog, ListenerSpec, Port};
 use crate::dataplane::{Dataplane, DialError};
+use crate::limits::Slots;
 use crate::metrics;
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
+use crate::splice::{Activity, End, splice};
 use crate::upstream::{Conn, RequestBody, UpstreamBody};
+
+/// The `listener` label of this module's metrics.
+const LISTENER: &str = "outbound";
 
 /// Bodies up to this size are buffered so idempotent requests can be retried.
 const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -107,6 +112,7 @@ async fn accept(
     dp: Arc<Dataplane>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Slots::new(dp.settings.limits.max_connections);
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -119,19 +125,32 @@ async fn accept(
             },
             _ = crate::stopped(&mut shutdown) => return,
         };
+        // Closed at once: a client that opens too many connections cannot starve the
+        // gateway of sockets and tasks for everyone else.
+        let Some(slot) = slots.try_acquire() else {
+            debug!(%remote, "connection refused: listener at --max-connections");
+            dp.metrics.refuse_connection(LISTENER, "max_connections");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let dp = dp.clone();
         let spec = spec.clone();
         let span = info_span!("connection", %remote);
-        if spec.port.is_http() {
-            tokio::spawn(http_connection(tcp, spec, dp).instrument(span));
-        } else {
-            tokio::spawn(tcp_connection(tcp, spec, dp).instrument(span));
-        }
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                if spec.port.is_http() {
+                    http_connection(tcp, spec, dp).await;
+                } else {
+                    tcp_connection(tcp, spec, dp).await;
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 
-async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
+async fn tcp_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
     let _drain = dp.drain_guard();
     let routing = dp.routing();
     let Some(routes) = routing.services.get(&spec.hostname).cloned() else {
@@ -139,7 +158,7 @@ async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Datap
     };
     let mut tried = Vec::new();
     let budget = dp.settings.max_retries as usize + 1;
-    let Some((idx, mut upstream)) =
+    let Some((idx, upstream)) =
         connect_within(&dp, &routes, 0, &spec.port, &mut tried, budget, |idx| {
             dp.dial(&routes, idx, &spec.port)
         })
@@ -159,15 +178,16 @@ async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Datap
     let labels = dp.destination(&spec.hostname, &spec.port, ep);
     dp.metrics.connections.get_or_create(&labels).inc();
     dp.report(&routes, idx, Outcome::Success).await;
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    let (sent, received) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            debug!(error = %e, "connection ended with an error");
-            (0, 0)
+    let spliced = splice(client, upstream, dp.settings.limits.idle_timeout).await;
+    match spliced.end {
+        End::Closed => {}
+        End::Idle => {
+            debug!("idle timeout: closing");
+            dp.metrics.timeout(LISTENER, "idle");
         }
-    };
-    for (direction, n) in [("sent", sent), ("received", received)] {
+        End::Error(e) => debug!(error = %e, "connection ended with an error"),
+    }
+    for (direction, n) in [("sent", spliced.sent), ("received", spliced.received)] {
         dp.metrics
             .bytes
             .get_or_create(&metrics::Bytes {
@@ -183,19 +203,45 @@ async fn tcp_connection(mut client: TcpStream, spec: ListenerSpec, dp: Arc<Datap
 
 async fn http_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
     let mut drain = dp.drain_guard();
+    let limits = dp.settings.limits;
     let spec = Arc::new(spec);
     let svc_dp = dp.clone();
     let service = service_fn(move |req| proxy(svc_dp.clone(), spec.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(client), service);
+    let activity = Activity::default();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header timeout needs hyper's timer; it also closes idle HTTP/1 keep-alive
+    // connections. Idle HTTP/2 connections are closed by the activity clock below.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(activity.track(client)), service);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "http connection ended") },
+        r = conn.as_mut() => if let Err(e) = r {
+            if is_header_timeout(&*e) {
+                debug!("request header timeout: closing");
+                dp.metrics.timeout(LISTENER, "header");
+            } else {
+                debug!(error = %e, "http connection ended");
+            }
+        },
+        () = activity.idle(limits.idle_timeout) => {
+            debug!("idle timeout: closing");
+            dp.metrics.timeout(LISTENER, "idle");
+        }
         _ = crate::stopped(&mut drain) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
     }
+}
+
+/// Whether hyper closed the connection because the request headers took too long.
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
 }
 
 fn full(b: Bytes) -> ProxyBody {

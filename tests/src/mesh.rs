@@ -28,8 +28,10 @@ pub const BIN_DIR_ENV: &str = "MERIDIAN_BIN_DIR";
 pub const TRUST_DOMAIN: &str = "meridian.local";
 /// The tunnel port every gateway listens on (each on its own loopback address).
 pub const TUNNEL_PORT: u16 = 15008;
-/// The gateway admin port.
+/// The gateway admin port (probes, metrics).
 pub const ADMIN_PORT: u16 = 15021;
+/// The gateway's `/config_dump` port (loopback-only by default in a pod).
+pub const CONFIG_DUMP_PORT: u16 = 15000;
 /// Label selecting gateway pods (the controller's default).
 pub const GATEWAY_LABEL: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
 /// The ServiceAccount whose token the controller accepts for the gateway certificate.
@@ -110,9 +112,14 @@ impl Member {
         self.gateway_pod.address()
     }
 
-    /// The gateway admin address.
+    /// The gateway admin address (probes, metrics).
     pub fn gateway_admin(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.gateway_ip()), ADMIN_PORT)
+    }
+
+    /// The gateway's `/config_dump` address.
+    pub fn gateway_config_dump(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.gateway_ip()), CONFIG_DUMP_PORT)
     }
 
     /// The DNS server's address (UDP and TCP).
@@ -132,7 +139,7 @@ impl Member {
 
     /// The gateway's `/config_dump`.
     pub async fn config_dump(&self) -> Result<Value> {
-        let r = http_get(self.gateway_admin(), "/config_dump", &[]).await?;
+        let r = http_get(self.gateway_config_dump(), "/config_dump", &[]).await?;
         serde_json::from_slice(&r.body)
             .map_err(|e| Error::InvalidSpec(format!("config_dump of {}: {e}", self.name)))
     }
@@ -489,6 +496,7 @@ async fn start_member(
         format!("--trust-domain={TRUST_DOMAIN}"),
         format!("--tunnel-addr={gw_ip}:{TUNNEL_PORT}"),
         format!("--admin-addr={gw_ip}:{ADMIN_PORT}"),
+        format!("--config-dump-addr={gw_ip}:{CONFIG_DUMP_PORT}"),
         format!("--outbound-bind={gw_ip}"),
         format!(
             "--peer-probe-interval={}ms",

@@ -18,12 +18,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ERROR_HEADER, SERVICE_HEADER};
 use crate::dataplane::Dataplane;
+use crate::limits::{PeerSlots, Slots};
 use crate::metrics::Handshake;
+use crate::splice::{End, splice};
 
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// How long a new connection may take to start and finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `listener` label of this module's limit metrics.
+const LISTENER: &str = "tunnel";
 
 /// Accepts tunnel connections until `shutdown` turns true.
 pub async fn serve(
@@ -33,6 +35,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     info!(addr = ?listener.local_addr().ok(), "tunnel listening");
+    let slots = Slots::new(dp.settings.limits.max_connections);
+    let peers = Arc::new(PeerSlots::new(dp.settings.limits.max_peer_connections));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -45,12 +49,23 @@ pub async fn serve(
             },
             _ = crate::stopped(&mut shutdown) => break,
         };
+        // Unauthenticated sockets count too, so a flood of silent ones is bounded
+        // before any TLS work is done.
+        let Some(slot) = slots.try_acquire() else {
+            debug!(%remote, "tunnel connection refused: listener at --max-connections");
+            dp.metrics.refuse_connection(LISTENER, "max_connections");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let dp = dp.clone();
+        let peers = peers.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(
-            connection(tcp, acceptor, dp, shutdown)
-                .instrument(info_span!("tunnel_inbound", %remote)),
+            async move {
+                let _slot = slot;
+                connection(tcp, acceptor, dp, &peers, shutdown).await;
+            }
+            .instrument(info_span!("tunnel_inbound", %remote)),
         );
     }
 }
@@ -59,16 +74,21 @@ async fn connection(
     tcp: TcpStream,
     acceptor: Acceptor,
     dp: Arc<Dataplane>,
+    peers: &PeerSlots,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let limits = dp.settings.limits;
+    // One deadline for the first byte and the whole handshake: a client that trickles
+    // bytes cannot extend it.
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     // Tell plaintext apart from TLS before the handshake, to count it by name.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(0)) | Ok(Err(_)) => return,
         Err(_) => {
-            dp.metrics.refuse("handshake_timeout");
+            handshake_timed_out(&dp);
             return;
         }
         Ok(Ok(_)) => {
@@ -77,9 +97,10 @@ async fn connection(
             return;
         }
     }
-    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
+    let Ok(accepted) = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await else {
+        handshake_timed_out(&dp);
+        return;
+    };
     let (tls, peer) = match accepted {
         Ok(x) => x,
         Err(e) => {
@@ -105,12 +126,20 @@ async fn connection(
             result: "ok".into(),
         })
         .inc();
+    // Per identity, so one member (or a stolen certificate) cannot take every slot.
+    let Some(_peer_slot) = peers.try_acquire(&peer.to_string()).await else {
+        debug!(peer = %peer, "tunnel connection refused: peer at --max-peer-connections");
+        dp.metrics
+            .refuse_connection(LISTENER, "max_peer_connections");
+        return;
+    };
     debug!(peer = %peer, "tunnel peer accepted");
     let svc_dp = dp.clone();
     let service = service_fn(move |req| stream(svc_dp.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
+        .max_concurrent_streams(limits.max_streams)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let _drain = dp.drain_guard();
@@ -121,6 +150,13 @@ async fn connection(
             let _ = conn.await;
         }
     }
+}
+
+/// Counts a client that did not finish its TLS handshake in time (it is then closed).
+fn handshake_timed_out(dp: &Dataplane) {
+    debug!("tunnel handshake timed out: closing");
+    dp.metrics.refuse("handshake_timeout");
+    dp.metrics.timeout(LISTENER, "handshake");
 }
 
 fn reply(status: StatusCode, error: &'static str) -> Response<Empty<Bytes>> {
@@ -169,11 +205,16 @@ async fn stream(
             let _guard = guard;
             match hyper::upgrade::on(&mut req).await {
                 Ok(upgraded) => {
-                    let mut upgraded = TokioIo::new(upgraded);
-                    let mut upstream = upstream;
-                    match tokio::io::copy_bidirectional(&mut upgraded, &mut upstream).await {
-                        Ok((up, down)) => debug!(up, down, "tunnel stream done"),
-                        Err(e) => debug!(error = %e, "tunnel stream ended"),
+                    let idle = dp.settings.limits.idle_timeout;
+                    let spliced = splice(TokioIo::new(upgraded), upstream, idle).await;
+                    let (up, down) = (spliced.sent, spliced.received);
+                    match spliced.end {
+                        End::Closed => debug!(up, down, "tunnel stream done"),
+                        End::Idle => {
+                            debug!(up, down, "tunnel stream idle: closing");
+                            dp.metrics.timeout(LISTENER, "idle");
+                        }
+                        End::Error(e) => debug!(error = %e, "tunnel stream ended"),
                     }
                 }
                 Err(e) => debug!(error = %e, "tunnel upgrade failed"),

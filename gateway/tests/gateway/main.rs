@@ -4,6 +4,7 @@
 mod support;
 
 mod e2e;
+mod limits;
 mod locality;
 mod mtls;
 mod outlier;

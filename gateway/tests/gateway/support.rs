@@ -313,7 +313,10 @@ pub struct Gateway {
     pub controller: FakeDiscovery,
     pub ip: Ipv4Addr,
     pub tunnel: SocketAddr,
+    /// Probes and metrics.
     pub admin: SocketAddr,
+    /// `/config_dump` (and probes and metrics).
+    pub dump: SocketAddr,
     pub locality: (String, String),
     child: Child,
     _dir: TempDir,
@@ -365,9 +368,10 @@ impl Gateway {
     ) -> Self {
         let controller = FakeDiscovery::start().await.unwrap();
         let dir = TempDir::new(cluster);
-        let [tunnel_port, admin_port] = free_ports(ip);
+        let [tunnel_port, admin_port, dump_port] = free_ports(ip);
         let tunnel = SocketAddr::from((ip, tunnel_port));
         let admin = SocketAddr::from((ip, admin_port));
+        let dump = SocketAddr::from((ip, dump_port));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
         cmd.arg("--cluster")
             .arg(cluster)
@@ -377,6 +381,8 @@ impl Gateway {
             .arg(tunnel.to_string())
             .arg("--admin-addr")
             .arg(admin.to_string())
+            .arg("--config-dump-addr")
+            .arg(dump.to_string())
             .arg("--outbound-bind")
             .arg(ip.to_string())
             .arg("--peer-probe-interval")
@@ -416,6 +422,7 @@ impl Gateway {
             ip,
             tunnel,
             admin,
+            dump,
             locality: (locality.0.into(), locality.1.into()),
             child,
             _dir: dir,
@@ -489,7 +496,7 @@ impl Gateway {
 
     /// The `/config_dump` JSON.
     pub async fn config_dump(&self) -> serde_json::Value {
-        let (_, body) = http_get(self.admin, "/config_dump").await.unwrap();
+        let (_, body) = http_get(self.dump, "/config_dump").await.unwrap();
         serde_json::from_str(&body).unwrap()
     }
 

@@ -66,7 +66,7 @@ async fn status_list_and_explain_show_the_live_state() {
     // live ejections (none here).
     let admin = format!(
         "http://{}",
-        world.mesh.member("east").unwrap().gateway_admin()
+        world.mesh.member("east").unwrap().gateway_config_dump()
     );
     assert_eq!(explain(&["--gateway", &admin]).unwrap(), [50.0, 50.0]);
     let table = meridianctl(&[

@@ -142,7 +142,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .service_addr(east, &host, 80)
         .await
         .context("resolving the VIP in east")?;
-    let admin = world.mesh.member("east")?.gateway_admin();
+    let admin = world.mesh.member("east")?.gateway_config_dump();
     println!(
         "sending {} requests/s from east to {host}:80 (east's VIP, served by its gateway at {addr}); Ctrl-C stops everything",
         args.rate

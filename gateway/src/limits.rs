@@ -1,0 +1,76 @@
+//! Limits of the gateway's listeners: how many connections each listener and each tunnel
+//! peer may hold at once, how many streams a tunnel connection may carry, and how long a
+//! client may stay silent (TLS handshake, HTTP request headers, idle splices). Beyond a
+//! limit the connection is closed and counted by reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+/// The limits in force (from the flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one listener (each outbound listener, the tunnel listener) serves at once.
+    pub max_connections: usize,
+    /// Tunnel connections one peer identity holds at once.
+    pub max_peer_connections: usize,
+    /// Concurrent HTTP/2 streams one tunnel connection may carry.
+    pub max_streams: u32,
+    /// How long a tunnel client may take to start and finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long an HTTP/1 client may take to send request headers, and how long an idle
+    /// keep-alive connection is kept (hyper starts the clock when it waits for a request).
+    pub header_timeout: Duration,
+    /// How long a spliced TCP connection, tunnel stream or HTTP connection may move no
+    /// byte in either direction (zero: no limit).
+    pub idle_timeout: Duration,
+}
+
+/// A cap on connections held at once: one slot per connection, released when dropped.
+#[derive(Debug, Clone)]
+pub struct Slots(Arc<Semaphore>);
+
+impl Slots {
+    /// At most `max` at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+
+    /// A slot, or `None` when all are taken.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
+/// A cap on connections held at once by each peer identity.
+#[derive(Debug)]
+pub struct PeerSlots {
+    max: usize,
+    /// One entry per identity that ever connected: mesh members only (the handshake
+    /// already verified the identity), so the map stays small.
+    peers: Mutex<HashMap<String, Slots>>,
+}
+
+impl PeerSlots {
+    /// At most `max` connections per peer.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            peers: Mutex::default(),
+        }
+    }
+
+    /// A slot for `peer`, or `None` when it holds `max` connections already.
+    pub async fn try_acquire(&self, peer: &str) -> Option<OwnedSemaphorePermit> {
+        let slots = self
+            .peers
+            .lock()
+            .await
+            .entry(peer.to_owned())
+            .or_insert_with(|| Slots::new(self.max))
+            .clone();
+        slots.try_acquire()
+    }
+}
