@@ -135,9 +135,9 @@ impl fmt::Display for Problem {
                 "impersonation is refused; register the identity the controller acts as",
             ),
             Problem::NotHttps => f.write_str("must be an https:// URL"),
-            Problem::BadUrl => f.write_str(
-                "must be an https:// URL with a host and no user information or query",
-            ),
+            Problem::BadUrl => {
+                f.write_str("must be an https:// URL with a host and no user information or query")
+            }
             Problem::Missing => f.write_str("required"),
             Problem::Empty => f.write_str("must not be empty"),
             Problem::NotBase64 => f.write_str("not valid base64"),
@@ -147,12 +147,12 @@ impl fmt::Display for Problem {
                 f.write_str("holds characters a bearer token cannot carry (whitespace, non-ASCII)")
             }
             Problem::BadServerName => f.write_str("must be a DNS name or an IP address"),
-            Problem::TwoCredentials => f.write_str(
-                "gives both token and client-certificate-data; keep one of them",
-            ),
-            Problem::NoCredential => f.write_str(
-                "needs token, or client-certificate-data and client-key-data",
-            ),
+            Problem::TwoCredentials => {
+                f.write_str("gives both token and client-certificate-data; keep one of them")
+            }
+            Problem::NoCredential => {
+                f.write_str("needs token, or client-certificate-data and client-key-data")
+            }
             Problem::Duplicate => f.write_str("the name is used twice"),
             Problem::Dangling => f.write_str("names no entry of the document"),
             Problem::AmbiguousContext(n) => write!(
@@ -193,7 +193,10 @@ fn refuse<T>(field: impl Into<String>, problem: Problem) -> Result<T, Kubeconfig
 enum Credential {
     Token(SecretString),
     /// Client certificate chain and key, both PEM.
-    Certificate { chain: Vec<u8>, key: SecretString },
+    Certificate {
+        chain: Vec<u8>,
+        key: SecretString,
+    },
 }
 
 /// A kubeconfig that passed [`accept`]: one server, its CA, one credential.
@@ -543,9 +546,10 @@ pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, K
     };
     let lookup = |list: &'_ [Entry<'_>], key: &str| -> Result<usize, KubeconfigError> {
         let name = req_str(ctx.body, &ctx.path, key)?;
-        list.iter()
-            .position(|e| e.name == name)
-            .map_or_else(|| refuse(format!("{}.{key}", ctx.path), Problem::Dangling), Ok)
+        list.iter().position(|e| e.name == name).map_or_else(
+            || refuse(format!("{}.{key}", ctx.path), Problem::Dangling),
+            Ok,
+        )
     };
     let cluster = &clusters[lookup(&clusters, "cluster")?];
     let user = &users[lookup(&users, "user")?];
@@ -710,7 +714,10 @@ mod tests {
     fn refused(text: &str, context: Option<&str>) -> KubeconfigError {
         let e = accept(text, context).expect_err("refused");
         let shown = e.to_string();
-        assert!(!shown.contains(TOKEN), "the reason echoes the token: {shown}");
+        assert!(
+            !shown.contains(TOKEN),
+            "the reason echoes the token: {shown}"
+        );
         e
     }
 
@@ -757,7 +764,10 @@ mod tests {
         let text = edited(|v| {
             let user = v["users"][0]["user"].as_mapping_mut().unwrap();
             user.clear();
-            user.insert("client-certificate-data".into(), STANDARD.encode(cert).into());
+            user.insert(
+                "client-certificate-data".into(),
+                STANDARD.encode(cert).into(),
+            );
             user.insert("client-key-data".into(), STANDARD.encode(key).into());
         });
         let kc = accept(&text, None).unwrap();
@@ -1030,7 +1040,10 @@ mod tests {
         let text = edited(|v| {
             let user = v["users"][0]["user"].as_mapping_mut().unwrap();
             user.clear();
-            user.insert("client-certificate-data".into(), STANDARD.encode(cert).into());
+            user.insert(
+                "client-certificate-data".into(),
+                STANDARD.encode(cert).into(),
+            );
         });
         assert_eq!(
             refused(&text, None),
@@ -1039,7 +1052,10 @@ mod tests {
         let text = edited(|v| {
             let user = v["users"][0]["user"].as_mapping_mut().unwrap();
             user.clear();
-            user.insert("client-certificate-data".into(), STANDARD.encode(cert).into());
+            user.insert(
+                "client-certificate-data".into(),
+                STANDARD.encode(cert).into(),
+            );
             user.insert("client-key-data".into(), STANDARD.encode(cert).into());
         });
         assert_eq!(
@@ -1078,7 +1094,10 @@ mod tests {
     fn garbage_is_refused_without_echo() {
         let e = refused(&format!("users: [{TOKEN}\n  - :"), None);
         assert_eq!(e.field, "(document)");
-        assert!(matches!(e.problem, Problem::NotYaml { line: Some(_), .. }), "{e}");
+        assert!(
+            matches!(e.problem, Problem::NotYaml { line: Some(_), .. }),
+            "{e}"
+        );
         assert_eq!(
             refused(&format!("users: {TOKEN}"), None),
             problem("users", Problem::WrongType("a list"))

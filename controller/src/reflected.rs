@@ -30,7 +30,11 @@ pub const ANNOTATION_PREFIX: &str = "meridian.io/";
 
 /// Identity (name, namespace, uid, resourceVersion) plus the labels and annotations `keep`
 /// accepts; everything else of `m` goes.
-fn meta(m: &mut ObjectMeta, keep_label: impl Fn(&str) -> bool, keep_annotation: impl Fn(&str) -> bool) {
+fn meta(
+    m: &mut ObjectMeta,
+    keep_label: impl Fn(&str) -> bool,
+    keep_annotation: impl Fn(&str) -> bool,
+) {
     let filter = |map: Option<BTreeMap<String, String>>, keep: &dyn Fn(&str) -> bool| {
         let kept: BTreeMap<String, String> =
             map.into_iter().flatten().filter(|(k, _)| keep(k)).collect();
@@ -225,9 +229,10 @@ mod tests {
 
     /// Everything a member can pile onto an object's metadata.
     fn bloat(m: &mut ObjectMeta) {
-        m.annotations
-            .get_or_insert_default()
-            .insert("kubectl.kubernetes.io/last-applied-configuration".into(), "x".repeat(BIG));
+        m.annotations.get_or_insert_default().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "x".repeat(BIG),
+        );
         m.labels
             .get_or_insert_default()
             .insert("team".into(), "payments".into());
@@ -329,22 +334,38 @@ mod tests {
     fn members() -> Vec<MemberInput> {
         let a = MemberInput::test("a")
             .with_node("n1", "eu", "eu-1", "s1")
-            .with_service(fixtures::service("demo", "echo", &[("http", 80, Some("http"))], true))
+            .with_service(fixtures::service(
+                "demo",
+                "echo",
+                &[("http", 80, Some("http"))],
+                true,
+            ))
             .with_slice(fixtures::slice(
                 "demo",
                 "echo",
                 &[("http", 8080)],
-                &[("10.0.0.1", true, "n1", "p1"), ("10.0.0.2", false, "n1", "p2")],
+                &[
+                    ("10.0.0.1", true, "n1", "p1"),
+                    ("10.0.0.2", false, "n1", "p2"),
+                ],
             ))
             .with_pod("demo", "p1", &[("version", "v1")]);
         let b = MemberInput::test("b")
             .with_node("m1", "us", "us-1", "")
-            .with_service(fixtures::service("demo", "echo", &[("grpc", 90, None)], true))
+            .with_service(fixtures::service(
+                "demo",
+                "echo",
+                &[("grpc", 90, None)],
+                true,
+            ))
             .with_endpoints(fixtures::endpoints(
                 "demo",
                 "echo",
                 &[("grpc", 9090)],
-                &[("10.1.0.1", true, "m1", "q1"), ("10.1.0.2", false, "m1", "q2")],
+                &[
+                    ("10.1.0.1", true, "m1", "q1"),
+                    ("10.1.0.2", false, "m1", "q2"),
+                ],
             ))
             .with_pod("demo", "q1", &[("version", "v2")]);
         vec![bloated(&a), bloated(&b)]
@@ -391,7 +412,12 @@ mod tests {
             panic!("slices");
         };
         let slice = &slices[0];
-        for m in [&svc.metadata, &node.metadata, &pod.metadata, &slice.metadata] {
+        for m in [
+            &svc.metadata,
+            &node.metadata,
+            &pod.metadata,
+            &slice.metadata,
+        ] {
             assert!(m.owner_references.is_none(), "{m:?}");
             assert!(m.managed_fields.is_none(), "{m:?}");
             assert!(m.finalizers.is_none() && m.generate_name.is_none(), "{m:?}");
@@ -412,14 +438,24 @@ mod tests {
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["version"], "v1");
         assert!(pod.metadata.annotations.is_none());
         assert_eq!(
-            slice.metadata.labels.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
             [SERVICE_NAME_LABEL]
         );
         let ep = &slice.endpoints[0];
         assert!(ep.hostname.is_none() && ep.deprecated_topology.is_none());
         let r = ep.target_ref.as_ref().unwrap();
         assert_eq!(
-            (r.kind.as_deref(), r.namespace.as_deref(), r.field_path.as_deref()),
+            (
+                r.kind.as_deref(),
+                r.namespace.as_deref(),
+                r.field_path.as_deref()
+            ),
             (Some("Pod"), Some("demo"), None)
         );
         let before = serde_json::to_vec(full[0].pods[0].as_ref()).unwrap().len();
@@ -429,7 +465,12 @@ mod tests {
 
     #[test]
     fn the_gateway_service_keeps_its_ports_and_load_balancer() {
-        let mut svc = fixtures::service("meridian-system", "meridian-gateway", &[("tunnel", 15443, None)], false);
+        let mut svc = fixtures::service(
+            "meridian-system",
+            "meridian-gateway",
+            &[("tunnel", 15443, None)],
+            false,
+        );
         bloat(&mut svc.metadata);
         svc.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus {

@@ -92,7 +92,11 @@ pub fn report_name(claimed: &str, secret_name: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     secret_name.hash(&mut h);
     let keep: String = secret_name.chars().take(160).collect();
-    format!("{label}.{}-{:016x}", keep.trim_end_matches(['-', '.']), h.finish())
+    format!(
+        "{label}.{}-{:016x}",
+        keep.trim_end_matches(['-', '.']),
+        h.finish()
+    )
 }
 
 /// Turns a Secret into a member spec, or says why it cannot. The kubeconfig is accepted or
@@ -130,7 +134,10 @@ pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
         .ok_or_else(|| reject(format!("the Secret has no {KUBECONFIG_KEY:?} key")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| reject(format!("the Secret's {KUBECONFIG_KEY:?} key is not UTF-8")))?;
-    let context = secret.annotations().get(CONTEXT_ANNOTATION).map(String::as_str);
+    let context = secret
+        .annotations()
+        .get(CONTEXT_ANNOTATION)
+        .map(String::as_str);
     let accepted = kubeconfig::accept(&text, context)
         .map_err(|e| reject(format!("registration kubeconfig refused: {e}")))?;
     Ok(MemberSpec {
@@ -402,7 +409,7 @@ mod tests {
     async fn the_oldest_secret_owns_a_cluster_name() {
         let r = registry();
         let owner = created(secret("west", None, Some(&kubeconfig("owner"))), 100);
-        r.sync(&[owner.clone()]);
+        r.sync(std::slice::from_ref(&owner));
         let member = r.members()["west"].clone();
 
         let impostor = created(

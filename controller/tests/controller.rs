@@ -818,7 +818,9 @@ mod registration_security {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::Api;
     use meridian_controller::crd::{MemberCluster, Phase};
-    use meridian_testbed::{ClusterSpec, PodSpec, SYSTEM_NAMESPACE, ServicePortSpec, ServiceSpec, Testbed};
+    use meridian_testbed::{
+        ClusterSpec, PodSpec, SYSTEM_NAMESPACE, ServicePortSpec, ServiceSpec, Testbed,
+    };
 
     use crate::support::*;
 
@@ -834,7 +836,11 @@ mod registration_security {
         Testbed::start(&specs).await.expect("testbed starts")
     }
 
-    async fn member_in_phase(members: &Api<MemberCluster>, name: &str, phase: Phase) -> MemberCluster {
+    async fn member_in_phase(
+        members: &Api<MemberCluster>,
+        name: &str,
+        phase: Phase,
+    ) -> MemberCluster {
         eventually(&format!("MemberCluster {name} {phase}"), || {
             let members = members.clone();
             async move {
@@ -881,9 +887,17 @@ mod registration_security {
         user.clear();
         user.insert("exec".into(), exec);
         let spare: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(&format!("{{name: spare, user: {{token: '{TOKEN}'}}}}")).unwrap();
+            serde_yaml_ng::from_str(&format!("{{name: spare, user: {{token: '{TOKEN}'}}}}"))
+                .unwrap();
         kc["users"].as_sequence_mut().unwrap().push(spare);
-        register(east1, "sneaky", None, &serde_yaml_ng::to_string(&kc).unwrap(), None).await;
+        register(
+            east1,
+            "sneaky",
+            None,
+            &serde_yaml_ng::to_string(&kc).unwrap(),
+            None,
+        )
+        .await;
 
         let ip = testbed.allocate_address().unwrap();
         let ctl = Controller::start(&testbed, east1, ip, &[]).await;
@@ -895,7 +909,10 @@ mod registration_security {
             message.contains("users[0].user.exec: exec credential plugins are refused"),
             "{message}"
         );
-        assert!(!message.contains(TOKEN), "the status echoes a credential: {message}");
+        assert!(
+            !message.contains(TOKEN),
+            "the status echoes a credential: {message}"
+        );
         assert!(!marker.exists(), "the exec plugin ran");
         let log = std::fs::read_to_string(&ctl.log).unwrap();
         assert!(!log.contains(TOKEN), "the log echoes a credential");
@@ -916,7 +933,9 @@ mod registration_security {
         )
         .await
         .unwrap();
-        west.add_pod(PodSpec::new("echo-w1").app("echo")).await.unwrap();
+        west.add_pod(PodSpec::new("echo-w1").app("echo"))
+            .await
+            .unwrap();
         register(east1, "west-secret", Some("west"), west.kubeconfig(), None).await;
 
         let ip = testbed.allocate_address().unwrap();
@@ -942,14 +961,20 @@ mod registration_security {
         register(east1, "a-west", Some("west"), east1.kubeconfig(), None).await;
 
         let conflict = member_in_phase(&members, "west.a-west", Phase::Conflict).await;
-        assert_eq!(conflict.spec.secret.as_deref(), Some("meridian-system/a-west"));
+        assert_eq!(
+            conflict.spec.secret.as_deref(),
+            Some("meridian-system/a-west")
+        );
         let message = conflict.status.unwrap().message.unwrap_or_default();
         assert!(
             message.contains("already registered by Secret meridian-system/west-secret"),
             "{message}"
         );
         let mc = members.get("west").await.unwrap();
-        assert_eq!(mc.spec.secret.as_deref(), Some("meridian-system/west-secret"));
+        assert_eq!(
+            mc.spec.secret.as_deref(),
+            Some("meridian-system/west-secret")
+        );
         let st = eventually("west still synced from its own API server", || {
             let members = members.clone();
             async move {
