@@ -342,12 +342,14 @@ impl Runner {
             watcher::Config::default(),
             reflected::node,
         );
-        // Metadata-only: labels are all the catalog needs from pods.
+        // Metadata-only: labels are all the catalog needs from pods. Pages of 100, not 500:
+        // a page is held whole while it is parsed, before `reflected::pod` strips it, and pod
+        // metadata is what a member's users can inflate (256 KiB of annotations each).
         let pods = this.reflect(
             &mut tasks,
             "Pod",
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().page_size(100),
             reflected::pod,
         );
         let gateway = this.reflect(

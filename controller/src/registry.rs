@@ -271,6 +271,10 @@ impl Registry {
             self.settings.metrics.remove_member(name);
         }
         self.settings.metrics.members.set(next.len() as i64);
+        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
+            let n = rejected.iter().filter(|r| r.phase == phase).count();
+            self.settings.metrics.set_rejected(phase, n);
+        }
         // Dropping the last Arc of a removed member aborts its tasks.
         self.members.store(Arc::new(next));
         self.rejected.store(Arc::new(rejected));
@@ -450,6 +454,12 @@ mod tests {
                 ("west".to_owned(), Phase::InvalidCredentials),
                 ("west.a-impostor".to_owned(), Phase::Conflict),
             ]
+        );
+
+        let metrics = r.settings.metrics.render();
+        assert!(
+            metrics.contains(r#"meridian_registrations_rejected{phase="Conflict"} 1"#),
+            "{metrics}"
         );
 
         // Once the owner is deleted, the next oldest takes the name over.

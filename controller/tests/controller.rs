@@ -914,6 +914,11 @@ mod registration_security {
             "the status echoes a credential: {message}"
         );
         assert!(!marker.exists(), "the exec plugin ran");
+        let metrics = ctl.metrics_text().await;
+        assert!(
+            metrics.contains(r#"meridian_registrations_rejected{phase="InvalidCredentials"} 1"#),
+            "{metrics}"
+        );
         let log = std::fs::read_to_string(&ctl.log).unwrap();
         assert!(!log.contains(TOKEN), "the log echoes a credential");
         ctl.kill().await;
