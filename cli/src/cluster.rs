@@ -128,6 +128,12 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
+    // The host's controller accepts only kubeconfigs that pass this check (an https://
+    // server, an inline CA): fail before creating anything.
+    let probe = registration_kubeconfig(&name, &server, ca_data.as_deref(), "placeholder")?;
+    meridian_controller::kubeconfig::accept(&probe, None)
+        .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
+
     let client = member.client().await?;
     let token = mint_reader(&client, args.token_ttl)
         .await

@@ -329,6 +329,23 @@ mod cluster {
             &host,
         ]);
         assert!(String::from_utf8_lossy(&out.stderr).contains("is not a DNS label"));
+        // What the host's controller would refuse is refused before anything is created.
+        let out = meridianctl(&[
+            "cluster",
+            "add",
+            "--kubeconfig",
+            &host,
+            "--server",
+            "http://127.0.0.1:8080",
+            "--host-kubeconfig",
+            &host,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("would refuse this registration: clusters[0].cluster.server: must be an https:// URL"),
+            "{err}"
+        );
         assert!(
             registrations(tb.cluster("east").unwrap().client())
                 .await

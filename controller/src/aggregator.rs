@@ -328,15 +328,15 @@ impl Aggregator {
             })
             .collect();
         for r in self.registry.rejected().iter() {
-            if members.contains_key(&r.name) || members_view.iter().any(|m| m.name == r.name) {
-                continue; // the name is taken by a valid registration
+            if members_view.iter().any(|m| m.name == r.report_as) {
+                continue; // never hide a member behind a rejected registration
             }
             members_view.push(MemberReport {
-                name: r.name.clone(),
+                name: r.report_as.clone(),
                 local: false,
                 secret: Some(r.secret.clone()),
                 status: MemberClusterStatus {
-                    phase: Phase::InvalidCredentials,
+                    phase: r.phase,
                     message: Some(r.reason.clone()),
                     ..MemberClusterStatus::default()
                 },

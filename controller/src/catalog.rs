@@ -26,10 +26,10 @@ pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Node label carrying the subzone (Istio's convention).
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
-const LEGACY_REGION_LABEL: &str = "failure-domain.beta.kubernetes.io/region";
-const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
+pub(crate) const LEGACY_REGION_LABEL: &str = "failure-domain.beta.kubernetes.io/region";
+pub(crate) const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
 /// EndpointSlice label naming the owning Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Namespace and name of a Service; global services are keyed by it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -220,8 +220,14 @@ pub enum Phase {
     Synced,
     /// The API server cannot be reached (its last endpoints are kept for the stale grace).
     Unreachable,
-    /// The kubeconfig is malformed, or the server rejects its credentials.
+    /// The registration is refused (bad cluster name, no `kubeconfig` key, a kubeconfig
+    /// outside the allow-list: the message names the field) or the server rejects its
+    /// credentials (HTTP 401/403).
     InvalidCredentials,
+    /// The registration claims a cluster name that belongs to an older registration Secret
+    /// (or to the controller's own cluster); the message names the owner. Reported on a
+    /// `MemberCluster` named `<cluster>.<secret>`; the owner is undisturbed.
+    Conflict,
 }
 
 impl std::fmt::Display for Phase {
@@ -231,6 +237,7 @@ impl std::fmt::Display for Phase {
             Phase::Synced => "Synced",
             Phase::Unreachable => "Unreachable",
             Phase::InvalidCredentials => "InvalidCredentials",
+            Phase::Conflict => "Conflict",
         })
     }
 }

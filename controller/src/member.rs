@@ -1,4 +1,4 @@
-//! One member cluster: a kube Client built in memory from its kubeconfig, endpoint-API
+//! One member cluster: a kube Client built from its accepted kubeconfig, endpoint-API
 //! detection, reflectors for everything the catalog needs, and a reachability probe.
 //!
 //! A member runs as one task tree that is aborted when its registration goes away or
@@ -13,7 +13,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,7 +23,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{EXPORT_LABEL, EndpointObjects, MemberInput};
 use crate::crd::Phase;
+use crate::kubeconfig::AcceptedKubeconfig;
 use crate::metrics::Metrics;
+use crate::reflected;
 
 /// Which endpoint API a member serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +50,13 @@ impl std::fmt::Display for EndpointApi {
 pub enum Credentials {
     /// The controller's own client, and its server URL.
     Local(Client, String),
-    /// Kubeconfig text from a registration Secret.
-    Kubeconfig(String),
+    /// A registration Secret's kubeconfig, accepted by [`crate::kubeconfig::accept`].
+    Kubeconfig(Arc<AcceptedKubeconfig>),
 }
 
 impl PartialEq for Credentials {
-    /// The local client is one; kubeconfigs compare by text (a changed Secret restarts the
-    /// member).
+    /// The local client is one; kubeconfigs compare field by field (a changed Secret restarts
+    /// the member).
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Credentials::Local(_, a), Credentials::Local(_, b)) => a == b,
@@ -203,18 +204,6 @@ impl Member {
     }
 }
 
-/// Builds a client from kubeconfig text, in memory.
-pub async fn client_from_kubeconfig(text: &str) -> crate::Result<(Client, String)> {
-    let kc = Kubeconfig::from_yaml(text).map_err(|e| crate::Error::Kubeconfig(e.to_string()))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| crate::Error::Kubeconfig(e.to_string()))?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| crate::Error::Kubeconfig(e.to_string()))?;
-    Ok((client, server))
-}
-
 /// Whether an error means "the server rejects our credentials" rather than "cannot reach".
 fn is_auth_error(e: &kube::Error) -> bool {
     match e {
@@ -278,13 +267,15 @@ impl Runner {
             .set_phase(&self.spec.name, Phase::Connecting);
         let (client, server) = match &self.spec.credentials {
             Credentials::Local(c, server) => (c.clone(), server.clone()),
-            Credentials::Kubeconfig(text) => match client_from_kubeconfig(text).await {
-                Ok(cs) => cs,
+            Credentials::Kubeconfig(kc) => match kc.client() {
+                Ok(client) => (client, kc.server()),
                 Err(e) => {
-                    warn!(error = %e, "invalid kubeconfig");
+                    // Accepted kubeconfigs hold parsed certificates and keys: rare, but kube
+                    // may still refuse them (e.g. a key type rustls cannot use).
+                    warn!(error = %e, "member client cannot be built");
                     self.update(|s| {
                         s.phase = Phase::InvalidCredentials;
-                        s.message = Some(e.to_string());
+                        s.message = Some(format!("building the client: {e}"));
                         s.lost_since.get_or_insert_with(Instant::now);
                     });
                     return; // nothing to retry until the Secret changes
@@ -320,6 +311,7 @@ impl Runner {
             "Service",
             Api::<Service>::all(client.clone()),
             services_cfg,
+            reflected::service,
         );
         let (slices, endpoints) = match api {
             EndpointApi::EndpointSliceV1 => (
@@ -328,6 +320,7 @@ impl Runner {
                     "EndpointSlice",
                     Api::<EndpointSlice>::all(client.clone()),
                     watcher::Config::default(),
+                    reflected::endpoint_slice,
                 )),
                 None,
             ),
@@ -338,6 +331,7 @@ impl Runner {
                     "Endpoints",
                     Api::<Endpoints>::all(client.clone()),
                     watcher::Config::default(),
+                    reflected::endpoints,
                 )),
             ),
         };
@@ -346,13 +340,17 @@ impl Runner {
             "Node",
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
+            reflected::node,
         );
-        // Metadata-only: labels are all the catalog needs from pods.
+        // Metadata-only: labels are all the catalog needs from pods. Pages of 100, not 500:
+        // a page is held whole while it is parsed, before `reflected::pod` strips it, and pod
+        // metadata is what a member's users can inflate (256 KiB of annotations each).
         let pods = this.reflect(
             &mut tasks,
             "Pod",
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().page_size(100),
+            reflected::pod,
         );
         let gateway = this.reflect(
             &mut tasks,
@@ -360,6 +358,7 @@ impl Runner {
             Api::<Service>::namespaced(client.clone(), &this.settings.gateway_namespace),
             watcher::Config::default()
                 .fields(&format!("metadata.name={}", this.settings.gateway_service)),
+            reflected::gateway_service,
         );
         let stores = MemberStores {
             services,
@@ -430,19 +429,22 @@ impl Runner {
         }
     }
 
+    /// Reflects `api` into a store, keeping of each object only what `strip` leaves (see
+    /// [`crate::reflected`]).
     fn reflect<K>(
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
         resource: &'static str,
         api: Api<K>,
         cfg: watcher::Config,
+        strip: fn(&mut K),
     ) -> Store<K>
     where
         K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     {
         let (reader, writer) = reflector::store();
-        let stream = watcher(api, cfg).modify(|o| o.meta_mut().managed_fields = None);
+        let stream = watcher(api, cfg).modify(strip);
         let stream = reflector::reflector(writer, stream);
         tasks.spawn(self.clone().drive(resource, stream).in_current_span());
         reader

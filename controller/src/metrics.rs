@@ -35,6 +35,13 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// `{phase}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// Phase reported for the refused registrations.
+    pub phase: String,
+}
+
 /// `{cluster, resource}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
@@ -86,6 +93,8 @@ pub struct Metrics {
     pub watch_events: Family<WatchLabels, Counter>,
     /// Registered members.
     pub members: Gauge,
+    /// Registration Secrets refused, per phase (`InvalidCredentials`, `Conflict`).
+    pub registrations_rejected: Family<RejectedLabels, Gauge>,
     /// Global services in the catalog.
     pub catalog_services: Gauge,
     /// Endpoints in the catalog.
@@ -124,6 +133,7 @@ impl Default for Metrics {
             last_sync: ArcSwap::from_pointee(BTreeMap::new()),
             watch_events: Family::default(),
             members: Gauge::default(),
+            registrations_rejected: Family::default(),
             catalog_services: Gauge::default(),
             catalog_endpoints: Gauge::default(),
             snapshot_version: Gauge::default(),
@@ -156,6 +166,11 @@ impl Default for Metrics {
             m.watch_events.clone(),
         );
         r.register("members", "Registered member clusters", m.members.clone());
+        r.register(
+            "registrations_rejected",
+            "Registration Secrets refused (bad name or kubeconfig, or a cluster name owned by an older Secret), per phase",
+            m.registrations_rejected.clone(),
+        );
         r.register(
             "catalog_services",
             "Global services in the catalog",
@@ -249,6 +264,15 @@ impl Metrics {
                 })
                 .set(i64::from(p == phase));
         }
+    }
+
+    /// Records how many registrations are refused with `phase`.
+    pub fn set_rejected(&self, phase: Phase, count: usize) {
+        self.registrations_rejected
+            .get_or_create(&RejectedLabels {
+                phase: phase.to_string(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Records that a member was fully in sync at `at`.

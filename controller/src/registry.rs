@@ -1,12 +1,19 @@
 //! The registry of member clusters: the own cluster, plus one member per Secret labelled
 //! `meridian.io/cluster: "true"` in the controller's namespace (key `kubeconfig`, annotation
-//! `meridian.io/cluster-name`, default the Secret's name).
+//! `meridian.io/cluster-name`, default the Secret's name; `meridian.io/context` picks a
+//! context of a kubeconfig that has several).
 //!
 //! The Secrets are reflected, and after every change the whole desired member set is
 //! recomputed from the store (level-triggered): new members start, members whose Secret
 //! changed restart, members whose Secret is gone stop. A bad Secret only affects its member.
+//!
+//! A cluster name belongs to the oldest Secret that claims it (creation time, then Secret
+//! name), whether or not that Secret is valid: a newer Secret can never take a member over;
+//! it is reported as a `Conflict` naming the owner. Kubeconfigs are checked by
+//! [`crate::kubeconfig::accept`] before anything connects.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,66 +25,124 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
+use crate::crd::Phase;
+use crate::kubeconfig;
 use crate::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
 
 /// Label that marks a registration Secret.
 pub const CLUSTER_LABEL: &str = "meridian.io/cluster";
 /// Annotation naming the member (default: the Secret's name).
 pub const CLUSTER_NAME_ANNOTATION: &str = "meridian.io/cluster-name";
+/// Annotation naming the kubeconfig context to use; required when it has several.
+pub const CONTEXT_ANNOTATION: &str = "meridian.io/context";
 /// Annotation with the member gateway's `host:port`, used when its gateway Service has no
 /// LoadBalancer ingress.
 pub const GATEWAY_ADDRESS_ANNOTATION: &str = "meridian.io/gateway-address";
 /// Secret key holding the kubeconfig.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
 
-/// A registration that could not be turned into a member spec.
+/// A registration that could not be turned into a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// Cluster name it claimed.
     pub name: String,
     /// The Secret, `<namespace>/<name>`.
     pub secret: String,
-    /// Why.
+    /// `InvalidCredentials` (bad name, no or refused kubeconfig) or `Conflict` (the name
+    /// belongs to an older Secret, or to the own cluster).
+    pub phase: Phase,
+    /// Why; never carries a credential.
     pub reason: String,
+    /// The `MemberCluster` that reports it: the claimed name when the registration owns it,
+    /// else `<name>.<secret name>` (a dot never occurs in a member name, so it cannot
+    /// collide with one).
+    pub report_as: String,
 }
 
-/// Turns a Secret into a member spec, or says why it cannot.
-pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
-    let name = secret
+/// The cluster name a Secret claims.
+fn claimed_name(secret: &Secret) -> String {
+    secret
         .annotations()
         .get(CLUSTER_NAME_ANNOTATION)
         .cloned()
-        .unwrap_or_else(|| secret.name_any());
-    let secret_ref = format!(
+        .unwrap_or_else(|| secret.name_any())
+}
+
+fn secret_ref(secret: &Secret) -> String {
+    format!(
         "{}/{}",
         secret.namespace().unwrap_or_default(),
         secret.name_any()
-    );
+    )
+}
+
+/// The `MemberCluster` name of a registration that does not own its claimed name: `<label>.
+/// <secret>`, a DNS subdomain (at most 253 characters; a longer Secret name is shortened and
+/// made unique with a hash).
+pub fn report_name(claimed: &str, secret_name: &str) -> String {
+    let label = if is_dns_label(claimed) {
+        claimed
+    } else {
+        "invalid-name"
+    };
+    let full = format!("{label}.{secret_name}");
+    if full.len() <= 253 {
+        return full;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret_name.hash(&mut h);
+    let keep: String = secret_name.chars().take(160).collect();
+    format!(
+        "{label}.{}-{:016x}",
+        keep.trim_end_matches(['-', '.']),
+        h.finish()
+    )
+}
+
+/// Turns a Secret into a member spec, or says why it cannot. The kubeconfig is accepted or
+/// refused here, before anything connects.
+pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
+    let name = claimed_name(secret);
+    let secret_ref = secret_ref(secret);
     let reject = |reason: String| Rejected {
         name: name.clone(),
         secret: secret_ref.clone(),
+        phase: Phase::InvalidCredentials,
         reason,
+        report_as: if is_dns_label(&name) {
+            name.clone()
+        } else {
+            report_name(&name, &secret.name_any())
+        },
     };
     if !is_dns_label(&name) {
         return Err(reject(format!(
             "cluster name {name:?} is not a DNS label (lower-case alphanumerics and '-', at most 63)"
         )));
     }
-    let text = secret
+    let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(KUBECONFIG_KEY))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .map(|b| b.0.clone())
         .or_else(|| {
             secret
                 .string_data
                 .as_ref()
-                .and_then(|d| d.get(KUBECONFIG_KEY).cloned())
+                .and_then(|d| d.get(KUBECONFIG_KEY).map(|s| s.clone().into_bytes()))
         })
         .ok_or_else(|| reject(format!("the Secret has no {KUBECONFIG_KEY:?} key")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| reject(format!("the Secret's {KUBECONFIG_KEY:?} key is not UTF-8")))?;
+    let context = secret
+        .annotations()
+        .get(CONTEXT_ANNOTATION)
+        .map(String::as_str);
+    let accepted = kubeconfig::accept(&text, context)
+        .map_err(|e| reject(format!("registration kubeconfig refused: {e}")))?;
     Ok(MemberSpec {
         name: name.clone(),
-        credentials: Credentials::Kubeconfig(text),
+        credentials: Credentials::Kubeconfig(Arc::new(accepted)),
         secret: Some(secret_ref.clone()),
         gateway_address: secret
             .annotations()
@@ -126,7 +191,7 @@ impl Registry {
         self.members.load_full()
     }
 
-    /// Registrations that were rejected (bad name, no kubeconfig key, duplicate).
+    /// Registrations that were rejected (bad name, no or refused kubeconfig, conflict).
     pub fn rejected(&self) -> Arc<Vec<Rejected>> {
         self.rejected.load_full()
     }
@@ -134,26 +199,45 @@ impl Registry {
     /// Recomputes the member set from the registration Secrets.
     pub fn sync(&self, secrets: &[Arc<Secret>]) {
         let mut sorted: Vec<&Arc<Secret>> = secrets.iter().collect();
-        // Deterministic winner for duplicate names: oldest Secret name first.
-        sorted.sort_by_key(|s| s.name_any());
+        // Oldest first: a name belongs to the Secret that claimed it first, so creating a
+        // Secret can never take a member over. Equal times (one-second resolution) are
+        // broken by Secret name.
+        sorted.sort_by(|a, b| {
+            let created = |s: &Secret| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| a.name_any().cmp(&b.name_any()))
+        });
+        let mut owners: BTreeMap<String, String> = BTreeMap::new();
         let mut desired: BTreeMap<String, MemberSpec> = BTreeMap::new();
         let mut rejected = Vec::new();
         for s in sorted {
+            let name = claimed_name(s);
+            let conflict = |reason: String| Rejected {
+                report_as: report_name(&name, &s.name_any()),
+                name: name.clone(),
+                secret: secret_ref(s),
+                phase: Phase::Conflict,
+                reason,
+            };
+            if name == self.local.name {
+                rejected.push(conflict(format!(
+                    "cluster {name:?} is the controller's own cluster, which is always a \
+                     member; this Secret is ignored"
+                )));
+                continue;
+            }
+            if let Some(owner) = owners.get(&name) {
+                rejected.push(conflict(format!(
+                    "cluster {name:?} is already registered by Secret {owner} (older); this \
+                     Secret is ignored until that one is deleted"
+                )));
+                continue;
+            }
+            if is_dns_label(&name) {
+                owners.insert(name.clone(), secret_ref(s));
+            }
             match spec_from_secret(s) {
-                Ok(spec) if spec.name == self.local.name => rejected.push(Rejected {
-                    name: spec.name,
-                    secret: spec.secret.unwrap_or_default(),
-                    reason: "names the controller's own cluster, which is always a member".into(),
-                }),
-                Ok(spec) if desired.contains_key(&spec.name) => rejected.push(Rejected {
-                    reason: format!(
-                        "cluster {:?} is already registered by Secret {}",
-                        spec.name,
-                        desired[&spec.name].secret.as_deref().unwrap_or_default()
-                    ),
-                    name: spec.name,
-                    secret: spec.secret.unwrap_or_default(),
-                }),
                 Ok(spec) => {
                     desired.insert(spec.name.clone(), spec);
                 }
@@ -161,7 +245,7 @@ impl Registry {
             }
         }
         for r in &rejected {
-            warn!(cluster = %r.name, secret = %r.secret, reason = %r.reason, "registration rejected");
+            warn!(cluster = %r.name, secret = %r.secret, phase = %r.phase, reason = %r.reason, "registration rejected");
         }
 
         let current = self.members.load_full();
@@ -187,6 +271,10 @@ impl Registry {
             self.settings.metrics.remove_member(name);
         }
         self.settings.metrics.members.set(next.len() as i64);
+        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
+            let n = rejected.iter().filter(|r| r.phase == phase).count();
+            self.settings.metrics.set_rejected(phase, n);
+        }
         // Dropping the last Arc of a removed member aborts its tasks.
         self.members.store(Arc::new(next));
         self.rejected.store(Arc::new(rejected));
@@ -222,7 +310,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubeconfig::testing::{self, kubeconfig};
     use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn secret(name: &str, cluster: Option<&str>, kubeconfig: Option<&str>) -> Secret {
         let mut s = Secret::default();
@@ -235,6 +325,14 @@ mod tests {
             s.data = Some([(KUBECONFIG_KEY.into(), ByteString(k.as_bytes().to_vec()))].into());
         }
         s
+    }
+
+    /// `secret` created `seconds` after the epoch.
+    fn created(mut s: Secret, seconds: i64) -> Arc<Secret> {
+        s.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap(),
+        ));
+        Arc::new(s)
     }
 
     fn registry() -> Arc<Registry> {
@@ -265,8 +363,8 @@ mod tests {
     async fn member_set_follows_the_secrets() {
         let r = registry();
         assert_eq!(names(&r), ["home"]);
-        let a = Arc::new(secret("a", None, Some("one")));
-        let b = Arc::new(secret("b", Some("bee"), Some("two")));
+        let a = created(secret("a", None, Some(&kubeconfig("one"))), 1);
+        let b = created(secret("b", Some("bee"), Some(&kubeconfig("two"))), 2);
         r.sync(&[a.clone(), b.clone()]);
         assert_eq!(names(&r), ["a", "bee", "home"]);
         let first_a = r.members()["a"].clone();
@@ -274,22 +372,33 @@ mod tests {
         // Unchanged Secret: same member. Changed kubeconfig: a new member.
         r.sync(&[a.clone(), b.clone()]);
         assert!(Arc::ptr_eq(&first_a, &r.members()["a"]));
-        let a2 = Arc::new(secret("a", None, Some("one, rotated")));
+        let a2 = created(secret("a", None, Some(&kubeconfig("one-rotated"))), 1);
         r.sync(&[a2.clone(), b.clone()]);
         assert!(!Arc::ptr_eq(&first_a, &r.members()["a"]));
 
         // Duplicates and the own name are rejected; the first registration stays.
-        let dup = Arc::new(secret("c", Some("bee"), Some("three")));
-        let own = Arc::new(secret("d", Some("home"), Some("four")));
-        let bad = Arc::new(secret("e", None, None));
+        let dup = created(secret("c", Some("bee"), Some(&kubeconfig("three"))), 3);
+        let own = created(secret("d", Some("home"), Some(&kubeconfig("four"))), 4);
+        let bad = created(secret("e", None, None), 5);
         r.sync(&[a2.clone(), b.clone(), dup, own, bad]);
         assert_eq!(names(&r), ["a", "bee", "home"]);
         assert_eq!(
             r.members()["bee"].spec.secret.as_deref(),
             Some("meridian-system/b")
         );
-        let rejected: Vec<_> = r.rejected().iter().map(|x| x.name.clone()).collect();
-        assert_eq!(rejected, ["bee", "home", "e"]);
+        let rejected: Vec<_> = r
+            .rejected()
+            .iter()
+            .map(|x| (x.report_as.clone(), x.phase))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("bee.c".to_owned(), Phase::Conflict),
+                ("home.d".to_owned(), Phase::Conflict),
+                ("e".to_owned(), Phase::InvalidCredentials),
+            ]
+        );
 
         // Deleting a Secret removes its member; the own cluster always stays.
         r.sync(&[b]);
@@ -298,23 +407,138 @@ mod tests {
         assert_eq!(names(&r), ["home"]);
     }
 
+    /// A newer Secret claiming a registered name never replaces the member, even when its
+    /// name sorts first; it is reported as a Conflict naming the owner.
+    #[tokio::test]
+    async fn the_oldest_secret_owns_a_cluster_name() {
+        let r = registry();
+        let owner = created(secret("west", None, Some(&kubeconfig("owner"))), 100);
+        r.sync(std::slice::from_ref(&owner));
+        let member = r.members()["west"].clone();
+
+        let impostor = created(
+            secret("a-impostor", Some("west"), Some(&kubeconfig("impostor"))),
+            200,
+        );
+        r.sync(&[owner.clone(), impostor.clone()]);
+        assert!(
+            Arc::ptr_eq(&member, &r.members()["west"]),
+            "the member is untouched"
+        );
+        let rejected = r.rejected();
+        let [conflict] = rejected.as_slice() else {
+            panic!("{rejected:?}");
+        };
+        assert_eq!(conflict.phase, Phase::Conflict);
+        assert_eq!(conflict.report_as, "west.a-impostor");
+        assert_eq!(conflict.secret, "meridian-system/a-impostor");
+        assert!(
+            conflict
+                .reason
+                .contains("already registered by Secret meridian-system/west"),
+            "{conflict:?}"
+        );
+
+        // An invalid owner still owns the name: breaking a Secret hands nothing over.
+        let broken = created(secret("west", None, Some("exec: {command: sh}")), 100);
+        r.sync(&[broken, impostor.clone()]);
+        assert!(!r.members().contains_key("west"));
+        let phases: Vec<_> = r
+            .rejected()
+            .iter()
+            .map(|x| (x.report_as.clone(), x.phase))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("west".to_owned(), Phase::InvalidCredentials),
+                ("west.a-impostor".to_owned(), Phase::Conflict),
+            ]
+        );
+
+        let metrics = r.settings.metrics.render();
+        assert!(
+            metrics.contains(r#"meridian_registrations_rejected{phase="Conflict"} 1"#),
+            "{metrics}"
+        );
+
+        // Once the owner is deleted, the next oldest takes the name over.
+        r.sync(&[impostor]);
+        assert_eq!(
+            r.members()["west"].spec.secret.as_deref(),
+            Some("meridian-system/a-impostor")
+        );
+        assert!(r.rejected().is_empty());
+
+        // Equal creation times (one-second resolution): the Secret name decides.
+        let x = created(secret("x", Some("tie"), Some(&kubeconfig("x"))), 300);
+        let y = created(secret("y", Some("tie"), Some(&kubeconfig("y"))), 300);
+        r.sync(&[y, x]);
+        assert_eq!(
+            r.members()["tie"].spec.secret.as_deref(),
+            Some("meridian-system/x")
+        );
+    }
+
     #[test]
     fn secrets_become_specs() {
-        let spec = spec_from_secret(&secret("east", None, Some("apiVersion: v1"))).unwrap();
+        let text = kubeconfig(testing::TOKEN);
+        let spec = spec_from_secret(&secret("east", None, Some(&text))).unwrap();
         assert_eq!(spec.name, "east");
         assert_eq!(spec.secret.as_deref(), Some("meridian-system/east"));
         assert_eq!(
-            spec_from_secret(&secret("x", Some("west"), Some("k")))
+            spec_from_secret(&secret("x", Some("west"), Some(&text)))
                 .unwrap()
                 .name,
             "west"
         );
         let r = spec_from_secret(&secret("x", None, None)).unwrap_err();
         assert!(r.reason.contains("kubeconfig"), "{r:?}");
-        let r = spec_from_secret(&secret("x", Some("Bad_Name"), Some("k"))).unwrap_err();
+        let r = spec_from_secret(&secret("x", Some("Bad_Name"), Some(&text))).unwrap_err();
         assert!(r.reason.contains("DNS label"), "{r:?}");
+        assert_eq!(r.report_as, "invalid-name.x");
         // Debug output never carries the kubeconfig.
         let dbg = format!("{spec:?}");
-        assert!(!dbg.contains("apiVersion"), "{dbg}");
+        assert!(!dbg.contains(testing::TOKEN), "{dbg}");
+    }
+
+    #[test]
+    fn refused_kubeconfigs_name_the_field() {
+        let text = testing::edited(|v| {
+            testing::set(&mut v["users"][0]["user"], "exec", "{command: /bin/sh}");
+        });
+        let r = spec_from_secret(&secret("east", None, Some(&text))).unwrap_err();
+        assert_eq!(r.phase, Phase::InvalidCredentials);
+        assert_eq!(r.report_as, "east");
+        assert!(
+            r.reason
+                .starts_with("registration kubeconfig refused: users[0].user.exec: exec"),
+            "{r:?}"
+        );
+        assert!(!r.reason.contains(testing::TOKEN), "{r:?}");
+
+        // `meridian.io/context` picks one of several contexts.
+        let two = testing::edited(|v| {
+            let contexts = v["contexts"].as_sequence_mut().unwrap();
+            let mut other = contexts[0].clone();
+            other["name"] = "other".into();
+            contexts.push(other);
+        });
+        let mut s = secret("east", None, Some(&two));
+        assert!(spec_from_secret(&s).is_err());
+        s.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONTEXT_ANNOTATION.into(), "other".into());
+        spec_from_secret(&s).unwrap();
+    }
+
+    #[test]
+    fn report_names_stay_dns_subdomains() {
+        assert_eq!(report_name("west", "cluster-west"), "west.cluster-west");
+        let long = "s".repeat(253);
+        let n = report_name("west", &long);
+        assert!(n.len() <= 253 && n.starts_with("west.sss"), "{n}");
+        assert_ne!(n, report_name("west", &"s".repeat(252)));
     }
 }
