@@ -12,6 +12,11 @@
 //!
 //! `http://` is plaintext, for development only: anyone who can impersonate the controller
 //! could then feed bogus snapshots and read the gateway's token. A warning says so once.
+//!
+//! Every call carries the caller's ServiceAccount token (`--token-file`, a projected token
+//! with audience `meridian-controller`) as `authorization: Bearer …`: the controller serves
+//! only its own gateway and DNS server ([`ControllerEndpoint::authorize`]). The file is read
+//! again for every call, because the kubelet rotates projected tokens.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -87,6 +92,12 @@ pub struct ControllerArgs {
         default_value = DEFAULT_SERVER_NAME
     )]
     pub server_name: String,
+
+    /// ServiceAccount token sent with every call to the controller, which serves only the
+    /// gateway's and DNS server's ServiceAccounts: a projected token with audience
+    /// `meridian-controller`, re-read on every call as the kubelet rotates it.
+    #[arg(long = "token-file", env = "MERIDIAN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[cfg(feature = "clap")]
@@ -150,6 +161,15 @@ pub enum ConnectError {
     /// TCP, TLS or HTTP/2 failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    /// The ServiceAccount token file could not be read or is not a valid header value
+    /// (the token itself is never part of the message).
+    #[error("ServiceAccount token {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +184,7 @@ pub struct ControllerEndpoint {
     url: String,
     endpoint: Endpoint,
     tls: Option<Tls>,
+    token_file: Option<PathBuf>,
 }
 
 impl ControllerEndpoint {
@@ -193,7 +214,41 @@ impl ControllerEndpoint {
             }
             _ => return Err(Error::UnsupportedScheme { endpoint: url }),
         };
-        Ok(Self { url, endpoint, tls })
+        Ok(Self {
+            url,
+            endpoint,
+            tls,
+            token_file: None,
+        })
+    }
+
+    /// Sends the token in `token_file` with every call ([`ControllerEndpoint::authorize`]).
+    pub fn with_token_file(mut self, token_file: Option<PathBuf>) -> Self {
+        self.token_file = token_file;
+        self
+    }
+
+    /// Adds the caller's token, read from the token file now, to `request` (nothing
+    /// without a token file: the controller then refuses unless it runs without caller
+    /// authentication).
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), ConnectError> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        let err = |reason: &str| ConnectError::Token {
+            path: path.display().to_string(),
+            reason: reason.to_owned(),
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| err(&e.to_string()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(err("the file is empty"));
+        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| err("not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(())
     }
 
     /// Adjusts the underlying tonic endpoint (timeouts, keepalive).
@@ -353,6 +408,34 @@ mod tests {
             ControllerEndpoint::new("not a uri", tls()),
             Err(Error::InvalidEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn the_token_is_read_from_its_file_on_every_call() {
+        let path = std::env::temp_dir().join(format!("meridian-token-{}", std::process::id()));
+        let ep = ControllerEndpoint::new("http://127.0.0.1:1", None)
+            .unwrap()
+            .with_token_file(Some(path.clone()));
+        let header = |ep: &ControllerEndpoint| {
+            let mut r = tonic::Request::new(());
+            ep.authorize(&mut r).map(|()| {
+                r.metadata()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+        };
+        assert!(matches!(header(&ep), Err(ConnectError::Token { .. })));
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(header(&ep).unwrap().as_deref(), Some("Bearer first"));
+        // Rotated by the kubelet: the next call sends the new token.
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(header(&ep).unwrap().as_deref(), Some("Bearer second"));
+        std::fs::write(&path, "bad\rvalue").unwrap();
+        let err = header(&ep).unwrap_err().to_string();
+        assert!(!err.contains("bad"), "the token is not echoed: {err}");
+        let _ = std::fs::remove_file(path);
+        let none = ControllerEndpoint::new("http://127.0.0.1:1", None).unwrap();
+        assert_eq!(header(&none).unwrap(), None);
     }
 
     #[tokio::test]

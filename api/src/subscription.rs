@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +65,9 @@ pub struct SubscriptionConfig {
     pub endpoint: String,
     /// How to verify the controller on an `https://` endpoint (required there).
     pub tls: Option<ControllerTls>,
+    /// The caller's ServiceAccount token, sent with every Watch (re-read on each connect,
+    /// as the kubelet rotates it); the controller refuses callers without one.
+    pub token_file: Option<PathBuf>,
     /// Sent as the Watch request: this cluster, the role (`dns`, `gateway`) and the instance.
     pub subscriber: Subscriber,
     /// Timeout of one TCP connect.
@@ -87,6 +91,7 @@ impl SubscriptionConfig {
         Self {
             endpoint: endpoint.into(),
             tls: None,
+            token_file: None,
             subscriber,
             connect_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
@@ -189,13 +194,15 @@ impl Drop for Subscription {
 
 fn endpoint(config: &SubscriptionConfig) -> Result<ControllerEndpoint, Error> {
     Ok(
-        ControllerEndpoint::new(config.endpoint.clone(), config.tls.clone())?.configure(|e| {
-            e.connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(config.keepalive_interval)
-                .keep_alive_timeout(config.keepalive_timeout)
-                .keep_alive_while_idle(true)
-        }),
+        ControllerEndpoint::new(config.endpoint.clone(), config.tls.clone())?
+            .with_token_file(config.token_file.clone())
+            .configure(|e| {
+                e.connect_timeout(config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(config.keepalive_interval)
+                    .keep_alive_timeout(config.keepalive_timeout)
+                    .keep_alive_while_idle(true)
+            }),
     )
 }
 
@@ -266,7 +273,11 @@ async fn session(
     };
     let mut client =
         DiscoveryClient::new(channel).max_decoding_message_size(config.max_message_bytes);
-    let mut stream = match client.watch(config.subscriber.clone()).await {
+    let mut request = tonic::Request::new(config.subscriber.clone());
+    if let Err(error) = endpoint.authorize(&mut request) {
+        return ended(format!("token: {error}"), delivered);
+    }
+    let mut stream = match client.watch(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return ended(format!("watch: {status}"), delivered),
     };

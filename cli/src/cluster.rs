@@ -1,4 +1,4 @@
-//! `meridianctl cluster add|remove|list`: registering member clusters.
+//! `meridianctl cluster add|rotate-credentials|remove|list`: registering member clusters.
 //!
 //! `add` mints a least-privilege reader identity in the cluster being added and writes a
 //! registration Secret (label `meridian.io/cluster: "true"`, key `kubeconfig`, annotation
@@ -6,6 +6,13 @@
 //! In a multi-primary mesh every member's controller needs the Secret: run `add` once per
 //! host cluster. Everything is applied server-side, so running it again is harmless and
 //! refreshes the token.
+//!
+//! The reader's token is a bound token from the TokenRequest API that expires
+//! (`--token-ttl`, 30 days by default), never a long-lived token Secret: a leaked
+//! registration stops working by itself. `rotate-credentials` mints a fresh token and puts
+//! it into the host's registration Secret(s), keeping everything else; the controller
+//! reconnects with it, and the old token stays valid until it expires, so nothing is cut
+//! off while the Secret propagates.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +47,10 @@ const FIELD_MANAGER: &str = "meridianctl";
 pub enum Command {
     /// Register the cluster of --kubeconfig/--context into the host cluster.
     Add(AddArgs),
+    /// Mint a new reader token in the member (--kubeconfig/--context) and put it into the
+    /// host cluster's registration Secret(s) of NAME; the old token stays valid until it
+    /// expires.
+    RotateCredentials(RotateArgs),
     /// Remove a registration (and, with --kubeconfig/--context of the member, its reader).
     Remove(RemoveArgs),
     /// List member clusters as the host cluster's controller sees them.
@@ -66,9 +77,43 @@ pub struct AddArgs {
     /// Address (`host:port`) of the member's gateway tunnel, when it has no LoadBalancer.
     #[arg(long)]
     gateway_address: Option<String>,
-    /// Lifetime of the token when it has to be requested through the TokenRequest API.
-    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    /// Lifetime of the reader token (at least 10m; the API server may shorten it with
+    /// --service-account-max-token-expiration). Rotate before it ends:
+    /// `meridianctl cluster rotate-credentials`.
+    #[arg(long, default_value = DEFAULT_TOKEN_TTL, value_parser = parse_token_ttl)]
     token_ttl: Duration,
+}
+
+/// Arguments of `cluster rotate-credentials`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Member name, as registered.
+    name: String,
+    /// Kubeconfig of the host cluster holding the registration (default: $KUBECONFIG, then
+    /// ~/.kube/config).
+    #[arg(long)]
+    host_kubeconfig: Option<PathBuf>,
+    /// Context of the host cluster.
+    #[arg(long)]
+    host_context: Option<String>,
+    /// Lifetime of the new token (at least 10m).
+    #[arg(long, default_value = DEFAULT_TOKEN_TTL, value_parser = parse_token_ttl)]
+    token_ttl: Duration,
+}
+
+/// Default lifetime of reader tokens: 30 days.
+pub const DEFAULT_TOKEN_TTL: &str = "720h";
+/// The shortest lifetime the TokenRequest API grants.
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+fn parse_token_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl < MIN_TOKEN_TTL {
+        return Err(format!(
+            "{s:?}: at least 10m (the TokenRequest API's minimum)"
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Arguments of `cluster remove`.
@@ -92,6 +137,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::Result<()> {
     match cmd {
         Command::Add(args) => add(args, target).await,
+        Command::RotateCredentials(args) => rotate(args, target).await,
         Command::Remove(args) => remove(args, target).await,
         Command::List => list(&target.client().await?, output).await,
     }
@@ -135,7 +181,7 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
 
     let client = member.client().await?;
-    let token = mint_reader(&client, args.token_ttl)
+    let (token, expires) = mint_reader(&client, args.token_ttl)
         .await
         .with_context(|| {
             format!(
@@ -184,11 +230,103 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         )
     })?;
     println!(
-        "cluster {name:?} registered: Secret {SYSTEM_NAMESPACE}/{} in context {:?} (server {server})",
+        "cluster {name:?} registered: Secret {SYSTEM_NAMESPACE}/{} in context {:?} (server {server}); \
+         the token expires {expires}: run `meridianctl cluster rotate-credentials {name}` before",
         secret_name(&name),
         host.context
     );
     Ok(())
+}
+
+/// Replaces the reader token in every registration Secret of `args.name` in the host with
+/// a new one from the member, keeping server, CA and annotations.
+async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
+    let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
+    let host = Target::load(
+        args.host_kubeconfig.as_deref(),
+        args.host_context.as_deref(),
+    )?;
+    let secrets = Api::<Secret>::namespaced(host.client().await?, SYSTEM_NAMESPACE);
+    let registered: Vec<Secret> = secrets
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}=true")))
+        .await
+        .with_context(|| format!("listing registrations in context {:?}", host.context))?
+        .items
+        .into_iter()
+        .filter(|s| registered_name(s) == args.name)
+        .collect();
+    if registered.is_empty() {
+        bail!(
+            "no registration Secret for cluster {:?} in context {:?} (`meridianctl cluster add` first)",
+            args.name,
+            host.context
+        );
+    }
+    // Checked before anything is minted: every Secret must be one this command can update.
+    let kubeconfigs = registered
+        .iter()
+        .map(|s| {
+            let text = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("kubeconfig"))
+                .and_then(|k| String::from_utf8(k.0.clone()).ok())
+                .ok_or_else(|| anyhow!("Secret {} has no UTF-8 key kubeconfig", s.name_any()))?;
+            Ok((s.name_any(), text))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (token, expires) = mint_reader(&member.client().await?, args.token_ttl)
+        .await
+        .with_context(|| {
+            format!(
+                "minting a reader token in cluster {:?} (context {:?})",
+                args.name, member.context
+            )
+        })?;
+    for (secret, text) in kubeconfigs {
+        let rotated = with_token(&text, &token)
+            .with_context(|| format!("Secret {SYSTEM_NAMESPACE}/{secret}"))?;
+        let patch = serde_json::json!({"data": {"kubeconfig": ByteString(rotated.into_bytes())}});
+        secrets
+            .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("updating Secret {SYSTEM_NAMESPACE}/{secret}"))?;
+        println!(
+            "rotated the token of cluster {:?} in Secret {SYSTEM_NAMESPACE}/{secret} (context {:?}); \
+             it expires {expires}; the previous token stays valid until its own expiry",
+            args.name, host.context
+        );
+    }
+    Ok(())
+}
+
+/// The member name a registration Secret is for.
+fn registered_name(s: &Secret) -> String {
+    s.annotations()
+        .get(CLUSTER_NAME_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| s.name_any())
+}
+
+/// `kubeconfig` with the token of its (single) user replaced; anything else about the user
+/// would be a registration this command did not write.
+fn with_token(kubeconfig: &str, token: &str) -> anyhow::Result<String> {
+    let mut kc: serde_json::Value =
+        serde_yaml_ng::from_str(kubeconfig).context("the kubeconfig is not valid YAML")?;
+    let users = kc
+        .get_mut("users")
+        .and_then(serde_json::Value::as_array_mut)
+        .filter(|u| u.len() == 1)
+        .ok_or_else(|| anyhow!("the kubeconfig must have exactly one user"))?;
+    let user = users[0]
+        .get_mut("user")
+        .and_then(serde_json::Value::as_object_mut)
+        .filter(|u| u.len() == 1 && u.contains_key("token"))
+        .ok_or_else(|| {
+            anyhow!("the kubeconfig's user is not a token user (re-register with `cluster add`)")
+        })?;
+    user.insert("token".into(), token.into());
+    serde_yaml_ng::to_string(&kc).context("encoding the kubeconfig")
 }
 
 fn secret_name(cluster: &str) -> String {
@@ -245,10 +383,10 @@ where
     Ok(())
 }
 
-/// Creates the reader ServiceAccount, ClusterRole and binding, and returns a token for it:
-/// a long-lived ServiceAccount token Secret where a token controller fills it in, else a
-/// token from the TokenRequest API with `ttl`.
-async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<String> {
+/// Creates the reader ServiceAccount, ClusterRole and binding, and returns a token for it
+/// from the TokenRequest API, valid for `ttl` (or less, if the API server caps it), and
+/// its expiry.
+async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<(String, String)> {
     ensure_namespace(client).await?;
     let meta = |ns: Option<&str>| ObjectMeta {
         name: Some(READER.into()),
@@ -290,34 +428,12 @@ async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<String> {
     };
     apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await?;
 
-    let secrets = Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let token_secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(format!("{READER}-token")),
-            namespace: Some(SYSTEM_NAMESPACE.into()),
-            annotations: Some(BTreeMap::from([(
-                "kubernetes.io/service-account.name".to_owned(),
-                READER.to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("kubernetes.io/service-account-token".into()),
-        ..Secret::default()
-    };
-    apply(&secrets, &token_secret).await?;
-    // A token controller fills the Secret within a second or two where one runs.
-    for _ in 0..12 {
-        let s = secrets.get(&format!("{READER}-token")).await?;
-        if let Some(token) = s.data.as_ref().and_then(|d| d.get("token")) {
-            return String::from_utf8(token.0.clone()).context("the token is not UTF-8");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // No token controller (e.g. an API server without kube-controller-manager).
+    // A bound token that expires, never a long-lived token Secret: a leaked registration
+    // stops working by itself.
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![],
-            expiration_seconds: Some(ttl.as_secs() as i64),
+            expiration_seconds: Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
             ..TokenRequestSpec::default()
         },
         ..TokenRequest::default()
@@ -326,10 +442,10 @@ async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<String> {
         .create_token_request(READER, &PostParams::default(), &request)
         .await
         .context("requesting a token (TokenRequest API)")?;
-    issued
+    let status = issued
         .status
-        .map(|s| s.token)
-        .ok_or_else(|| anyhow!("the API server returned no token"))
+        .ok_or_else(|| anyhow!("the API server returned no token"))?;
+    Ok((status.token, status.expiration_timestamp.0.to_string()))
 }
 
 fn registration_kubeconfig(
@@ -364,12 +480,7 @@ async fn remove(args: RemoveArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         .await?;
     let mut removed = 0;
     for s in registered {
-        let member = s
-            .annotations()
-            .get(CLUSTER_NAME_ANNOTATION)
-            .cloned()
-            .unwrap_or_else(|| s.name_any());
-        if member == args.name {
+        if registered_name(&s) == args.name {
             secrets
                 .delete(&s.name_any(), &DeleteParams::default())
                 .await?;
@@ -389,6 +500,8 @@ async fn remove(args: RemoveArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     }
     if target.kubeconfig.is_some() || target.context.is_some() {
         let client = target.client().await?;
+        // The long-lived token Secret earlier versions created; deleting the
+        // ServiceAccount below invalidates the bound tokens too.
         delete_if_present(
             &Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE),
             &format!("{READER}-token"),
@@ -464,6 +577,25 @@ pub fn member_row(m: &MemberCluster) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_replaces_only_the_token() {
+        let kc =
+            registration_kubeconfig("west", "https://10.0.0.1:6443", Some("Q0E="), "old").unwrap();
+        let rotated = with_token(&kc, "new").unwrap();
+        assert_eq!(
+            rotated,
+            registration_kubeconfig("west", "https://10.0.0.1:6443", Some("Q0E="), "new").unwrap()
+        );
+        let cert_user = kc.replace("token: old", "client-certificate-data: Q0U=");
+        let err = with_token(&cert_user, "new").unwrap_err().to_string();
+        assert!(err.contains("not a token user"), "{err}");
+        assert!(parse_token_ttl("9m").is_err());
+        assert_eq!(
+            parse_token_ttl(DEFAULT_TOKEN_TTL).unwrap(),
+            Duration::from_secs(30 * 24 * 3600)
+        );
+    }
 
     #[test]
     fn reader_is_read_only() {

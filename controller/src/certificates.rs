@@ -8,7 +8,7 @@
 //! `spiffe://<trust-domain>/cluster/<this cluster>/gateway`, whatever the CSR says.
 //!
 //! Callers prove they are the gateway: they send the gateway ServiceAccount's token
-//! (`authorization: Bearer …`), which the own API server reviews (TokenReview). Without
+//! (`authorization: Bearer …`), which the own API server reviews ([`crate::auth`]). Without
 //! that, anyone reaching the port could obtain the gateway's identity and impersonate it to
 //! peers. The token is never logged.
 
@@ -18,17 +18,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use meridian_api::proto::{self, SignCertificateRequest, SignCertificateResponse};
 use meridian_identity::ca::{CA_CERT_FILE, CA_KEY_FILE, granted_ttl};
 use meridian_identity::{Identity, MeshCa};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
+
+use crate::auth::CallerAuth;
 
 /// Name of the Secret holding the mesh root.
 pub const CA_SECRET_NAME: &str = meridian_identity::ca::CA_SECRET.1;
@@ -149,75 +150,6 @@ impl CaCache {
     }
 }
 
-/// Who may ask for the gateway's certificate.
-#[derive(Clone)]
-pub enum CallerAuth {
-    /// The caller sends a token that the own API server accepts (TokenReview) and that
-    /// belongs to the ServiceAccount `<namespace>/<name>`.
-    ServiceAccount {
-        /// Own cluster client (creates TokenReviews).
-        client: Client,
-        /// Namespace of the gateway ServiceAccount.
-        namespace: String,
-        /// Name of the gateway ServiceAccount.
-        name: String,
-    },
-    /// Anyone who reaches the port (`--csr-auth none`, development only).
-    Unauthenticated,
-}
-
-impl CallerAuth {
-    /// Checks the caller's credentials in `metadata`.
-    async fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let CallerAuth::ServiceAccount {
-            client,
-            namespace,
-            name,
-        } = self
-        else {
-            return Ok(());
-        };
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated(format!(
-                    "SignCertificate needs the token of ServiceAccount {namespace}/{name} (authorization: Bearer …; gateway flag --token-file)"
-                ))
-            })?;
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                ..TokenReviewSpec::default()
-            },
-            ..TokenReview::default()
-        };
-        let reviewed = Api::<TokenReview>::all(client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Status::unavailable(format!("reviewing the caller's token: {e}")))?;
-        let status = reviewed.status.unwrap_or_default();
-        let expected = format!("system:serviceaccount:{namespace}:{name}");
-        let user = status.user.and_then(|u| u.username).unwrap_or_default();
-        if status.authenticated != Some(true) {
-            warn!("CSR refused: the caller's token was not accepted by the API server");
-            return Err(Status::unauthenticated(format!(
-                "the token was not accepted by the API server{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
-        }
-        if user != expected {
-            warn!(%user, "CSR refused: token of another identity");
-            return Err(Status::permission_denied(format!(
-                "{user} may not obtain the gateway certificate (only {expected})"
-            )));
-        }
-        Ok(())
-    }
-}
-
 /// The Certificates service implementation.
 pub struct CertificatesService {
     cluster: String,
@@ -250,7 +182,9 @@ impl proto::certificates_server::Certificates for CertificatesService {
         &self,
         request: Request<SignCertificateRequest>,
     ) -> Result<Response<SignCertificateResponse>, Status> {
-        self.auth.check(request.metadata()).await?;
+        self.auth
+            .check("SignCertificate", request.metadata())
+            .await?;
         let req = request.into_inner();
         if req.cluster != self.cluster {
             warn!(requested = %req.cluster, "CSR for another cluster refused");

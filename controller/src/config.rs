@@ -55,10 +55,10 @@ impl Config {
     }
 }
 
-/// Authentication of certificate requests.
+/// Authentication of gRPC callers (certificate requests, snapshot streams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CsrAuth {
-    /// TokenReview of the caller's ServiceAccount token.
+pub enum AuthMode {
+    /// TokenReview of the caller's ServiceAccount token (audience --token-audience).
     TokenReview,
     /// No authentication.
     None,
@@ -173,11 +173,42 @@ pub struct Config {
     /// How SignCertificate callers are authenticated: `token-review` (the caller's
     /// ServiceAccount token must belong to --gateway-service-account) or `none` (development).
     #[arg(long, value_enum, default_value = "token-review")]
-    pub csr_auth: CsrAuth,
+    pub csr_auth: AuthMode,
 
-    /// ServiceAccount (in --namespace) whose token may obtain the gateway certificate.
+    /// How Discovery Watch callers are authenticated: `token-review` (the caller's token
+    /// must belong to --gateway-service-account or --dns-service-account) or `none`
+    /// (development: anyone reaching the port reads the whole mesh's endpoints).
+    #[arg(long, value_enum, default_value = "token-review")]
+    pub discovery_auth: AuthMode,
+
+    /// ServiceAccount (in --namespace) whose token may obtain the gateway certificate and
+    /// follow the snapshots.
     #[arg(long, default_value = "meridian-gateway")]
     pub gateway_service_account: String,
+
+    /// ServiceAccount (in --namespace) of the DNS server, whose token may follow the
+    /// snapshots.
+    #[arg(long, default_value = "meridian-dns")]
+    pub dns_service_account: String,
+
+    /// Audience callers' ServiceAccount tokens must be issued for (the projected token's
+    /// `audience`); tokens for the API server's default audience are refused.
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub token_audience: String,
+
+    /// Most snapshot streams open at once; one more is refused (RESOURCE_EXHAUSTED) and
+    /// counted in meridian_grpc_refusals_total{reason="subscriber_limit"}.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_SUBSCRIBERS)]
+    pub max_subscribers: usize,
+
+    /// HTTP/2 PING interval on gRPC connections: a subscriber that vanished without closing
+    /// its connection is noticed (and its stream slot freed) within interval + timeout.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long a PING may go unacknowledged before the connection is closed.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub grpc_keepalive_timeout: Duration,
 
     /// Apply Meridian's CRDs at startup (handy for development and tests).
     #[arg(long)]
@@ -263,6 +294,13 @@ mod tests {
         );
         assert_eq!(c.metrics_addr().port(), METRICS_PORT);
         assert!(!c.grpc_plaintext, "TLS by default");
+        assert_eq!(
+            c.discovery_auth,
+            AuthMode::TokenReview,
+            "authenticated by default"
+        );
+        assert_eq!(c.token_audience, "meridian-controller");
+        assert_eq!(c.max_subscribers, 1024);
         assert_eq!(c.grpc_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.lease_duration, Duration::from_secs(15));
         assert_eq!(

@@ -5,13 +5,15 @@
 //! the locality of each endpoint into a [`catalog`], allocates VIPs and gateway listener
 //! ports in its own cluster ([`vip`]), writes status ([`status`], [`policy`]) and streams
 //! deterministic [`snapshot`]s to its own cluster's gateway and DNS server ([`server`], over
-//! TLS with a certificate from the mesh CA: [`tls`]; the root goes out through [`ca_root`]).
+//! TLS with a certificate from the mesh CA: [`tls`]; the root goes out through [`ca_root`];
+//! callers are authenticated by [`auth`]).
 //! [`aggregator`] is the loop that ties them together; [`run`] starts everything. With more
 //! than one replica, a [`leader`] elected through a Lease does all the writing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod aggregator;
+pub mod auth;
 pub mod ca_root;
 pub mod catalog;
 pub mod certificates;
@@ -295,9 +297,33 @@ pub async fn run(
         )
         .instrument(info_span!("metrics-server")),
     );
-    let discovery =
-        server::DiscoveryService::new(config.cluster_name.clone(), publisher, metrics.clone())
-            .with_shutdown(stop_rx.clone());
+    let caller_auth = |mode: config::AuthMode, names: Vec<String>, what: &str| match mode {
+        config::AuthMode::TokenReview => auth::CallerAuth::ServiceAccounts {
+            client: client.clone(),
+            namespace: config.namespace.clone(),
+            names,
+            audience: config.token_audience.clone(),
+        },
+        config::AuthMode::None => {
+            warn!("{what}: anyone who reaches the gRPC port is served (development only)");
+            auth::CallerAuth::Unauthenticated
+        }
+    };
+    let discovery = server::DiscoveryService::new(
+        config.cluster_name.clone(),
+        publisher,
+        metrics.clone(),
+        caller_auth(
+            config.discovery_auth,
+            vec![
+                config.gateway_service_account.clone(),
+                config.dns_service_account.clone(),
+            ],
+            "--discovery-auth none (snapshots)",
+        ),
+    )
+    .with_max_subscribers(config.max_subscribers)
+    .with_shutdown(stop_rx.clone());
     let ca = Arc::new(certificates::CaCache::new(match &config.ca_dir {
         Some(dir) => certificates::CaSource::Dir(dir.clone()),
         None => certificates::CaSource::Secret {
@@ -305,19 +331,11 @@ pub async fn run(
             namespace: config.namespace.clone(),
         },
     }));
-    let csr_auth = match config.csr_auth {
-        config::CsrAuth::TokenReview => certificates::CallerAuth::ServiceAccount {
-            client: client.clone(),
-            namespace: config.namespace.clone(),
-            name: config.gateway_service_account.clone(),
-        },
-        config::CsrAuth::None => {
-            tracing::warn!(
-                "--csr-auth none: anyone who reaches the gRPC port can obtain the gateway certificate"
-            );
-            certificates::CallerAuth::Unauthenticated
-        }
-    };
+    let csr_auth = caller_auth(
+        config.csr_auth,
+        vec![config.gateway_service_account.clone()],
+        "--csr-auth none (the gateway certificate)",
+    );
     let certs = certificates::CertificatesService::new(
         config.cluster_name.clone(),
         config.trust_domain.clone(),
@@ -360,8 +378,18 @@ pub async fn run(
         tls::Transport::tls(&serving)
     };
     let grpc_server = tokio::spawn(
-        server::serve(grpc, transport, discovery, Some(certs), stopped(stop_rx))
-            .instrument(info_span!("grpc-server")),
+        server::serve(
+            grpc,
+            transport,
+            server::Keepalive {
+                interval: config.grpc_keepalive_interval,
+                timeout: config.grpc_keepalive_timeout,
+            },
+            discovery,
+            Some(certs),
+            stopped(stop_rx),
+        )
+        .instrument(info_span!("grpc-server")),
     );
 
     shutdown.await;

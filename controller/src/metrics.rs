@@ -74,6 +74,15 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
+/// `{service, reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// gRPC method refused (`Watch`, `SignCertificate`).
+    pub service: String,
+    /// Why ([`crate::auth::Refusal::label`], or `subscriber_limit`).
+    pub reason: String,
+}
+
 const PHASES: [Phase; 4] = [
     Phase::Connecting,
     Phase::Synced,
@@ -109,6 +118,8 @@ pub struct Metrics {
     pub snapshot_push_duration: Histogram,
     /// Connected subscribers.
     pub subscribers: Gauge,
+    /// gRPC calls refused before they were served, per method and reason.
+    pub grpc_refusals: Family<RefusalLabels, Counter>,
     /// Reconciliations per reconciler.
     pub reconciliations: Family<ControllerLabels, Counter>,
     /// Failed reconciliations per reconciler and error.
@@ -141,6 +152,7 @@ impl Default for Metrics {
             snapshot_pushes: Counter::default(),
             snapshot_push_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             subscribers: Gauge::default(),
+            grpc_refusals: Family::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
@@ -207,6 +219,11 @@ impl Default for Metrics {
             m.subscribers.clone(),
         );
         r.register(
+            "grpc_refusals",
+            "gRPC calls refused before being served, per method and reason",
+            m.grpc_refusals.clone(),
+        );
+        r.register(
             "reconciliations",
             "Reconciliations per reconciler",
             m.reconciliations.clone(),
@@ -252,6 +269,16 @@ impl Metrics {
                 })
                 .set(n);
         }
+    }
+
+    /// Counts a refused gRPC call.
+    pub fn refuse(&self, service: &str, reason: &str) {
+        self.grpc_refusals
+            .get_or_create(&RefusalLabels {
+                service: service.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Records a member's phase.

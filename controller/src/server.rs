@@ -8,6 +8,15 @@
 //!
 //! On shutdown every stream is ended first (the subscribers reconnect, to another replica
 //! behind the Service), so the server's graceful stop does not wait for them.
+//!
+//! Only this cluster's gateway and DNS server may subscribe: `Watch` checks the caller's
+//! ServiceAccount token ([`crate::auth`]) before anything is streamed, since the snapshot
+//! maps every global service to its endpoints in every member. At most
+//! `--max-subscribers` streams are open at once; one more is refused with
+//! `RESOURCE_EXHAUSTED` (and counted) instead of growing the controller's memory without
+//! bound. The server sends HTTP/2 PINGs ([`Keepalive`]) so a subscriber that vanished
+//! without closing its connection (node lost, network partition) is noticed and its slot
+//! freed; the clients ping too, to notice a vanished controller.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,15 +24,39 @@ use std::time::Duration;
 
 use futures::Stream;
 use meridian_api::proto::{self, Snapshot, Subscriber};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::auth::CallerAuth;
 use crate::metrics::Metrics;
 
 /// Minimum time between two sends to one subscriber.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
+/// Default cap on concurrently open Watch streams (`--max-subscribers`): far above the
+/// gateway and DNS replicas of one cluster, far below what exhausts memory.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
+
+/// HTTP/2 keepalive of the gRPC server: a PING every `interval`; a connection whose peer
+/// does not acknowledge within `timeout` is closed, with its streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// How long an acknowledgement may take.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    /// istiod's server keepalive: 30 s, 10 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The publishing side: the controller sets the latest snapshot here.
 #[derive(Clone)]
@@ -70,18 +103,34 @@ pub struct DiscoveryService {
     cluster: String,
     publisher: SnapshotPublisher,
     metrics: Arc<Metrics>,
+    auth: CallerAuth,
+    slots: Arc<Semaphore>,
     stopping: watch::Receiver<bool>,
 }
 
 impl DiscoveryService {
-    /// Serves the snapshots of `publisher` to subscribers of cluster `cluster`.
-    pub fn new(cluster: String, publisher: SnapshotPublisher, metrics: Arc<Metrics>) -> Self {
+    /// Serves the snapshots of `publisher` to subscribers of cluster `cluster` that pass
+    /// `auth`, at most [`DEFAULT_MAX_SUBSCRIBERS`] at a time.
+    pub fn new(
+        cluster: String,
+        publisher: SnapshotPublisher,
+        metrics: Arc<Metrics>,
+        auth: CallerAuth,
+    ) -> Self {
         Self {
             cluster,
             publisher,
             metrics,
+            auth,
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_SUBSCRIBERS)),
             stopping: watch::channel(false).1,
         }
+    }
+
+    /// Allows at most `max` concurrently open streams.
+    pub fn with_max_subscribers(mut self, max: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(max));
+        self
     }
 
     /// Ends every stream (and refuses new ones) once `stopping` turns true.
@@ -161,6 +210,10 @@ impl proto::discovery_server::Discovery for DiscoveryService {
         &self,
         request: Request<Subscriber>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if let Err(refused) = self.auth.check("Watch", request.metadata()).await {
+            self.metrics.refuse("Watch", refused.reason.label());
+            return Err(refused.into());
+        }
         let sub = request.into_inner();
         if !sub.cluster.is_empty() && sub.cluster != self.cluster {
             return Err(Status::invalid_argument(format!(
@@ -171,6 +224,14 @@ impl proto::discovery_server::Discovery for DiscoveryService {
         if *self.stopping.borrow() {
             return Err(Status::unavailable("the controller is shutting down"));
         }
+        // The slot is held by the feeding task, so it frees when the stream ends.
+        let slot: OwnedSemaphorePermit = self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.refuse("Watch", "subscriber_limit");
+            warn!(role = %sub.role, instance = %sub.instance, "subscriber refused: --max-subscribers reached");
+            Status::resource_exhausted(
+                "too many open snapshot streams on this controller (--max-subscribers)",
+            )
+        })?;
         info!(role = %sub.role, instance = %sub.instance, "subscriber connected");
         let (tx, rx) = mpsc::channel(1);
         let metrics = self.metrics.clone();
@@ -181,6 +242,7 @@ impl proto::discovery_server::Discovery for DiscoveryService {
         tokio::spawn(
             async move {
                 feed(watch_rx, tx, metrics.clone(), stopping).await;
+                drop(slot);
                 metrics.subscribers.dec();
                 info!("subscriber gone");
             }
@@ -190,17 +252,20 @@ impl proto::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Serves Discovery (and Certificates, when given) on `listener` over `transport` until
-/// `shutdown` resolves.
+/// Serves Discovery (and Certificates, when given) on `listener` over `transport`, with
+/// `keepalive`, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     transport: crate::tls::Transport,
+    keepalive: Keepalive,
     discovery: DiscoveryService,
     certificates: Option<crate::certificates::CertificatesService>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
     let incoming = crate::tls::incoming(listener, transport)?;
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive.interval))
+        .http2_keepalive_timeout(Some(keepalive.timeout))
         .add_service(discovery.into_server())
         .add_optional_service(certificates.map(|c| c.into_server()))
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -229,10 +294,22 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()));
-        tokio::spawn(serve(listener, Transport::Plaintext, svc, None, async {
-            let _ = stop_rx.await;
-        }));
+        let svc = DiscoveryService::new(
+            "a".into(),
+            publisher,
+            Arc::new(Metrics::default()),
+            CallerAuth::Unauthenticated,
+        );
+        tokio::spawn(serve(
+            listener,
+            Transport::Plaintext,
+            Keepalive::default(),
+            svc,
+            None,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         (addr, stop_tx)
     }
 
@@ -316,12 +393,18 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let svc = DiscoveryService::new("a".into(), publisher, Arc::new(Metrics::default()))
-            .with_shutdown(stop_rx.clone());
+        let svc = DiscoveryService::new(
+            "a".into(),
+            publisher,
+            Arc::new(Metrics::default()),
+            CallerAuth::Unauthenticated,
+        )
+        .with_shutdown(stop_rx.clone());
         let mut stopped = stop_rx;
         let server = tokio::spawn(serve(
             listener,
             Transport::Plaintext,
+            Keepalive::default(),
             svc,
             None,
             async move {

@@ -17,10 +17,15 @@ mod support {
     use kube::api::{Api, DeleteParams, PostParams};
     use meridian_api::proto::discovery_client::DiscoveryClient;
     use meridian_api::proto::{Snapshot, Subscriber};
+    use meridian_testbed::mesh::{
+        CONTROLLER_AUDIENCE, GATEWAY_SERVICE_ACCOUNT, service_account_token,
+    };
     use meridian_testbed::{Cluster, ClusterSpec, SYSTEM_NAMESPACE, Testbed};
 
     /// How long anything may take to converge before a test fails.
     pub const CONVERGE: Duration = Duration::from_secs(60);
+    /// What the API server says when a token's audience is not the one asked for.
+    pub const AUDIENCE_REFUSED: &str = "is invalid for the target audiences";
 
     pub use meridian_testbed::init_tracing;
 
@@ -50,6 +55,9 @@ mod support {
     /// The controller binary, running against `cluster`.
     pub struct Controller {
         child: tokio::process::Child,
+        /// A gateway ServiceAccount token for the controller's audience, as the gateway
+        /// sends it.
+        pub token: String,
         /// gRPC address.
         pub grpc: SocketAddr,
         /// Metrics address.
@@ -92,8 +100,13 @@ mod support {
                 .kill_on_drop(true)
                 .spawn()
                 .expect("controller binary starts");
+            let token =
+                service_account_token(cluster, GATEWAY_SERVICE_ACCOUNT, Some(CONTROLLER_AUDIENCE))
+                    .await
+                    .expect("a gateway token");
             let c = Controller {
                 child,
+                token,
                 grpc,
                 metrics,
                 log,
@@ -131,26 +144,37 @@ mod support {
                 .expect("wait")
         }
 
-        /// Connects a subscriber.
+        /// Connects a subscriber with the gateway's token.
         pub async fn subscribe(&self) -> Watcher {
-            let client = DiscoveryClient::connect(format!("http://{}", self.grpc))
+            let stream = self
+                .watch_as(Some(&self.token))
                 .await
-                .expect("connect to the controller");
-            let mut client = client;
-            let stream = client
-                .watch(Subscriber {
-                    cluster: "east1".into(),
-                    role: "gateway".into(),
-                    instance: "test".into(),
-                })
-                .await
-                .expect("watch")
-                .into_inner();
+                .unwrap_or_else(|e| panic!("watch: {e}; log: {}", self.log.display()));
             Watcher {
                 stream,
                 latest: None,
                 log: self.log.clone(),
             }
+        }
+
+        /// Opens a Watch stream sending `token` (none: anonymous).
+        pub async fn watch_as(
+            &self,
+            token: Option<&str>,
+        ) -> Result<tonic::Streaming<Snapshot>, tonic::Status> {
+            let mut client = DiscoveryClient::connect(format!("http://{}", self.grpc))
+                .await
+                .expect("connect to the controller");
+            let mut request = tonic::Request::new(Subscriber {
+                cluster: "east1".into(),
+                role: "gateway".into(),
+                instance: "test".into(),
+            });
+            if let Some(token) = token {
+                let value = format!("Bearer {token}").parse().expect("header value");
+                request.metadata_mut().insert("authorization", value);
+            }
+            client.watch(request).await.map(tonic::Response::into_inner)
         }
 
         /// GET /metrics.
@@ -1482,7 +1506,9 @@ mod certificates {
     use meridian_api::proto::certificates_client::CertificatesClient;
     use meridian_identity::{CertificateRequest, Identity, MeshCa};
     use meridian_testbed::SYSTEM_NAMESPACE;
-    use meridian_testbed::mesh::{GATEWAY_SERVICE_ACCOUNT, service_account_token};
+    use meridian_testbed::mesh::{
+        CONTROLLER_AUDIENCE, GATEWAY_SERVICE_ACCOUNT, service_account_token,
+    };
 
     use crate::support::*;
 
@@ -1497,9 +1523,7 @@ mod certificates {
             .unwrap();
         let identity = Identity::gateway("meridian.local", "east1").unwrap();
         let csr = CertificateRequest::generate(&identity).unwrap();
-        let token = service_account_token(east1, GATEWAY_SERVICE_ACCOUNT)
-            .await
-            .unwrap();
+        let token = ctl.token.clone();
         let signed_in = move |token: &str| {
             let mut r = tonic::Request::new(SignCertificateRequest {
                 csr_pem: csr.pem().to_owned(),
@@ -1526,7 +1550,19 @@ mod certificates {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
-        let intruder = service_account_token(east1, "intruder").await.unwrap();
+        // The gateway's own token, but for the API server's default audience.
+        let default_audience = service_account_token(east1, GATEWAY_SERVICE_ACCOUNT, None)
+            .await
+            .unwrap();
+        let err = client
+            .sign_certificate(signed_in(&default_audience))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        assert!(err.message().contains(AUDIENCE_REFUSED), "{err}");
+        let intruder = service_account_token(east1, "intruder", Some(CONTROLLER_AUDIENCE))
+            .await
+            .unwrap();
         let err = client
             .sign_certificate(signed_in(&intruder))
             .await
@@ -1563,6 +1599,111 @@ mod certificates {
             meridian_identity::identity::identities_in(&certs[0]).unwrap(),
             vec![identity]
         );
+        ctl.kill().await;
+    }
+}
+
+mod discovery_access {
+    use meridian_testbed::mesh::{
+        CONTROLLER_AUDIENCE, DNS_SERVICE_ACCOUNT, GATEWAY_SERVICE_ACCOUNT, service_account_token,
+    };
+    use meridian_testbed::{ClusterSpec, Testbed};
+
+    use crate::support::*;
+
+    /// One member is enough: these tests are about who may open the stream.
+    async fn one_cluster() -> Testbed {
+        init_tracing();
+        Testbed::start(&[ClusterSpec::new("east1", "us-east1", ["us-east1-a"])])
+            .await
+            .expect("testbed starts")
+    }
+
+    /// `meridian_grpc_refusals_total{service="Watch",reason}` (0 when absent).
+    async fn refusals(ctl: &Controller, reason: &str) -> u64 {
+        let line =
+            format!("meridian_grpc_refusals_total{{service=\"Watch\",reason=\"{reason}\"}} ");
+        let text = ctl.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_needs_a_gateway_or_dns_token_for_the_controller_audience() {
+        let testbed = one_cluster().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+
+        // Anonymous: no token at all.
+        let err = ctl.watch_as(None).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        assert!(
+            err.message().contains("needs a ServiceAccount token"),
+            "{err}"
+        );
+        // Something that is no token the API server issued.
+        let err = ctl.watch_as(Some("not-a-token")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        assert!(err.message().contains("not accepted"), "{err}");
+        // The gateway's own token, but for the API server's default audience (what a pod's
+        // automounted token is): refused, so tokens minted for other uses do not work here.
+        let default_audience = service_account_token(east1, GATEWAY_SERVICE_ACCOUNT, None)
+            .await
+            .unwrap();
+        let err = ctl.watch_as(Some(&default_audience)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        assert!(err.message().contains(AUDIENCE_REFUSED), "{err}");
+        // A valid token for the right audience, of another ServiceAccount.
+        let intruder = service_account_token(east1, "intruder", Some(CONTROLLER_AUDIENCE))
+            .await
+            .unwrap();
+        let err = ctl.watch_as(Some(&intruder)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        assert!(
+            err.message()
+                .contains("system:serviceaccount:meridian-system:intruder may not call Watch"),
+            "{err}"
+        );
+        assert!(
+            !err.message().contains(&intruder),
+            "the token is not echoed"
+        );
+        assert_eq!(refusals(&ctl, "unauthenticated").await, 3);
+        assert_eq!(refusals(&ctl, "permission_denied").await, 1);
+
+        // The gateway's and the DNS server's tokens for the controller's audience are served.
+        let mut gateway = ctl.subscribe().await;
+        gateway.wait_for("a first snapshot", |_| true).await;
+        let dns = service_account_token(east1, DNS_SERVICE_ACCOUNT, Some(CONTROLLER_AUDIENCE))
+            .await
+            .unwrap();
+        let mut stream = ctl.watch_as(Some(&dns)).await.unwrap();
+        assert!(stream.message().await.unwrap().is_some());
+        ctl.kill().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscribers_over_the_cap_are_refused_and_counted() {
+        let testbed = one_cluster().await;
+        let east1 = testbed.cluster("east1").unwrap();
+        let ip = testbed.allocate_address().unwrap();
+        let ctl = Controller::start(&testbed, east1, ip, &["--max-subscribers", "2"]).await;
+        let mut first = ctl.subscribe().await;
+        first.wait_for("a first snapshot", |_| true).await;
+        let second = ctl.subscribe().await;
+        let err = ctl.watch_as(Some(&ctl.token)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert!(err.message().contains("--max-subscribers"), "{err}");
+        assert_eq!(refusals(&ctl, "subscriber_limit").await, 1);
+        // A closed stream frees its slot.
+        drop(second);
+        let mut third = eventually("a slot after a stream closed", || async {
+            ctl.watch_as(Some(&ctl.token)).await.ok()
+        })
+        .await;
+        assert!(third.message().await.unwrap().is_some());
         ctl.kill().await;
     }
 }

@@ -12,6 +12,7 @@ use meridian_api::channel::{ControllerEndpoint, ControllerTls};
 use meridian_api::proto::discovery_client::DiscoveryClient;
 use meridian_api::proto::{Snapshot, Subscriber};
 use meridian_api::testing::eventually;
+use meridian_controller::auth::CallerAuth;
 use meridian_controller::certificates::{CaCache, CaSource};
 use meridian_controller::metrics::Metrics;
 use meridian_controller::server::{self, DiscoveryService, SnapshotPublisher};
@@ -85,10 +86,12 @@ async fn serve(ca_dir: &Path, ttl: Duration) -> Server {
         "east".into(),
         publisher.clone(),
         Arc::new(Metrics::default()),
+        CallerAuth::Unauthenticated,
     );
     tokio::spawn(server::serve(
         listener,
         Transport::tls(&serving),
+        server::Keepalive::default(),
         discovery,
         None,
         std::future::pending(),
@@ -317,6 +320,8 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
         .arg(format!("--grpc-addr={grpc}"))
         .arg(format!("--metrics-addr={metrics}"))
         .args(["--install-crds", "--initial-sync-timeout=1s"])
+        // This test is about TLS; who may watch is tested in controller.rs.
+        .arg("--discovery-auth=none")
         .env("RUST_LOG", "meridian_controller=debug,info")
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)

@@ -53,6 +53,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
     subscription_config.tls = config.controller.tls();
+    subscription_config.token_file = config.controller.token_file.clone();
     let subscription = Subscription::spawn(subscription_config).context("controller endpoint")?;
 
     let mut dns = DnsServer::bind(&config.listen, authority.clone())

@@ -101,11 +101,6 @@ pub struct Config {
     #[arg(long, requires_all = ["cert_chain", "key"])]
     pub root: Option<PathBuf>,
 
-    /// ServiceAccount token sent with certificate requests, so the controller can check the
-    /// caller is the gateway (a projected token in Kubernetes; re-read on every request).
-    #[arg(long, env = "MERIDIAN_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-
     /// Requested certificate lifetime; renewed at half life (e.g. 24h, 10m, 30s).
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub cert_ttl: Duration,

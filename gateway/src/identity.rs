@@ -42,13 +42,11 @@ pub enum Source {
     },
     /// The controller's `Certificates.SignCertificate`.
     Signer {
-        /// gRPC endpoint (with its pinned root, over TLS); boxed, it is large.
+        /// gRPC endpoint (with its pinned root, over TLS, and the ServiceAccount token file
+        /// proving the caller is the gateway); boxed, it is large.
         endpoint: Box<ControllerEndpoint>,
         /// Requested lifetime.
         ttl: Duration,
-        /// ServiceAccount token proving the caller is the gateway; re-read for every request
-        /// because the kubelet rotates projected tokens.
-        token_file: Option<PathBuf>,
     },
 }
 
@@ -65,11 +63,7 @@ pub async fn fetch(source: &Source, identity: &Identity) -> anyhow::Result<Crede
             );
             Ok(creds)
         }
-        Source::Signer {
-            endpoint,
-            ttl,
-            token_file,
-        } => sign(endpoint, identity, *ttl, token_file.as_deref()).await,
+        Source::Signer { endpoint, ttl } => sign(endpoint, identity, *ttl).await,
     }
 }
 
@@ -77,7 +71,6 @@ async fn sign(
     endpoint: &ControllerEndpoint,
     identity: &Identity,
     ttl: Duration,
-    token_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Credentials> {
     let request = CertificateRequest::generate(identity)?;
     let mut grpc_request = tonic::Request::new(SignCertificateRequest {
@@ -85,14 +78,8 @@ async fn sign(
         cluster: identity.cluster().to_owned(),
         ttl_seconds: ttl.as_secs(),
     });
-    if let Some(path) = token_file {
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the ServiceAccount token {}", path.display()))?;
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .context("the ServiceAccount token is not a valid header value")?;
-        grpc_request.metadata_mut().insert("authorization", value);
-    }
+    // Read for every request: the kubelet rotates projected tokens.
+    endpoint.authorize(&mut grpc_request)?;
     let channel = endpoint
         .connect()
         .await

@@ -110,6 +110,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
     // configuration error, not something to retry.
     let signer = ControllerEndpoint::new(config.ca_endpoint(), config.controller.tls())
         .context("the certificate signer endpoint (--ca, --controller)")?
+        .with_token_file(config.controller.token_file.clone())
         // A blackholed or hung signer fails the attempt (retried with backoff) instead of
         // stalling issuance or renewal.
         .configure(|e| {
@@ -125,6 +126,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         },
     );
     subscription_config.tls = config.controller.tls();
+    subscription_config.token_file = config.controller.token_file.clone();
     let subscription =
         Subscription::spawn(subscription_config).context("starting the snapshot subscription")?;
     spawn_status(
@@ -156,7 +158,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         _ => identity::Source::Signer {
             endpoint: Box::new(signer),
             ttl: config.cert_ttl,
-            token_file: config.token_file.clone(),
         },
     };
     info!(%identity, "obtaining the gateway certificate");

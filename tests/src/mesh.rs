@@ -34,8 +34,15 @@ pub const ADMIN_PORT: u16 = 15021;
 pub const CONFIG_DUMP_PORT: u16 = 15000;
 /// Label selecting gateway pods (the controller's default).
 pub const GATEWAY_LABEL: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
-/// The ServiceAccount whose token the controller accepts for the gateway certificate.
+/// The ServiceAccount whose token the controller accepts for the gateway certificate (and
+/// for the snapshot stream).
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "meridian-gateway";
+/// The DNS server's ServiceAccount, whose token the controller accepts for the snapshot
+/// stream.
+pub const DNS_SERVICE_ACCOUNT: &str = "meridian-dns";
+/// The audience of the tokens gateway and DNS send to the controller (the projected
+/// token's `audience` in the manifests).
+pub const CONTROLLER_AUDIENCE: &str = "meridian-controller";
 /// The name the controller's gRPC serving certificate carries (its Service in
 /// meridian-system), which gateway and DNS verify.
 pub const CONTROLLER_SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
@@ -480,14 +487,12 @@ async fn start_member(
         format!("--controller-ca-file={}", path(&ca_dir.join("ca.crt"))),
         format!("--controller-server-name={CONTROLLER_SERVER_NAME}"),
     ];
-    let token_file = dir.join("gateway.token");
-    std::fs::write(
-        &token_file,
-        service_account_token(cluster, GATEWAY_SERVICE_ACCOUNT).await?,
-    )
-    .map_err(Error::io(format!("writing {}", token_file.display())))?;
+    // The tokens the kubelet would project (audience meridian-controller): the controller
+    // serves snapshots only to the gateway and DNS ServiceAccounts, and signs only for the
+    // gateway's (TokenReview).
+    let token_file = write_controller_token(cluster, dir, GATEWAY_SERVICE_ACCOUNT).await?;
+    let dns_token_file = write_controller_token(cluster, dir, DNS_SERVICE_ACCOUNT).await?;
     let gateway_args: Vec<String> = vec![
-        // The controller signs only for the gateway ServiceAccount's token (TokenReview).
         format!("--token-file={}", path(&token_file)),
         format!("--cluster={name}"),
         format!("--controller={controller_url}"),
@@ -530,6 +535,7 @@ async fn start_member(
             format!("--controller={controller_url}"),
             controller_tls[0].clone(),
             controller_tls[1].clone(),
+            format!("--token-file={}", path(&dns_token_file)),
             format!("--listen={dns_addr}"),
             format!("--admin={dns_admin}"),
         ],
@@ -552,9 +558,23 @@ async fn start_member(
     })
 }
 
+/// Writes `<dir>/<account>.token`: a token of `meridian-system/<account>` for the
+/// controller's audience.
+async fn write_controller_token(cluster: &Cluster, dir: &Path, account: &str) -> Result<PathBuf> {
+    let file = dir.join(format!("{account}.token"));
+    let token = service_account_token(cluster, account, Some(CONTROLLER_AUDIENCE)).await?;
+    std::fs::write(&file, token).map_err(Error::io(format!("writing {}", file.display())))?;
+    Ok(file)
+}
+
 /// Creates the ServiceAccount `meridian-system/<name>` (if missing) and a token for it, as
-/// the kubelet would project into a pod running as it.
-pub async fn service_account_token(cluster: &Cluster, name: &str) -> Result<String> {
+/// the kubelet would project into a pod running as it: for `audience`, or for the API
+/// server's default audience with `None`.
+pub async fn service_account_token(
+    cluster: &Cluster,
+    name: &str,
+    audience: Option<&str>,
+) -> Result<String> {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     use kube::api::{Api, PostParams};
@@ -570,6 +590,7 @@ pub async fn service_account_token(cluster: &Cluster, name: &str) -> Result<Stri
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(24 * 3600),
+            audiences: audience.map(|a| vec![a.to_owned()]).unwrap_or_default(),
             ..TokenRequestSpec::default()
         },
         ..TokenRequest::default()

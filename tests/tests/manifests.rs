@@ -71,6 +71,19 @@ mod support {
         run.stdout
     }
 
+    /// Objects applied separately from the base because they need a newer Kubernetes than
+    /// the base's 1.20 (NetworkPolicy `endPort`: 1.22).
+    pub const OPTIONAL: [&str; 1] = ["manifests/gateway/networkpolicy.yaml"];
+
+    /// The rendered base plus [`OPTIONAL`]: everything an up-to-date cluster runs.
+    pub async fn install_documents() -> Vec<serde_json::Value> {
+        let mut docs = documents(&render_base().await);
+        for file in OPTIONAL {
+            docs.extend(file_documents(file));
+        }
+        docs
+    }
+
     /// Every non-empty YAML document of `text`, as JSON values.
     pub fn documents(text: &str) -> Vec<Value> {
         serde_yaml_ng::Deserializer::from_str(text)
@@ -121,6 +134,7 @@ mod checks {
     use k8s_openapi::api::core::v1::{
         ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
     };
+    use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
     use k8s_openapi::api::rbac::v1::{
         ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding,
     };
@@ -171,6 +185,7 @@ mod checks {
         pub services: Vec<Service>,
         pub deployments: Vec<Deployment>,
         pub config_maps: Vec<ConfigMap>,
+        pub network_policies: Vec<NetworkPolicy>,
     }
 
     /// Fields of `original` that did not survive a round trip through the typed object:
@@ -252,6 +267,7 @@ mod checks {
                 "Role" | "RoleBinding" => ("rbac.authorization.k8s.io/v1", true),
                 "ServiceAccount" | "Service" | "ConfigMap" => ("v1", true),
                 "Deployment" => ("apps/v1", true),
+                "NetworkPolicy" => ("networking.k8s.io/v1", true),
                 other => {
                     problems.push(format!(
                         "{id}: unexpected kind {other:?} (PodDisruptionBudget policy/v1 and \
@@ -294,6 +310,7 @@ mod checks {
                 "Service" => objects.services.extend(typed(doc, &id, p)),
                 "Deployment" => objects.deployments.extend(typed(doc, &id, p)),
                 "ConfigMap" => objects.config_maps.extend(typed(doc, &id, p)),
+                "NetworkPolicy" => objects.network_policies.extend(typed(doc, &id, p)),
                 _ => unreachable!("filtered above"),
             }
         }
@@ -345,14 +362,12 @@ mod checks {
         }
         let writes = verbs.iter().any(|v| !READ.contains(v));
         if cluster_wide && writes {
-            // Cluster-wide writes only to Meridian's own resources and Events, plus
-            // creating TokenReviews (a question to the API server that changes nothing).
+            // Cluster-wide writes only to Meridian's own resources, plus creating
+            // TokenReviews (a question to the API server that changes nothing).
             let token_review = groups.iter().all(|g| *g == "authentication.k8s.io")
                 && resources.iter().all(|r| *r == "tokenreviews")
                 && verbs.iter().all(|v| *v == "create");
-            let own = groups.iter().all(|g| *g == "meridian.io")
-                || resources.iter().all(|r| *r == "events")
-                || token_review;
+            let own = groups.iter().all(|g| *g == "meridian.io") || token_review;
             if !own {
                 problems.push(format!(
                     "{owner}: cluster-wide write verbs {verbs:?} on {groups:?}/{resources:?}"
@@ -817,6 +832,320 @@ mod checks {
         }
     }
 
+    /// The namespace label that admits monitoring (Prometheus) to admin and metrics ports.
+    pub const MONITORING_LABEL: (&str, &str) = ("meridian.io/monitoring", "true");
+    /// The controller's default `--listener-ports`: the gateway's outbound listeners.
+    pub const LISTENER_PORTS: (i32, i32) = (15100, 15999);
+
+    /// Who may reach a port.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Sources {
+        /// No `from`: anywhere, inside the cluster or not.
+        Anywhere,
+        /// Every pod of the cluster (`namespaceSelector: {}`).
+        Cluster,
+        /// Pods of meridian-system with these `app.kubernetes.io/name`s.
+        Pods(&'static [&'static str]),
+        /// Namespaces labelled [`MONITORING_LABEL`].
+        Monitoring,
+    }
+
+    /// (Deployment, container port name, the flag that sets the port and its default,
+    /// who may reach it).
+    pub const PORTS: [(&str, &str, &str, i32, Sources); 8] = [
+        (
+            "meridian-controller",
+            "grpc",
+            "--grpc-addr",
+            15010,
+            Sources::Pods(&["meridian-gateway", "meridian-dns"]),
+        ),
+        (
+            "meridian-controller",
+            "http-metrics",
+            "--metrics-addr",
+            15014,
+            Sources::Monitoring,
+        ),
+        (
+            "meridian-gateway",
+            "tunnel",
+            "--tunnel-addr",
+            15008,
+            Sources::Anywhere,
+        ),
+        (
+            "meridian-gateway",
+            "admin",
+            "--admin-addr",
+            15021,
+            Sources::Monitoring,
+        ),
+        ("meridian-dns", "dns", "--listen", 53, Sources::Cluster),
+        ("meridian-dns", "dns-tcp", "--listen", 53, Sources::Cluster),
+        (
+            "meridian-dns",
+            "admin",
+            "--admin",
+            15053,
+            Sources::Monitoring,
+        ),
+        // Not a container port: the listener range, checked separately.
+        (
+            "meridian-gateway",
+            "listeners",
+            "",
+            LISTENER_PORTS.0,
+            Sources::Cluster,
+        ),
+    ];
+
+    fn sources(from: &Option<Vec<NetworkPolicyPeer>>) -> Option<Sources> {
+        let Some(from) = from else {
+            return Some(Sources::Anywhere);
+        };
+        let labels =
+            |sel: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+                sel.as_ref().map(|s| {
+                    (
+                        s.match_labels.clone().unwrap_or_default(),
+                        s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()),
+                    )
+                })
+            };
+        let mut pods: Vec<String> = Vec::new();
+        for (i, peer) in from.iter().enumerate() {
+            if peer.ip_block.is_some() {
+                return None;
+            }
+            match (labels(&peer.namespace_selector), labels(&peer.pod_selector)) {
+                (Some((ns, false)), None) if ns.is_empty() && from.len() == 1 => {
+                    return Some(Sources::Cluster);
+                }
+                (Some((ns, false)), None)
+                    if from.len() == 1
+                        && ns.len() == 1
+                        && ns.get(MONITORING_LABEL.0).map(String::as_str)
+                            == Some(MONITORING_LABEL.1) =>
+                {
+                    return Some(Sources::Monitoring);
+                }
+                (None, Some((p, false))) if p.len() == 1 => {
+                    pods.extend(p.get("app.kubernetes.io/name").cloned());
+                    if pods.len() != i + 1 {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let known: &[&[&str]] = &[&["meridian-gateway", "meridian-dns"]];
+        known
+            .iter()
+            .find(|k| k.len() == pods.len() && k.iter().all(|n| pods.iter().any(|p| p == n)))
+            .map(|k| Sources::Pods(k))
+    }
+
+    /// The port a flag sets: `--flag=host:port` in the container's args, else `default`.
+    fn flag_port(c: &Container, flag: &str, default: i32) -> i32 {
+        c.args
+            .iter()
+            .flatten()
+            .filter_map(|a| a.strip_prefix(flag)?.strip_prefix('='))
+            .filter_map(|v| v.rsplit_once(':')?.1.parse().ok())
+            .next_back()
+            .unwrap_or(default)
+    }
+
+    /// NetworkPolicies: every component is selected by one, every port a rule names is a
+    /// container port (set by the flag the binary listens with), every container port is
+    /// admitted, and each from exactly the sources in [`PORTS`].
+    pub fn network_policies(objects: &Objects, problems: &mut Vec<String>) {
+        for d in &objects.deployments {
+            let dname = name(d);
+            let Some(template) = d.spec.as_ref().map(|s| &s.template) else {
+                continue;
+            };
+            let labels = template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            let containers = template
+                .spec
+                .as_ref()
+                .map(|p| p.containers.clone())
+                .unwrap_or_default();
+            let selecting: Vec<&NetworkPolicy> = objects
+                .network_policies
+                .iter()
+                .filter(|np| {
+                    np.spec.as_ref().is_some_and(|s| {
+                        let sel = s
+                            .pod_selector
+                            .as_ref()
+                            .and_then(|p| p.match_labels.clone())
+                            .unwrap_or_default();
+                        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    })
+                })
+                .collect();
+            let [np] = selecting.as_slice() else {
+                problems.push(format!(
+                    "Deployment {dname}: selected by {} NetworkPolicies, want 1",
+                    selecting.len()
+                ));
+                continue;
+            };
+            let owner = format!("NetworkPolicy {}", name(*np));
+            let spec = np.spec.clone().unwrap_or_default();
+            if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
+                problems.push(format!("{owner}: policyTypes lacks Ingress"));
+            }
+            // (port name or "listeners", protocol) → who is admitted.
+            let mut admitted: Vec<(String, String, Option<Sources>)> = Vec::new();
+            for rule in spec.ingress.iter().flatten() {
+                let who = sources(&rule.from);
+                let ports = rule.ports.clone().unwrap_or_default();
+                if ports.is_empty() {
+                    problems.push(format!("{owner}: a rule admits every port"));
+                }
+                for p in ports {
+                    let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                    let Some(port) = &p.port else {
+                        problems.push(format!("{owner}: a rule admits every port"));
+                        continue;
+                    };
+                    if let Some(end) = p.end_port {
+                        if *port != IntOrString::Int(LISTENER_PORTS.0) || end != LISTENER_PORTS.1 {
+                            problems.push(format!(
+                                "{owner}: range {port:?}-{end} is not the listener range {LISTENER_PORTS:?}"
+                            ));
+                        }
+                        admitted.push(("listeners".into(), protocol, who));
+                        continue;
+                    }
+                    match containers.iter().find_map(|c| container_port(c, port)) {
+                        Some(cp) if cp.protocol.as_deref().unwrap_or("TCP") == protocol => {
+                            admitted.push((cp.name.clone().unwrap_or_default(), protocol, who));
+                        }
+                        _ => problems.push(format!(
+                            "{owner}: port {port:?}/{protocol} is not a container port of {dname}"
+                        )),
+                    }
+                }
+            }
+            for (deployment, port_name, flag, default, want) in PORTS {
+                if deployment != dname {
+                    continue;
+                }
+                let got: Vec<Option<Sources>> = admitted
+                    .iter()
+                    .filter(|(n, _, _)| n == port_name)
+                    .map(|(_, _, w)| *w)
+                    .collect();
+                if got != [Some(want)] {
+                    problems.push(format!(
+                        "{owner}: port {port_name} admitted from {got:?}, want exactly {want:?}"
+                    ));
+                }
+                if flag.is_empty() {
+                    continue;
+                }
+                for c in &containers {
+                    let Some(cp) = container_port(c, &IntOrString::String(port_name.into())) else {
+                        problems.push(format!(
+                            "{owner}: {dname} has no container port {port_name}"
+                        ));
+                        continue;
+                    };
+                    // DNS listens on 5353 in the pod; 53 is the Service's port.
+                    let listens = flag_port(c, flag, default);
+                    if cp.container_port != listens {
+                        problems.push(format!(
+                            "Deployment {dname}: container port {port_name} is {} but {flag} listens on {listens}",
+                            cp.container_port
+                        ));
+                    }
+                }
+            }
+            for c in &containers {
+                for cp in c.ports.iter().flatten() {
+                    let n = cp.name.clone().unwrap_or_default();
+                    if !admitted.iter().any(|(a, _, _)| *a == n) {
+                        problems.push(format!(
+                            "{owner}: container port {n} ({}) of {dname} is not admitted",
+                            cp.container_port
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The audience of the tokens gateway and DNS send the controller (its --token-audience).
+    pub const CONTROLLER_AUDIENCE: &str = "meridian-controller";
+
+    /// Gateway and DNS send the controller a projected token for its audience, from the
+    /// file their --token-file (MERIDIAN_TOKEN_FILE) names.
+    pub fn controller_tokens(objects: &Objects, problems: &mut Vec<String>) {
+        for d in &objects.deployments {
+            let dname = name(d);
+            if dname == "meridian-controller" {
+                continue;
+            }
+            let owner = format!("Deployment {dname}");
+            let Some(pod) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+                continue;
+            };
+            // volume name → token path inside it.
+            let tokens: BTreeMap<&str, &str> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| {
+                    let sources = v.projected.as_ref()?.sources.as_ref()?;
+                    sources.iter().find_map(|s| {
+                        let t = s.service_account_token.as_ref()?;
+                        (t.audience.as_deref() == Some(CONTROLLER_AUDIENCE)
+                            && t.expiration_seconds.is_some())
+                        .then_some((v.name.as_str(), t.path.as_str()))
+                    })
+                })
+                .collect();
+            for c in &pod.containers {
+                let files: BTreeSet<String> = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .filter_map(|m| {
+                        let path = tokens.get(m.name.as_str())?;
+                        Some(format!("{}/{path}", m.mount_path.trim_end_matches('/')))
+                    })
+                    .collect();
+                let configured: Vec<String> = c
+                    .args
+                    .iter()
+                    .flatten()
+                    .filter_map(|a| a.strip_prefix("--token-file=").map(str::to_owned))
+                    .chain(
+                        c.env
+                            .iter()
+                            .flatten()
+                            .filter(|e| e.name == "MERIDIAN_TOKEN_FILE")
+                            .filter_map(|e| e.value.clone()),
+                    )
+                    .collect();
+                if configured.is_empty() || !configured.iter().all(|f| files.contains(f)) {
+                    problems.push(format!(
+                        "{owner}: --token-file {configured:?} is not a mounted projected token \
+                         with audience {CONTROLLER_AUDIENCE} and expirationSeconds ({files:?})"
+                    ));
+                }
+            }
+        }
+    }
+
     /// Everything, in one list.
     pub fn all(docs: &[Value]) -> (Objects, Vec<String>) {
         let mut problems = Vec::new();
@@ -829,12 +1158,16 @@ mod checks {
         rbac(&objects, &mut problems);
         deployments(&objects, &mut problems);
         services(&objects, &mut problems);
+        network_policies(&objects, &mut problems);
+        controller_tokens(&objects, &mut problems);
         (objects, problems)
     }
 }
 
 use serde_json::{Value, json};
-use support::{documents, file_documents, kubectl, markdown_objects, render_base, repo_root};
+use support::{
+    documents, file_documents, install_documents, kubectl, markdown_objects, render_base, repo_root,
+};
 
 fn assert_no_problems(problems: &[String]) {
     assert!(
@@ -847,10 +1180,16 @@ fn assert_no_problems(problems: &[String]) {
 
 #[tokio::test]
 async fn base_renders_and_every_object_passes_the_checks() {
-    let rendered = render_base().await;
-    let docs = documents(&rendered);
+    let docs = install_documents().await;
     let (objects, problems) = checks::all(&docs);
     assert_no_problems(&problems);
+    // What the base leaves out is only what 1.20 cannot take.
+    let base = documents(&render_base().await);
+    for doc in &docs {
+        let optional = !base.contains(doc);
+        let needs_newer = serde_json::to_string(doc).unwrap().contains("endPort");
+        assert_eq!(optional, needs_newer, "{}", checks::id(doc));
+    }
 
     // Every generated CRD is installed, and nothing else.
     let mut crds: Vec<String> = objects
@@ -898,7 +1237,7 @@ async fn base_renders_and_every_object_passes_the_checks() {
 /// The checks are not vacuous: each class of mistake in a copy of the base is reported.
 #[tokio::test]
 async fn checks_catch_broken_objects() {
-    let docs = documents(&render_base().await);
+    let docs = install_documents().await;
     let broken = |edit: &dyn Fn(&mut Vec<Value>)| {
         let mut d = docs.clone();
         edit(&mut d);
@@ -1001,6 +1340,81 @@ async fn checks_catch_broken_objects() {
             "unexpected kind \"PodDisruptionBudget\"",
             Box::new(|d| {
                 d.push(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x", "namespace": "meridian-system"}}));
+            }),
+        ),
+        (
+            "port grpc admitted from [Some(Cluster)]",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-controller");
+                d[i]["spec"]["ingress"][0]["from"] = json!([{"namespaceSelector": {}}]);
+            }),
+        ),
+        (
+            "port admin admitted from [Some(Anywhere)]",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-gateway");
+                d[i]["spec"]["ingress"][2]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("from");
+            }),
+        ),
+        (
+            "port admin admitted from [None]",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-dns");
+                d[i]["spec"]["ingress"][1]["from"] =
+                    json!([{"podSelector": {"matchLabels": {"meridian.io/monitoring": "true"}}}]);
+            }),
+        ),
+        (
+            "is not a container port of meridian-dns",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-dns");
+                d[i]["spec"]["ingress"][0]["ports"][0]["port"] = json!(53);
+            }),
+        ),
+        (
+            "Deployment meridian-dns: selected by 0 NetworkPolicies",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-dns");
+                d.remove(i);
+            }),
+        ),
+        (
+            "container port admin is 15053 but --admin listens on 15054",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-dns");
+                let args = d[i]["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array_mut()
+                    .unwrap();
+                for a in args.iter_mut() {
+                    if a.as_str().is_some_and(|s| s.starts_with("--admin=")) {
+                        *a = json!("--admin=0.0.0.0:15054");
+                    }
+                }
+            }),
+        ),
+        (
+            "Deployment meridian-dns: --token-file",
+            Box::new(|d| {
+                let i = find(d, "Deployment", "meridian-dns");
+                let vols = d[i]["spec"]["template"]["spec"]["volumes"]
+                    .as_array_mut()
+                    .unwrap();
+                for v in vols.iter_mut() {
+                    if v["name"] == "token" {
+                        let t = &mut v["projected"]["sources"][0]["serviceAccountToken"];
+                        t.as_object_mut().unwrap().remove("audience");
+                    }
+                }
+            }),
+        ),
+        (
+            "is not the listener range",
+            Box::new(|d| {
+                let i = find(d, "NetworkPolicy", "meridian-gateway");
+                d[i]["spec"]["ingress"][1]["ports"][0]["endPort"] = json!(16999);
             }),
         ),
         (
@@ -1161,7 +1575,6 @@ async fn base_applies_to_a_real_api_server_with_least_privilege() {
             "-n",
             "meridian-system",
         ],
-        &["create", "events", "-n", "demo"],
         &["create", "tokenreviews.authentication.k8s.io"],
         &[
             "get",
@@ -1178,6 +1591,8 @@ async fn base_applies_to_a_real_api_server_with_least_privilege() {
         &["create", "configmaps", "-n", "meridian-system"],
     ];
     let denied: &[&[&str]] = &[
+        // The controller emits no Events.
+        &["create", "events", "-n", "demo"],
         &["get", "secrets", "-n", "default"],
         &["list", "secrets", "-A"],
         &["create", "secrets", "-n", "meridian-system"],
