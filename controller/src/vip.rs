@@ -370,7 +370,8 @@ fn listeners_of(svc: &Service) -> BTreeMap<String, u16> {
 
 /// VIPs and listener ports as the managed Services in the cluster say, for the services of
 /// `catalog` (how replicas that do not lead learn what the leader allocated). Ports the
-/// catalog no longer has, and pins to clusters no longer exporting, are left out.
+/// catalog no longer has, pins to clusters no longer exporting, and Services whose name is
+/// not one their annotations' VIP would have (the leader does not use them) are left out.
 pub fn vips_of<'a>(
     managed: impl IntoIterator<Item = &'a Service>,
     catalog: &Catalog,
@@ -378,6 +379,10 @@ pub fn vips_of<'a>(
     let mut out: BTreeMap<ServiceKey, VipInfo> = BTreeMap::new();
     for svc in managed {
         let Some(key) = vip_key(svc) else { continue };
+        let name = svc.name_any();
+        if name != managed_service_name(&key) && name != legacy_managed_service_name(&key) {
+            continue;
+        }
         let Some(entry) = catalog.services.get(&key.service) else {
             continue;
         };
@@ -1053,6 +1058,16 @@ mod tests {
             svc(&global("x"), "10.96.0.1", 15000),
             svc(&pinned("x", "a"), "10.96.0.2", 15001),
             svc(&pinned("x", "gone"), "10.96.0.4", 15003),
+        ];
+        // Under a name that is not x's: not x's VIP, whatever its annotation says.
+        let mut misnamed = svc(&global("x"), "10.96.0.9", 15009);
+        misnamed.metadata.name = Some("x-default-0000000000000000".into());
+        let managed = [
+            managed[0].clone(),
+            managed[1].clone(),
+            managed[2].clone(),
+            managed[3].clone(),
+            misnamed,
         ];
         let vips = vips_of(&managed, &cat);
         let x = &vips[&ServiceKey::new("demo", "x")];
