@@ -14,7 +14,9 @@ use meridian_identity::{Credentials, Identity, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Gateway, Mesh, PATIENCE, TD, endpoint, eventually, service};
+use crate::support::{
+    Backend, Gateway, Mesh, PATIENCE, TD, endpoint, eventually, http_get, service,
+};
 
 const EAST: (&str, &str) = ("r1", "z1");
 const WEST: (&str, &str) = ("r2", "z2");
@@ -88,6 +90,9 @@ async fn admin_listener_closes_a_client_that_never_finishes_its_headers() {
     let ip = Ipv4Addr::new(127, 0, 50, 4);
     let flags = ["--admin-header-timeout", "1s"];
     let east = gateway(&mesh, ip, &flags, Protocol::Http, 25081, web.addr).await;
+    // The probe listener (pod IP in a cluster) has no /config_dump; only the loopback one.
+    assert_eq!(http_get(east.admin, "/config_dump").await.unwrap().0, 404);
+    assert_eq!(http_get(east.dump, "/config_dump").await.unwrap().0, 200);
 
     for admin in [east.admin, east.dump] {
         let mut tcp = TcpStream::connect(admin).await.unwrap();
