@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admission;
 mod e2e;
 mod locality;
 mod mtls;
