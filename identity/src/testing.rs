@@ -2,9 +2,7 @@
 //! including the bad ones a test needs (another CA, a wrong trust domain, expired, signed
 //! by the root directly, signed by another cluster's intermediate).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
@@ -13,12 +11,12 @@ use crate::ca::INTERMEDIATE_TTL;
 use crate::csr::request_for;
 use crate::{ClusterCa, Credentials, Error, Identity, RootCa, SignedCertificate};
 
-/// A mesh for tests: a root and one intermediate per cluster, made on first use.
+/// A mesh for tests: a root, and cluster intermediates it issues on demand (a fresh one
+/// per certificate: peers only care that the intermediate names the leaf's cluster).
 #[derive(Debug)]
 pub struct TestCa {
     root: RootCa,
     trust_domain: String,
-    intermediates: Mutex<BTreeMap<(String, String), Arc<ClusterCa>>>,
 }
 
 /// A certificate, its key and the root, all PEM.
@@ -51,7 +49,6 @@ impl TestCa {
         Self {
             root: RootCa::generate(trust_domain).expect("generate test root"),
             trust_domain: trust_domain.to_owned(),
-            intermediates: Mutex::default(),
         }
     }
 
@@ -60,23 +57,16 @@ impl TestCa {
         &self.root
     }
 
-    /// The intermediate of `cluster` in this CA's trust domain (to serve
-    /// `SignCertificate` in tests), the same one on every call.
-    pub fn intermediate(&self, cluster: &str) -> Arc<ClusterCa> {
+    /// A new intermediate of `cluster` in this CA's trust domain (to serve
+    /// `SignCertificate` in tests).
+    pub fn intermediate(&self, cluster: &str) -> ClusterCa {
         self.intermediate_in(&self.trust_domain, cluster)
     }
 
-    fn intermediate_in(&self, trust_domain: &str, cluster: &str) -> Arc<ClusterCa> {
-        let mut all = self.intermediates.lock().expect("intermediates lock");
-        all.entry((trust_domain.to_owned(), cluster.to_owned()))
-            .or_insert_with(|| {
-                Arc::new(
-                    self.root
-                        .issue_intermediate(trust_domain, cluster, INTERMEDIATE_TTL)
-                        .expect("issue test intermediate"),
-                )
-            })
-            .clone()
+    fn intermediate_in(&self, trust_domain: &str, cluster: &str) -> ClusterCa {
+        self.root
+            .issue_intermediate(trust_domain, cluster, INTERMEDIATE_TTL)
+            .expect("issue test intermediate")
     }
 
     /// The trust domain this CA certifies.
