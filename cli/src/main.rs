@@ -41,7 +41,7 @@ enum Command {
     /// Register, remove and list member clusters.
     #[command(subcommand)]
     Cluster(cluster::Command),
-    /// Manage the mesh root CA.
+    /// Manage the mesh CA: the root and the per-cluster intermediates.
     #[command(subcommand)]
     Ca(ca::Command),
     /// Member clusters and global services at a glance.

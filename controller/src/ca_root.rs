@@ -4,9 +4,10 @@
 //! that the gateway pins the root handed out with its own certificate against. Clients
 //! thus never learn the root from the connection it is meant to authenticate.
 //!
-//! The leader keeps it equal to the CA's root: it is created when the CA first appears and
-//! updated when the CA changes. `meridianctl ca init` writes it too, so it exists before
-//! the first controller runs.
+//! The leader keeps it equal to the root in the cluster's CA Secret (never the
+//! intermediate): it is created when the CA first appears and updated when the root
+//! changes. `meridianctl ca issue-intermediate` writes it too, so it exists before the
+//! first controller runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,11 +102,11 @@ pub async fn publish_while_leader(
         }
         loop {
             // Read fresh: a cached root up to CA_CACHE old could undo a rotation that
-            // `meridianctl ca init --from` has just written.
+            // `meridianctl ca issue-intermediate` has just written.
             let wait = match ca.fresh().await {
                 // No CA: the serving certificate task already says so.
                 Err(_) => RETRY,
-                Ok(ca) => match apply(&client, &namespace, ca.cert_pem()).await {
+                Ok(ca) => match apply(&client, &namespace, ca.root_pem()).await {
                     Ok(true) => {
                         info!(configmap = %format!("{namespace}/{CONFIGMAP_NAME}"), "mesh root published");
                         POLL

@@ -1,11 +1,14 @@
 //! The `meridian.v1.Certificates` gRPC server: signs this cluster's gateway CSRs with the
-//! mesh CA.
+//! cluster's intermediate CA.
 //!
-//! The CA comes from the Secret `<namespace>/meridian-ca` (keys `ca.crt`, `ca.key`, as
-//! `meridianctl ca init` writes it) or from a directory of the same files (`--ca-dir`). It is
-//! loaded on demand and cached briefly, so a CA created after the controller started is
-//! picked up. A controller only vouches for its own cluster: the identity is
-//! `spiffe://<trust-domain>/cluster/<this cluster>/gateway`, whatever the CSR says.
+//! The intermediate comes from the Secret `<namespace>/meridian-ca` (keys `ca.crt` for the
+//! mesh root, `intermediate.crt` and `intermediate.key`, as `meridianctl ca
+//! issue-intermediate` writes it) or from a directory of the same files (`--ca-dir`). It
+//! is loaded on demand and cached briefly, so a CA created or rotated after the controller
+//! started is picked up. The mesh root key is never needed here; a Secret that still holds
+//! it (`ca.key`, the one-tier layout) is reported. A controller only vouches for its own
+//! cluster: the identity is `spiffe://<trust-domain>/cluster/<this cluster>/gateway`,
+//! whatever the CSR says, and the intermediate must be this cluster's.
 //!
 //! Callers prove they are the gateway: they send the gateway ServiceAccount's token
 //! (`authorization: Bearer …`), which the own API server reviews ([`crate::auth`]). Without
@@ -23,22 +26,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::Api;
 use meridian_api::proto::{self, SignCertificateRequest, SignCertificateResponse};
-use meridian_identity::ca::{CA_CERT_FILE, CA_KEY_FILE, granted_ttl};
-use meridian_identity::{Identity, MeshCa};
+use meridian_identity::ca::{
+    CA_CERT_FILE, CA_KEY_FILE, INTERMEDIATE_CERT_FILE, INTERMEDIATE_KEY_FILE, granted_ttl,
+};
+use meridian_identity::{ClusterCa, Identity};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::auth::CallerAuth;
 
-/// Name of the Secret holding the mesh root.
+/// Name of the Secret holding the cluster's intermediate and the mesh root.
 pub const CA_SECRET_NAME: &str = meridian_identity::ca::CA_SECRET.1;
 /// How long a loaded CA is reused before it is read again.
 pub const CA_CACHE: Duration = Duration::from_secs(30);
 
-/// The Secret `<namespace>/meridian-ca` holding `ca` in the layout [`CaSource::Secret`]
-/// reads (what `meridianctl ca init` creates).
-pub fn ca_secret(ca: &MeshCa, namespace: &str) -> Secret {
+/// The Secret `<namespace>/meridian-ca` holding the intermediate `ca` and the mesh root in
+/// the layout [`CaSource::Secret`] reads (what `meridianctl ca issue-intermediate`
+/// writes). It never holds the root key.
+pub fn ca_secret(ca: &ClusterCa, namespace: &str) -> Secret {
+    let entry = |key: &str, value: String| (key.to_owned(), ByteString(value.into_bytes()));
     Secret {
         metadata: ObjectMeta {
             name: Some(CA_SECRET_NAME.into()),
@@ -46,14 +53,9 @@ pub fn ca_secret(ca: &MeshCa, namespace: &str) -> Secret {
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([
-            (
-                CA_CERT_FILE.to_owned(),
-                ByteString(ca.cert_pem().as_bytes().to_vec()),
-            ),
-            (
-                CA_KEY_FILE.to_owned(),
-                ByteString(ca.key_pem().into_bytes()),
-            ),
+            entry(CA_CERT_FILE, ca.root_pem().to_owned()),
+            entry(INTERMEDIATE_CERT_FILE, ca.cert_pem().to_owned()),
+            entry(INTERMEDIATE_KEY_FILE, ca.key_pem()),
         ])),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -70,15 +72,15 @@ pub enum CaSource {
         /// Namespace of the Secret.
         namespace: String,
     },
-    /// A directory with `ca.crt` and `ca.key`.
+    /// A directory with `ca.crt`, `intermediate.crt` and `intermediate.key`.
     Dir(PathBuf),
 }
 
 impl CaSource {
-    async fn load(&self) -> Result<MeshCa, Status> {
+    async fn load(&self) -> Result<ClusterCa, Status> {
         match self {
-            CaSource::Dir(dir) => MeshCa::load_dir(dir).map_err(|e| {
-                Status::failed_precondition(format!("mesh CA in {}: {e}", dir.display()))
+            CaSource::Dir(dir) => ClusterCa::load_dir(dir).map_err(|e| {
+                Status::failed_precondition(format!("cluster CA in {}: {e}", dir.display()))
             }),
             CaSource::Secret { client, namespace } => {
                 let secret = Api::<Secret>::namespaced(client.clone(), namespace)
@@ -87,14 +89,23 @@ impl CaSource {
                     .map_err(|e| Status::unavailable(format!("reading the mesh CA Secret: {e}")))?
                     .ok_or_else(|| {
                         Status::failed_precondition(format!(
-                            "no mesh CA: Secret {namespace}/{CA_SECRET_NAME} not found (run `meridianctl ca init`)"
+                            "no mesh CA: Secret {namespace}/{CA_SECRET_NAME} not found (run `meridianctl ca issue-intermediate`)"
                         ))
                     })?;
+                let data = secret.data.unwrap_or_default();
+                let has = |key: &str| data.contains_key(key);
+                if has(CA_KEY_FILE) && !has(INTERMEDIATE_KEY_FILE) {
+                    return Err(Status::failed_precondition(format!(
+                        "Secret {namespace}/{CA_SECRET_NAME} holds the mesh root key (one-tier layout): \
+                         install this cluster's intermediate with `meridianctl ca issue-intermediate` \
+                         (docs/operations.md, migrating to per-cluster intermediates)"
+                    )));
+                }
+                if has(CA_KEY_FILE) {
+                    warn!(secret = %format!("{namespace}/{CA_SECRET_NAME}"), key = CA_KEY_FILE, "the mesh root key is stored in this cluster: remove it, members need only their intermediate");
+                }
                 let get = |key: &str| {
-                    secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(key))
+                    data.get(key)
                         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
                         .ok_or_else(|| {
                             Status::failed_precondition(format!(
@@ -102,8 +113,12 @@ impl CaSource {
                             ))
                         })
                 };
-                MeshCa::from_pem(&get(CA_CERT_FILE)?, &get(CA_KEY_FILE)?)
-                    .map_err(|e| Status::failed_precondition(format!("mesh CA Secret: {e}")))
+                ClusterCa::from_pem(
+                    &get(INTERMEDIATE_CERT_FILE)?,
+                    &get(INTERMEDIATE_KEY_FILE)?,
+                    &get(CA_CERT_FILE)?,
+                )
+                .map_err(|e| Status::failed_precondition(format!("mesh CA Secret: {e}")))
             }
         }
     }
@@ -114,7 +129,7 @@ impl CaSource {
 /// root publisher ([`crate::ca_root`]), so they agree on one CA and read it once.
 pub struct CaCache {
     source: CaSource,
-    cache: Mutex<Option<(Arc<MeshCa>, Instant)>>,
+    cache: Mutex<Option<(Arc<ClusterCa>, Instant)>>,
 }
 
 impl CaCache {
@@ -128,7 +143,7 @@ impl CaCache {
 
     /// The CA: `FAILED_PRECONDITION` when there is none (no Secret, no files, a broken
     /// one), `UNAVAILABLE` when the API server could not be asked.
-    pub async fn current(&self) -> Result<Arc<MeshCa>, Status> {
+    pub async fn current(&self) -> Result<Arc<ClusterCa>, Status> {
         let mut cache = self.cache.lock().await;
         if let Some((ca, at)) = cache.as_ref()
             && at.elapsed() < CA_CACHE
@@ -142,7 +157,7 @@ impl CaCache {
 
     /// The CA read now, bypassing (and refreshing) the cache: for writers that must not
     /// put a just-replaced root back (the root publisher during a rotation).
-    pub async fn fresh(&self) -> Result<Arc<MeshCa>, Status> {
+    pub async fn fresh(&self) -> Result<Arc<ClusterCa>, Status> {
         let mut cache = self.cache.lock().await;
         let ca = Arc::new(self.source.load().await?);
         *cache = Some((ca.clone(), Instant::now()));
@@ -196,6 +211,18 @@ impl proto::certificates_server::Certificates for CertificatesService {
         let identity = Identity::gateway(&self.trust_domain, &self.cluster)
             .map_err(|e| Status::internal(e.to_string()))?;
         let ca = self.ca.current().await?;
+        if ca.cluster() != self.cluster || ca.trust_domain() != self.trust_domain {
+            // Peers would refuse what it signs (issuer check): say so instead.
+            warn!(intermediate = %format!("{}/{}", ca.trust_domain(), ca.cluster()), "the installed intermediate is not this cluster's");
+            return Err(Status::failed_precondition(format!(
+                "the intermediate in Secret {CA_SECRET_NAME} is for {}/{}, not {}/{} (run `meridianctl ca issue-intermediate --cluster {}`)",
+                ca.trust_domain(),
+                ca.cluster(),
+                self.trust_domain,
+                self.cluster,
+                self.cluster
+            )));
+        }
         let ttl = granted_ttl(Duration::from_secs(req.ttl_seconds));
         let signed = ca
             .sign_csr(&req.csr_pem, &identity, ttl)
@@ -235,7 +262,10 @@ mod tests {
     #[tokio::test]
     async fn signs_only_the_own_gateway_identity() {
         let dir = std::env::temp_dir().join(format!("meridian-ca-test-{}", std::process::id()));
-        let ca = MeshCa::generate("meridian.test").unwrap();
+        let root = meridian_identity::RootCa::generate("meridian.test").unwrap();
+        let ca = root
+            .issue_intermediate("meridian.test", "east", Duration::from_secs(3600))
+            .unwrap();
         ca.write_dir(&dir).unwrap();
         let addr = serve(CaSource::Dir(dir.clone())).await;
         let mut client = CertificatesClient::connect(addr).await.unwrap();
@@ -252,11 +282,16 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(resp.root_pem, ca.cert_pem());
+        assert_eq!(resp.root_pem, root.cert_pem());
         let certs =
             meridian_identity::credentials::parse_certs("chain", &resp.cert_chain_pem).unwrap();
         let ids = meridian_identity::identity::identities_in(&certs[0]).unwrap();
         assert_eq!(ids, vec![claimed]);
+        assert_eq!(
+            &certs[1],
+            ca.cert_der(),
+            "the chain ends with the intermediate"
+        );
 
         let err = client
             .sign_certificate(SignCertificateRequest {
@@ -276,6 +311,32 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn another_clusters_intermediate_is_a_failed_precondition() {
+        let dir = std::env::temp_dir().join(format!("meridian-ca-west-{}", std::process::id()));
+        meridian_identity::RootCa::generate("meridian.test")
+            .unwrap()
+            .issue_intermediate("meridian.test", "west", Duration::from_secs(3600))
+            .unwrap()
+            .write_dir(&dir)
+            .unwrap();
+        let addr = serve(CaSource::Dir(dir.clone())).await;
+        let mut client = CertificatesClient::connect(addr).await.unwrap();
+        let id = Identity::gateway("meridian.test", "east").unwrap();
+        let csr = CertificateRequest::generate(&id).unwrap();
+        let err = client
+            .sign_certificate(SignCertificateRequest {
+                csr_pem: csr.pem().to_owned(),
+                cluster: "east".into(),
+                ttl_seconds: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("meridian.test/west"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -165,8 +165,8 @@ pub struct Config {
     #[arg(long, env = "MERIDIAN_ZONE")]
     pub locality_zone: Option<String>,
 
-    /// Directory with the mesh CA (`ca.crt`, `ca.key`); default: the Secret `meridian-ca` in
-    /// --namespace.
+    /// Directory with this cluster's intermediate CA (`intermediate.crt`, `intermediate.key`)
+    /// and the mesh root (`ca.crt`); default: the Secret `meridian-ca` in --namespace.
     #[arg(long)]
     pub ca_dir: Option<std::path::PathBuf>,
 

@@ -1,7 +1,7 @@
 //! TLS on the controller's gRPC port, the way istiod serves its port 15012: the controller
-//! issues its own serving certificate from the mesh CA it already holds, and gateways and
-//! DNS servers verify it against the mesh root they received out of band (the ConfigMap
-//! `meridian-ca-root`, [`crate::ca_root`]). Without it, anyone able to impersonate the
+//! issues its own serving certificate from its cluster's intermediate (it sends leaf +
+//! intermediate), and gateways and DNS servers verify it against the mesh root they
+//! received out of band (the ConfigMap `meridian-ca-root`, [`crate::ca_root`]). Without it, anyone able to impersonate the
 //! controller inside the cluster could hand a gateway a bogus root and bogus snapshots, and
 //! read the ServiceAccount token a gateway sends with its certificate request.
 //!
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use meridian_identity::MeshCa;
+use meridian_identity::ClusterCa;
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -85,7 +85,8 @@ pub struct ServingSettings {
 #[derive(Debug)]
 pub struct Issued {
     key: Arc<CertifiedKey>,
-    root: CertificateDer<'static>,
+    // The intermediate that signed it: a new one (rotation) means re-issuing.
+    issuer: CertificateDer<'static>,
     refresh_at: SystemTime,
     not_after: SystemTime,
 }
@@ -173,7 +174,7 @@ impl ServingCert {
                         warn!(
                             reason = %status.message(),
                             "no mesh CA: the gRPC port serves PLAINTEXT until one exists \
-                             (run `meridianctl ca init`); clients that pin the root cannot connect until then"
+                             (run `meridianctl ca issue-intermediate`); clients that pin the root cannot connect until then"
                         );
                         self.tx.send_replace(ServingState::NoCa);
                         NO_CA_POLL
@@ -188,7 +189,7 @@ impl ServingCert {
         };
         let now = SystemTime::now();
         if let ServingState::Ready(issued) = &current
-            && issued.root == *ca.cert_der()
+            && issued.issuer == *ca.cert_der()
             && now < issued.refresh_at
         {
             let due = issued.refresh_at.duration_since(now).unwrap_or_default();
@@ -197,7 +198,9 @@ impl ServingCert {
         match issue(&ca, settings) {
             Ok(issued) => {
                 let reason = match &current {
-                    ServingState::Ready(old) if old.root != *ca.cert_der() => "the mesh CA changed",
+                    ServingState::Ready(old) if old.issuer != *ca.cert_der() => {
+                        "the cluster CA changed"
+                    }
                     ServingState::Ready(_) => "half life reached",
                     _ => "first certificate",
                 };
@@ -219,7 +222,7 @@ impl ServingCert {
     }
 }
 
-fn issue(ca: &MeshCa, settings: &ServingSettings) -> meridian_identity::Result<Issued> {
+fn issue(ca: &ClusterCa, settings: &ServingSettings) -> meridian_identity::Result<Issued> {
     let cert = ca.issue_server(
         &settings.dns_names,
         settings.spiffe_id.as_deref(),
@@ -229,7 +232,7 @@ fn issue(ca: &MeshCa, settings: &ServingSettings) -> meridian_identity::Result<I
     let not_after = cert.not_after;
     Ok(Issued {
         key: meridian_identity::tls::certified_key(cert.chain, cert.key)?,
-        root: ca.cert_der().clone(),
+        issuer: ca.cert_der().clone(),
         refresh_at,
         not_after,
     })

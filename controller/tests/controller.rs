@@ -1504,7 +1504,8 @@ mod certificates {
     use kube::api::{Api, PostParams};
     use meridian_api::proto::SignCertificateRequest;
     use meridian_api::proto::certificates_client::CertificatesClient;
-    use meridian_identity::{CertificateRequest, Identity, MeshCa};
+    use meridian_identity::ca::INTERMEDIATE_TTL;
+    use meridian_identity::{CertificateRequest, Identity, RootCa};
     use meridian_testbed::SYSTEM_NAMESPACE;
     use meridian_testbed::mesh::{
         CONTROLLER_AUDIENCE, GATEWAY_SERVICE_ACCOUNT, service_account_token,
@@ -1578,10 +1579,47 @@ mod certificates {
         let err = client.sign_certificate(request()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
-        // `meridianctl ca init` writes this Secret; the controller picks it up.
-        let ca = MeshCa::generate("meridian.local").unwrap();
+        // `meridianctl ca issue-intermediate` writes this Secret; the controller picks it up.
+        let root = RootCa::generate("meridian.local").unwrap();
+        let ca = root
+            .issue_intermediate("meridian.local", "east1", INTERMEDIATE_TTL)
+            .unwrap();
+        let secrets = Api::<Secret>::namespaced(east1.client(), SYSTEM_NAMESPACE);
+
+        // The one-tier layout (the mesh root key in the member) is refused, naming the
+        // migration, rather than used to sign.
+        let mut legacy = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
+        legacy.data = Some(
+            [
+                ("ca.crt", root.cert_pem().to_owned()),
+                ("ca.key", root.key_pem()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), k8s_openapi::ByteString(v.into_bytes())))
+            .collect(),
+        );
+        secrets
+            .create(&PostParams::default(), &legacy)
+            .await
+            .unwrap();
+        let err = eventually("the one-tier Secret is read", || {
+            let mut client = client.clone();
+            let req = request();
+            async move {
+                let err = client.sign_certificate(req).await.unwrap_err();
+                err.message().contains("one-tier").then_some(err)
+            }
+        })
+        .await;
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(err.message().contains("issue-intermediate"), "{err}");
+        secrets
+            .delete("meridian-ca", &Default::default())
+            .await
+            .unwrap();
+
         let secret = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
-        Api::<Secret>::namespaced(east1.client(), SYSTEM_NAMESPACE)
+        secrets
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
@@ -1592,12 +1630,17 @@ mod certificates {
         })
         .await
         .into_inner();
-        assert_eq!(resp.root_pem, ca.cert_pem());
+        assert_eq!(resp.root_pem, root.cert_pem());
         let certs =
             meridian_identity::credentials::parse_certs("chain", &resp.cert_chain_pem).unwrap();
         assert_eq!(
             meridian_identity::identity::identities_in(&certs[0]).unwrap(),
             vec![identity]
+        );
+        assert_eq!(
+            &certs[1],
+            ca.cert_der(),
+            "leaf + the cluster's intermediate"
         );
         ctl.kill().await;
     }

@@ -17,7 +17,8 @@ use meridian_controller::certificates::{CaCache, CaSource};
 use meridian_controller::metrics::Metrics;
 use meridian_controller::server::{self, DiscoveryService, SnapshotPublisher};
 use meridian_controller::tls::{self, ServingCert, ServingSettings, Transport};
-use meridian_identity::MeshCa;
+use meridian_identity::RootCa;
+use meridian_identity::ca::INTERMEDIATE_TTL;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
@@ -147,6 +148,16 @@ async fn watch_plain(addr: SocketAddr) -> Result<tonic::Streaming<Snapshot>, Str
         .map_err(|e| e.to_string())
 }
 
+/// Writes east's intermediate and a fresh mesh root into `dir` (the `--ca-dir` layout).
+fn install_ca(dir: &Path) {
+    RootCa::generate("meridian.local")
+        .unwrap()
+        .issue_intermediate("meridian.local", "east", INTERMEDIATE_TTL)
+        .unwrap()
+        .write_dir(dir)
+        .unwrap();
+}
+
 /// The leaf certificate the server presents to a new connection.
 async fn served_leaf(addr: SocketAddr, root: &Path) -> CertificateDer<'static> {
     let mut roots = rustls::RootCertStore::empty();
@@ -180,10 +191,7 @@ async fn ready(serving: &ServingCert) {
 #[tokio::test]
 async fn a_client_pinning_the_root_gets_snapshots() {
     let dir = Scratch::new("ok");
-    MeshCa::generate("meridian.local")
-        .unwrap()
-        .write_dir(&dir.0)
-        .unwrap();
+    install_ca(&dir.0);
     let server = serve(&dir.0, Duration::from_secs(3600)).await;
     let root = dir.0.join("ca.crt");
     let mut stream = watch_tls(server.addr, &root, SERVER_NAME).await.unwrap();
@@ -202,10 +210,7 @@ async fn a_client_pinning_the_root_gets_snapshots() {
 #[tokio::test]
 async fn plaintext_foreign_root_and_wrong_name_clients_are_refused() {
     let dir = Scratch::new("refused");
-    MeshCa::generate("meridian.local")
-        .unwrap()
-        .write_dir(&dir.0)
-        .unwrap();
+    install_ca(&dir.0);
     let server = serve(&dir.0, Duration::from_secs(3600)).await;
     ready(&server.serving).await;
 
@@ -215,7 +220,7 @@ async fn plaintext_foreign_root_and_wrong_name_clients_are_refused() {
     let other = dir.0.join("other-root.pem");
     std::fs::write(
         &other,
-        MeshCa::generate("attacker").unwrap().cert_pem().as_bytes(),
+        RootCa::generate("attacker").unwrap().cert_pem().as_bytes(),
     )
     .unwrap();
     let err = watch_tls(server.addr, &other, SERVER_NAME)
@@ -232,10 +237,7 @@ async fn plaintext_foreign_root_and_wrong_name_clients_are_refused() {
 #[tokio::test]
 async fn rotation_replaces_the_certificate_without_breaking_streams() {
     let dir = Scratch::new("rotation");
-    MeshCa::generate("meridian.local")
-        .unwrap()
-        .write_dir(&dir.0)
-        .unwrap();
+    install_ca(&dir.0);
     // Renewed every 2 s (half of 4 s).
     let server = serve(&dir.0, Duration::from_secs(4)).await;
     let root = dir.0.join("ca.crt");
@@ -276,10 +278,7 @@ async fn without_a_ca_the_port_is_plaintext_until_one_appears() {
     assert_eq!(plain.message().await.unwrap().unwrap().version, 1);
 
     // `meridianctl ca init` later: new connections are TLS from then on, no restart.
-    MeshCa::generate("meridian.local")
-        .unwrap()
-        .write_dir(&dir.0)
-        .unwrap();
+    install_ca(&dir.0);
     ready(&server.serving).await;
     let mut stream = watch_tls(server.addr, &dir.0.join("ca.crt"), SERVER_NAME)
         .await
@@ -301,7 +300,10 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
         .await
         .expect("testbed starts");
     let east = testbed.cluster("east").unwrap();
-    let ca = MeshCa::generate("meridian.local").unwrap();
+    let ca = RootCa::generate("meridian.local")
+        .unwrap()
+        .issue_intermediate("meridian.local", "east", INTERMEDIATE_TTL)
+        .unwrap();
     let secret = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
     Api::<Secret>::namespaced(east.client(), SYSTEM_NAMESPACE)
         .create(&PostParams::default(), &secret)
@@ -335,7 +337,8 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
     })
     .await;
     let root_pem = cm.data.unwrap()["root-cert.pem"].clone();
-    assert_eq!(root_pem, ca.cert_pem());
+    // The root only, never the intermediate.
+    assert_eq!(root_pem, ca.root_pem());
     assert_eq!(
         cm.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
         "meridian"

@@ -237,6 +237,16 @@ impl Catalog {
         }
     }
 
+    /// Whether the tunnel admits the peer gateway `peer`: its cluster must be a member in
+    /// this snapshot's peers, under that identity. A cluster removed from the registry
+    /// drops out of the next snapshot, and with it its gateway's access, whatever its
+    /// certificate still says.
+    pub fn admits(&self, peer: &Identity) -> bool {
+        self.peers
+            .get(peer.cluster())
+            .is_some_and(|p| &p.identity == peer)
+    }
+
     /// Whether the tunnel may connect a peer to `target` for `hostname:port`: the target
     /// must be a ready local endpoint of that exported service port.
     pub fn authorizes(&self, hostname: &str, port: u32, target: SocketAddr) -> bool {

@@ -109,6 +109,8 @@ pub struct Dataplane {
     pool: Pool,
     upstreams: Upstreams,
     drain: watch::Sender<bool>,
+    // Bumped with each installed snapshot, so open tunnel connections re-check admission.
+    snapshots: watch::Sender<u64>,
 }
 
 impl Dataplane {
@@ -124,6 +126,7 @@ impl Dataplane {
             rebuild_lock: Mutex::new(()),
             pool,
             drain: watch::channel(false).0,
+            snapshots: watch::channel(0).0,
         }
     }
 
@@ -144,6 +147,13 @@ impl Dataplane {
         self.rebuild_with(Arc::new(catalog)).await;
         // Only now is the snapshot the one requests route by.
         self.metrics.snapshot_version.set(version);
+        self.snapshots.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever a new snapshot is in force (tunnel connections re-check their
+    /// peer's membership then).
+    pub fn snapshots(&self) -> watch::Receiver<u64> {
+        self.snapshots.subscribe()
     }
 
     /// Recomputes every service's split from the current health.

@@ -211,8 +211,8 @@ mod tests {
 
     #[test]
     fn only_pinned_roots_are_accepted() {
-        let ours = meridian_identity::MeshCa::generate("a").unwrap();
-        let theirs = meridian_identity::MeshCa::generate("b").unwrap();
+        let ours = meridian_identity::RootCa::generate("a").unwrap();
+        let theirs = meridian_identity::RootCa::generate("b").unwrap();
         let pinned = vec![ours.cert_der().clone()];
         check_root(ours.cert_pem(), &pinned).unwrap();
         let err = check_root(theirs.cert_pem(), &pinned).unwrap_err();

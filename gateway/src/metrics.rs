@@ -104,7 +104,9 @@ pub struct Handshake {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
     /// Why: `plaintext`, `no_client_cert`, `unknown_issuer`, `expired`, `trust_domain`,
-    /// `target`, `not_connect`, ...
+    /// `root_issued`, `issuer_mismatch`, `not_member` (a valid peer whose cluster is not a
+    /// member), `member_removed` (an open connection cut by a new snapshot), `target`,
+    /// `not_connect`, ...
     pub reason: String,
 }
 

@@ -146,7 +146,7 @@ pub fn parse_certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
-fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
+pub(crate) fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
     use x509_parser::prelude::*;
     let (_, c) = X509Certificate::from_der(cert).map_err(|e| Error::Malformed {
         what: "leaf certificate",

@@ -119,6 +119,32 @@ pub fn controller_spiffe_id(trust_domain: &str, cluster: &str) -> Result<String,
     Ok(text)
 }
 
+/// The SPIFFE ID naming a cluster's intermediate CA, `spiffe://<trust-domain>/cluster/<cluster>`:
+/// the intermediate carries it as its URI SAN, and the tunnel verifiers accept a gateway
+/// leaf only when its cluster equals the one its issuing intermediate names (X.509 name
+/// constraints would say the same, but rcgen cannot write URI subtrees).
+pub fn cluster_ca_spiffe_id(trust_domain: &str, cluster: &str) -> Result<String, Error> {
+    let text = format!("{SCHEME}{trust_domain}/cluster/{cluster}");
+    check_trust_domain(&text, trust_domain)?;
+    check_segment(&text, cluster)?;
+    Ok(text)
+}
+
+/// The clusters a certificate names with [`cluster_ca_spiffe_id`] URIs, as the gateway
+/// identity of each (the identity an intermediate may certify). Other URIs are ignored.
+pub fn ca_scopes_in(cert: &CertificateDer<'_>) -> Result<Vec<Identity>, Error> {
+    Ok(uri_sans(cert)?
+        .iter()
+        .filter_map(|u| {
+            let rest = u.strip_prefix(SCHEME)?;
+            match rest.split('/').collect::<Vec<_>>().as_slice() {
+                [td, "cluster", cluster] => Identity::gateway(td, cluster).ok(),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// Every URI SAN of a DER certificate, in order.
 pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, Error> {
     use x509_parser::prelude::*;
@@ -169,6 +195,14 @@ mod tests {
         assert_eq!(id, "spiffe://meridian.local/cluster/east-1/controller");
         assert!(id.parse::<Identity>().is_err());
         assert!(controller_spiffe_id("meridian.local", "a/b").is_err());
+    }
+
+    #[test]
+    fn cluster_ca_ids_are_not_gateway_identities() {
+        let id = cluster_ca_spiffe_id("meridian.local", "east-1").unwrap();
+        assert_eq!(id, "spiffe://meridian.local/cluster/east-1");
+        assert!(id.parse::<Identity>().is_err());
+        assert!(cluster_ca_spiffe_id("meridian.local", "..").is_err());
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Meridian mesh identities and mutual TLS.
 //!
 //! Every east-west gateway holds a SPIFFE identity
-//! `spiffe://<trust-domain>/cluster/<cluster>/gateway` ([`Identity`]), certified by the mesh
-//! root CA ([`ca::MeshCa`]) that `meridianctl ca init` creates and the controller uses to
-//! sign gateway CSRs. The gateway generates its own key ([`csr::CertificateRequest`]); the
-//! key never leaves the process. [`tls`] builds rustls configurations on the `ring`
-//! provider and publishes them through a watch channel so certificates rotate without
-//! dropping connections; [`verifier`] checks peers against the mesh root and the trust
-//! domain, because WebPKI's name check cannot match URI-only SPIFFE certificates.
+//! `spiffe://<trust-domain>/cluster/<cluster>/gateway` ([`Identity`]), certified by its
+//! cluster's intermediate CA ([`ca::ClusterCa`]), which the mesh root ([`ca::RootCa`],
+//! created by `meridianctl ca init` and kept out of member clusters) signs. The gateway
+//! generates its own key ([`csr::CertificateRequest`]); the key never leaves the process.
+//! [`tls`] builds rustls configurations on the `ring` provider and publishes them through
+//! a watch channel so certificates rotate without dropping connections; [`verifier`]
+//! checks peers against the mesh root, the trust domain and the issuing intermediate's
+//! cluster, because WebPKI's name check cannot match URI-only SPIFFE certificates.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,7 +21,7 @@ pub mod testing;
 pub mod tls;
 pub mod verifier;
 
-pub use ca::{MeshCa, ServerCertificate, SignedCertificate};
+pub use ca::{ClusterCa, RootCa, ServerCertificate, SignedCertificate};
 pub use credentials::Credentials;
 pub use csr::CertificateRequest;
 pub use identity::Identity;

@@ -1,18 +1,21 @@
-//! Test helpers: mint mesh CAs and gateway certificates, including the bad ones a test
-//! needs (another CA, a wrong trust domain, expired).
+//! Test helpers: mint mesh roots, cluster intermediates and gateway certificates,
+//! including the bad ones a test needs (another CA, a wrong trust domain, expired, signed
+//! by the root directly, signed by another cluster's intermediate).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
 
+use crate::ca::INTERMEDIATE_TTL;
 use crate::csr::request_for;
-use crate::{Credentials, Error, Identity, MeshCa};
+use crate::{ClusterCa, Credentials, Error, Identity, RootCa, SignedCertificate};
 
-/// A mesh CA for tests.
+/// A mesh for tests: a root, and cluster intermediates it issues on demand (a fresh one
+/// per certificate: peers only care that the intermediate names the leaf's cluster).
 #[derive(Debug)]
 pub struct TestCa {
-    ca: MeshCa,
+    root: RootCa,
     trust_domain: String,
 }
 
@@ -21,18 +24,18 @@ pub struct TestCa {
 pub struct TestCert {
     /// The identity the leaf carries.
     pub identity: Identity,
-    /// Leaf certificate, PEM.
+    /// Leaf certificate then its issuing intermediate (if any), PEM.
     pub chain_pem: String,
     /// PKCS#8 private key, PEM.
     pub key_pem: String,
-    /// The issuing root, PEM.
+    /// The mesh root, PEM.
     pub root_pem: String,
 }
 
 /// Paths of a [`TestCert`] written to disk.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
-    /// Leaf certificate.
+    /// Leaf certificate and intermediate.
     pub chain: PathBuf,
     /// Private key.
     pub key: PathBuf,
@@ -44,14 +47,26 @@ impl TestCa {
     /// A fresh root for `trust_domain`.
     pub fn new(trust_domain: &str) -> Self {
         Self {
-            ca: MeshCa::generate(trust_domain).expect("generate test CA"),
+            root: RootCa::generate(trust_domain).expect("generate test root"),
             trust_domain: trust_domain.to_owned(),
         }
     }
 
-    /// The CA itself (to serve `SignCertificate` in tests).
-    pub fn ca(&self) -> &MeshCa {
-        &self.ca
+    /// The root itself.
+    pub fn root(&self) -> &RootCa {
+        &self.root
+    }
+
+    /// A new intermediate of `cluster` in this CA's trust domain (to serve
+    /// `SignCertificate` in tests).
+    pub fn intermediate(&self, cluster: &str) -> ClusterCa {
+        self.intermediate_in(&self.trust_domain, cluster)
+    }
+
+    fn intermediate_in(&self, trust_domain: &str, cluster: &str) -> ClusterCa {
+        self.root
+            .issue_intermediate(trust_domain, cluster, INTERMEDIATE_TTL)
+            .expect("issue test intermediate")
     }
 
     /// The trust domain this CA certifies.
@@ -61,14 +76,14 @@ impl TestCa {
 
     /// The root, PEM.
     pub fn root_pem(&self) -> &str {
-        self.ca.cert_pem()
+        self.root.cert_pem()
     }
 
-    /// A gateway certificate for `cluster`, valid for a day.
+    /// A gateway certificate for `cluster` from its intermediate, valid for a day.
     pub fn issue(&self, cluster: &str) -> TestCert {
         let now = SystemTime::now();
         self.issue_valid(
-            &Identity::gateway(&self.trust_domain, cluster).expect("identity"),
+            &self.gateway(cluster),
             now - Duration::from_secs(60),
             now + Duration::from_secs(24 * 3600),
         )
@@ -78,43 +93,67 @@ impl TestCa {
     pub fn issue_expired(&self, cluster: &str) -> TestCert {
         let now = SystemTime::now();
         self.issue_valid(
-            &Identity::gateway(&self.trust_domain, cluster).expect("identity"),
+            &self.gateway(cluster),
             now - Duration::from_secs(48 * 3600),
             now - Duration::from_secs(3600),
         )
     }
 
-    /// A certificate for `identity` (any trust domain) valid between the given times.
+    /// A certificate for `identity` (any trust domain) from the intermediate of its own
+    /// cluster, valid between the given times.
     pub fn issue_valid(
         &self,
         identity: &Identity,
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> TestCert {
-        self.try_issue(identity, not_before, not_after)
-            .expect("issue test certificate")
+        let ca = self.intermediate_in(identity.trust_domain(), identity.cluster());
+        self.make(identity, |csr| {
+            ca.sign_csr_valid(csr, identity, not_before, not_after)
+        })
     }
 
-    fn try_issue(
+    /// What a stolen intermediate can forge: a gateway certificate for `cluster` signed by
+    /// the intermediate of `issuer` (another cluster).
+    pub fn issue_from(&self, issuer: &str, cluster: &str) -> TestCert {
+        let ca = self.intermediate(issuer);
+        let identity = self.gateway(cluster);
+        let now = SystemTime::now();
+        self.make(&identity, |csr| {
+            ca.sign_out_of_scope(csr, &identity, now, now + Duration::from_secs(3600))
+        })
+    }
+
+    /// What the root key alone can forge (and what the one-tier layout issued): a gateway
+    /// certificate for `cluster` signed by the root directly.
+    pub fn issue_by_root(&self, cluster: &str) -> TestCert {
+        let identity = self.gateway(cluster);
+        let now = SystemTime::now();
+        self.make(&identity, |csr| {
+            self.root
+                .sign_leaf(csr, &identity, now, now + Duration::from_secs(3600))
+        })
+    }
+
+    fn gateway(&self, cluster: &str) -> Identity {
+        Identity::gateway(&self.trust_domain, cluster).expect("identity")
+    }
+
+    fn make(
         &self,
         identity: &Identity,
-        not_before: SystemTime,
-        not_after: SystemTime,
-    ) -> Result<TestCert, Error> {
-        let key = KeyPair::generate().map_err(|source| Error::Certificate {
-            what: "test key",
-            source,
-        })?;
-        let csr = request_for(&key, identity)?;
-        let signed = self
-            .ca
-            .sign_csr_valid(&csr, identity, not_before, not_after)?;
-        Ok(TestCert {
+        sign: impl FnOnce(&str) -> Result<SignedCertificate, Error>,
+    ) -> TestCert {
+        let key = KeyPair::generate().expect("test key");
+        let signed = request_for(&key, identity)
+            .and_then(|csr| sign(&csr))
+            .expect("issue test certificate");
+        TestCert {
             identity: identity.clone(),
             chain_pem: signed.cert_chain_pem,
             key_pem: key.serialize_pem(),
             root_pem: signed.root_pem,
-        })
+        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Peer verification for the tunnel. Chains are validated by rustls' WebPKI code against
 //! the mesh roots; the SPIFFE identity is then checked here, since WebPKI's name check
-//! cannot match a URI-only certificate.
+//! cannot match a URI-only certificate. Last comes the issuer check that stands in for URI
+//! name constraints ([`crate::ca`]): some valid path must run through an intermediate that
+//! names the leaf's own cluster, so a member's intermediate cannot certify another cluster's
+//! gateway and a leaf the root signed directly is refused.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,7 +18,7 @@ use rustls::{
 };
 use tracing::debug;
 
-use crate::identity::{identities_in, uri_sans};
+use crate::identity::{ca_scopes_in, identities_in, uri_sans};
 use crate::{Error, Identity};
 
 /// Why a peer's identity was refused after its chain validated.
@@ -36,6 +40,25 @@ pub enum PeerIdentityError {
         /// URI SANs the peer presented.
         found: String,
     },
+    /// The leaf was signed by the mesh root itself: gateways are certified by their
+    /// cluster's intermediate only.
+    #[error(
+        "peer certificate is signed by the mesh root, not by a cluster intermediate (SPIFFE IDs: [{found}])"
+    )]
+    RootIssued {
+        /// URI SANs the peer presented.
+        found: String,
+    },
+    /// The intermediate that signed the leaf belongs to another cluster (or to none).
+    #[error(
+        "peer [{leaf}] is certified by the intermediate of [{issuer}], not by its own cluster's"
+    )]
+    Issuer {
+        /// The gateway identities of the leaf.
+        leaf: String,
+        /// The clusters the issuing intermediate names.
+        issuer: String,
+    },
 }
 
 fn reject(e: PeerIdentityError) -> rustls::Error {
@@ -52,6 +75,8 @@ fn found(cert: &CertificateDer<'_>) -> String {
 #[derive(Debug)]
 pub struct TrustDomainVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
     trust_domain: String,
 }
 
@@ -62,9 +87,12 @@ impl TrustDomainVerifier {
         trust_domain: &str,
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Self>, Error> {
-        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
         Ok(Arc::new(Self {
             inner,
+            roots,
+            provider,
             trust_domain: trust_domain.to_owned(),
         }))
     }
@@ -85,14 +113,26 @@ impl ClientCertVerifier for TrustDomainVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         let ids = identities_in(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(reject(PeerIdentityError::TrustDomain {
+        if !ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
+            return Err(reject(PeerIdentityError::TrustDomain {
                 expected: self.trust_domain.clone(),
                 found: found(end_entity),
-            }))
+            }));
         }
+        let chain = Chain {
+            end_entity,
+            intermediates,
+            now,
+        };
+        check_issuer(
+            &self.roots,
+            &self.provider,
+            &chain,
+            webpki::KeyUsage::client_auth(),
+            &ids,
+        )
+        .map_err(reject)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -161,14 +201,26 @@ impl ServerCertVerifier for IdentityVerifier {
         )?;
         let ids = identities_in(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if ids.contains(&self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(reject(PeerIdentityError::Identity {
+        if !ids.contains(&self.expected) {
+            return Err(reject(PeerIdentityError::Identity {
                 expected: self.expected.to_string(),
                 found: found(end_entity),
-            }))
+            }));
         }
+        let chain = Chain {
+            end_entity,
+            intermediates,
+            now,
+        };
+        check_issuer(
+            &self.roots,
+            &self.provider,
+            &chain,
+            webpki::KeyUsage::server_auth(),
+            &ids,
+        )
+        .map_err(reject)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -206,9 +258,83 @@ impl ServerCertVerifier for IdentityVerifier {
     }
 }
 
+/// A presented chain, as the verifiers receive it.
+struct Chain<'a, 'b> {
+    end_entity: &'a CertificateDer<'b>,
+    intermediates: &'a [CertificateDer<'b>],
+    now: UnixTime,
+}
+
+/// The issuer check, on a chain WebPKI has already accepted: some valid path to the roots
+/// must start with an intermediate naming exactly the cluster of every gateway identity
+/// in the leaf. Paths are searched (not just the first one found) so an extra certificate
+/// a peer sends cannot hide the path that proves it, and every candidate is a path WebPKI
+/// validated, so a certificate that merely claims a name proves nothing.
+fn check_issuer(
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+    chain: &Chain<'_, '_>,
+    usage: webpki::KeyUsage,
+    ids: &[Identity],
+) -> Result<(), PeerIdentityError> {
+    let leaf = ids
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refusal = RefCell::new(None);
+    let policy = |path: &webpki::VerifiedPath<'_>| {
+        let verdict = match path.intermediate_certificates().next() {
+            None => Err(PeerIdentityError::RootIssued {
+                found: found(chain.end_entity),
+            }),
+            Some(issuer) => {
+                let scopes = ca_scopes_in(&issuer.der()).unwrap_or_default();
+                match scopes.as_slice() {
+                    [scope] if !ids.is_empty() && ids.iter().all(|id| id == scope) => Ok(()),
+                    _ => Err(PeerIdentityError::Issuer {
+                        leaf: leaf.clone(),
+                        issuer: scopes
+                            .iter()
+                            .map(|s| format!("{}/{}", s.trust_domain(), s.cluster()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                }
+            }
+        };
+        verdict.map_err(|e| {
+            refusal.borrow_mut().get_or_insert(e);
+            // Any error makes WebPKI try the next path; the reason is kept above.
+            webpki::Error::UnknownIssuer
+        })
+    };
+    let end_entity = webpki::EndEntityCert::try_from(chain.end_entity).map_err(|_| {
+        PeerIdentityError::Issuer {
+            leaf: leaf.clone(),
+            issuer: String::new(),
+        }
+    })?;
+    match end_entity.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        &roots.roots,
+        chain.intermediates,
+        chain.now,
+        usage,
+        None,
+        Some(&policy),
+    ) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(refusal.into_inner().unwrap_or(PeerIdentityError::Issuer {
+            leaf,
+            issuer: String::new(),
+        })),
+    }
+}
+
 /// A short, stable label for why a TLS handshake failed, for metrics: `no_client_cert`,
 /// `unknown_issuer`, `expired`, `not_yet_valid`, `trust_domain`, `identity`,
-/// `bad_certificate` or `handshake`.
+/// `root_issued`, `issuer_mismatch`, `bad_certificate` or `handshake`.
 pub fn failure_reason(err: &std::io::Error) -> &'static str {
     let Some(tls) = err
         .get_ref()
@@ -227,6 +353,8 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             CertificateError::Other(o) => match o.0.downcast_ref::<PeerIdentityError>() {
                 Some(PeerIdentityError::TrustDomain { .. }) => "trust_domain",
                 Some(PeerIdentityError::Identity { .. }) => "identity",
+                Some(PeerIdentityError::RootIssued { .. }) => "root_issued",
+                Some(PeerIdentityError::Issuer { .. }) => "issuer_mismatch",
                 None => "bad_certificate",
             },
             _ => "bad_certificate",

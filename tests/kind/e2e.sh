@@ -127,7 +127,7 @@ for c in "${CLUSTERS[@]}"; do
 	k "$c" create namespace meridian-system --dry-run=client -o yaml | k "$c" apply -f -
 	k "$c" -n meridian-system create configmap meridian-cluster --from-literal=name="$c" \
 		--dry-run=client -o yaml | k "$c" apply -f -
-	mctl --context "kind-$c" ca init --from "$WORK/ca"
+	mctl --context "kind-$c" ca issue-intermediate --cluster "$c" --root-dir "$WORK/ca"
 	k "$c" apply -k manifests
 done
 for c in "${CLUSTERS[@]}"; do

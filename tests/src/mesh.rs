@@ -212,13 +212,19 @@ impl Mesh {
     pub async fn start(testbed: &Testbed, options: MeshOptions) -> Result<Mesh> {
         let dir = testbed.dir().join("meridian");
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        // The root stays in files here (as an operator keeps it off the members); each
+        // cluster gets its own intermediate.
         let ca_dir = dir.join("ca");
         meridianctl(&["ca", "init", "--out", path(&ca_dir)])?;
         for c in testbed.clusters() {
             meridianctl(&[
                 "ca",
-                "init",
-                "--from",
+                "issue-intermediate",
+                "--cluster",
+                c.name(),
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--root-dir",
                 path(&ca_dir),
                 "--kubeconfig",
                 path(c.kubeconfig_path()),

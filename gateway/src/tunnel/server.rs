@@ -1,5 +1,10 @@
 //! Tunnel server: terminates mTLS from peer gateways and serves HTTP/2 CONNECT streams to
 //! local endpoints of exported services. Anything else is refused and counted.
+//!
+//! A certificate alone does not admit a peer: its cluster must also be a member in the
+//! snapshot in force ([`crate::catalog::Catalog::admits`]), checked after the handshake
+//! and again at every new snapshot, so a cluster removed from the registry loses its open
+//! connections and spliced streams at the next snapshot, not when its certificate expires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +31,10 @@ use crate::splice::{End, splice};
 const TLS_HANDSHAKE: u8 = 0x16;
 /// The `listener` label of this module's limit metrics.
 const LISTENER: &str = "tunnel";
+/// Refusal reason: the peer's cluster is not a member in the snapshot in force.
+pub const NOT_MEMBER: &str = "not_member";
+/// Refusal reason: an open connection's cluster left the members with a new snapshot.
+pub const MEMBER_REMOVED: &str = "member_removed";
 
 /// Accepts tunnel connections until `shutdown` turns true.
 pub async fn serve(
@@ -118,14 +127,22 @@ async fn connection(
             return;
         }
     };
+    // Subscribed before the check, so a snapshot installed right after it is not missed.
+    let mut snapshots = dp.snapshots();
+    let admitted = dp.routing().catalog.admits(&peer);
     dp.metrics
         .tunnel_handshakes
         .get_or_create(&Handshake {
             side: "server",
             peer: peer.cluster().to_owned(),
-            result: "ok".into(),
+            result: if admitted { "ok" } else { NOT_MEMBER }.into(),
         })
         .inc();
+    if !admitted {
+        info!(peer = %peer, reason = NOT_MEMBER, "tunnel peer refused: its cluster is not a member in the current snapshot");
+        dp.metrics.refuse(NOT_MEMBER);
+        return;
+    }
     // Per identity, so one member (or a stolen certificate) cannot take every slot.
     let Some(_peer_slot) = peers.try_acquire(&peer.to_string()).await else {
         debug!(peer = %peer, "tunnel connection refused: peer at --max-peer-connections");
@@ -134,8 +151,10 @@ async fn connection(
         return;
     };
     debug!(peer = %peer, "tunnel peer accepted");
+    // Ends this connection's spliced streams when the peer stops being a member.
+    let (revoke, revoked) = watch::channel(false);
     let svc_dp = dp.clone();
-    let service = service_fn(move |req| stream(svc_dp.clone(), req));
+    let service = service_fn(move |req| stream(svc_dp.clone(), revoked.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -143,11 +162,27 @@ async fn connection(
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let _drain = dp.drain_guard();
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "tunnel connection ended") },
-        _ = crate::stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r { debug!(error = %e, "tunnel connection ended") }
+                return;
+            }
+            _ = crate::stopped(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            changed = snapshots.changed() => {
+                if changed.is_ok() && dp.routing().catalog.admits(&peer) {
+                    continue;
+                }
+                info!(peer = %peer, reason = MEMBER_REMOVED, "tunnel peer is no longer a member: closing its connection and streams");
+                dp.metrics.refuse(MEMBER_REMOVED);
+                let _ = revoke.send(true);
+                // Dropping the connection resets its streams and closes the socket.
+                return;
+            }
         }
     }
 }
@@ -169,6 +204,7 @@ fn reply(status: StatusCode, error: &'static str) -> Response<Empty<Bytes>> {
 
 async fn stream(
     dp: Arc<Dataplane>,
+    mut revoked: watch::Receiver<bool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
     if req.method() != Method::CONNECT {
@@ -206,15 +242,25 @@ async fn stream(
             match hyper::upgrade::on(&mut req).await {
                 Ok(upgraded) => {
                     let idle = dp.settings.limits.idle_timeout;
-                    let spliced = splice(TokioIo::new(upgraded), upstream, idle).await;
-                    let (up, down) = (spliced.sent, spliced.received);
-                    match spliced.end {
-                        End::Closed => debug!(up, down, "tunnel stream done"),
-                        End::Idle => {
-                            debug!(up, down, "tunnel stream idle: closing");
-                            dp.metrics.timeout(LISTENER, "idle");
+                    let revoked = async move {
+                        // A connection that ends normally drops the sender: not a revocation.
+                        if revoked.wait_for(|r| *r).await.is_err() {
+                            std::future::pending::<()>().await;
                         }
-                        End::Error(e) => debug!(error = %e, "tunnel stream ended"),
+                    };
+                    tokio::select! {
+                        spliced = splice(TokioIo::new(upgraded), upstream, idle) => {
+                            let (up, down) = (spliced.sent, spliced.received);
+                            match spliced.end {
+                                End::Closed => debug!(up, down, "tunnel stream done"),
+                                End::Idle => {
+                                    debug!(up, down, "tunnel stream idle: closing");
+                                    dp.metrics.timeout(LISTENER, "idle");
+                                }
+                                End::Error(e) => debug!(error = %e, "tunnel stream ended"),
+                            }
+                        }
+                        _ = revoked => debug!("tunnel stream closed: the peer is no longer a member"),
                     }
                 }
                 Err(e) => debug!(error = %e, "tunnel upgrade failed"),

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admission;
 mod e2e;
 mod limits;
 mod locality;

@@ -15,7 +15,9 @@ use meridian_identity::{Credentials, Identity, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Gateway, Mesh, PATIENCE, TD, endpoint, service};
+use crate::support::{
+    Backend, Gateway, Mesh, PATIENCE, TD, endpoint, member, service, tunnel_request,
+};
 
 /// Opens a CONNECT stream to `target` through `gw` with `creds`; returns the status.
 async fn connect_stream(
@@ -24,24 +26,10 @@ async fn connect_stream(
     target: SocketAddr,
     service: &str,
 ) -> std::io::Result<u16> {
-    let connector = tls::watch(creds).unwrap().1.connector();
-    let server = Identity::gateway(TD, &gw.cluster).unwrap();
-    let tcp = TcpStream::connect(gw.tunnel).await?;
-    let tls = connector.connect(tcp, &server).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    let req = Request::connect(target.to_string())
-        .header("meridian-service", service)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(resp.status().as_u16())
+    Ok(tunnel_request(gw, creds, target, service)
+        .await?
+        .status()
+        .as_u16())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +53,8 @@ async fn refuses_and_counts_every_bad_peer_and_target() {
             ],
             "",
         )],
-        vec![],
+        // east is a member (nothing listens at its gateway address: it is only a client).
+        vec![member("east", SocketAddr::from(([127, 0, 14, 2], 9)))],
     )
     .await;
     let good = mesh.ca.issue("east").credentials();

@@ -32,7 +32,7 @@ impl Certificates for Signer {
         let ttl = ca::granted_ttl(Duration::from_secs(req.ttl_seconds));
         let signed = self
             .ca
-            .ca()
+            .intermediate(&req.cluster)
             .sign_csr(&req.csr_pem, &identity, ttl)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         Ok(tonic::Response::new(SignCertificateResponse {

@@ -256,6 +256,59 @@ impl Backend {
     }
 }
 
+/// A snapshot peer entry for `cluster` (a member whose gateway is at `address`).
+pub fn member(cluster: &str, address: SocketAddr) -> Peer {
+    Peer {
+        cluster: cluster.into(),
+        address: address.to_string(),
+        identity: format!("spiffe://{TD}/cluster/{cluster}/gateway"),
+        locality: None,
+    }
+}
+
+/// Sends one CONNECT for `target` (of `service`, `host:port`) through `gw`'s tunnel,
+/// presenting `creds`: the response (its upgrade is the stream when the status is 200).
+pub async fn tunnel_request(
+    gw: &Gateway,
+    creds: meridian_identity::Credentials,
+    target: SocketAddr,
+    service: &str,
+) -> std::io::Result<Response<hyper::body::Incoming>> {
+    let connector = meridian_identity::tls::watch(creds).unwrap().1.connector();
+    let server = meridian_identity::Identity::gateway(TD, &gw.cluster).unwrap();
+    let tcp = TcpStream::connect(gw.tunnel).await?;
+    let tls = connector.connect(tcp, &server).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let req = Request::connect(target.to_string())
+        .header("meridian-service", service)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// The count of `meridian_gateway_tunnel_refusals_total{reason}` once it reaches `want`
+/// (the server counts after the client may already have seen the refusal).
+pub async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
+    let what = format!("{}: {want} tunnel refusals {reason}", gw.cluster);
+    eventually(&what, || async {
+        let n = gw
+            .metric(
+                "meridian_gateway_tunnel_refusals_total",
+                &[("reason", reason)],
+            )
+            .await;
+        (n >= want).then_some(n)
+    })
+    .await
+}
+
 /// An endpoint entry for a snapshot.
 pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
     Endpoint {

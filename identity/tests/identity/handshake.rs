@@ -1,5 +1,6 @@
 //! The peer-verification matrix: only gateways of the mesh's trust domain, chaining to
-//! the mesh root and currently valid, get through, and each refusal has its reason.
+//! the mesh root through their own cluster's intermediate and currently valid, get
+//! through, and each refusal has its reason.
 
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +54,85 @@ async fn refuses_bad_client_certificates_with_a_reason() {
         assert!(result.is_err(), "{want}: the client must not get through");
         assert_eq!(results.recv().await.unwrap(), Err(want));
     }
+}
+
+#[tokio::test]
+async fn refuses_a_client_certificate_the_root_signed_directly() {
+    let ca = TestCa::new(TD);
+    let server = ca.issue("east");
+    let (_store, rx) = tls::watch(server.credentials()).unwrap();
+    let (addr, mut results) = echo_server(rx.acceptor()).await;
+
+    // Valid chain, right trust domain, but no intermediate: what a root key can mint.
+    let ghost = ca.issue_by_root("ghost");
+    let result = ping(&connector(ghost.credentials()), addr, &server.identity).await;
+    assert!(result.is_err(), "a root-issued leaf must not get through");
+    assert_eq!(results.recv().await.unwrap(), Err("root_issued"));
+}
+
+#[tokio::test]
+async fn refuses_a_client_certified_by_another_clusters_intermediate() {
+    let ca = TestCa::new(TD);
+    let server = ca.issue("north");
+    let (_store, rx) = tls::watch(server.credentials()).unwrap();
+    let (addr, mut results) = echo_server(rx.acceptor()).await;
+
+    // west's intermediate (a compromised member) signs east's gateway identity.
+    let forged = ca.issue_from("west", "east");
+    let result = ping(&connector(forged.credentials()), addr, &server.identity).await;
+    assert!(
+        result.is_err(),
+        "a forged east identity must not get through"
+    );
+    assert_eq!(results.recv().await.unwrap(), Err("issuer_mismatch"));
+
+    // The same intermediate still certifies its own cluster.
+    let own = ca.issue_from("west", "west");
+    ping(&connector(own.credentials()), addr, &server.identity)
+        .await
+        .unwrap();
+    assert_eq!(results.recv().await.unwrap(), Ok(own.identity.clone()));
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_certified_by_another_clusters_intermediate() {
+    let ca = TestCa::new(TD);
+    // A west gateway posing as east's, with east's identity from west's intermediate.
+    let forged = ca.issue_from("west", "east");
+    let (_store, rx) = tls::watch(forged.credentials()).unwrap();
+    let (addr, _results) = echo_server(rx.acceptor()).await;
+
+    let err = ping(
+        &connector(ca.issue("north").credentials()),
+        addr,
+        &forged.identity,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        meridian_identity::verifier::failure_reason(&err),
+        "issuer_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_certificate_the_root_signed_directly() {
+    let ca = TestCa::new(TD);
+    let forged = ca.issue_by_root("east");
+    let (_store, rx) = tls::watch(forged.credentials()).unwrap();
+    let (addr, _results) = echo_server(rx.acceptor()).await;
+
+    let err = ping(
+        &connector(ca.issue("north").credentials()),
+        addr,
+        &forged.identity,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        meridian_identity::verifier::failure_reason(&err),
+        "root_issued"
+    );
 }
 
 #[tokio::test]
