@@ -719,8 +719,8 @@ pub(crate) mod tests {
     }
 
     fn exporting(slices: Vec<EndpointSlice>) -> MemberInput {
-        let mut m = MemberInput::test("a")
-            .with_service(service("demo", "echo", &[("tcp", 1, None)], true));
+        let mut m =
+            MemberInput::test("a").with_service(service("demo", "echo", &[("tcp", 1, None)], true));
         for s in slices {
             m = m.with_slice(s);
         }
@@ -740,7 +740,10 @@ pub(crate) mod tests {
         // Mid-move: 10.0.0.2 is in both slices, still marked not ready in the old one.
         let a = named_slice(
             "echo-a",
-            &[("10.0.0.1", true, "n", "p1"), ("10.0.0.2", false, "n", "p2")],
+            &[
+                ("10.0.0.1", true, "n", "p1"),
+                ("10.0.0.2", false, "n", "p2"),
+            ],
         );
         let b = named_slice("echo-b", &[("10.0.0.2", true, "n", "p2")]);
         let forward = Catalog::build(&[exporting(vec![a.clone(), b.clone()])]);
@@ -775,7 +778,10 @@ pub(crate) mod tests {
         let cat = Catalog::build(&[exporting(vec![s])]);
         assert_eq!(
             summary(&cat),
-            [("10.0.0.1".to_owned(), false), ("10.0.0.2".to_owned(), false)]
+            [
+                ("10.0.0.1".to_owned(), false),
+                ("10.0.0.2".to_owned(), false)
+            ]
         );
     }
 

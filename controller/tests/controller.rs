@@ -1527,7 +1527,11 @@ mod slices {
             l.sort_by_key(|s| s.endpoints.len());
             l
         };
-        assert_eq!(web_slices().await.len(), 3, "7 endpoints, at most 3 per slice");
+        assert_eq!(
+            web_slices().await.len(),
+            3,
+            "7 endpoints, at most 3 per slice"
+        );
 
         let ip = testbed.allocate_address().unwrap();
         let ctl = Controller::start(&testbed, east1, ip, &[]).await;
@@ -1546,7 +1550,12 @@ mod slices {
         })
         .await;
         // Settled: the last of whatever is still being pushed.
-        let version = sub.drain(Duration::from_secs(2)).await.last().unwrap().version;
+        let version = sub
+            .drain(Duration::from_secs(2))
+            .await
+            .last()
+            .unwrap()
+            .version;
 
         // An endpoint moves from a full slice to the one with room, as the EndpointSlice
         // controller moves them: added to the new slice first, then removed from the old.
@@ -1568,7 +1577,12 @@ mod slices {
         // The merged content did not change, so neither did the version: whatever was
         // pushed meanwhile (nothing, or the same snapshot) carries it.
         for s in sub.drain(Duration::from_secs(2)).await {
-            assert_eq!(s.version, version, "{:?}", endpoints(&s, "web.default.global"));
+            assert_eq!(
+                s.version,
+                version,
+                "{:?}",
+                endpoints(&s, "web.default.global")
+            );
             assert!(all_ready(&s));
         }
 
@@ -1616,8 +1630,7 @@ mod slices {
         );
         api.create(&pp, &m1).await.unwrap();
         sub.wait_for("manual-1's endpoints", |s| {
-            endpoints(s, host)
-                == [("10.99.0.1".into(), true), ("10.99.0.2".into(), true)]
+            endpoints(s, host) == [("10.99.0.1".into(), true), ("10.99.0.2".into(), true)]
         })
         .await;
         // Updated live: 10.99.0.2 terminates.
@@ -1637,12 +1650,37 @@ mod slices {
         // Ignored: FQDN, no service label, an unexported Service. Counted once: the same
         // address in a second slice. Carried: IPv6. The last slice marks the end.
         for s in [
-            slice("manual-fqdn", Some("manual"), "FQDN", &[("db.example.com", true, false)]),
+            slice(
+                "manual-fqdn",
+                Some("manual"),
+                "FQDN",
+                &[("db.example.com", true, false)],
+            ),
             slice("unlabelled", None, "IPv4", &[("10.99.0.7", true, false)]),
-            slice("hidden-1", Some("hidden"), "IPv4", &[("10.99.0.8", true, false)]),
-            slice("manual-dup", Some("manual"), "IPv4", &[("10.99.0.1", true, false)]),
-            slice("manual-v6", Some("manual"), "IPv6", &[("fd00::99", true, false)]),
-            slice("manual-last", Some("manual"), "IPv4", &[("10.99.0.9", true, false)]),
+            slice(
+                "hidden-1",
+                Some("hidden"),
+                "IPv4",
+                &[("10.99.0.8", true, false)],
+            ),
+            slice(
+                "manual-dup",
+                Some("manual"),
+                "IPv4",
+                &[("10.99.0.1", true, false)],
+            ),
+            slice(
+                "manual-v6",
+                Some("manual"),
+                "IPv6",
+                &[("fd00::99", true, false)],
+            ),
+            slice(
+                "manual-last",
+                Some("manual"),
+                "IPv4",
+                &[("10.99.0.9", true, false)],
+            ),
         ] {
             api.create(&pp, &s).await.unwrap();
         }
@@ -1662,7 +1700,9 @@ mod slices {
         );
         assert!(service(&snap, "hidden.default.global").is_none());
         // Deleted live: 10.99.0.2 goes with manual-1, 10.99.0.1 stays (manual-dup).
-        api.delete("manual-1", &DeleteParams::default()).await.unwrap();
+        api.delete("manual-1", &DeleteParams::default())
+            .await
+            .unwrap();
         sub.wait_for("manual-1 deleted", |s| {
             endpoints(s, host)
                 == [
