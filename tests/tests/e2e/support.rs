@@ -26,6 +26,8 @@ impl World {
         Self::start_with(MeshOptions::default()).await
     }
 
+    /// A world with `options`; every cluster gets its Unbound resolver
+    /// ([`MeshOptions::resolvers`]) whatever they say.
     pub async fn start_with(options: MeshOptions) -> World {
         meridian_testbed::init_tracing();
         let testbed = Testbed::start(&[
@@ -35,6 +37,10 @@ impl World {
         ])
         .await
         .expect("testbed");
+        let options = MeshOptions {
+            resolvers: true,
+            ..options
+        };
         let mesh = Mesh::start(&testbed, options)
             .await
             .expect("meridian on the testbed");
