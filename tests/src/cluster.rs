@@ -176,17 +176,6 @@ pub struct Cluster {
     nodes: Vec<NodeInfo>,
     writers: EndpointWriters,
     state: Arc<Mutex<State>>,
-    /// Pod terminations waiting out their grace period; aborted with the cluster.
-    terminations: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let tasks = self.terminations.get_mut().map(std::mem::take);
-        for task in tasks.unwrap_or_default() {
-            task.abort();
-        }
-    }
 }
 
 /// The simulated controllers that turn Services and Pods into endpoint objects.
@@ -237,6 +226,8 @@ struct State {
     terminating: BTreeMap<(String, String), PodEntry>,
     /// Pods whose grace period ended while the API server was stopped.
     unfinished_deletions: BTreeSet<(String, String)>,
+    /// Pod terminations waiting out their grace period; aborted with the cluster.
+    terminations: tokio::task::JoinSet<()>,
 }
 
 #[derive(Debug)]
@@ -337,8 +328,8 @@ impl Cluster {
                 unsynced: BTreeSet::new(),
                 terminating: BTreeMap::new(),
                 unfinished_deletions: BTreeSet::new(),
+                terminations: tokio::task::JoinSet::new(),
             })),
-            terminations: std::sync::Mutex::new(Vec::new()),
         };
         cluster.create_namespace(SYSTEM_NAMESPACE).await?;
         cluster.create_nodes().await?;
@@ -615,16 +606,13 @@ impl Cluster {
             )))?;
         state.terminating.insert(key.clone(), entry);
         self.writers.sync(&pod.namespace).await?;
-        let task = tokio::spawn(finish_termination(
+        while state.terminations.try_join_next().is_some() {}
+        state.terminations.spawn(finish_termination(
             Arc::downgrade(&self.state),
             self.writers.clone(),
             key,
             grace,
         ));
-        if let Ok(mut tasks) = self.terminations.lock() {
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task.abort_handle());
-        }
         Ok(())
     }
 

@@ -725,10 +725,13 @@ mod endpoint_slices {
 
     use crate::support::init_tracing;
 
-    /// (slice name, [(pod, ready, serving, terminating)]) of `default/web`, by slice name.
-    async fn slices_of_web(
-        api: &Api<EndpointSlice>,
-    ) -> Vec<(String, Vec<(String, bool, bool, bool)>)> {
+    /// (pod, ready, serving, terminating) of one slice endpoint.
+    type Conditions = (String, bool, bool, bool);
+    /// (slice name, its endpoints) of a Service.
+    type Slices = Vec<(String, Vec<Conditions>)>;
+
+    /// The slices of `default/web`, by slice name.
+    async fn slices_of_web(api: &Api<EndpointSlice>) -> Slices {
         let lp = ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}=web"));
         let mut out: Vec<_> = api
             .list(&lp)
@@ -874,7 +877,7 @@ mod endpoint_slices {
 
         // Readiness: ready and serving false, not terminating.
         sliced.set_pod_ready(&pods[1], false).await.unwrap();
-        let state = |slices: &[(String, Vec<(String, bool, bool, bool)>)], pod: &str| {
+        let state = |slices: &Slices, pod: &str| {
             slices
                 .iter()
                 .flat_map(|s| s.1.iter())
@@ -887,7 +890,7 @@ mod endpoint_slices {
 
         // A deleted pod terminates for its grace period: out of the Endpoints, terminating
         // in its slice (in the same slice), its echo server still answering.
-        let slice_of = |slices: &[(String, Vec<(String, bool, bool, bool)>)], pod: &str| {
+        let slice_of = |slices: &Slices, pod: &str| {
             slices
                 .iter()
                 .find(|s| s.1.iter().any(|e| e.0 == pod))
