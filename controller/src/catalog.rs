@@ -316,6 +316,17 @@ impl<'a> MemberIndex<'a> {
     }
 }
 
+/// Whether a slice endpoint takes new connections: a nil `ready` means ready (the
+/// EndpointSlice API contract), and a terminating endpoint never does, whatever its
+/// `ready` says (upstream sets it false; a hand-written slice may not). Terminating
+/// endpoints stay listed, not ready, so that open connections to them finish.
+fn slice_endpoint_ready(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    let conditions = ep.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    ready && !terminating
+}
+
 fn pod_ref(r: Option<&k8s_openapi::api::core::v1::ObjectReference>) -> Option<&str> {
     r.filter(|r| r.kind.as_deref() == Some("Pod"))
         .and_then(|r| r.name.as_deref())
@@ -398,18 +409,39 @@ impl Catalog {
                     .or_default()
                     .entry((e.cluster.clone(), e.address.clone()))
                     .and_modify(|old| {
-                        // The same address in two slices: merge the ports.
+                        // The same address in two slices (an endpoint moving between
+                        // them, or one slice per port set) is one endpoint: merge the
+                        // ports; ready if either says so, so that the order of the
+                        // slices does not matter.
                         for (k, v) in &e.ports {
                             old.ports.entry(k.clone()).or_insert(*v);
                         }
+                        old.ready |= e.ready;
                     })
                     .or_insert(e);
             };
 
             match &m.endpoints {
                 EndpointObjects::Slices(slices) => {
+                    // In name order: the reflector's order is arbitrary, and a merged
+                    // endpoint must not depend on it.
+                    let mut slices: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
+                    slices.sort_by(|a, b| {
+                        (&a.metadata.namespace, &a.metadata.name)
+                            .cmp(&(&b.metadata.namespace, &b.metadata.name))
+                    });
                     for s in slices {
+                        // IPv4 and IPv6 addresses are dialled as they are; an FQDN slice
+                        // names hosts the gateway would have to resolve in the member's
+                        // own DNS, which it cannot reach.
                         if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+                            tracing::debug!(
+                                cluster = %m.cluster,
+                                namespace = s.metadata.namespace.as_deref().unwrap_or_default(),
+                                slice = s.metadata.name.as_deref().unwrap_or_default(),
+                                address_type = %s.address_type,
+                                "EndpointSlice ignored: address type not carried"
+                            );
                             continue;
                         }
                         let (Some(ns), Some(svc)) = (
@@ -438,9 +470,7 @@ impl Catalog {
                             })
                             .collect();
                         for ep in &s.endpoints {
-                            // A nil ready condition means ready (EndpointSlice API contract).
-                            let ready =
-                                ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                            let ready = slice_endpoint_ready(ep);
                             for addr in &ep.addresses {
                                 if !admit(&key, addr, ep.target_ref.as_ref()) {
                                     continue;
@@ -570,7 +600,7 @@ pub fn service_locality(input: &MemberInput, namespace: &str, name: &str) -> Opt
                         .is_some_and(|n| n == name)
             }) {
                 for ep in &s.endpoints {
-                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    let ready = slice_endpoint_ready(ep);
                     found.push((
                         ready,
                         idx.locality(ep.node_name.as_deref(), ep.zone.as_deref()),
@@ -602,6 +632,7 @@ pub fn service_locality(input: &MemberInput, namespace: &str, name: &str) -> Opt
 pub(crate) mod tests {
     use super::*;
     use crate::fixtures::*;
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
 
     #[test]
     fn protocols() {
@@ -724,6 +755,90 @@ pub(crate) mod tests {
         let svc = &cat.services[&ServiceKey::new("demo", "echo")];
         assert!(svc.endpoints.is_empty(), "b does not export echo");
         assert_eq!(svc.clusters.len(), 1);
+    }
+
+    /// A slice of `demo/echo` named `name` (port `tcp` 1).
+    fn named_slice(name: &str, eps: &[(&str, bool, &str, &str)]) -> EndpointSlice {
+        let mut s = slice("demo", "echo", &[("tcp", 1)], eps);
+        s.metadata.name = Some(name.to_owned());
+        s
+    }
+
+    fn exporting(slices: Vec<EndpointSlice>) -> MemberInput {
+        let mut m =
+            MemberInput::test("a").with_service(service("demo", "echo", &[("tcp", 1, None)], true));
+        for s in slices {
+            m = m.with_slice(s);
+        }
+        m
+    }
+
+    fn summary(cat: &Catalog) -> Vec<(String, bool)> {
+        cat.services[&ServiceKey::new("demo", "echo")]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.ready))
+            .collect()
+    }
+
+    #[test]
+    fn an_address_in_two_slices_counts_once_whatever_their_order() {
+        // Mid-move: 10.0.0.2 is in both slices, still marked not ready in the old one.
+        let a = named_slice(
+            "echo-a",
+            &[
+                ("10.0.0.1", true, "n", "p1"),
+                ("10.0.0.2", false, "n", "p2"),
+            ],
+        );
+        let b = named_slice("echo-b", &[("10.0.0.2", true, "n", "p2")]);
+        let forward = Catalog::build(&[exporting(vec![a.clone(), b.clone()])]);
+        let backward = Catalog::build(&[exporting(vec![b, a])]);
+        assert_eq!(forward, backward);
+        assert_eq!(
+            summary(&forward),
+            [("10.0.0.1".to_owned(), true), ("10.0.0.2".to_owned(), true)]
+        );
+        let svc = &forward.services[&ServiceKey::new("demo", "echo")];
+        assert_eq!(svc.total_counts(), Counts { ready: 2, total: 2 });
+    }
+
+    #[test]
+    fn terminating_endpoints_stay_listed_but_never_ready() {
+        let mut s = named_slice(
+            "echo-a",
+            &[("10.0.0.1", true, "n", "p1"), ("10.0.0.2", true, "n", "p2")],
+        );
+        // Upstream: terminating, not ready, still serving.
+        s.endpoints[0].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        });
+        // A hand-written slice may leave ready unset (nil = ready) while terminating.
+        s.endpoints[1].conditions = Some(EndpointConditions {
+            ready: None,
+            serving: None,
+            terminating: Some(true),
+        });
+        let cat = Catalog::build(&[exporting(vec![s])]);
+        assert_eq!(
+            summary(&cat),
+            [
+                ("10.0.0.1".to_owned(), false),
+                ("10.0.0.2".to_owned(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_slices_are_carried_and_fqdn_slices_ignored() {
+        let mut v6 = named_slice("echo-v6", &[("fd00::1", true, "n", "p6")]);
+        v6.address_type = "IPv6".into();
+        let mut fqdn = named_slice("echo-fqdn", &[("db.example.com", true, "n", "pf")]);
+        fqdn.address_type = "FQDN".into();
+        let cat = Catalog::build(&[exporting(vec![v6, fqdn])]);
+        assert_eq!(summary(&cat), [("fd00::1".to_owned(), true)]);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) struct ApiServerConfig {
     pub pki: PkiFiles,
     /// Directory for the log and scratch files.
     pub dir: PathBuf,
+    /// Switch the built-in `discovery.k8s.io` off so the EndpointSlice v1 CRD serves it
+    /// (see [`crate::slice_api`]).
+    pub slice_crd: bool,
 }
 
 /// An API server that may be running or stopped.
@@ -159,6 +162,9 @@ impl ApiServer {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        if c.slice_crd {
+            args.push(crate::slice_api::RUNTIME_CONFIG.into());
+        }
         if c.minor_version < 24 {
             // Before 1.24 an insecure port (8080) opens by default; several servers would
             // collide on it, and it bypasses authentication.

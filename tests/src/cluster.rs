@@ -1,10 +1,10 @@
 //! One simulated cluster: etcd + kube-apiserver, Node objects, and the simulated kubelet
-//! (echo pods, their Pod status) and endpoints controller.
+//! (echo pods, their Pod status), endpoints controller and EndpointSlice controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::apiserver::{ApiServer, ApiServerConfig};
 use crate::binaries::Binaries;
 use crate::echo::{EchoReply, EchoServer};
+use crate::endpoint_slices::{self, DEFAULT_MAX_ENDPOINTS_PER_SLICE};
 use crate::endpoints;
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
@@ -27,6 +28,7 @@ use crate::pki::ClusterPki;
 use crate::pod::{PodHandle, PodSpec, pod_object, pod_status};
 use crate::proxy;
 use crate::service::ServiceSpec;
+use crate::slice_api;
 
 /// Namespace every cluster starts with (where Meridian's own objects live).
 pub const SYSTEM_NAMESPACE: &str = "meridian-system";
@@ -37,6 +39,18 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Most clusters per testbed: each gets its own Service CIDR `172.(16+i).0.0/16`.
 pub const MAX_CLUSTERS: usize = 16;
+
+/// Which endpoint API a cluster serves, and so which one Meridian's controller reads there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EndpointApi {
+    /// `discovery.k8s.io/v1` EndpointSlices, as every cluster from 1.21 on serves (on the
+    /// v1.20 server through a CRD, see `docs/testing.md`). core/v1 Endpoints are written
+    /// too, as a real cluster's endpoints controller does.
+    #[default]
+    EndpointSlices,
+    /// core/v1 Endpoints only: an older cluster, where the controller falls back to them.
+    Endpoints,
+}
 
 /// What cluster to start. Build with [`ClusterSpec::new`] and the chained setters.
 #[derive(Clone, Debug)]
@@ -51,6 +65,11 @@ pub struct ClusterSpec {
     pub subzones: Vec<String>,
     /// Nodes per zone (or per subzone). Default 1.
     pub nodes_per_zone: usize,
+    /// The endpoint API. Default [`EndpointApi::EndpointSlices`].
+    pub endpoint_api: EndpointApi,
+    /// Most endpoints per EndpointSlice (upstream's `--max-endpoints-per-slice`). Default
+    /// 100; tests set a few so that one Service spans several slices.
+    pub max_endpoints_per_slice: usize,
 }
 
 impl ClusterSpec {
@@ -66,7 +85,21 @@ impl ClusterSpec {
             zones: zones.into_iter().map(Into::into).collect(),
             subzones: Vec::new(),
             nodes_per_zone: 1,
+            endpoint_api: EndpointApi::default(),
+            max_endpoints_per_slice: DEFAULT_MAX_ENDPOINTS_PER_SLICE,
         }
+    }
+
+    /// Sets the endpoint API.
+    pub fn endpoint_api(mut self, api: EndpointApi) -> Self {
+        self.endpoint_api = api;
+        self
+    }
+
+    /// Sets the most endpoints per EndpointSlice.
+    pub fn max_endpoints_per_slice(mut self, max: usize) -> Self {
+        self.max_endpoints_per_slice = max;
+        self
     }
 
     /// Sets the subzones present in every zone.
@@ -93,6 +126,12 @@ impl ClusterSpec {
         if !label(&self.name) {
             return Err(Error::InvalidSpec(format!(
                 "cluster name {:?} must be a lowercase DNS label",
+                self.name
+            )));
+        }
+        if self.max_endpoints_per_slice == 0 || self.max_endpoints_per_slice > 1000 {
+            return Err(Error::InvalidSpec(format!(
+                "cluster {}: max_endpoints_per_slice must be 1 to 1000 (the API's limit)",
                 self.name
             )));
         }
@@ -135,7 +174,35 @@ pub struct Cluster {
     service_cidr: String,
     block: Arc<LoopbackBlock>,
     nodes: Vec<NodeInfo>,
-    state: Mutex<State>,
+    writers: EndpointWriters,
+    state: Arc<Mutex<State>>,
+}
+
+/// The simulated controllers that turn Services and Pods into endpoint objects.
+#[derive(Clone)]
+struct EndpointWriters {
+    client: Client,
+    api: EndpointApi,
+    max_per_slice: usize,
+    /// Node name → zone, for the slices' `zone`.
+    zones: Arc<BTreeMap<String, String>>,
+}
+
+impl EndpointWriters {
+    /// Brings the endpoint objects of every Service in `namespace` up to date.
+    async fn sync(&self, namespace: &str) -> Result<()> {
+        endpoints::sync_namespace(&self.client, namespace).await?;
+        if self.api == EndpointApi::EndpointSlices {
+            endpoint_slices::sync_namespace(
+                &self.client,
+                namespace,
+                self.max_per_slice,
+                &self.zones,
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -155,6 +222,12 @@ struct State {
     etcd: Etcd,
     /// Pods whose status changed while the API server was stopped.
     unsynced: BTreeSet<(String, String)>,
+    /// Deleted pods in their termination grace period (echo servers still running).
+    terminating: BTreeMap<(String, String), PodEntry>,
+    /// Pods whose grace period ended while the API server was stopped.
+    unfinished_deletions: BTreeSet<(String, String)>,
+    /// Pod terminations waiting out their grace period; aborted with the cluster.
+    terminations: tokio::task::JoinSet<()>,
 }
 
 #[derive(Debug)]
@@ -163,6 +236,7 @@ struct PodEntry {
     image: String,
     ready: bool,
     started: Timestamp,
+    termination_grace: Duration,
     echo: Option<EchoServer>,
 }
 
@@ -188,6 +262,9 @@ impl Cluster {
         tracing::debug!("etcd ready");
 
         let service_cidr = format!("172.{}.0.0/16", 16 + index);
+        // Slices through the CRD only where the server does not serve v1 itself.
+        let slice_crd = spec.endpoint_api == EndpointApi::EndpointSlices
+            && minor_version < slice_api::BUILT_IN_SINCE_MINOR;
         let mut apiserver = ApiServer::new(ApiServerConfig {
             cluster: spec.name.clone(),
             binary: binaries.kube_apiserver.clone(),
@@ -198,6 +275,7 @@ impl Cluster {
             service_cidr: service_cidr.clone(),
             pki: pki.files.clone(),
             dir: dir.clone(),
+            slice_crd,
         });
         apiserver.start()?;
         let server_url = apiserver.url();
@@ -215,7 +293,23 @@ impl Cluster {
         apiserver.wait_ready(&client, STARTUP_TIMEOUT).await?;
         tracing::debug!(url = %server_url, "kube-apiserver ready");
 
+        if slice_crd {
+            slice_api::install(&client, STARTUP_TIMEOUT).await?;
+            tracing::debug!("discovery.k8s.io/v1 EndpointSlices served");
+        }
+
         let nodes = spec.nodes();
+        let writers = EndpointWriters {
+            client: client.clone(),
+            api: spec.endpoint_api,
+            max_per_slice: spec.max_endpoints_per_slice,
+            zones: Arc::new(
+                nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.zone.clone()))
+                    .collect(),
+            ),
+        };
         let cluster = Cluster {
             spec,
             client,
@@ -226,12 +320,16 @@ impl Cluster {
             service_cidr,
             block,
             nodes,
-            state: Mutex::new(State {
+            writers,
+            state: Arc::new(Mutex::new(State {
                 pods: BTreeMap::new(),
                 apiserver,
                 etcd,
                 unsynced: BTreeSet::new(),
-            }),
+                terminating: BTreeMap::new(),
+                unfinished_deletions: BTreeSet::new(),
+                terminations: tokio::task::JoinSet::new(),
+            })),
         };
         cluster.create_namespace(SYSTEM_NAMESPACE).await?;
         cluster.create_nodes().await?;
@@ -346,7 +444,7 @@ impl Cluster {
         }
     }
 
-    /// Creates a Service and its Endpoints (from the pods it selects).
+    /// Creates a Service and its endpoint objects (from the pods it selects).
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<Service> {
         let _state = self.running_api().await?;
         self.create_namespace(&spec.namespace).await?;
@@ -358,11 +456,11 @@ impl Cluster {
                 "creating Service {}/{}",
                 spec.namespace, spec.name
             )))?;
-        endpoints::sync_namespace(&self.client, &spec.namespace).await?;
+        self.writers.sync(&spec.namespace).await?;
         Ok(created)
     }
 
-    /// Deletes a Service and the Endpoints the testbed wrote for it.
+    /// Deletes a Service and the endpoint objects the testbed wrote for it.
     pub async fn delete_service(&self, namespace: &str, name: &str) -> Result<()> {
         let _state = self.running_api().await?;
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
@@ -370,21 +468,21 @@ impl Cluster {
             .delete(name, &DeleteParams::default())
             .await
             .map_err(Error::kube(format!("deleting Service {namespace}/{name}")))?;
-        endpoints::sync_namespace(&self.client, namespace).await
+        self.writers.sync(namespace).await
     }
 
-    /// Recomputes the Endpoints of every Service in `namespace`. Testbed calls do this
+    /// Recomputes the endpoint objects (Endpoints and, where used, EndpointSlices) of every Service in `namespace`. Testbed calls do this
     /// themselves; call it after changing Services or Pods through the API directly.
     pub async fn sync_endpoints(&self, namespace: &str) -> Result<()> {
         let _state = self.running_api().await?;
-        endpoints::sync_namespace(&self.client, namespace).await
+        self.writers.sync(namespace).await
     }
 
     /// Where a connection to a Service's `clusterIP:port` would land: the loopback socket
     /// addresses of its ready endpoints (the testbed's stand-in for kube-proxy).
     pub async fn resolve_cluster_ip(&self, vip: SocketAddr) -> Result<Vec<SocketAddr>> {
         let _state = self.running_api().await?;
-        proxy::resolve_cluster_ip(&self.client, vip).await
+        proxy::resolve_cluster_ip(&self.client, self.spec.endpoint_api, vip).await
     }
 
     /// Gives a Service a load balancer address (`status.loadBalancer.ingress[0].ip`), as a
@@ -401,12 +499,12 @@ impl Cluster {
     }
 
     /// Adds a pod: an echo server on a fresh loopback address (unless `spec.echo` is false),
-    /// a Pod object on the chosen node with a Running status, and updated Endpoints.
+    /// a Pod object on the chosen node with a Running status, and updated endpoint objects.
     pub async fn add_pod(&self, spec: PodSpec) -> Result<PodHandle> {
         let node = self.place(&spec)?.clone();
         let mut state = self.running_api().await?;
         let key = (spec.namespace.clone(), spec.name.clone());
-        if state.pods.contains_key(&key) {
+        if state.pods.contains_key(&key) || state.terminating.contains_key(&key) {
             return Err(Error::InvalidSpec(format!(
                 "pod {}/{} already exists in cluster {}",
                 spec.namespace,
@@ -464,16 +562,23 @@ impl Cluster {
             image,
             ready: spec.ready,
             started: Timestamp::now(),
+            termination_grace: spec.termination_grace,
             echo,
         };
         self.write_pod_status(&entry).await?;
         state.pods.insert(key, entry);
-        endpoints::sync_namespace(&self.client, &spec.namespace).await?;
+        self.writers.sync(&spec.namespace).await?;
         tracing::debug!(pod = %spec.name, ip = %pod_ip, %address, node = %node.name, "pod added");
         Ok(handle)
     }
 
-    /// Removes a pod: stops its echo server, deletes the Pod, updates Endpoints.
+    /// Removes a pod, as its deletion and kubelet would. Without a termination grace
+    /// ([`PodSpec::termination_grace`]) at once: its echo server stops, the Pod is deleted
+    /// and the endpoints updated. With one, the Pod is deleted gracefully: it gets a
+    /// `deletionTimestamp`, leaves the core/v1 Endpoints and turns `terminating` in its
+    /// EndpointSlice, while its echo server keeps serving (open connections finish) until
+    /// the grace period ends; then the server stops and the Pod and endpoint go. This call
+    /// returns once the termination has started.
     pub async fn remove_pod(&self, pod: &PodHandle) -> Result<()> {
         let mut state = self.running_api().await?;
         let key = (pod.namespace.clone(), pod.name.clone());
@@ -481,22 +586,44 @@ impl Cluster {
             return Err(self.no_pod(pod));
         };
         state.unsynced.remove(&key);
-        if let Some(echo) = &mut entry.echo {
-            echo.stop().await;
+        let grace = entry.termination_grace;
+        if grace.is_zero() {
+            if let Some(echo) = &mut entry.echo {
+                echo.stop().await;
+            }
+            delete_pod_now(&self.client, &key).await?;
+            return self.writers.sync(&pod.namespace).await;
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        // Grace period 0: no kubelet will ever confirm a graceful deletion.
-        pods.delete(&pod.name, &DeleteParams::default().grace_period(0))
+        // A Pod bound to a node is deleted gracefully: the server sets its
+        // deletionTimestamp and keeps it until its kubelet (the task below) confirms.
+        let seconds = u32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(u32::MAX);
+        pods.delete(&pod.name, &DeleteParams::default().grace_period(seconds))
             .await
             .map_err(Error::kube(format!(
                 "deleting Pod {}/{}",
                 pod.namespace, pod.name
             )))?;
-        endpoints::sync_namespace(&self.client, &pod.namespace).await
+        state.terminating.insert(key.clone(), entry);
+        self.writers.sync(&pod.namespace).await?;
+        while state.terminations.try_join_next().is_some() {}
+        state.terminations.spawn(finish_termination(
+            Arc::downgrade(&self.state),
+            self.writers.clone(),
+            key,
+            grace,
+        ));
+        Ok(())
+    }
+
+    /// Whether a removed pod is still in its termination grace period.
+    pub async fn pod_terminating(&self, pod: &PodHandle) -> bool {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        self.state.lock().await.terminating.contains_key(&key)
     }
 
     /// Flips a pod's readiness, as its kubelet would after a readiness probe: the Pod's
-    /// Ready condition and the Endpoints change; the echo server keeps serving. While the
+    /// Ready condition and the endpoint objects change; the echo server keeps serving. While the
     /// API server is stopped the change is recorded and written when it restarts.
     pub async fn set_pod_ready(&self, pod: &PodHandle, ready: bool) -> Result<()> {
         let mut state = self.state.lock().await;
@@ -510,7 +637,7 @@ impl Cluster {
             return Ok(());
         }
         self.write_pod_status(&state.pods[&key]).await?;
-        endpoints::sync_namespace(&self.client, &pod.namespace).await
+        self.writers.sync(&pod.namespace).await
     }
 
     /// Makes the pod's echo server answer HTTP 503 (and close raw TCP connections at once),
@@ -563,6 +690,10 @@ impl Cluster {
             .await?;
         let unsynced = std::mem::take(&mut state.unsynced);
         let mut namespaces = BTreeSet::new();
+        for key in std::mem::take(&mut state.unfinished_deletions) {
+            delete_pod_now(&self.client, &key).await?;
+            namespaces.insert(key.0);
+        }
         for key in unsynced {
             if let Some(entry) = state.pods.get(&key) {
                 self.write_pod_status(entry).await?;
@@ -570,7 +701,7 @@ impl Cluster {
             }
         }
         for namespace in namespaces {
-            endpoints::sync_namespace(&self.client, &namespace).await?;
+            self.writers.sync(&namespace).await?;
         }
         tracing::info!(cluster = %self.name(), "kube-apiserver started");
         Ok(())
@@ -648,7 +779,13 @@ impl Cluster {
 
     fn echo_of<'a>(&self, state: &'a mut State, pod: &PodHandle) -> Result<&'a mut EchoServer> {
         let key = (pod.namespace.clone(), pod.name.clone());
-        let entry = state.pods.get_mut(&key).ok_or_else(|| self.no_pod(pod))?;
+        let entry = match state.pods.get_mut(&key) {
+            Some(entry) => entry,
+            None => state
+                .terminating
+                .get_mut(&key)
+                .ok_or_else(|| self.no_pod(pod))?,
+        };
         entry.echo.as_mut().ok_or_else(|| {
             Error::InvalidSpec(format!(
                 "pod {}/{} runs no echo server",
@@ -662,5 +799,53 @@ impl Cluster {
             kind: "pod",
             name: format!("{}/{} in cluster {}", pod.namespace, pod.name, self.name()),
         }
+    }
+}
+
+/// Deletes a Pod at once (grace period 0: what its kubelet does once the containers have
+/// stopped); a Pod already gone is fine.
+async fn delete_pod_now(client: &Client, (namespace, name): &(String, String)) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match pods
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting Pod {namespace}/{name}"))(e)),
+    }
+}
+
+/// The end of a graceful pod termination: after `grace`, stops the pod's echo server,
+/// deletes the Pod and updates the endpoints. Holds only a weak reference, so a dropped
+/// cluster is not kept alive.
+async fn finish_termination(
+    state: Weak<Mutex<State>>,
+    writers: EndpointWriters,
+    key: (String, String),
+    grace: Duration,
+) {
+    tokio::time::sleep(grace).await;
+    let Some(state) = state.upgrade() else {
+        return;
+    };
+    let mut state = state.lock().await;
+    let Some(mut entry) = state.terminating.remove(&key) else {
+        return;
+    };
+    if let Some(echo) = &mut entry.echo {
+        echo.stop().await;
+    }
+    if !state.apiserver.is_running() {
+        state.unfinished_deletions.insert(key);
+        return;
+    }
+    let done = match delete_pod_now(&writers.client, &key).await {
+        Ok(()) => writers.sync(&key.0).await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => tracing::debug!(pod = %key.1, "pod terminated"),
+        Err(error) => tracing::warn!(pod = %key.1, %error, "finishing a pod termination failed"),
     }
 }

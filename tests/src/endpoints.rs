@@ -4,8 +4,8 @@
 //! it the way the upstream endpoints controller does (selector match, named target ports,
 //! ready vs not-ready addresses, `nodeName` and a Pod `targetRef` on every address). It runs
 //! synchronously inside every testbed call that changes pods or services, so a test sees
-//! the new Endpoints as soon as the call returns: deterministic, no polling. EndpointSlices
-//! are not written; the v1.20 API server only serves them as `v1beta1`.
+//! the new Endpoints as soon as the call returns: deterministic, no polling. Clusters that
+//! use EndpointSlices get both, as a real cluster does ([`crate::endpoint_slices`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -202,7 +202,7 @@ pub(crate) fn desired_endpoints(service: &Service, pods: &[Pod]) -> Option<Endpo
     })
 }
 
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+pub(crate) fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
     selector
         .iter()
@@ -214,7 +214,7 @@ fn is_live(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -222,7 +222,7 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 /// The pod port a Service port targets: a number, or a container port looked up by name.
-fn resolve_target_port(
+pub(crate) fn resolve_target_port(
     service_port: &k8s_openapi::api::core::v1::ServicePort,
     pod: &Pod,
 ) -> Option<i32> {

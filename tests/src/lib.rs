@@ -3,8 +3,10 @@
 //! Each simulated cluster is a real etcd and a real kube-apiserver (envtest-style) on its
 //! own loopback address, with Node objects carrying topology labels, and "pods" that are
 //! echo servers on `127.B.X.Y` addresses answering `{"cluster","zone","pod","version"}`.
-//! The testbed plays kubelet (Pod status) and endpoints controller (core/v1 Endpoints);
-//! see `docs/testing.md` for what is real and what is simulated.
+//! The testbed plays kubelet (Pod status, graceful termination), endpoints controller
+//! (core/v1 Endpoints) and EndpointSlice controller (`discovery.k8s.io/v1`, served on the
+//! v1.20 API server through a CRD with the real schema); see `docs/testing.md` for what is
+//! real and what is simulated.
 //!
 //! ```no_run
 //! use meridian_testbed::{ClusterSpec, PodSpec, ServicePortSpec, ServiceSpec, Testbed};
@@ -31,6 +33,7 @@ mod apiserver;
 mod binaries;
 mod cluster;
 mod echo;
+mod endpoint_slices;
 mod endpoints;
 mod error;
 mod etcd;
@@ -42,19 +45,28 @@ mod pki;
 mod pod;
 mod process;
 mod proxy;
+mod resolver;
 mod service;
+mod slice_api;
 mod testbed;
 pub mod traffic;
 
 pub use binaries::{ASSETS_ENV, Binaries, CACHE_ENV, KUBERNETES_VERSION, cache_dir};
-pub use cluster::{Cluster, ClusterSpec, MAX_CLUSTERS, STARTUP_TIMEOUT, SYSTEM_NAMESPACE};
+pub use cluster::{
+    Cluster, ClusterSpec, EndpointApi, MAX_CLUSTERS, STARTUP_TIMEOUT, SYSTEM_NAMESPACE,
+};
 pub use echo::{EchoReply, GREETING_DELAY};
+pub use endpoint_slices::{
+    DEFAULT_MAX_ENDPOINTS_PER_SLICE, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL,
+};
 pub use endpoints::MANAGED_ANNOTATION;
 pub use error::{Error, Result};
 pub use network::{LOOPBACK_CIDR, POD_NETWORK_CIDR, loopback_to_pod_ip, pod_ip_to_loopback};
 pub use node::{HOSTNAME_LABEL, NodeInfo, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
 pub use pod::{APP_LABEL, ContainerPortSpec, DEFAULT_NAMESPACE, PodHandle, PodSpec, VERSION_LABEL};
+pub use resolver::{Resolver, unbound_binary};
 pub use service::{EXPORT_LABEL, ServicePortSpec, ServiceSpec};
+pub use slice_api::CRD_YAML as ENDPOINT_SLICE_CRD_YAML;
 pub use testbed::{TMPDIR_ENV, Testbed};
 
 /// Logs to the test harness's captured output (`RUST_LOG`, default `meridian_testbed=info`);

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::network::free_ports;
 use crate::pod::{PodHandle, PodSpec};
 use crate::process::ChildProcess;
+use crate::resolver::Resolver;
 use crate::service::{ServicePortSpec, ServiceSpec};
 use crate::testbed::Testbed;
 use crate::traffic::http_get;
@@ -56,6 +57,9 @@ pub struct MeshOptions {
     pub stale_endpoint_grace: Duration,
     /// How often a gateway probes a peer that is down.
     pub peer_probe_interval: Duration,
+    /// Run a cluster resolver per member: Unbound with a `global.` stub zone pointing at
+    /// the member's `meridian-dns` ([`crate::Resolver`]), as pods resolve `.global`.
+    pub resolvers: bool,
 }
 
 impl Default for MeshOptions {
@@ -63,6 +67,7 @@ impl Default for MeshOptions {
         Self {
             stale_endpoint_grace: Duration::from_secs(60),
             peer_probe_interval: Duration::from_millis(500),
+            resolvers: false,
         }
     }
 }
@@ -105,6 +110,7 @@ pub struct Member {
     gateway_pod: PodHandle,
     dns: ChildProcess,
     dns_addr: SocketAddr,
+    resolver: Option<Resolver>,
     dir: PathBuf,
 }
 
@@ -132,6 +138,12 @@ impl Member {
     /// The DNS server's address (UDP and TCP).
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns_addr
+    }
+
+    /// The cluster resolver's address (Unbound, stub zone `global.` → this member's DNS
+    /// server), when the mesh runs them ([`MeshOptions::resolvers`]).
+    pub fn resolver_addr(&self) -> Option<SocketAddr> {
+        self.resolver.as_ref().map(Resolver::addr)
     }
 
     /// The controller's gRPC address.
@@ -548,6 +560,12 @@ async fn start_member(
         &dir.join("dns.log"),
     )?;
     wait_ready(&format!("DNS server of {name}"), dns_admin).await?;
+    let resolver = if options.resolvers {
+        let ip = cluster.allocate_address()?;
+        Some(Resolver::start(&name, ip, "global.", dns_addr, &dir.join("unbound")).await?)
+    } else {
+        None
+    };
 
     Ok(Member {
         name,
@@ -560,6 +578,7 @@ async fn start_member(
         gateway_pod,
         dns,
         dns_addr,
+        resolver,
         dir: dir.to_path_buf(),
     })
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, ContainerState, ContainerStateRunning, ContainerStatus, Pod,
@@ -56,6 +57,10 @@ pub struct PodSpec {
     /// Run an echo server. Default `true`; set `false` when the test runs its own process
     /// (a gateway, say) on the pod's address.
     pub echo: bool,
+    /// How long a removed pod keeps terminating (its endpoint `terminating`, its echo
+    /// server still serving) before it is gone; whole seconds, rounded up, as Kubernetes'
+    /// `terminationGracePeriodSeconds`. Default zero: removed at once.
+    pub termination_grace: Duration,
 }
 
 impl PodSpec {
@@ -72,6 +77,7 @@ impl PodSpec {
             version: "v1".into(),
             ready: true,
             echo: true,
+            termination_grace: Duration::ZERO,
         }
     }
 
@@ -134,6 +140,12 @@ impl PodSpec {
     /// Whether to run an echo server (see the field docs).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
+        self
+    }
+
+    /// Sets the termination grace period (see the field docs).
+    pub fn termination_grace(mut self, grace: Duration) -> Self {
+        self.termination_grace = grace;
         self
     }
 
@@ -235,7 +247,10 @@ pub(crate) fn pod_object(spec: &PodSpec, node: &str) -> Pod {
         spec: Some(k8s_openapi::api::core::v1::PodSpec {
             node_name: Some(node.to_string()),
             automount_service_account_token: Some(false),
-            termination_grace_period_seconds: Some(0),
+            termination_grace_period_seconds: Some(
+                i64::try_from(spec.termination_grace.as_secs_f64().ceil() as u64)
+                    .unwrap_or(i64::MAX),
+            ),
             containers: vec![Container {
                 name: CONTAINER.into(),
                 image: Some(format!("meridian.invalid/echo:{}", spec.version)),

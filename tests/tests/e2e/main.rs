@@ -2,13 +2,15 @@
 //! processes in each, real requests through the gateways, real failures.
 //!
 //! `east` (region sh, zone 2000400001), `west` (sh, 200002), `far` (bj, bj-1). Callers are
-//! in `east` unless a scenario says otherwise.
+//! in `east` unless a scenario says otherwise. east and west serve EndpointSlices
+//! (`discovery.k8s.io/v1`), far core/v1 Endpoints only.
 
 mod support;
 
 mod admission;
 mod cli;
 mod dns;
+mod endpoint_apis;
 mod failover;
 mod pinned;
 mod policy;

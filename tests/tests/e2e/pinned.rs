@@ -23,10 +23,10 @@ fn pinned_vip(dump: &serde_json::Value, pinned: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Resolves `name` with the DNS server of `cluster` until it answers `want`.
+/// Resolves `name` through the cluster resolver of `cluster` until it answers `want`.
 async fn resolves_to(world: &World, cluster: &str, name: &str, want: &str) {
-    let dns = world.mesh.member(cluster).unwrap().dns_addr();
-    crate::dns::resolves_to(dns, name, want).await;
+    let resolver = crate::dns::resolver(world, cluster);
+    crate::dns::resolves_to(resolver, name, want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

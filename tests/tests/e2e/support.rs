@@ -1,15 +1,19 @@
-//! The three-cluster world the scenarios share.
+//! The three-cluster world the scenarios share. It runs both endpoint APIs: east and west
+//! serve `discovery.k8s.io/v1` EndpointSlices (east at most [`EAST_MAX_PER_SLICE`] per
+//! slice, so its services span several), far only core/v1 Endpoints.
 
 use std::net::SocketAddr;
 
 use meridian_testbed::mesh::{Mesh, MeshOptions};
 use meridian_testbed::{
-    Cluster, ClusterSpec, PodHandle, PodSpec, ServicePortSpec, ServiceSpec, Testbed,
+    Cluster, ClusterSpec, EndpointApi, PodHandle, PodSpec, ServicePortSpec, ServiceSpec, Testbed,
 };
 
 pub const NS: &str = "demo";
 pub const EAST_ZONE: &str = "2000400001";
 pub const WEST_ZONE: &str = "200002";
+/// Most endpoints per EndpointSlice in east.
+pub const EAST_MAX_PER_SLICE: usize = 5;
 
 /// A testbed with Meridian running in every cluster.
 pub struct World {
@@ -22,15 +26,21 @@ impl World {
         Self::start_with(MeshOptions::default()).await
     }
 
+    /// A world with `options`; every cluster gets its Unbound resolver
+    /// ([`MeshOptions::resolvers`]) whatever they say.
     pub async fn start_with(options: MeshOptions) -> World {
         meridian_testbed::init_tracing();
         let testbed = Testbed::start(&[
-            ClusterSpec::new("east", "sh", [EAST_ZONE]),
+            ClusterSpec::new("east", "sh", [EAST_ZONE]).max_endpoints_per_slice(EAST_MAX_PER_SLICE),
             ClusterSpec::new("west", "sh", [WEST_ZONE]),
-            ClusterSpec::new("far", "bj", ["bj-1"]),
+            ClusterSpec::new("far", "bj", ["bj-1"]).endpoint_api(EndpointApi::Endpoints),
         ])
         .await
         .expect("testbed");
+        let options = MeshOptions {
+            resolvers: true,
+            ..options
+        };
         let mesh = Mesh::start(&testbed, options)
             .await
             .expect("meridian on the testbed");
