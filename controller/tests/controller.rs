@@ -2177,11 +2177,13 @@ mod slices {
                 .all(|(a, ready)| *ready && *a != leaving)
         );
 
-        // Slices written by hand for an exported Service whose selector matches no pod.
+        // Slices written by hand for an exported Service whose selector matches no pod; their
+        // endpoints name no Pod, so the Service opts in to external endpoints.
         east1
             .create_service(
                 &ServiceSpec::new("manual")
                     .selector("app", "nothing")
+                    .annotation("meridian.io/allow-external-endpoints", "true")
                     .port(ServicePortSpec::tcp("tcp", 7)),
             )
             .await
