@@ -96,11 +96,7 @@ fn pod(i: usize, bytes: usize) -> Pod {
 
 /// Lists `pods` pods into a store (as the watcher's initial list does), each passed through
 /// `strip` first; returns the store, the bytes it retains and the RSS growth.
-fn load(
-    pods: usize,
-    bytes: usize,
-    strip: fn(&mut Pod),
-) -> (Store<Pod>, u64, u64) {
+fn load(pods: usize, bytes: usize, strip: fn(&mut Pod)) -> (Store<Pod>, u64, u64) {
     let before = rss_bytes();
     let (reader, mut writer) = reflector::store();
     writer.apply_watcher_event(&Event::Init);

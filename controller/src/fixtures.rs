@@ -209,7 +209,8 @@ impl MemberInput {
         self.pods
             .iter_mut()
             .find(|p| {
-                p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.name.as_deref() == Some(name)
             })
             .map(Arc::make_mut)
     }

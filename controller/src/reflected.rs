@@ -233,8 +233,8 @@ pub fn pod(p: &mut Pod) {
 mod tests {
     use std::sync::Arc;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
     use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
 
     use super::*;
     use crate::catalog::{Catalog, EndpointObjects, MemberInput, service_locality};
