@@ -209,9 +209,9 @@ pub fn node(n: &mut Node) {
     n.status = None;
 }
 
-/// A Pod: identity, labels (subsets select on them) and `status.podIP`/`podIPs` (endpoint
-/// addresses are checked against them, see [`crate::targets`]); no spec, nothing else of the
-/// status.
+/// A Pod: identity, labels (subsets select on them), `status.podIP`/`podIPs` and
+/// `status.phase` (endpoint addresses are checked against them, see [`crate::targets`]); no
+/// spec, nothing else of the status.
 pub fn pod(p: &mut Pod) {
     meta(&mut p.metadata, |_| true, none);
     p.spec = None;
@@ -221,7 +221,8 @@ pub fn pod(p: &mut Pod) {
                 .map(|i| PodIP { ip: i.ip })
                 .collect::<Vec<_>>()
         });
-        (s.pod_ip.is_some() || pod_ips.is_some()).then(|| PodStatus {
+        (s.pod_ip.is_some() || pod_ips.is_some() || s.phase.is_some()).then(|| PodStatus {
+            phase: s.phase,
             pod_ip: s.pod_ip,
             pod_ips,
             ..PodStatus::default()
@@ -302,6 +303,7 @@ mod tests {
                 });
                 let status = p.status.get_or_insert_default();
                 status.message = Some("m".repeat(BIG));
+                status.phase = Some("Running".into());
                 status.host_ip = Some("192.168.0.10".into());
                 Arc::new(p)
             })
@@ -466,13 +468,14 @@ mod tests {
         assert_eq!(
             pod.status,
             Some(PodStatus {
+                phase: Some("Running".into()),
                 pod_ip: Some("10.0.0.1".into()),
                 pod_ips: Some(vec![PodIP {
                     ip: "10.0.0.1".into()
                 }]),
                 ..PodStatus::default()
             }),
-            "only the pod's IPs of its status"
+            "only the pod's phase and IPs of its status"
         );
         assert!(pod.metadata.annotations.is_none());
         assert_eq!(

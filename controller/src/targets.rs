@@ -7,7 +7,9 @@
 //! the Service's namespace and its address is one of that Pod's IPs (`status.podIP`/
 //! `podIPs`), as the endpoints and EndpointSlice controllers write for selected pods: a
 //! hand-written endpoint naming one of the namespace's own Pods next to someone else's
-//! address is refused too. A Service annotated
+//! address is refused too, and so is a finished Pod (phase `Succeeded`/`Failed`): its
+//! status keeps an IP the network may have given to another pod since, and the endpoints
+//! controllers leave such pods out as well. A Service annotated
 //! [`ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION`]` = "true"` opts out, for deliberately
 //! hand-written endpoints.
 
@@ -31,16 +33,20 @@ pub enum Skip {
     PodIpUnknown,
     /// The address is not one of the referenced Pod's IPs.
     AddressNotPodIp,
+    /// The referenced Pod has finished (phase `Succeeded` or `Failed`); its IP may be
+    /// another pod's by now.
+    PodFinished,
 }
 
 impl Skip {
     /// Every reason, for metrics.
-    pub const ALL: [Skip; 5] = [
+    pub const ALL: [Skip; 6] = [
         Skip::NoTargetRef,
         Skip::NotAPod,
         Skip::OtherNamespace,
         Skip::PodIpUnknown,
         Skip::AddressNotPodIp,
+        Skip::PodFinished,
     ];
 
     /// Stable label for metrics and logs.
@@ -51,6 +57,7 @@ impl Skip {
             Skip::OtherNamespace => "other_namespace",
             Skip::PodIpUnknown => "pod_ip_unknown",
             Skip::AddressNotPodIp => "address_not_pod_ip",
+            Skip::PodFinished => "pod_finished",
         }
     }
 }
@@ -106,6 +113,10 @@ pub fn admit<'a>(
         return Err(Skip::OtherNamespace);
     }
     let pod = pod(name).ok_or(Skip::PodIpUnknown)?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return Err(Skip::PodFinished);
+    }
     let mut ips = pod_ips(pod).peekable();
     if ips.peek().is_none() {
         return Err(Skip::PodIpUnknown);
@@ -122,13 +133,20 @@ mod tests {
     use crate::fixtures::pod;
 
     fn admit_at(address: &str, ips: &[&str]) -> Result<(), Skip> {
+        admit_in_phase(address, ips, None)
+    }
+
+    fn admit_in_phase(address: &str, ips: &[&str], phase: Option<&str>) -> Result<(), Skip> {
         let r = ObjectReference {
             kind: Some("Pod".into()),
             namespace: Some("demo".into()),
             name: Some("p1".into()),
             ..ObjectReference::default()
         };
-        let p = pod("demo", "p1", ips, &[]);
+        let mut p = pod("demo", "p1", ips, &[]);
+        if let Some(phase) = phase {
+            p.status.get_or_insert_default().phase = Some(phase.into());
+        }
         admit(address, Some(&r), "demo", false, |name| {
             (name == "p1").then_some(&p)
         })
@@ -148,5 +166,25 @@ mod tests {
             Err(Skip::AddressNotPodIp)
         );
         assert_eq!(admit_at("10.0.0.1", &[]), Err(Skip::PodIpUnknown));
+    }
+
+    /// A finished Pod keeps its IP in status, but the network may have handed it to a pod
+    /// of another namespace: never a target, even at its IP.
+    #[test]
+    fn a_finished_pod_is_no_target() {
+        for phase in ["Succeeded", "Failed"] {
+            assert_eq!(
+                admit_in_phase("10.0.0.1", &["10.0.0.1"], Some(phase)),
+                Err(Skip::PodFinished),
+                "{phase}"
+            );
+        }
+        for phase in ["Running", "Pending"] {
+            assert_eq!(
+                admit_in_phase("10.0.0.1", &["10.0.0.1"], Some(phase)),
+                Ok(()),
+                "{phase}"
+            );
+        }
     }
 }
