@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Service,
-    ServicePort, ServiceSpec,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, PodIP,
+    PodStatus, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_controller::catalog::{Catalog, EndpointObjects, MemberInput};
@@ -69,6 +69,22 @@ fn member(c: usize) -> MemberInput {
             })
         })
         .collect();
+    // Every endpoint's Pod, at the endpoint's address: the catalog admits only those.
+    let pods = (0..SERVICES)
+        .flat_map(|s| (0..ENDPOINTS).map(move |e| (s, e)))
+        .map(|(s, e)| {
+            let ip = format!("10.{c}.{s}.{e}");
+            Arc::new(Pod {
+                metadata: meta(Some("bench"), &format!("svc-{s}-{e}"), &[("app", "bench")]),
+                status: Some(PodStatus {
+                    pod_ip: Some(ip.clone()),
+                    pod_ips: Some(vec![PodIP { ip }]),
+                    ..PodStatus::default()
+                }),
+                ..Pod::default()
+            })
+        })
+        .collect();
     let endpoints = (0..SERVICES)
         .map(|s| {
             let addrs = (0..ENDPOINTS)
@@ -104,7 +120,7 @@ fn member(c: usize) -> MemberInput {
         services,
         endpoints: EndpointObjects::Endpoints(endpoints),
         nodes,
-        pods: Vec::new(),
+        pods,
     }
 }
 
@@ -115,6 +131,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Catalog::build(&members))
     });
     let catalog = Catalog::build(&members);
+    assert_eq!(
+        catalog.endpoint_count(),
+        CLUSTERS * SERVICES * ENDPOINTS,
+        "every endpoint is its pod's IP, none skipped"
+    );
     let vips: BTreeMap<_, _> = catalog
         .services
         .keys()

@@ -1,7 +1,8 @@
 //! What a member's pods cost the controller's memory with and without
 //! [`meridian_controller::reflected`]: 4,000 pods, each with a 256 KiB annotation (a
 //! `last-applied-configuration` as a member can write it), go through a reflector store as the
-//! pod watcher delivers them. Prints the bytes the store retains (objects as JSON) and the
+//! pod watcher delivers them, each with a spec and a status as the kubelet reports them. The
+//! stripped store keeps labels and the pod's IPs. Prints the bytes the store retains (objects as JSON) and the
 //! growth of the process's RSS, for both, and their ratio.
 //!
 //! `cargo bench -p meridian-controller --bench reflected_memory` (release), or quicker
@@ -12,7 +13,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 
@@ -35,14 +35,36 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// One pod's metadata as a member serves it, with a `bytes`-long annotation.
-fn pod(i: usize, bytes: usize) -> PartialObjectMeta<Pod> {
-    let mut p: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+/// One pod as a member serves it, with a `bytes`-long annotation.
+fn pod(i: usize, bytes: usize) -> Pod {
+    let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
+    let mut p: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": format!("echo-{i}"), "namespace": "demo"}
+        "metadata": {"name": format!("echo-{i}"), "namespace": "demo"},
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{
+                "name": "echo",
+                "image": "registry.example/echo:1.0",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "env": [{"name": "MODE", "value": "echo"}]
+            }]
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "192.168.0.1",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{
+                "name": "echo", "ready": true, "restartCount": 0,
+                "image": "registry.example/echo:1.0", "imageID": "sha256:0123456789abcdef",
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+            }]
+        }
     }))
-    .expect("pod metadata");
+    .expect("pod");
     let m = &mut p.metadata;
     m.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
     m.resource_version = Some(i.to_string());
@@ -74,11 +96,7 @@ fn pod(i: usize, bytes: usize) -> PartialObjectMeta<Pod> {
 
 /// Lists `pods` pods into a store (as the watcher's initial list does), each passed through
 /// `strip` first; returns the store, the bytes it retains and the RSS growth.
-fn load(
-    pods: usize,
-    bytes: usize,
-    strip: fn(&mut PartialObjectMeta<Pod>),
-) -> (Store<PartialObjectMeta<Pod>>, u64, u64) {
+fn load(pods: usize, bytes: usize, strip: fn(&mut Pod)) -> (Store<Pod>, u64, u64) {
     let before = rss_bytes();
     let (reader, mut writer) = reflector::store();
     writer.apply_watcher_event(&Event::Init);

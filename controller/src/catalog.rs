@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::core::PartialObjectMeta;
 use meridian_api::Locality;
 use meridian_api::proto::Protocol;
 use tracing::debug;
@@ -91,8 +90,9 @@ pub struct MemberInput {
     pub endpoints: EndpointObjects,
     /// Nodes, for endpoint localities.
     pub nodes: Vec<Arc<Node>>,
-    /// Pod metadata, for endpoint labels.
-    pub pods: Vec<Arc<PartialObjectMeta<Pod>>>,
+    /// Pods as [`crate::reflected::pod`] keeps them: labels for endpoint labels, IPs to check
+    /// endpoint addresses against ([`targets`]).
+    pub pods: Vec<Arc<Pod>>,
 }
 
 /// One port of a global service.
@@ -251,7 +251,7 @@ pub fn is_exported(svc: &Service) -> bool {
 struct MemberIndex<'a> {
     input: &'a MemberInput,
     nodes: BTreeMap<&'a str, Locality>,
-    pods: BTreeMap<(&'a str, &'a str), &'a BTreeMap<String, String>>,
+    pods: BTreeMap<(&'a str, &'a str), &'a Pod>,
 }
 
 impl<'a> MemberIndex<'a> {
@@ -270,7 +270,7 @@ impl<'a> MemberIndex<'a> {
                         p.metadata.namespace.as_deref()?,
                         p.metadata.name.as_deref()?,
                     ),
-                    p.metadata.labels.as_ref()?,
+                    p.as_ref(),
                 ))
             })
             .collect();
@@ -285,10 +285,13 @@ impl<'a> MemberIndex<'a> {
         }
     }
 
+    fn pod(&self, namespace: &str, name: &str) -> Option<&'a Pod> {
+        self.pods.get(&(namespace, name)).copied()
+    }
+
     fn labels(&self, namespace: &str, pod: &str) -> BTreeMap<String, String> {
-        self.pods
-            .get(&(namespace, pod))
-            .map(|l| (*l).clone())
+        self.pod(namespace, pod)
+            .and_then(|p| p.metadata.labels.clone())
             .unwrap_or_default()
     }
 
@@ -389,11 +392,17 @@ impl Catalog {
                              address: &str,
                              target_ref: Option<&k8s_openapi::api::core::v1::ObjectReference>|
              -> bool {
-                match targets::admit(target_ref, &key.namespace, external.contains(key)) {
+                match targets::admit(
+                    address,
+                    target_ref,
+                    &key.namespace,
+                    external.contains(key),
+                    |pod| idx.pod(&key.namespace, pod),
+                ) {
                     Ok(()) => true,
                     Err(skip) => {
                         debug!(cluster = %m.cluster, service = %key, address, reason = skip.label(),
-                            "endpoint skipped: not a Pod of the service's namespace");
+                            "endpoint skipped: not an IP of a Pod of the service's namespace");
                         *skipped
                             .entry(key.clone())
                             .or_default()
@@ -936,6 +945,73 @@ pub(crate) mod tests {
                 "{api}: the annotation admits them all"
             );
             assert!(open.skipped.is_empty());
+        }
+    }
+
+    /// Issue 11 §5: a hand-written endpoint naming one of the namespace's own Pods is a
+    /// tunnel target only at that Pod's IP, not at an address of the writer's choosing (a
+    /// node's kubelet, another namespace's pod), on both endpoint APIs; a Pod that is unknown
+    /// or has no IP yet admits nothing; the annotation admits them all.
+    #[test]
+    fn an_endpoint_is_a_target_only_at_its_pods_ip() {
+        let eps = [
+            ("10.0.0.1", true, "n1", "p1"),
+            // The kubelet of n1, behind the name of an own pod.
+            ("192.168.0.10", true, "n1", "p1"),
+            // Another namespace's pod, behind a not-ready own pod.
+            ("10.0.0.7", false, "n1", "p1"),
+            ("10.0.0.2", true, "n1", "pending"),
+            ("10.0.0.3", true, "n1", "gone"),
+        ];
+        let member = MemberInput::test("a")
+            .with_pod_ips("demo", "p1", &["10.0.0.1", "fd00::1"])
+            .with_pod_ips("demo", "pending", &[]);
+        let members = [
+            (
+                "EndpointSlices",
+                member
+                    .clone()
+                    .with_slice(slice("demo", "manual", &[("tcp", 1)], &eps)),
+            ),
+            (
+                "Endpoints",
+                member.with_endpoints(endpoints("demo", "manual", &[("tcp", 1)], &eps)),
+            ),
+        ];
+        let exported = service("demo", "manual", &[("tcp", 1, None)], true);
+        let mut annotated = exported.clone();
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            targets::ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        for (api, mut member) in members {
+            // No Pod named `gone` at all (the fixture adds the Pods endpoints reference).
+            member
+                .pods
+                .retain(|p| p.metadata.name.as_deref() != Some("gone"));
+            let build = |svc: &Service| {
+                let cat = Catalog::build(&[member.clone().with_service(svc.clone())]);
+                cat.services[&ServiceKey::new("demo", "manual")].clone()
+            };
+            let strict = build(&exported);
+            let kept: Vec<(&str, &str)> = strict
+                .endpoints
+                .iter()
+                .map(|e| (e.address.as_str(), e.pod.as_str()))
+                .collect();
+            assert_eq!(kept, [("10.0.0.1", "p1")], "{api}");
+            assert_eq!(
+                strict.skipped,
+                BTreeMap::from([(Skip::PodIpUnknown, 2), (Skip::AddressNotPodIp, 2)]),
+                "{api}"
+            );
+            let open = build(&annotated);
+            assert_eq!(
+                open.endpoints.len(),
+                5,
+                "{api}: the annotation admits them all"
+            );
+            assert!(open.skipped.is_empty(), "{api}");
         }
     }
 }

@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Service,
-    ServicePort, ServiceSpec,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, PodIP,
+    PodStatus, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::PartialObjectMeta;
 
 use crate::catalog::{EndpointObjects, MemberInput};
 
@@ -172,8 +171,13 @@ impl MemberInput {
         self
     }
 
-    /// Adds an EndpointSlice (switching the member to slices).
+    /// Adds an EndpointSlice (switching the member to slices), and the Pods its endpoints
+    /// reference that the member lacks, with the endpoint's address as IP (as the
+    /// EndpointSlice controller writes them).
     pub fn with_slice(mut self, s: EndpointSlice) -> Self {
+        for e in &s.endpoints {
+            self.add_referenced_pod(e.target_ref.as_ref(), &e.addresses);
+        }
         match &mut self.endpoints {
             EndpointObjects::Slices(v) => v.push(Arc::new(s)),
             EndpointObjects::Endpoints(_) => {
@@ -183,8 +187,15 @@ impl MemberInput {
         self
     }
 
-    /// Adds a core/v1 Endpoints (switching the member to Endpoints).
+    /// Adds a core/v1 Endpoints (switching the member to Endpoints), and the Pods its
+    /// addresses reference that the member lacks, with the address as IP.
     pub fn with_endpoints(mut self, e: Endpoints) -> Self {
+        for s in e.subsets.iter().flatten() {
+            let both = [&s.addresses, &s.not_ready_addresses];
+            for a in both.into_iter().flatten().flatten() {
+                self.add_referenced_pod(a.target_ref.as_ref(), std::slice::from_ref(&a.ip));
+            }
+        }
         match &mut self.endpoints {
             EndpointObjects::Endpoints(v) => v.push(Arc::new(e)),
             EndpointObjects::Slices(_) => {
@@ -194,13 +205,64 @@ impl MemberInput {
         self
     }
 
-    /// Adds pod metadata with labels.
+    fn pod_mut(&mut self, ns: &str, name: &str) -> Option<&mut Pod> {
+        self.pods
+            .iter_mut()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .map(Arc::make_mut)
+    }
+
+    fn add_referenced_pod(&mut self, r: Option<&ObjectReference>, ips: &[String]) {
+        let Some((Some(ns), Some(name))) = r
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .map(|r| (r.namespace.as_deref(), r.name.as_deref()))
+        else {
+            return;
+        };
+        if self.pod_mut(ns, name).is_none() {
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            self.pods.push(Arc::new(pod(ns, name, &ips, &[])));
+        }
+    }
+
+    /// Sets the labels of a Pod, adding it (without IPs) if the member lacks it.
     pub fn with_pod(mut self, ns: &str, name: &str, l: &[(&str, &str)]) -> Self {
-        self.pods.push(Arc::new(PartialObjectMeta {
-            types: None,
-            metadata: meta(Some(ns), name, l),
-            _phantom: Default::default(),
-        }));
+        match self.pod_mut(ns, name) {
+            Some(p) => p.metadata.labels = labels(l),
+            None => self.pods.push(Arc::new(pod(ns, name, &[], l))),
+        }
         self
+    }
+
+    /// Adds (or replaces) a Pod with these IPs, before endpoints referencing it are added.
+    pub fn with_pod_ips(mut self, ns: &str, name: &str, ips: &[&str]) -> Self {
+        self.pods.retain(|p| {
+            p.metadata.namespace.as_deref() != Some(ns) || p.metadata.name.as_deref() != Some(name)
+        });
+        self.pods.push(Arc::new(pod(ns, name, ips, &[])));
+        self
+    }
+}
+
+/// A Pod as [`crate::reflected::pod`] keeps it: labels and `status.podIP`/`podIPs` (none
+/// when `ips` is empty, as before the kubelet reports them).
+pub fn pod(ns: &str, name: &str, ips: &[&str], l: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: meta(Some(ns), name, l),
+        status: (!ips.is_empty()).then(|| PodStatus {
+            pod_ip: ips.first().map(|ip| (*ip).to_owned()),
+            pod_ips: Some(
+                ips.iter()
+                    .map(|ip| PodIP {
+                        ip: (*ip).to_owned(),
+                    })
+                    .collect(),
+            ),
+            ..PodStatus::default()
+        }),
+        ..Pod::default()
     }
 }

@@ -13,7 +13,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -116,7 +115,7 @@ pub struct MemberStores {
     slices: Option<Store<EndpointSlice>>,
     endpoints: Option<Store<Endpoints>>,
     nodes: Store<Node>,
-    pods: Store<PartialObjectMeta<Pod>>,
+    pods: Store<Pod>,
     gateway: Store<Service>,
 }
 
@@ -342,13 +341,15 @@ impl Runner {
             watcher::Config::default(),
             reflected::node,
         );
-        // Metadata-only: labels are all the catalog needs from pods. Pages of 100, not 500:
-        // a page is held whole while it is parsed, before `reflected::pod` strips it, and pod
-        // metadata is what a member's users can inflate (256 KiB of annotations each).
+        // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
+        // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not 500:
+        // a page is held whole while it is parsed, before the strip, and pods are what a
+        // member's users can inflate (up to the API server's ~1.5 MiB per object, in
+        // metadata or spec alike).
         let pods = this.reflect(
             &mut tasks,
             "Pod",
-            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            Api::<Pod>::all(client.clone()),
             watcher::Config::default().page_size(100),
             reflected::pod,
         );

@@ -12,12 +12,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, LoadBalancerIngress,
-    LoadBalancerStatus, Node, ObjectReference, Pod, Service, ServicePort, ServiceSpec,
-    ServiceStatus,
+    LoadBalancerStatus, Node, ObjectReference, Pod, PodIP, PodStatus, Service, ServicePort,
+    ServiceSpec, ServiceStatus,
 };
 use k8s_openapi::api::discovery::v1::{self as discovery, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::PartialObjectMeta;
 
 use crate::catalog::{
     EXPORT_LABEL, LEGACY_REGION_LABEL, LEGACY_ZONE_LABEL, REGION_LABEL, SERVICE_NAME_LABEL,
@@ -210,15 +209,32 @@ pub fn node(n: &mut Node) {
     n.status = None;
 }
 
-/// A Pod's metadata: identity and labels (subsets select on them).
-pub fn pod(p: &mut PartialObjectMeta<Pod>) {
+/// A Pod: identity, labels (subsets select on them), `status.podIP`/`podIPs` and
+/// `status.phase` (endpoint addresses are checked against them, see [`crate::targets`]); no
+/// spec, nothing else of the status.
+pub fn pod(p: &mut Pod) {
     meta(&mut p.metadata, |_| true, none);
+    p.spec = None;
+    p.status = p.status.take().and_then(|s| {
+        let pod_ips = s.pod_ips.map(|ips| {
+            ips.into_iter()
+                .map(|i| PodIP { ip: i.ip })
+                .collect::<Vec<_>>()
+        });
+        (s.pod_ip.is_some() || pod_ips.is_some() || s.phase.is_some()).then(|| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips,
+            ..PodStatus::default()
+        })
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
 
     use super::*;
@@ -277,6 +293,18 @@ mod tests {
             .map(|p| {
                 let mut p = (**p).clone();
                 each(&mut p.metadata);
+                p.spec = Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        args: Some(vec!["x".repeat(BIG)]),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                });
+                let status = p.status.get_or_insert_default();
+                status.message = Some("m".repeat(BIG));
+                status.phase = Some("Running".into());
+                status.host_ip = Some("192.168.0.10".into());
                 Arc::new(p)
             })
             .collect();
@@ -436,6 +464,19 @@ mod tests {
         );
         assert_eq!(node.metadata.labels.as_ref().unwrap().len(), 3);
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["version"], "v1");
+        assert!(pod.spec.is_none());
+        assert_eq!(
+            pod.status,
+            Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("10.0.0.1".into()),
+                pod_ips: Some(vec![PodIP {
+                    ip: "10.0.0.1".into()
+                }]),
+                ..PodStatus::default()
+            }),
+            "only the pod's phase and IPs of its status"
+        );
         assert!(pod.metadata.annotations.is_none());
         assert_eq!(
             slice

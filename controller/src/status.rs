@@ -86,7 +86,7 @@ fn ready_message(svc: &GlobalServiceEntry, total: Counts) -> String {
     if skipped > 0 {
         let reasons: Vec<&str> = svc.skipped.keys().map(|s| s.label()).collect();
         message.push_str(&format!(
-            "; {skipped} endpoint(s) skipped ({}): not Pods of namespace {}, see the {} annotation",
+            "; {skipped} endpoint(s) skipped ({}): not IPs of Pods of namespace {}, see the {} annotation",
             reasons.join(", "),
             svc.key.namespace,
             crate::targets::ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION
