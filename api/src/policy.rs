@@ -508,9 +508,9 @@ mod tests {
     }
 
     /// Crash inputs of the `policy` fuzz target (found reviewing what it reaches, then
-    /// reproduced through it): durations whose sum or unit product does
-    /// not fit panicked ("overflow when adding durations"), in the controller's validation
-    /// and the gateway's catalog alike.
+    /// reproduced through it): durations whose sum or unit product does not fit panicked
+    /// ("overflow when adding durations"), in the controller's validation and the
+    /// gateway's catalog alike.
     #[test]
     fn durations_too_long_are_refused() {
         for (json, want) in [
@@ -532,8 +532,8 @@ mod tests {
     }
 
     /// Crash inputs of the `policy` fuzz target (found the same way): weights summing past
-    /// `u32::MAX` panicked in
-    /// validation (and, without overflow checks, wrapped to 100 and were accepted).
+    /// `u32::MAX` panicked in validation (and, without overflow checks, wrapped around to
+    /// 100 and were accepted).
     #[test]
     fn weights_overflowing_u32_are_refused() {
         for (json, want) in [
