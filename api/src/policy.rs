@@ -357,7 +357,12 @@ impl TrafficPolicy {
                     ));
                 }
             }
-            let sum: u32 = r.route.iter().map(|d| d.weight.unwrap_or(0)).sum();
+            // Summed in u64: u32 weights may not wrap around to 100.
+            let sum: u64 = r
+                .route
+                .iter()
+                .map(|d| u64::from(d.weight.unwrap_or(0)))
+                .sum();
             let single_unweighted = r.route.len() == 1 && r.route[0].weight.is_none();
             if !single_unweighted && sum != 100 {
                 return Err(invalid(
@@ -399,7 +404,7 @@ impl LocalityLbSetting {
                     )
                 })?;
             }
-            let sum: u32 = d.to.values().sum();
+            let sum: u64 = d.to.values().map(|w| u64::from(*w)).sum();
             if sum != 100 {
                 return Err(invalid(
                     format!("localityLbSetting.distribute[{i}].to"),
@@ -465,17 +470,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
             u => {
                 return Err(format!(
                     "unknown unit {u:?} in duration {s:?} (use ms, s, m, h)"
                 ));
             }
         };
-        total += unit;
+        // Policies are user input: a sum that does not fit is refused, never a panic.
+        total = unit
+            .and_then(|unit| total.checked_add(unit))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -497,6 +505,49 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    /// Crash inputs of the `policy` fuzz target (found reviewing what it reaches, then
+    /// reproduced through it): durations whose sum or unit product does not fit panicked
+    /// ("overflow when adding durations"), in the controller's validation and the
+    /// gateway's catalog alike.
+    #[test]
+    fn durations_too_long_are_refused() {
+        for (json, want) in [
+            (
+                r#"{"http":[{"route":[{}],"timeout":"18446744073709551615s1s"}]}"#,
+                "http[0].timeout: duration \"18446744073709551615s1s\" is too long",
+            ),
+            (
+                r#"{"outlierDetection":{"interval":"307445734561825861m"}}"#,
+                "outlierDetection.interval: duration \"307445734561825861m\" is too long",
+            ),
+            (
+                r#"{"outlierDetection":{"baseEjectionTime":"5124095576030432h"}}"#,
+                "outlierDetection.baseEjectionTime: duration \"5124095576030432h\" is too long",
+            ),
+        ] {
+            assert_eq!(policy(json).validate().unwrap_err().to_string(), want);
+        }
+    }
+
+    /// Crash inputs of the `policy` fuzz target (found the same way): weights summing past
+    /// `u32::MAX` panicked in validation (and, without overflow checks, wrapped around to
+    /// 100 and were accepted).
+    #[test]
+    fn weights_overflowing_u32_are_refused() {
+        for (json, want) in [
+            (
+                r#"{"localityLbSetting":{"distribute":[{"from":"us-east1","to":{"us-east1":4294967295,"us-west1":101}}]}}"#,
+                "localityLbSetting.distribute[0].to: weights sum to 4294967396, not 100",
+            ),
+            (
+                r#"{"subsets":[{"name":"a","labels":{}},{"name":"b","labels":{}}],"http":[{"route":[{"subset":"a","weight":4294967295},{"subset":"b","weight":101}]}]}"#,
+                "http[0].route: weights sum to 4294967396, not 100",
+            ),
+        ] {
+            assert_eq!(policy(json).validate().unwrap_err().to_string(), want);
+        }
     }
 
     #[test]

@@ -194,6 +194,36 @@ fn handshake_timed_out(dp: &Dataplane) {
     dp.metrics.timeout(LISTENER, "handshake");
 }
 
+/// What a CONNECT stream asks for: its target endpoint and the service port it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    /// The `:authority`, an `ip:port`.
+    pub target: SocketAddr,
+    /// The global service named by the [`SERVICE_HEADER`].
+    pub hostname: String,
+    /// Its service port.
+    pub port: u32,
+}
+
+/// Reads a stream's target and service from the peer's request; `None` when either is
+/// missing or malformed. Whether the peer may reach it is [`Catalog::authorizes`]'s call.
+///
+/// [`Catalog::authorizes`]: crate::catalog::Catalog::authorizes
+pub fn requested<B>(req: &Request<B>) -> Option<Requested> {
+    let target = req.uri().authority()?.as_str().parse().ok()?;
+    let (hostname, port) = req
+        .headers()
+        .get(SERVICE_HEADER)?
+        .to_str()
+        .ok()?
+        .rsplit_once(':')?;
+    Some(Requested {
+        target,
+        hostname: hostname.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
 fn reply(status: StatusCode, error: &'static str) -> Response<Empty<Bytes>> {
     Response::builder()
         .status(status)
@@ -211,14 +241,12 @@ async fn stream(
         dp.metrics.refuse("not_connect");
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "forbidden"));
     }
-    let target: Option<SocketAddr> = req.uri().authority().and_then(|a| a.as_str().parse().ok());
-    let service = req
-        .headers()
-        .get(SERVICE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit_once(':'))
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u32>().ok()?)));
-    let (Some(target), Some((hostname, port))) = (target, service) else {
+    let Some(Requested {
+        target,
+        hostname,
+        port,
+    }) = requested(&req)
+    else {
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));
     };
