@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     };
     match accept(text, context) {
         Ok(accepted) => {
-            assert!(accepted.server().starts_with("https://"), "{}", accepted.server());
+            assert!(
+                accepted.server().starts_with("https://"),
+                "{}",
+                accepted.server()
+            );
             let config = accepted.config();
             assert!(config.proxy_url.is_none());
             assert!(config.root_cert_file.is_none());

@@ -1388,11 +1388,9 @@ async fn checks_catch_broken_objects() {
                 let args = d[i]["spec"]["template"]["spec"]["containers"][0]["args"]
                     .as_array_mut()
                     .unwrap();
-                for a in args.iter_mut() {
-                    if a.as_str().is_some_and(|s| s.starts_with("--admin=")) {
-                        *a = json!("--admin=0.0.0.0:15054");
-                    }
-                }
+                // The base sets no --admin (the default binds the pod IP on 15053).
+                args.retain(|a| !a.as_str().is_some_and(|s| s.starts_with("--admin=")));
+                args.push(json!("--admin=0.0.0.0:15054"));
             }),
         ),
         (
