@@ -27,6 +27,7 @@ use meridian_dns::authority::Authority;
 use meridian_dns::zone::{ZoneSettings, Zones};
 use meridian_gateway::catalog::Catalog;
 use meridian_gateway::dataplane::{Dataplane, Settings};
+use meridian_gateway::limits::Limits;
 use meridian_gateway::metrics::Metrics;
 use meridian_gateway::tunnel::Pool;
 use meridian_gateway::upstream;
@@ -64,6 +65,15 @@ fn dataplane() -> Dataplane {
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(15),
         address_map: None,
+        // The gateway's defaults (docs/gateway.md#limits-and-timeouts).
+        limits: Limits {
+            max_connections: 10_000,
+            max_peer_connections: 64,
+            max_streams: 200,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
+        },
         upstream: upstream::Settings {
             idle_timeout: Duration::from_secs(60),
             max_idle: 4,
@@ -87,19 +97,26 @@ async fn gateway(snapshot: Arc<Snapshot>) {
                 assert!(ep < svc.endpoints.len());
             }
         }
-        // The tunnel lets peers reach exactly the local endpoints of exported ports.
+        // The tunnel lets peers reach exactly the ready local endpoints of exported ports.
         for ep in svc.endpoints.iter().filter(|e| e.cluster == "east") {
             for port in svc
                 .ports
                 .iter()
                 .filter(|p| p.listener_port != 0 && p.listener_port <= u32::from(u16::MAX))
             {
-                assert!(
+                let authorized =
                     routing
                         .catalog
-                        .authorizes(&svc.global_hostname, port.port, ep.target(port)),
-                    "{name} {port:?} {ep:?}"
-                );
+                        .authorizes(&svc.global_hostname, port.port, ep.target(port));
+                if ep.ready {
+                    assert!(authorized, "{name} {port:?} {ep:?}");
+                } else if !svc
+                    .endpoints
+                    .iter()
+                    .any(|o| o.ready && o.cluster == "east" && o.target(port) == ep.target(port))
+                {
+                    assert!(!authorized, "not ready: {name} {port:?} {ep:?}");
+                }
             }
         }
     }
