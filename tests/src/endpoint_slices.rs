@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
-use crate::endpoints::{is_ready, resolve_target_port, selects};
+use crate::endpoints::{delete_if_present, is_ready, resolve_target_port, selects};
 use crate::error::{Error, Result};
 
 /// Label naming a slice's Service.
@@ -151,15 +151,7 @@ async fn apply(api: &Api<EndpointSlice>, namespace: &str, plan: Plan) -> Result<
             )))?;
     }
     for name in &plan.delete {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => {
-                return Err(Error::kube(format!(
-                    "deleting EndpointSlice {namespace}/{name}"
-                ))(e));
-            }
-        }
+        delete_if_present(api, name, "EndpointSlice", namespace).await?;
     }
     Ok(())
 }

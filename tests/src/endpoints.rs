@@ -101,15 +101,7 @@ async fn sync_once(client: &Client, namespace: &str) -> Result<()> {
             .as_ref()
             .is_some_and(|a| a.contains_key(MANAGED_ANNOTATION));
         if managed && !wanted.contains(name) {
-            match endpoints.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    return Err(Error::kube(format!(
-                        "deleting Endpoints {namespace}/{name}"
-                    ))(e));
-                }
-            }
+            delete_if_present(&endpoints, name, "Endpoints", namespace).await?;
         }
     }
     Ok(())
@@ -117,6 +109,25 @@ async fn sync_once(client: &Client, namespace: &str) -> Result<()> {
 
 /// The Endpoints for `service` given the namespace's `pods`; `None` for Services without a
 /// selector (their Endpoints belong to the user).
+/// Deletes `kind` `namespace/name`; one that is already gone is not an error.
+pub(crate) async fn delete_if_present<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    namespace: &str,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("deleting {kind} {namespace}/{name}"))(
+            e,
+        )),
+    }
+}
+
 pub(crate) fn desired_endpoints(service: &Service, pods: &[Pod]) -> Option<Endpoints> {
     let spec = service.spec.as_ref()?;
     let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
