@@ -7,7 +7,8 @@
 //! every component calls. The gateway and the DNS server follow the controller's snapshots
 //! through [`subscription`], over the one controller connection in [`channel`] (TLS with a
 //! pinned root, or plaintext for development); tests fake the controller with `testing::FakeDiscovery`
-//! (cargo feature `testing`).
+//! (cargo feature `testing`). The binaries share one skeleton (cargo feature `runtime`):
+//! [`signal`] for the shutdown token and [`telemetry`] for logging.
 #![forbid(unsafe_code)]
 
 pub mod proto {
@@ -21,8 +22,12 @@ pub mod channel;
 pub mod locality;
 pub mod pick;
 pub mod policy;
+#[cfg(feature = "runtime")]
+pub mod signal;
 pub mod split;
 pub mod subscription;
+#[cfg(feature = "runtime")]
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
