@@ -183,7 +183,7 @@ async fn issue_intermediate(args: IssueArgs, cluster: &ClusterArgs) -> anyhow::R
     let (ns, name) = CA_SECRET;
     ensure_namespace(&client, ns).await?;
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let desired = meridian_controller::certificates::ca_secret(&ca, ns);
+    let desired = meridian_crd::ca::ca_secret(&ca, ns);
     match secrets.get_opt(name).await? {
         None => {
             secrets
@@ -282,7 +282,7 @@ async fn ensure_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()>
 
 /// Writes the root into the ConfigMap clients pin it from.
 async fn publish_root(client: &kube::Client, ns: &str, root_pem: &str) -> anyhow::Result<()> {
-    use meridian_controller::ca_root::{CONFIGMAP_NAME, apply};
+    use meridian_crd::ca::{CONFIGMAP_NAME, apply};
     if apply(client, ns, root_pem)
         .await
         .with_context(|| format!("writing ConfigMap {ns}/{CONFIGMAP_NAME}"))?

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use meridian_api::Locality;
 use meridian_api::policy::TrafficPolicy;
 use meridian_api::split::{Caller, Group, compute};
-use meridian_controller::crd::{GlobalService, GlobalTrafficPolicy};
+use meridian_crd::{GlobalService, GlobalTrafficPolicy};
 
 use crate::render::{self, Output};
 

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use meridian_controller::crd::{GlobalService, MemberCluster};
+use meridian_crd::{GlobalService, MemberCluster};
 use serde::Serialize;
 
 use crate::cluster::{member_header, member_row};

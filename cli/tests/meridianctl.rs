@@ -194,6 +194,9 @@ mod cluster {
     use kube::api::ListParams;
     use kube::config::{KubeConfigOptions, Kubeconfig};
     use kube::{Api, Client, Config};
+    use meridian_crd::registration::{
+        self, CLUSTER_NAME_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION,
+    };
     use meridian_testbed::{ClusterSpec, Testbed};
 
     use super::support::{meridianctl, ok};
@@ -211,7 +214,7 @@ mod cluster {
 
     async fn registrations(client: Client) -> Vec<Secret> {
         Api::<Secret>::namespaced(client, "meridian-system")
-            .list(&ListParams::default().labels("meridian.io/cluster=true"))
+            .list(&ListParams::default().labels(&registration::selector()))
             .await
             .unwrap()
             .items
@@ -253,13 +256,12 @@ mod cluster {
         assert_eq!(secrets.len(), 1, "one registration after two adds");
         let s = &secrets[0];
         let annotations = s.metadata.annotations.clone().unwrap();
-        assert_eq!(annotations["meridian.io/cluster-name"], "west");
+        assert_eq!(annotations[CLUSTER_NAME_ANNOTATION], "west");
         assert_eq!(
-            annotations["meridian.io/gateway-address"],
+            annotations[GATEWAY_ADDRESS_ANNOTATION],
             "127.0.0.9:15008"
         );
-        let kubeconfig =
-            String::from_utf8(s.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+        let kubeconfig = registration::kubeconfig(s).unwrap();
         assert!(kubeconfig.contains(west.server_url()), "{kubeconfig}");
 
         // The minted identity reads what the controller needs and nothing else.
@@ -315,11 +317,11 @@ mod cluster {
     }
 
     fn kubeconfig_of(secret: &Secret) -> String {
-        String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap()
+        registration::kubeconfig(secret).unwrap()
     }
 
     async fn phase(host: Client, member: &str) -> Option<String> {
-        let m = Api::<meridian_controller::crd::MemberCluster>::all(host)
+        let m = Api::<meridian_crd::MemberCluster>::all(host)
             .get_opt(member)
             .await
             .ok()??;
