@@ -50,7 +50,11 @@ up 1
         assert_eq!(sum(TEXT, "requests_total", &[]), 8.0);
         assert_eq!(sum(TEXT, "requests_total", &[("code", "200")]), 7.0);
         assert_eq!(
-            sum(TEXT, "requests_total", &[("code", "503"), ("cluster", "west")]),
+            sum(
+                TEXT,
+                "requests_total",
+                &[("code", "503"), ("cluster", "west")]
+            ),
             1.0
         );
         assert_eq!(sum(TEXT, "missing", &[]), 0.0);

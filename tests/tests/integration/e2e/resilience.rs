@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use meridian_testbed::traffic::{http_get, http_tally};
 
-use crate::support::World;
+use super::support::World;
 
 /// All of a service's pods in east deleted → served from west; then west's gateway
 /// process is killed (the cluster is lost to callers) → far, with the failed idempotent

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use meridian_testbed::mesh::find_service;
 
-use crate::support::{NS, World};
+use super::support::{NS, World};
 
 /// The TTL `meridian-dns` gives every record in the mesh (its `--ttl` default).
 const TTL: Duration = Duration::from_secs(5);

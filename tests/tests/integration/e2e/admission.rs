@@ -9,7 +9,7 @@ use meridian_testbed::mesh::meridianctl;
 use meridian_testbed::metrics;
 use tokio::time::Instant;
 
-use crate::support::World;
+use super::support::World;
 
 /// The sum of the `name` series carrying every label of `labels` on a gateway's admin
 /// port, once it reaches `want` (bounded wait: only turns a hang into a failure).
