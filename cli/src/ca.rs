@@ -30,7 +30,7 @@ use crate::connect::{ClusterArgs, Target};
 
 /// `meridianctl ca ...`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create the mesh root CA, as PEM files or in a Secret of a cluster of your choice
     /// (never a member's meridian-system).
     Init(InitArgs),
@@ -41,7 +41,7 @@ pub enum Command {
 
 /// Arguments of `ca init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Write the root as PEM files (ca.crt, ca.key) into this directory; no cluster.
     #[arg(long, required_unless_present = "secret", conflicts_with = "secret")]
     out: Option<PathBuf>,
@@ -56,7 +56,7 @@ pub struct InitArgs {
 
 /// Arguments of `ca issue-intermediate`.
 #[derive(Debug, clap::Args)]
-pub struct IssueArgs {
+pub(crate) struct IssueArgs {
     /// The member cluster (its --cluster-name): the only cluster the intermediate certifies.
     #[arg(long)]
     cluster: String,
@@ -103,7 +103,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `meridianctl ca ...`.
-pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
     match cmd {
         Command::Init(args) => init(args, cluster).await,
         Command::IssueIntermediate(args) => issue_intermediate(args, cluster).await,

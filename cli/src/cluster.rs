@@ -37,14 +37,14 @@ use crate::connect::{ClusterArgs, Target};
 use crate::render::{self, Output};
 
 /// Namespace of Meridian's own objects in every cluster.
-pub const SYSTEM_NAMESPACE: &str = "meridian-system";
+pub(crate) const SYSTEM_NAMESPACE: &str = "meridian-system";
 /// Name of the reader ServiceAccount, ClusterRole and ClusterRoleBinding in members.
-pub const READER: &str = "meridian-reader";
+pub(crate) const READER: &str = "meridian-reader";
 const FIELD_MANAGER: &str = "meridianctl";
 
 /// `meridianctl cluster ...`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Register the cluster of --kubeconfig/--context into the host cluster.
     Add(AddArgs),
     /// Mint a new reader token in the member (--kubeconfig/--context) and put it into the
@@ -59,7 +59,7 @@ pub enum Command {
 
 /// Arguments of `cluster add`.
 #[derive(Debug, clap::Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// Member name (default: the kubeconfig's cluster name); a DNS label.
     #[arg(long)]
     name: Option<String>,
@@ -86,7 +86,7 @@ pub struct AddArgs {
 
 /// Arguments of `cluster rotate-credentials`.
 #[derive(Debug, clap::Args)]
-pub struct RotateArgs {
+pub(crate) struct RotateArgs {
     /// Member name, as registered.
     name: String,
     /// Kubeconfig of the host cluster holding the registration (default: $KUBECONFIG, then
@@ -102,7 +102,7 @@ pub struct RotateArgs {
 }
 
 /// Default lifetime of reader tokens: 30 days.
-pub const DEFAULT_TOKEN_TTL: &str = "720h";
+pub(crate) const DEFAULT_TOKEN_TTL: &str = "720h";
 /// The shortest lifetime the TokenRequest API grants.
 const MIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
@@ -118,7 +118,7 @@ fn parse_token_ttl(s: &str) -> Result<Duration, String> {
 
 /// Arguments of `cluster remove`.
 #[derive(Debug, clap::Args)]
-pub struct RemoveArgs {
+pub(crate) struct RemoveArgs {
     /// Member name.
     name: String,
     /// Kubeconfig of the host cluster (default: $KUBECONFIG, then ~/.kube/config).
@@ -134,7 +134,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `meridianctl cluster ...`; `target` is --kubeconfig/--context.
-pub async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::Result<()> {
     match cmd {
         Command::Add(args) => add(args, target).await,
         Command::RotateCredentials(args) => rotate(args, target).await,
@@ -314,7 +314,7 @@ fn secret_name(cluster: &str) -> String {
 }
 
 /// The read-only rules the controller needs in a member, and nothing else.
-pub fn reader_rules() -> Vec<PolicyRule> {
+pub(crate) fn reader_rules() -> Vec<PolicyRule> {
     let read = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
     vec![
         PolicyRule {
@@ -528,7 +528,7 @@ async fn list(client: &Client, output: Output) -> anyhow::Result<()> {
 }
 
 /// Columns of the member table, shared with `status`.
-pub fn member_header() -> [&'static str; 7] {
+pub(crate) fn member_header() -> [&'static str; 7] {
     [
         "NAME",
         "PHASE",
@@ -541,7 +541,7 @@ pub fn member_header() -> [&'static str; 7] {
 }
 
 /// One row of the member table.
-pub fn member_row(m: &MemberCluster) -> Vec<String> {
+pub(crate) fn member_row(m: &MemberCluster) -> Vec<String> {
     let s = m.status.clone().unwrap_or_default();
     vec![
         m.name_any(),

@@ -17,7 +17,7 @@ use crate::render::{self, Output};
 
 /// Arguments of `meridianctl explain`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The global service, `<name>.<namespace>.global` (or `<name>.<namespace>`).
     service: String,
     /// The caller's locality, `region/zone[/subzone]` (default: the gateway's, with --gateway).
@@ -88,7 +88,7 @@ async fn live(gateway: &str, hostname: &str) -> anyhow::Result<Live> {
 }
 
 /// Splits `<name>.<namespace>[.<zone>...]` into name and namespace.
-pub fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
     let mut parts = host.trim_end_matches('.').split('.');
     match (parts.next(), parts.next()) {
         (Some(name), Some(ns)) if !name.is_empty() && !ns.is_empty() => {
@@ -99,7 +99,7 @@ pub fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs `meridianctl explain`.
-pub async fn run(client: &Client, args: &Args, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, args: &Args, output: Output) -> anyhow::Result<()> {
     let (name, ns) = parse_hostname(&args.service)?;
     let live = match &args.gateway {
         Some(url) => live(url, &format!("{name}.{ns}."))

@@ -16,7 +16,7 @@ struct Status {
 }
 
 /// Runs `meridianctl status`.
-pub async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
     let mut members = Api::<MemberCluster>::all(client.clone())
         .list(&ListParams::default())
         .await

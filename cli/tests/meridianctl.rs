@@ -168,7 +168,7 @@ mod simulate {
 mod support {
     use std::process::{Command, Output};
 
-    pub fn meridianctl(args: &[&str]) -> Output {
+    pub(crate) fn meridianctl(args: &[&str]) -> Output {
         // Never fall back to a kubeconfig of the machine running the tests.
         Command::new(env!("CARGO_BIN_EXE_meridianctl"))
             .args(args)
@@ -177,7 +177,7 @@ mod support {
             .unwrap()
     }
 
-    pub fn ok(args: &[&str]) -> String {
+    pub(crate) fn ok(args: &[&str]) -> String {
         let out = meridianctl(args);
         assert!(
             out.status.success(),

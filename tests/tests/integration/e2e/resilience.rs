@@ -1,8 +1,9 @@
 //! Losing workloads and whole clusters, with no policy at all.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::traffic::{http_get, http_tally};
+use tokio::time::Instant;
 
 use super::support::World;
 

@@ -15,18 +15,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Where Meridian runs.
-pub const NAMESPACE: &str = "meridian-system";
+pub(super) const NAMESPACE: &str = "meridian-system";
 /// The controller's ServiceAccount, the only identity with API rights.
-pub const CONTROLLER_SA: &str = "meridian-controller";
+pub(super) const CONTROLLER_SA: &str = "meridian-controller";
 /// The per-cluster ConfigMap every component reads the cluster name from.
-pub const CLUSTER_CONFIGMAP: &str = "meridian-cluster";
+pub(super) const CLUSTER_CONFIGMAP: &str = "meridian-cluster";
 /// The controller's default `--gateway-selector`.
-pub const GATEWAY_SELECTOR: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
+pub(super) const GATEWAY_SELECTOR: (&str, &str) = ("app.kubernetes.io/name", "meridian-gateway");
 /// The controller's default `--gateway-service`.
-pub const GATEWAY_SERVICE: &str = "meridian-gateway";
+pub(super) const GATEWAY_SERVICE: &str = "meridian-gateway";
 
 /// Deployment name → (binary, env var naming the cluster, admin port name).
-pub const COMPONENTS: [(&str, &str, &str); 3] = [
+pub(super) const COMPONENTS: [(&str, &str, &str); 3] = [
     (
         "meridian-controller",
         "meridian-controller",
@@ -45,7 +45,7 @@ const DANGEROUS_VERBS: [&str; 3] = ["escalate", "bind", "impersonate"];
 
 /// The rendered objects, typed.
 #[derive(Default)]
-pub struct Objects {
+pub(super) struct Objects {
     pub namespaces: Vec<Namespace>,
     pub crds: Vec<CustomResourceDefinition>,
     pub service_accounts: Vec<ServiceAccount>,
@@ -105,7 +105,7 @@ fn typed<K: DeserializeOwned + serde::Serialize>(
 }
 
 /// `Kind namespace/name` of a raw document.
-pub fn id(doc: &Value) -> String {
+pub(super) fn id(doc: &Value) -> String {
     let s = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or("");
     format!(
         "{} {}/{}",
@@ -116,7 +116,7 @@ pub fn id(doc: &Value) -> String {
 }
 
 /// Parses every document into its type; checks apiVersion, names and namespaces.
-pub fn parse(docs: &[Value], problems: &mut Vec<String>) -> Objects {
+pub(super) fn parse(docs: &[Value], problems: &mut Vec<String>) -> Objects {
     let mut objects = Objects::default();
     let mut seen = BTreeSet::new();
     for doc in docs {
@@ -248,7 +248,7 @@ fn rule_problems(owner: &str, rule: &PolicyRule, cluster_wide: bool, problems: &
 }
 
 /// Least privilege: wildcards, Secrets, write scope, bindings and who is bound.
-pub fn rbac(objects: &Objects, problems: &mut Vec<String>) {
+pub(super) fn rbac(objects: &Objects, problems: &mut Vec<String>) {
     for cr in &objects.cluster_roles {
         let owner = format!("ClusterRole {}", name(cr));
         if cr.aggregation_rule.is_some() {
@@ -400,7 +400,7 @@ fn probe_port(
 
 /// Deployments: images, commands, security, resources, probes, metrics annotations,
 /// the cluster name from the ConfigMap, API access only for the controller.
-pub fn deployments(objects: &Objects, problems: &mut Vec<String>) {
+pub(super) fn deployments(objects: &Objects, problems: &mut Vec<String>) {
     let names: BTreeSet<&str> = objects.deployments.iter().map(name).collect();
     let want: BTreeSet<&str> = COMPONENTS.iter().map(|c| c.0).collect();
     if names != want {
@@ -549,7 +549,7 @@ pub fn deployments(objects: &Objects, problems: &mut Vec<String>) {
 
 /// Services: selectors hit a Deployment, target ports exist, the gateway and controller
 /// Services are what the binaries' defaults expect.
-pub fn services(objects: &Objects, problems: &mut Vec<String>) {
+pub(super) fn services(objects: &Objects, problems: &mut Vec<String>) {
     let by_name: BTreeMap<&str, &Service> = objects.services.iter().map(|s| (name(s), s)).collect();
     for svc in &objects.services {
         let owner = format!("Service {}", name(svc));
@@ -695,13 +695,13 @@ pub fn services(objects: &Objects, problems: &mut Vec<String>) {
 }
 
 /// The namespace label that admits monitoring (Prometheus) to admin and metrics ports.
-pub const MONITORING_LABEL: (&str, &str) = ("meridian.io/monitoring", "true");
+pub(super) const MONITORING_LABEL: (&str, &str) = ("meridian.io/monitoring", "true");
 /// The controller's default `--listener-ports`: the gateway's outbound listeners.
-pub const LISTENER_PORTS: (i32, i32) = (15100, 15999);
+pub(super) const LISTENER_PORTS: (i32, i32) = (15100, 15999);
 
 /// Who may reach a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sources {
+pub(super) enum Sources {
     /// No `from`: anywhere, inside the cluster or not.
     Anywhere,
     /// Every pod of the cluster (`namespaceSelector: {}`).
@@ -714,7 +714,7 @@ pub enum Sources {
 
 /// (Deployment, container port name, the flag that sets the port and its default,
 /// who may reach it).
-pub const PORTS: [(&str, &str, &str, i32, Sources); 8] = [
+pub(super) const PORTS: [(&str, &str, &str, i32, Sources); 8] = [
     (
         "meridian-controller",
         "grpc",
@@ -821,7 +821,7 @@ fn flag_port(c: &Container, flag: &str, default: i32) -> i32 {
 /// NetworkPolicies: every component is selected by one, every port a rule names is a
 /// container port (set by the flag the binary listens with), every container port is
 /// admitted, and each from exactly the sources in [`PORTS`].
-pub fn network_policies(objects: &Objects, problems: &mut Vec<String>) {
+pub(super) fn network_policies(objects: &Objects, problems: &mut Vec<String>) {
     for d in &objects.deployments {
         let dname = name(d);
         let Some(template) = d.spec.as_ref().map(|s| &s.template) else {
@@ -945,11 +945,11 @@ pub fn network_policies(objects: &Objects, problems: &mut Vec<String>) {
 }
 
 /// The audience of the tokens gateway and DNS send the controller (its --token-audience).
-pub const CONTROLLER_AUDIENCE: &str = "meridian-controller";
+pub(super) const CONTROLLER_AUDIENCE: &str = "meridian-controller";
 
 /// Gateway and DNS send the controller a projected token for its audience, from the
 /// file their --token-file (MERIDIAN_TOKEN_FILE) names.
-pub fn controller_tokens(objects: &Objects, problems: &mut Vec<String>) {
+pub(super) fn controller_tokens(objects: &Objects, problems: &mut Vec<String>) {
     for d in &objects.deployments {
         let dname = name(d);
         if dname == "meridian-controller" {
@@ -1008,7 +1008,7 @@ pub fn controller_tokens(objects: &Objects, problems: &mut Vec<String>) {
 }
 
 /// Everything, in one list.
-pub fn all(docs: &[Value]) -> (Objects, Vec<String>) {
+pub(super) fn all(docs: &[Value]) -> (Objects, Vec<String>) {
     let mut problems = Vec::new();
     let objects = parse(docs, &mut problems);
     if objects.namespaces.iter().map(name).collect::<Vec<_>>() != [NAMESPACE] {

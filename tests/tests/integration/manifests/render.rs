@@ -78,7 +78,7 @@ async fn checks_catch_broken_objects() {
             .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
     };
     type Edit<'a> = Box<dyn Fn(&mut Vec<Value>) + 'a>;
-    let cases: Vec<(&str, Edit)> = vec![
+    let cases: Vec<(&str, Edit<'_>)> = vec![
         (
             "wildcard",
             Box::new(|d| {

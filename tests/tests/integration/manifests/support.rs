@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 /// The workspace root.
-pub fn repo_root() -> PathBuf {
+pub(super) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the testbed crate lives in the workspace")
@@ -14,14 +14,14 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The result of one kubectl run.
-pub struct Run {
+pub(super) struct Run {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
 }
 
 /// Runs `kubectl args…` with optional stdin; fails loudly when kubectl is missing.
-pub async fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
+pub(super) async fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
     let mut child = tokio::process::Command::new("kubectl")
         .args(args)
         .stdin(if stdin.is_some() {
@@ -49,7 +49,7 @@ pub async fn kubectl(args: &[&str], stdin: Option<&str>) -> Run {
 }
 
 /// `kubectl kustomize manifests`, as text.
-pub async fn render_base() -> String {
+pub(super) async fn render_base() -> String {
     let dir = repo_root().join("manifests");
     let run = kubectl(&["kustomize", dir.to_str().expect("UTF-8 path")], None).await;
     assert!(
@@ -62,10 +62,10 @@ pub async fn render_base() -> String {
 
 /// Objects applied separately from the base because they need a newer Kubernetes than
 /// the base's 1.20 (NetworkPolicy `endPort`: 1.22).
-pub const OPTIONAL: [&str; 1] = ["manifests/gateway/networkpolicy.yaml"];
+pub(super) const OPTIONAL: [&str; 1] = ["manifests/gateway/networkpolicy.yaml"];
 
 /// The rendered base plus [`OPTIONAL`]: everything an up-to-date cluster runs.
-pub async fn install_documents() -> Vec<serde_json::Value> {
+pub(super) async fn install_documents() -> Vec<serde_json::Value> {
     let mut docs = documents(&render_base().await);
     for file in OPTIONAL {
         docs.extend(file_documents(file));
@@ -74,7 +74,7 @@ pub async fn install_documents() -> Vec<serde_json::Value> {
 }
 
 /// Every non-empty YAML document of `text`, as JSON values.
-pub fn documents(text: &str) -> Vec<Value> {
+pub(super) fn documents(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("every document is valid YAML"))
         .filter(|v| !v.is_null())
@@ -82,14 +82,14 @@ pub fn documents(text: &str) -> Vec<Value> {
 }
 
 /// Every document of a file in the repository.
-pub fn file_documents(relative: &str) -> Vec<Value> {
+pub(super) fn file_documents(relative: &str) -> Vec<Value> {
     let path = repo_root().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     documents(&text)
 }
 
 /// The objects in the ```yaml blocks of a Markdown file (blocks without `kind` skipped).
-pub fn markdown_objects(relative: &str) -> Vec<Value> {
+pub(super) fn markdown_objects(relative: &str) -> Vec<Value> {
     let path = repo_root().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut out = Vec::new();
@@ -112,7 +112,7 @@ pub fn markdown_objects(relative: &str) -> Vec<Value> {
 }
 
 /// Fails listing every problem.
-pub fn assert_no_problems(problems: &[String]) {
+pub(super) fn assert_no_problems(problems: &[String]) {
     assert!(
         problems.is_empty(),
         "{} problem(s):\n  {}",

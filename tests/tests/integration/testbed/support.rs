@@ -5,9 +5,9 @@ use meridian_testbed::{Cluster, ClusterSpec, EchoReply};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-pub use meridian_testbed::init_tracing;
+pub(super) use meridian_testbed::init_tracing;
 
-pub fn three_clusters() -> Vec<ClusterSpec> {
+pub(super) fn three_clusters() -> Vec<ClusterSpec> {
     vec![
         ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),
         ClusterSpec::new("west", "us-west1", ["us-west1-a", "us-west1-b"]),
@@ -15,7 +15,7 @@ pub fn three_clusters() -> Vec<ClusterSpec> {
     ]
 }
 
-pub fn one_cluster() -> Vec<ClusterSpec> {
+pub(super) fn one_cluster() -> Vec<ClusterSpec> {
     vec![ClusterSpec::new(
         "solo",
         "us-east1",
@@ -25,12 +25,12 @@ pub fn one_cluster() -> Vec<ClusterSpec> {
 
 /// Runs `kubectl --kubeconfig <cluster's file> args…`, returning stdout; panics with
 /// stderr on failure.
-pub async fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+pub(super) async fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
     cluster.kubectl(args).expect("kubectl")
 }
 
 /// One HTTP GET; returns the status code and the parsed reply.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, EchoReply) {
+pub(super) async fn http_get(addr: SocketAddr, path: &str) -> (u16, EchoReply) {
     let r = meridian_testbed::traffic::http_get(addr, path, &[])
         .await
         .expect("HTTP GET");
@@ -38,7 +38,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, EchoReply) {
 }
 
 /// Connects without sending anything and reads the greeting line.
-pub async fn tcp_greeting(stream: &mut TcpStream) -> Option<EchoReply> {
+pub(super) async fn tcp_greeting(stream: &mut TcpStream) -> Option<EchoReply> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -52,7 +52,7 @@ pub async fn tcp_greeting(stream: &mut TcpStream) -> Option<EchoReply> {
 }
 
 /// Process ids whose command line mentions `dir` (every testbed process does).
-pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
+pub(super) fn processes_mentioning(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
