@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use meridian_api::Locality;
 use meridian_api::policy::TrafficPolicy;
 use meridian_api::split::{Caller, Group, compute};
-use meridian_crd::{GlobalService, GlobalTrafficPolicy};
+use meridian_crd::{EXPORT_LABEL, GlobalService, GlobalTrafficPolicy};
 
 use crate::render::{self, Output};
 
@@ -120,7 +120,7 @@ pub(crate) async fn run(client: &Client, args: &Args, output: Output) -> anyhow:
         .context("reading the GlobalService")?
         .ok_or_else(|| {
             anyhow!(
-                "no global service {name}.{ns}: is the Service labelled meridian.io/export=true?"
+                "no global service {name}.{ns}: is the Service labelled {EXPORT_LABEL}=true?"
             )
         })?;
     let status = gs.status.unwrap_or_default();

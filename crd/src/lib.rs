@@ -21,6 +21,8 @@ pub use resources::{
     manifests,
 };
 
+/// Label (value `"true"`) that exports a Service through Meridian.
+pub const EXPORT_LABEL: &str = "meridian.io/export";
 /// Label on every object Meridian manages; its value names the writer.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// [`MANAGED_BY_LABEL`]'s value on objects the controller writes.

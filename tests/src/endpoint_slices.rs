@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(labels[SERVICE_NAME_LABEL], "web");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
         assert_eq!(
-            labels["meridian.io/export"], "true",
+            labels[crate::EXPORT_LABEL], "true",
             "service labels copied"
         );
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
