@@ -119,9 +119,7 @@ pub(crate) async fn run(client: &Client, args: &Args, output: Output) -> anyhow:
         .await
         .context("reading the GlobalService")?
         .ok_or_else(|| {
-            anyhow!(
-                "no global service {name}.{ns}: is the Service labelled {EXPORT_LABEL}=true?"
-            )
+            anyhow!("no global service {name}.{ns}: is the Service labelled {EXPORT_LABEL}=true?")
         })?;
     let status = gs.status.unwrap_or_default();
     let policies = Api::<GlobalTrafficPolicy>::namespaced(client.clone(), &ns)

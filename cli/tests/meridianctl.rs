@@ -194,9 +194,7 @@ mod cluster {
     use kube::api::ListParams;
     use kube::config::{KubeConfigOptions, Kubeconfig};
     use kube::{Api, Client, Config};
-    use meridian_crd::registration::{
-        self, CLUSTER_NAME_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION,
-    };
+    use meridian_crd::registration::{self, CLUSTER_NAME_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION};
     use meridian_testbed::{ClusterSpec, Testbed};
 
     use super::support::{meridianctl, ok};
@@ -257,10 +255,7 @@ mod cluster {
         let s = &secrets[0];
         let annotations = s.metadata.annotations.clone().unwrap();
         assert_eq!(annotations[CLUSTER_NAME_ANNOTATION], "west");
-        assert_eq!(
-            annotations[GATEWAY_ADDRESS_ANNOTATION],
-            "127.0.0.9:15008"
-        );
+        assert_eq!(annotations[GATEWAY_ADDRESS_ANNOTATION], "127.0.0.9:15008");
         let kubeconfig = registration::kubeconfig(s).unwrap();
         assert!(kubeconfig.contains(west.server_url()), "{kubeconfig}");
 

@@ -21,8 +21,8 @@ mod support {
     use meridian_testbed::mesh::{
         CONTROLLER_AUDIENCE, GATEWAY_SERVICE_ACCOUNT, service_account_token,
     };
-    use meridian_testbed::{Cluster, ClusterSpec, EndpointApi, SYSTEM_NAMESPACE, Testbed};
     pub use meridian_testbed::metrics::sample;
+    use meridian_testbed::{Cluster, ClusterSpec, EndpointApi, SYSTEM_NAMESPACE, Testbed};
 
     /// How long anything may take to converge before a test fails.
     pub const CONVERGE: Duration = Duration::from_secs(60);
@@ -183,7 +183,9 @@ mod support {
 
         /// GET /metrics.
         pub async fn metrics_text(&self) -> String {
-            meridian_testbed::metrics::scrape(self.metrics).await.unwrap()
+            meridian_testbed::metrics::scrape(self.metrics)
+                .await
+                .unwrap()
         }
     }
 
@@ -1785,7 +1787,8 @@ mod discovery_access {
 
     /// `meridian_grpc_refusals_total{service="Watch",reason}` (0 when absent).
     async fn refusals(ctl: &Controller, reason: &str) -> u64 {
-        let series = format!("meridian_grpc_refusals_total{{service=\"Watch\",reason=\"{reason}\"}}");
+        let series =
+            format!("meridian_grpc_refusals_total{{service=\"Watch\",reason=\"{reason}\"}}");
         sample(&ctl.metrics_text().await, &series).map_or(0, |v| v as u64)
     }
 

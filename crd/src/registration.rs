@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(annotations[CLUSTER_NAME_ANNOTATION], "west");
         assert_eq!(annotations[CONTEXT_ANNOTATION], "ctx");
         assert_eq!(annotations[GATEWAY_ADDRESS_ANNOTATION], "192.0.2.7:15008");
-        assert_eq!(secret.metadata.namespace.as_deref(), Some("meridian-system"));
+        assert_eq!(
+            secret.metadata.namespace.as_deref(),
+            Some("meridian-system")
+        );
         assert_eq!(kubeconfig(&secret).as_deref(), Some("kc"));
     }
 

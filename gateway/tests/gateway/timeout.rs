@@ -71,7 +71,10 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
     let mesh = Mesh::new();
     let east = gateway(&mesh, Ipv4Addr::new(127, 0, 40, 2), "1s", silent, 24090, "").await;
 
-    let status = http_get(east.listener(24090), "/", &[]).await.unwrap().status;
+    let status = http_get(east.listener(24090), "/", &[])
+        .await
+        .unwrap()
+        .status;
     assert_eq!(status, 504);
     assert_eq!(
         east.metric("meridian_gateway_responses_total", &[("code", "504")])
