@@ -1,4 +1,3 @@
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use meridian_identity::ClusterCa;

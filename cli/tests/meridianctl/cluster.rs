@@ -1,4 +1,3 @@
-
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};

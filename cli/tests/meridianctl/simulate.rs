@@ -1,4 +1,3 @@
-
 use std::io::Write;
 
 use serde_json::Value;
