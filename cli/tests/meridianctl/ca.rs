@@ -1,3 +1,5 @@
+//! `meridianctl ca init` and `ca issue-intermediate` against testbed clusters.
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use meridian_identity::ClusterCa;

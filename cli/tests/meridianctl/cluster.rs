@@ -1,3 +1,5 @@
+//! `meridianctl cluster add|rotate-credentials|remove` against testbed clusters.
+
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};

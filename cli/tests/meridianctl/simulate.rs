@@ -1,3 +1,5 @@
+//! `meridianctl simulate`: the locality split printed for scenarios, and bad input.
+
 use std::io::Write;
 
 use serde_json::Value;
