@@ -7,7 +7,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// GETs `base` + `path` (`base` is `http://host:port`) and parses the JSON body.
-pub async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let authority = base
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("{base:?}: only http:// admin URLs are supported"))?

@@ -30,7 +30,7 @@ use crate::connect::{ClusterArgs, Target};
 
 /// `meridianctl ca ...`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create the mesh root CA, as PEM files or in a Secret of a cluster of your choice
     /// (never a member's meridian-system).
     Init(InitArgs),
@@ -41,7 +41,7 @@ pub enum Command {
 
 /// Arguments of `ca init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Write the root as PEM files (ca.crt, ca.key) into this directory; no cluster.
     #[arg(long, required_unless_present = "secret", conflicts_with = "secret")]
     out: Option<PathBuf>,
@@ -56,7 +56,7 @@ pub struct InitArgs {
 
 /// Arguments of `ca issue-intermediate`.
 #[derive(Debug, clap::Args)]
-pub struct IssueArgs {
+pub(crate) struct IssueArgs {
     /// The member cluster (its --cluster-name): the only cluster the intermediate certifies.
     #[arg(long)]
     cluster: String,
@@ -103,7 +103,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `meridianctl ca ...`.
-pub async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: Command, cluster: &ClusterArgs) -> anyhow::Result<()> {
     match cmd {
         Command::Init(args) => init(args, cluster).await,
         Command::IssueIntermediate(args) => issue_intermediate(args, cluster).await,
@@ -183,7 +183,7 @@ async fn issue_intermediate(args: IssueArgs, cluster: &ClusterArgs) -> anyhow::R
     let (ns, name) = CA_SECRET;
     ensure_namespace(&client, ns).await?;
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let desired = meridian_controller::certificates::ca_secret(&ca, ns);
+    let desired = meridian_crd::ca::ca_secret(&ca, ns);
     match secrets.get_opt(name).await? {
         None => {
             secrets
@@ -282,7 +282,7 @@ async fn ensure_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()>
 
 /// Writes the root into the ConfigMap clients pin it from.
 async fn publish_root(client: &kube::Client, ns: &str, root_pem: &str) -> anyhow::Result<()> {
-    use meridian_controller::ca_root::{CONFIGMAP_NAME, apply};
+    use meridian_crd::ca::{CONFIGMAP_NAME, apply};
     if apply(client, ns, root_pem)
         .await
         .with_context(|| format!("writing ConfigMap {ns}/{CONFIGMAP_NAME}"))?

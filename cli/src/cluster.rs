@@ -27,24 +27,24 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use meridian_controller::crd::MemberCluster;
-use meridian_controller::registry::{
-    CLUSTER_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION, is_dns_label,
+use meridian_crd::registration::{
+    self, CLUSTER_NAME_ANNOTATION, KUBECONFIG_KEY, Registration, is_dns_label,
 };
+use meridian_crd::{MANAGED_BY_LABEL, MemberCluster};
 use serde::Serialize;
 
 use crate::connect::{ClusterArgs, Target};
 use crate::render::{self, Output};
 
 /// Namespace of Meridian's own objects in every cluster.
-pub const SYSTEM_NAMESPACE: &str = "meridian-system";
+pub(crate) const SYSTEM_NAMESPACE: &str = "meridian-system";
 /// Name of the reader ServiceAccount, ClusterRole and ClusterRoleBinding in members.
-pub const READER: &str = "meridian-reader";
+pub(crate) const READER: &str = "meridian-reader";
 const FIELD_MANAGER: &str = "meridianctl";
 
 /// `meridianctl cluster ...`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Register the cluster of --kubeconfig/--context into the host cluster.
     Add(AddArgs),
     /// Mint a new reader token in the member (--kubeconfig/--context) and put it into the
@@ -59,7 +59,7 @@ pub enum Command {
 
 /// Arguments of `cluster add`.
 #[derive(Debug, clap::Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// Member name (default: the kubeconfig's cluster name); a DNS label.
     #[arg(long)]
     name: Option<String>,
@@ -86,7 +86,7 @@ pub struct AddArgs {
 
 /// Arguments of `cluster rotate-credentials`.
 #[derive(Debug, clap::Args)]
-pub struct RotateArgs {
+pub(crate) struct RotateArgs {
     /// Member name, as registered.
     name: String,
     /// Kubeconfig of the host cluster holding the registration (default: $KUBECONFIG, then
@@ -102,7 +102,7 @@ pub struct RotateArgs {
 }
 
 /// Default lifetime of reader tokens: 30 days.
-pub const DEFAULT_TOKEN_TTL: &str = "720h";
+pub(crate) const DEFAULT_TOKEN_TTL: &str = "720h";
 /// The shortest lifetime the TokenRequest API grants.
 const MIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
@@ -118,7 +118,7 @@ fn parse_token_ttl(s: &str) -> Result<Duration, String> {
 
 /// Arguments of `cluster remove`.
 #[derive(Debug, clap::Args)]
-pub struct RemoveArgs {
+pub(crate) struct RemoveArgs {
     /// Member name.
     name: String,
     /// Kubeconfig of the host cluster (default: $KUBECONFIG, then ~/.kube/config).
@@ -134,7 +134,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `meridianctl cluster ...`; `target` is --kubeconfig/--context.
-pub async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> anyhow::Result<()> {
     match cmd {
         Command::Add(args) => add(args, target).await,
         Command::RotateCredentials(args) => rotate(args, target).await,
@@ -177,7 +177,7 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     // The host's controller accepts only kubeconfigs that pass this check (an https://
     // server, an inline CA): fail before creating anything.
     let probe = registration_kubeconfig(&name, &server, ca_data.as_deref(), "placeholder")?;
-    meridian_controller::kubeconfig::accept(&probe, None)
+    meridian_crd::kubeconfig::accept(&probe, None)
         .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
 
     let client = member.client().await?;
@@ -193,31 +193,14 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
 
     let host_client = host.client().await?;
     ensure_namespace(&host_client).await?;
-    let mut annotations = BTreeMap::from([(CLUSTER_NAME_ANNOTATION.to_owned(), name.clone())]);
+    let mut registration = Registration::new(secret_name(&name), kubeconfig)
+        .namespace(SYSTEM_NAMESPACE)
+        .cluster_name(&name)
+        .label(MANAGED_BY_LABEL, FIELD_MANAGER);
     if let Some(gw) = &args.gateway_address {
-        annotations.insert(GATEWAY_ADDRESS_ANNOTATION.to_owned(), gw.clone());
+        registration = registration.gateway_address(gw);
     }
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name(&name)),
-            namespace: Some(SYSTEM_NAMESPACE.into()),
-            labels: Some(BTreeMap::from([
-                (CLUSTER_LABEL.to_owned(), "true".to_owned()),
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    FIELD_MANAGER.to_owned(),
-                ),
-            ])),
-            annotations: Some(annotations),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "kubeconfig".to_owned(),
-            ByteString(kubeconfig.into_bytes()),
-        )])),
-        type_: Some("Opaque".into()),
-        ..Secret::default()
-    };
+    let secret = registration.secret();
     apply(
         &Api::<Secret>::namespaced(host_client, SYSTEM_NAMESPACE),
         &secret,
@@ -248,7 +231,7 @@ async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     )?;
     let secrets = Api::<Secret>::namespaced(host.client().await?, SYSTEM_NAMESPACE);
     let registered: Vec<Secret> = secrets
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}=true")))
+        .list(&ListParams::default().labels(&registration::selector()))
         .await
         .with_context(|| format!("listing registrations in context {:?}", host.context))?
         .items
@@ -266,12 +249,9 @@ async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     let kubeconfigs = registered
         .iter()
         .map(|s| {
-            let text = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("kubeconfig"))
-                .and_then(|k| String::from_utf8(k.0.clone()).ok())
-                .ok_or_else(|| anyhow!("Secret {} has no UTF-8 key kubeconfig", s.name_any()))?;
+            let text = registration::kubeconfig(s).ok_or_else(|| {
+                anyhow!("Secret {} has no UTF-8 key {KUBECONFIG_KEY}", s.name_any())
+            })?;
             Ok((s.name_any(), text))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -286,7 +266,7 @@ async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     for (secret, text) in kubeconfigs {
         let rotated = with_token(&text, &token)
             .with_context(|| format!("Secret {SYSTEM_NAMESPACE}/{secret}"))?;
-        let patch = serde_json::json!({"data": {"kubeconfig": ByteString(rotated.into_bytes())}});
+        let patch = serde_json::json!({"data": {KUBECONFIG_KEY: ByteString(rotated.into_bytes())}});
         secrets
             .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -334,7 +314,7 @@ fn secret_name(cluster: &str) -> String {
 }
 
 /// The read-only rules the controller needs in a member, and nothing else.
-pub fn reader_rules() -> Vec<PolicyRule> {
+pub(crate) fn reader_rules() -> Vec<PolicyRule> {
     let read = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
     vec![
         PolicyRule {
@@ -476,7 +456,7 @@ async fn remove(args: RemoveArgs, target: &ClusterArgs) -> anyhow::Result<()> {
     )?;
     let secrets = Api::<Secret>::namespaced(host.client().await?, SYSTEM_NAMESPACE);
     let registered = secrets
-        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}=true")))
+        .list(&ListParams::default().labels(&registration::selector()))
         .await?;
     let mut removed = 0;
     for s in registered {
@@ -548,7 +528,7 @@ async fn list(client: &Client, output: Output) -> anyhow::Result<()> {
 }
 
 /// Columns of the member table, shared with `status`.
-pub fn member_header() -> [&'static str; 7] {
+pub(crate) fn member_header() -> [&'static str; 7] {
     [
         "NAME",
         "PHASE",
@@ -561,7 +541,7 @@ pub fn member_header() -> [&'static str; 7] {
 }
 
 /// One row of the member table.
-pub fn member_row(m: &MemberCluster) -> Vec<String> {
+pub(crate) fn member_row(m: &MemberCluster) -> Vec<String> {
     let s = m.status.clone().unwrap_or_default();
     vec![
         m.name_any(),

@@ -8,7 +8,7 @@ use kube::{Client, Config};
 
 /// `--kubeconfig` / `--context` for the cluster a command talks to.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
@@ -18,7 +18,7 @@ pub struct ClusterArgs {
 }
 
 /// A loaded kubeconfig with the context chosen.
-pub struct Target {
+pub(crate) struct Target {
     /// The whole kubeconfig.
     pub kubeconfig: Kubeconfig,
     /// The context in use.
@@ -27,7 +27,7 @@ pub struct Target {
 
 impl Target {
     /// Loads the kubeconfig named by the flags.
-    pub fn load(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) fn load(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Self> {
         let kc = match kubeconfig {
             Some(path) => Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?,
@@ -52,7 +52,7 @@ impl Target {
     }
 
     /// A client for the chosen context.
-    pub async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         let options = KubeConfigOptions {
             context: Some(self.context.clone()),
             ..KubeConfigOptions::default()
@@ -64,7 +64,7 @@ impl Target {
     }
 
     /// The cluster entry (server, CA) of the chosen context.
-    pub fn cluster(&self) -> anyhow::Result<(String, kube::config::Cluster)> {
+    pub(crate) fn cluster(&self) -> anyhow::Result<(String, kube::config::Cluster)> {
         let ctx = self
             .kubeconfig
             .contexts
@@ -94,7 +94,7 @@ impl Target {
 
 impl ClusterArgs {
     /// A client for the cluster named by the flags.
-    pub async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         Target::load(self.kubeconfig.as_deref(), self.context.as_deref())?
             .client()
             .await

@@ -11,13 +11,13 @@ use kube::{Api, Client};
 use meridian_api::Locality;
 use meridian_api::policy::TrafficPolicy;
 use meridian_api::split::{Caller, Group, compute};
-use meridian_controller::crd::{GlobalService, GlobalTrafficPolicy};
+use meridian_crd::{EXPORT_LABEL, GlobalService, GlobalTrafficPolicy};
 
 use crate::render::{self, Output};
 
 /// Arguments of `meridianctl explain`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The global service, `<name>.<namespace>.global` (or `<name>.<namespace>`).
     service: String,
     /// The caller's locality, `region/zone[/subzone]` (default: the gateway's, with --gateway).
@@ -88,7 +88,7 @@ async fn live(gateway: &str, hostname: &str) -> anyhow::Result<Live> {
 }
 
 /// Splits `<name>.<namespace>[.<zone>...]` into name and namespace.
-pub fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
     let mut parts = host.trim_end_matches('.').split('.');
     match (parts.next(), parts.next()) {
         (Some(name), Some(ns)) if !name.is_empty() && !ns.is_empty() => {
@@ -99,7 +99,7 @@ pub fn parse_hostname(host: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs `meridianctl explain`.
-pub async fn run(client: &Client, args: &Args, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, args: &Args, output: Output) -> anyhow::Result<()> {
     let (name, ns) = parse_hostname(&args.service)?;
     let live = match &args.gateway {
         Some(url) => live(url, &format!("{name}.{ns}."))
@@ -119,9 +119,7 @@ pub async fn run(client: &Client, args: &Args, output: Output) -> anyhow::Result
         .await
         .context("reading the GlobalService")?
         .ok_or_else(|| {
-            anyhow!(
-                "no global service {name}.{ns}: is the Service labelled meridian.io/export=true?"
-            )
+            anyhow!("no global service {name}.{ns}: is the Service labelled {EXPORT_LABEL}=true?")
         })?;
     let status = gs.status.unwrap_or_default();
     let policies = Api::<GlobalTrafficPolicy>::namespaced(client.clone(), &ns)

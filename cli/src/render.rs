@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// How results are printed (`-o`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// Human-readable table.
     #[default]
     Table,
@@ -16,7 +16,7 @@ pub enum Output {
 }
 
 /// Prints `value` as JSON (one line) or YAML.
-pub fn print_structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
+pub(crate) fn print_structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
         _ => println!("{}", serde_json::to_string(value)?),
@@ -25,7 +25,7 @@ pub fn print_structured<T: Serialize>(value: &T, output: Output) -> anyhow::Resu
 }
 
 /// A left-aligned table with two spaces between columns, kubectl style.
-pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut all: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     all.extend(rows);
     let widths: Vec<usize> = (0..header.len())
@@ -51,7 +51,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 /// One row of the JSON form: `{"locality","priority","percent"}`.
 #[derive(Debug, Serialize)]
-pub struct ShareJson {
+pub(crate) struct ShareJson {
     /// `region/zone[/subzone]`.
     pub locality: String,
     /// Envoy priority after compaction.
@@ -62,7 +62,7 @@ pub struct ShareJson {
 
 /// The JSON form of a split: `{"localities":[...],"panic":bool}`.
 #[derive(Debug, Serialize)]
-pub struct SplitJson {
+pub(crate) struct SplitJson {
     /// One entry per input group, in input order.
     pub localities: Vec<ShareJson>,
     /// Whether any priority that receives traffic is in panic.
@@ -71,7 +71,7 @@ pub struct SplitJson {
 
 /// Percents rounded to two decimals, the rounding residue given to the largest share so
 /// that the printed figures still sum to 100 when the real ones do.
-pub fn rounded_percents(split: &Split) -> Vec<f64> {
+pub(crate) fn rounded_percents(split: &Split) -> Vec<f64> {
     let mut out: Vec<f64> = split
         .groups
         .iter()
@@ -86,12 +86,12 @@ pub fn rounded_percents(split: &Split) -> Vec<f64> {
 }
 
 /// Whether any priority that receives traffic is in panic.
-pub fn in_panic(split: &Split) -> bool {
+pub(crate) fn in_panic(split: &Split) -> bool {
     split.priorities.iter().any(|p| p.panic && p.load > 0)
 }
 
 /// The JSON form of `split` over `groups`.
-pub fn split_json(groups: &[Group], split: &Split) -> SplitJson {
+pub(crate) fn split_json(groups: &[Group], split: &Split) -> SplitJson {
     let localities = groups
         .iter()
         .zip(&split.groups)
@@ -109,7 +109,7 @@ pub fn split_json(groups: &[Group], split: &Split) -> SplitJson {
 }
 
 /// A fixed-width table with the reason for every share.
-pub fn split_table(groups: &[Group], split: &Split) -> String {
+pub(crate) fn split_table(groups: &[Group], split: &Split) -> String {
     let header = [
         "LOCALITY", "PRIORITY", "REASON", "HEALTHY", "HEALTH", "WEIGHT", "PANIC", "PERCENT",
     ];

@@ -14,7 +14,7 @@ use crate::render::{self, Output};
 
 /// Arguments of `meridianctl simulate`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Scenario file (YAML or JSON); `-` reads standard input.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
@@ -23,7 +23,7 @@ pub struct Args {
 /// A scenario file: a caller, optional policy fields and the health of each locality.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// `region/zone[/subzone]` of the caller.
     pub caller: String,
     /// Caller labels for `failoverPriority`.
@@ -45,7 +45,7 @@ pub struct Scenario {
 /// One locality's endpoints in a scenario.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScenarioLocality {
+pub(crate) struct ScenarioLocality {
     /// `region/zone[/subzone]`.
     pub locality: String,
     /// Endpoints, ready or not.
@@ -62,7 +62,7 @@ pub struct ScenarioLocality {
 
 /// A scenario checked and turned into engine input.
 #[derive(Debug)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// The caller.
     pub caller: Caller,
     /// The groups, in file order.
@@ -76,7 +76,7 @@ fn bad(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> CliErro
 }
 
 /// Parses YAML (or JSON, a subset of YAML) text into a scenario; errors name the field.
-pub fn parse(text: &str) -> Result<Scenario, CliError> {
+pub(crate) fn parse(text: &str) -> Result<Scenario, CliError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -92,7 +92,7 @@ pub fn parse(text: &str) -> Result<Scenario, CliError> {
 
 impl Scenario {
     /// Checks everything the types cannot and builds the engine input.
-    pub fn check(self) -> Result<Checked, CliError> {
+    pub(crate) fn check(self) -> Result<Checked, CliError> {
         let locality: Locality = self.caller.parse().map_err(|e| bad("caller", e))?;
         let policy = TrafficPolicy {
             locality_lb_setting: self.locality_lb_setting,
@@ -151,7 +151,7 @@ impl Scenario {
 }
 
 /// Runs `meridianctl simulate`.
-pub fn run(args: &Args, output: Output) -> Result<(), CliError> {
+pub(crate) fn run(args: &Args, output: Output) -> Result<(), CliError> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {

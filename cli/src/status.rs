@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use meridian_controller::crd::{GlobalService, MemberCluster};
+use meridian_crd::{GlobalService, MemberCluster};
 use serde::Serialize;
 
 use crate::cluster::{member_header, member_row};
@@ -16,7 +16,7 @@ struct Status {
 }
 
 /// Runs `meridianctl status`.
-pub async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
     let mut members = Api::<MemberCluster>::all(client.clone())
         .list(&ListParams::default())
         .await

@@ -17,8 +17,8 @@ use tracing::debug;
 
 use crate::targets::{self, Skip};
 
-/// Label that exports a Service.
-pub const EXPORT_LABEL: &str = "meridian.io/export";
+pub use meridian_crd::EXPORT_LABEL;
+
 /// Node label carrying the region.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 /// Node label carrying the zone.

@@ -15,14 +15,11 @@
 //! that, anyone reaching the port could obtain the gateway's identity and impersonate it to
 //! peers. The token is never logged.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::Api;
 use meridian_api::proto::{self, SignCertificateRequest, SignCertificateResponse};
@@ -36,31 +33,10 @@ use tracing::{info, warn};
 
 use crate::auth::CallerAuth;
 
-/// Name of the Secret holding the cluster's intermediate and the mesh root.
-pub const CA_SECRET_NAME: &str = meridian_identity::ca::CA_SECRET.1;
+pub use meridian_crd::ca::{CA_SECRET_NAME, ca_secret};
+
 /// How long a loaded CA is reused before it is read again.
 pub const CA_CACHE: Duration = Duration::from_secs(30);
-
-/// The Secret `<namespace>/meridian-ca` holding the intermediate `ca` and the mesh root in
-/// the layout [`CaSource::Secret`] reads (what `meridianctl ca issue-intermediate`
-/// writes). It never holds the root key.
-pub fn ca_secret(ca: &ClusterCa, namespace: &str) -> Secret {
-    let entry = |key: &str, value: String| (key.to_owned(), ByteString(value.into_bytes()));
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(CA_SECRET_NAME.into()),
-            namespace: Some(namespace.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([
-            entry(CA_CERT_FILE, ca.root_pem().to_owned()),
-            entry(INTERMEDIATE_CERT_FILE, ca.cert_pem().to_owned()),
-            entry(INTERMEDIATE_KEY_FILE, ca.key_pem()),
-        ])),
-        type_: Some("Opaque".into()),
-        ..Secret::default()
-    }
-}
 
 /// Where the mesh CA is read from.
 #[derive(Clone)]

@@ -29,17 +29,10 @@ use crate::crd::Phase;
 use crate::kubeconfig;
 use crate::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
 
-/// Label that marks a registration Secret.
-pub const CLUSTER_LABEL: &str = "meridian.io/cluster";
-/// Annotation naming the member (default: the Secret's name).
-pub const CLUSTER_NAME_ANNOTATION: &str = "meridian.io/cluster-name";
-/// Annotation naming the kubeconfig context to use; required when it has several.
-pub const CONTEXT_ANNOTATION: &str = "meridian.io/context";
-/// Annotation with the member gateway's `host:port`, used when its gateway Service has no
-/// LoadBalancer ingress.
-pub const GATEWAY_ADDRESS_ANNOTATION: &str = "meridian.io/gateway-address";
-/// Secret key holding the kubeconfig.
-pub const KUBECONFIG_KEY: &str = "kubeconfig";
+pub use meridian_crd::registration::{
+    CLUSTER_LABEL, CLUSTER_NAME_ANNOTATION, CONTEXT_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION,
+    KUBECONFIG_KEY, is_dns_label,
+};
 
 /// A registration that could not be turned into a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,16 +142,6 @@ pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
             .get(GATEWAY_ADDRESS_ANNOTATION)
             .cloned(),
     })
-}
-
-/// Whether `s` is a DNS-1123 label: member names become parts of DNS names and SPIFFE IDs.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// The current members and rejected registrations.

@@ -26,10 +26,7 @@ use crate::catalog::{Catalog, ServiceKey};
 use crate::snapshot::VipInfo;
 use crate::{Error, Result};
 
-/// Label on every object the controller manages.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Its value.
-pub const MANAGED_BY: &str = "meridian";
+pub use meridian_crd::{MANAGED_BY, MANAGED_BY_LABEL};
 /// Annotation naming the global service (`<namespace>/<name>`) of a managed Service.
 pub const GLOBAL_SERVICE_ANNOTATION: &str = "meridian.io/global-service";
 /// Annotation naming the cluster a managed Service's VIP is pinned to (absent on the

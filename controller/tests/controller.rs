@@ -14,7 +14,6 @@ mod support {
     use std::process::Stdio;
     use std::time::Duration;
 
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, DeleteParams, PostParams};
     use meridian_api::proto::discovery_client::DiscoveryClient;
@@ -22,6 +21,7 @@ mod support {
     use meridian_testbed::mesh::{
         CONTROLLER_AUDIENCE, GATEWAY_SERVICE_ACCOUNT, service_account_token,
     };
+    pub use meridian_testbed::metrics::sample;
     use meridian_testbed::{Cluster, ClusterSpec, EndpointApi, SYSTEM_NAMESPACE, Testbed};
 
     /// How long anything may take to converge before a test fails.
@@ -183,14 +183,9 @@ mod support {
 
         /// GET /metrics.
         pub async fn metrics_text(&self) -> String {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            meridian_testbed::metrics::scrape(self.metrics)
                 .await
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
+                .unwrap()
         }
     }
 
@@ -264,24 +259,14 @@ mod support {
         kubeconfig: &str,
         gateway: Option<&str>,
     ) {
-        let mut s = Secret::default();
-        s.metadata.name = Some(secret.into());
-        s.metadata.labels = Some([("meridian.io/cluster".to_owned(), "true".to_owned())].into());
-        let mut ann = std::collections::BTreeMap::new();
+        let mut registration = meridian_crd::registration::Registration::new(secret, kubeconfig);
         if let Some(c) = cluster {
-            ann.insert("meridian.io/cluster-name".to_owned(), c.to_owned());
+            registration = registration.cluster_name(c);
         }
         if let Some(g) = gateway {
-            ann.insert("meridian.io/gateway-address".to_owned(), g.to_owned());
+            registration = registration.gateway_address(g);
         }
-        s.metadata.annotations = Some(ann);
-        s.data = Some(
-            [(
-                "kubeconfig".to_owned(),
-                ByteString(kubeconfig.as_bytes().to_vec()),
-            )]
-            .into(),
-        );
+        let s = registration.secret();
         Api::<Secret>::namespaced(own.client(), SYSTEM_NAMESPACE)
             .create(&PostParams::default(), &s)
             .await
@@ -1243,11 +1228,6 @@ mod vips {
         .await
     }
 
-    fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
-    }
-
     /// A 4-port range: `a` (one port: its VIP and its pin to east1) keeps both after a
     /// 4-port `b` is added; `b` is refused with `PortsExhausted`. Before the fix the whole
     /// allocation failed and the snapshot lost `a`'s VIP and listener ports too.
@@ -1299,7 +1279,7 @@ mod vips {
         assert_eq!(a_status.vip.as_deref(), Some(a_before.vip.as_str()));
         let text = ctl.metrics_text().await;
         assert_eq!(
-            metric(&text, r#"meridian_vip_refusals{reason="PortsExhausted"}"#),
+            sample(&text, r#"meridian_vip_refusals{reason="PortsExhausted"}"#),
             Some(2.0),
             "b's VIP and its pin: {text}"
         );
@@ -1398,7 +1378,7 @@ mod vips {
         );
         let text = ctl.metrics_text().await;
         assert_eq!(
-            metric(&text, r#"meridian_vip_refusals{reason="NameConflict"}"#),
+            sample(&text, r#"meridian_vip_refusals{reason="NameConflict"}"#),
             Some(1.0),
             "{text}"
         );
@@ -1807,12 +1787,9 @@ mod discovery_access {
 
     /// `meridian_grpc_refusals_total{service="Watch",reason}` (0 when absent).
     async fn refusals(ctl: &Controller, reason: &str) -> u64 {
-        let line =
-            format!("meridian_grpc_refusals_total{{service=\"Watch\",reason=\"{reason}\"}} ");
-        let text = ctl.metrics_text().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        let series =
+            format!("meridian_grpc_refusals_total{{service=\"Watch\",reason=\"{reason}\"}}");
+        sample(&ctl.metrics_text().await, &series).map_or(0, |v| v as u64)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2202,15 +2179,8 @@ mod slices {
 
     /// Watch events the controller has received for EndpointSlices of east1.
     async fn slice_events(ctl: &Controller) -> u64 {
-        let text = ctl.metrics_text().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    r#"meridian_watch_events_total{cluster="east1",resource="EndpointSlice"} "#,
-                )
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        let series = r#"meridian_watch_events_total{cluster="east1",resource="EndpointSlice"}"#;
+        sample(&ctl.metrics_text().await, series).map_or(0, |v| v as u64)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

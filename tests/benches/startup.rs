@@ -4,9 +4,10 @@
 //! `cargo bench -p meridian-testbed --bench startup` (set `MERIDIAN_BENCH_RUNS`, default 5).
 //! Prints one line per run and the median; the figure is recorded in docs/testing.md.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::{ClusterSpec, Testbed};
+use tokio::time::Instant;
 
 fn specs() -> Vec<ClusterSpec> {
     vec![

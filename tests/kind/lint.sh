@@ -17,5 +17,5 @@ for script in tests/kind/*.sh; do
 done
 echo "[kind-lint] scripts: bash -n and shellcheck clean" >&2
 
-cargo test --quiet --locked -p meridian-testbed --test manifests -- --exact kind_configs_are_valid
+cargo test --quiet --locked -p meridian-testbed --test integration -- --exact manifests::kind::kind_configs_are_valid
 echo "[kind-lint] kind-configs/*.yaml valid" >&2

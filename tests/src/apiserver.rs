@@ -4,9 +4,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::Client;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::pki::PkiFiles;

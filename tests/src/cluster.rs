@@ -115,15 +115,8 @@ impl ClusterSpec {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        let label = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !s.starts_with('-')
-                && !s.ends_with('-')
-        };
-        if !label(&self.name) {
+        // Cluster names become member names: the same rule as a registration's.
+        if !meridian_crd::registration::is_dns_label(&self.name) {
             return Err(Error::InvalidSpec(format!(
                 "cluster name {:?} must be a lowercase DNS label",
                 self.name

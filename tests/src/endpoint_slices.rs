@@ -441,10 +441,7 @@ mod tests {
         let labels = s.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "web");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
-        assert_eq!(
-            labels["meridian.io/export"], "true",
-            "service labels copied"
-        );
+        assert_eq!(labels[crate::EXPORT_LABEL], "true", "service labels copied");
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str()),

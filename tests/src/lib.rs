@@ -26,8 +26,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
 
 mod apiserver;
 mod binaries;
@@ -39,6 +37,7 @@ mod error;
 mod etcd;
 mod kubeconfig;
 pub mod mesh;
+pub mod metrics;
 mod network;
 mod node;
 mod pki;
@@ -61,7 +60,9 @@ pub use endpoint_slices::{
 };
 pub use endpoints::MANAGED_ANNOTATION;
 pub use error::{Error, Result};
-pub use network::{LOOPBACK_CIDR, POD_NETWORK_CIDR, loopback_to_pod_ip, pod_ip_to_loopback};
+pub use network::{
+    LOOPBACK_CIDR, POD_NETWORK_CIDR, free_port, free_ports, loopback_to_pod_ip, pod_ip_to_loopback,
+};
 pub use node::{HOSTNAME_LABEL, NodeInfo, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
 pub use pod::{APP_LABEL, ContainerPortSpec, DEFAULT_NAMESPACE, PodHandle, PodSpec, VERSION_LABEL};
 pub use resolver::{Resolver, unbound_binary};

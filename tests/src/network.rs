@@ -21,7 +21,7 @@ use rustix::fs::{FlockOperation, flock};
 use crate::error::{Error, Result};
 
 /// First octet of the simulated pod network (`10.0.0.0/8`).
-pub const POD_NETWORK_OCTET: u8 = 10;
+pub(crate) const POD_NETWORK_OCTET: u8 = 10;
 
 /// The simulated pod network, as CIDR text.
 pub const POD_NETWORK_CIDR: &str = "10.0.0.0/8";
@@ -59,7 +59,7 @@ pub fn loopback_to_pod_ip(ip: IpAddr) -> IpAddr {
 /// An exclusively reserved `127.B.0.0/16` block, released when dropped (or when the
 /// process dies, since the reservation is an `flock`).
 #[derive(Debug)]
-pub struct LoopbackBlock {
+pub(crate) struct LoopbackBlock {
     octet: u8,
     next: AtomicU32,
     // Held for the lock; closing the file releases it.
@@ -70,7 +70,7 @@ impl LoopbackBlock {
     /// Reserves a free block. Blocks `127.1` to `127.254` are tried starting from a
     /// pid-derived offset, which keeps concurrent processes from contending for the same
     /// lock files; `127.0.0.0/16` stays free for everything else on the machine.
-    pub fn reserve() -> Result<Self> {
+    pub(crate) fn reserve() -> Result<Self> {
         let dir = lock_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io(format!(
             "creating lock directory {}",
@@ -101,12 +101,12 @@ impl LoopbackBlock {
     }
 
     /// The block's second octet `B` (the block is `127.B.0.0/16`).
-    pub fn octet(&self) -> u8 {
+    pub(crate) fn octet(&self) -> u8 {
         self.octet
     }
 
     /// Allocates a fresh address in the block (never handed out twice).
-    pub fn allocate(&self) -> Result<Ipv4Addr> {
+    pub(crate) fn allocate(&self) -> Result<Ipv4Addr> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         if n >= ADDRESSES_PER_BLOCK {
             return Err(Error::AddressesExhausted(format!(

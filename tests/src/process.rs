@@ -1,14 +1,16 @@
 //! Child processes (etcd, kube-apiserver) that cannot outlive the testbed.
 //!
 //! Children are killed and reaped on drop, which covers normal teardown and panics. If the
-//! whole test process dies (SIGKILL, abort), the kernel kills them too: each child asks for
-//! `PR_SET_PDEATHSIG(SIGKILL)`. That signal fires when the *thread* that forked the child
-//! exits, so all children are forked from one dedicated thread that lives as long as the
-//! process. Children stay in the caller's process group, so Ctrl-C reaches them as well.
+//! whole test process dies (SIGKILL, abort), the kernel kills them too: each child is
+//! started through util-linux's `setpriv --pdeathsig KILL`, which sets
+//! `PR_SET_PDEATHSIG(SIGKILL)` and then execs the program (same pid), so no code of ours
+//! has to run between fork and exec (no `unsafe` `pre_exec`). That signal fires when the
+//! *thread* that forked the child exits, so all children are forked from one dedicated
+//! thread that lives as long as the process. Children stay in the caller's process group,
+//! so Ctrl-C reaches them as well.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -16,6 +18,8 @@ use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 
+/// Sets the parent-death signal, then execs the program it is given.
+const SETPRIV: &str = "setpriv";
 /// Bytes of log shown when a process fails.
 const LOG_TAIL_BYTES: u64 = 4096;
 
@@ -38,14 +42,16 @@ impl ChildProcess {
         let err = out
             .try_clone()
             .map_err(Error::io(format!("duplicating log {}", log.display())))?;
-        let mut command = Command::new(program);
+        let mut command = Command::new(SETPRIV);
         command
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         let child = spawn_from_spawner_thread(command).map_err(Error::io(format!(
-            "starting {name} ({})",
+            "starting {name} ({} through {SETPRIV}, Debian: util-linux)",
             program.display()
         )))?;
         tracing::debug!(process = %name, pid = child.id(), log = %log.display(), "started");
@@ -106,7 +112,6 @@ fn spawn_from_spawner_thread(command: Command) -> io::Result<Child> {
             .name("testbed-spawner".into())
             .spawn(move || {
                 for (mut command, reply) in rx {
-                    die_with_parent(&mut command);
                     let _ = reply.send(command.spawn());
                 }
             })
@@ -120,24 +125,6 @@ fn spawn_from_spawner_thread(command: Command) -> io::Result<Child> {
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("testbed spawner thread is gone"))?
-}
-
-/// Makes the child receive SIGKILL when the spawner thread (the whole process) dies.
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    let parent = rustix::process::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes two raw syscalls
-    // (prctl, getppid), which are async-signal-safe; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            // The parent may have died between fork and prctl.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(io::Error::other("parent exited during spawn"));
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The last few KiB of a log file, or a note why it cannot be read.

@@ -8,8 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::pod::{APP_LABEL, DEFAULT_NAMESPACE};
 
-/// The label that exports a Service through Meridian.
-pub const EXPORT_LABEL: &str = "meridian.io/export";
+pub use meridian_crd::EXPORT_LABEL;
 
 /// One Service port. Build with [`ServicePortSpec::tcp`] or [`ServicePortSpec::http`].
 #[derive(Clone, Debug)]

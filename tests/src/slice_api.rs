@@ -8,11 +8,12 @@
 //! on, it shadows the CRD and v1 answers 404). The server then gives the v1 slices real
 //! list, watch, validation, pruning and resourceVersion semantics.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 

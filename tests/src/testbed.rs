@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::try_join_all;
 use tempfile::TempDir;
+use tokio::time::Instant;
 
 use crate::apiserver;
 use crate::binaries::Binaries;

@@ -24,6 +24,11 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The echo pod that answered, if the body is an [`EchoReply`].
     pub fn echo(&self) -> Option<EchoReply> {
         serde_json::from_slice(&self.body).ok()

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use meridian_api::proto::{ClusterVip, GlobalService, ServicePort, Snapshot};
 use meridian_api::testing::FakeDiscovery;
+/// Value of one series in Prometheus text.
+pub use meridian_testbed::metrics::sample as metric;
+use meridian_testbed::traffic::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
@@ -114,7 +117,8 @@ impl Dns {
 
     /// `GET path` on the admin server: (status code, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin, path).await
+        let answer = http_get(self.admin, path, &[]).await.expect("admin GET");
+        (answer.status, answer.text())
     }
 
     /// The `/metrics` text.
@@ -162,33 +166,6 @@ fn field(log: &str, key: &str) -> Option<SocketAddr> {
     let start = log.find(key)? + key.len();
     let value = log[start..].split_whitespace().next()?;
     value.parse().ok()
-}
-
-/// Value of one sample in Prometheus text.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
-}
-
-/// A minimal HTTP/1.1 GET, enough for the admin endpoints.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect admin");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// One resource record as dig prints it.

@@ -91,8 +91,20 @@ async fn admin_listener_closes_a_client_that_never_finishes_its_headers() {
     let flags = ["--admin-header-timeout", "1s"];
     let east = gateway(&mesh, ip, &flags, Protocol::Http, 25081, web.addr).await;
     // The probe listener (pod IP in a cluster) has no /config_dump; only the loopback one.
-    assert_eq!(http_get(east.admin, "/config_dump").await.unwrap().0, 404);
-    assert_eq!(http_get(east.dump, "/config_dump").await.unwrap().0, 200);
+    assert_eq!(
+        http_get(east.admin, "/config_dump", &[])
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        http_get(east.dump, "/config_dump", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     for admin in [east.admin, east.dump] {
         let mut tcp = TcpStream::connect(admin).await.unwrap();

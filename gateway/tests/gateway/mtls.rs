@@ -172,7 +172,7 @@ async fn refuses_and_counts_every_bad_peer_and_target() {
             .map(|(r, _)| {
                 (
                     *r,
-                    crate::support::metric_sum(
+                    crate::support::metrics::sum(
                         &text,
                         "meridian_gateway_tunnel_refusals_total",
                         &[("reason", r)],

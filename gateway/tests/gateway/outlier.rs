@@ -7,7 +7,7 @@ use meridian_api::proto::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Client, Mesh, endpoint, free_port, service};
+use crate::support::{Backend, Client, Mesh, endpoint, service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejects_a_503_backend_after_three_consecutive_errors() {
@@ -82,7 +82,7 @@ async fn tcp_connect_failures_eject_and_fail_over() {
     let live = Backend::tcp_echo(Ipv4Addr::new(127, 0, 5, 30)).await;
     // Nothing listens here.
     let dead_ip = Ipv4Addr::new(127, 0, 5, 31);
-    let dead = std::net::SocketAddr::from((dead_ip, free_port(dead_ip)));
+    let dead = std::net::SocketAddr::from((dead_ip, meridian_testbed::free_port(dead_ip).unwrap()));
     let east = mesh
         .gateway("east", Ipv4Addr::new(127, 0, 13, 2), ("r1", "z1"))
         .await;

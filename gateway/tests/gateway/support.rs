@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +18,8 @@ use meridian_api::proto::{
 };
 use meridian_api::testing::FakeDiscovery;
 use meridian_identity::testing::{TestCa, TestCert};
+pub use meridian_testbed::metrics;
+pub use meridian_testbed::traffic::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -38,20 +39,6 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     meridian_api::testing::eventually(what, PATIENCE, Duration::from_millis(25), f).await
-}
-
-/// A free TCP port on `ip` (bound and released; the OS does not hand it out again soon).
-pub fn free_port(ip: Ipv4Addr) -> u16 {
-    free_ports::<1>(ip)[0]
-}
-
-/// `N` distinct free TCP ports on `ip`: every listener is held until all are bound, so
-/// the kernel cannot hand the same just-released port out twice.
-pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A backend "pod": HTTP echo answering `<cluster>/<pod>`, or 503 while failing, on
@@ -372,36 +359,7 @@ pub struct Gateway {
     pub dump: SocketAddr,
     pub locality: (String, String),
     child: Child,
-    _dir: TempDir,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "meridian-gw-{name}-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
+    _dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -420,8 +378,11 @@ impl Gateway {
         extra: &[&str],
     ) -> Self {
         let controller = FakeDiscovery::start().await.unwrap();
-        let dir = TempDir::new(cluster);
-        let [tunnel_port, admin_port, dump_port] = free_ports(ip);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("meridian-gw-{cluster}-"))
+            .tempdir()
+            .unwrap();
+        let [tunnel_port, admin_port, dump_port] = meridian_testbed::free_ports(ip).unwrap();
         let tunnel = SocketAddr::from((ip, tunnel_port));
         let admin = SocketAddr::from((ip, admin_port));
         let dump = SocketAddr::from((ip, dump_port));
@@ -449,7 +410,7 @@ impl Gateway {
             .args(extra);
         match certs {
             Certs::Files(cert) => {
-                let files = cert.write(&dir.0, "gateway");
+                let files = cert.write(dir.path(), "gateway");
                 cmd.arg("--cert-chain")
                     .arg(files.chain)
                     .arg("--key")
@@ -529,28 +490,26 @@ impl Gateway {
     pub async fn wait_ready(&self) {
         let what = format!("{}: gateway ready", self.cluster);
         eventually(&what, || async {
-            matches!(http_get(self.admin, "/healthz/ready").await, Ok((200, _))).then_some(())
+            let ready = http_get(self.admin, "/healthz/ready", &[]).await;
+            ready.is_ok_and(|r| r.status == 200).then_some(())
         })
         .await;
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics")
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default()
+        metrics::scrape(self.admin).await.unwrap_or_default()
     }
 
     /// Sum of the samples of `name` whose labels contain every `label="value"` given.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_sum(&self.metrics().await, name, labels)
+        metrics::sum(&self.metrics().await, name, labels)
     }
 
     /// The `/config_dump` JSON.
     pub async fn config_dump(&self) -> serde_json::Value {
-        let (_, body) = http_get(self.dump, "/config_dump").await.unwrap();
-        serde_json::from_str(&body).unwrap()
+        let dump = http_get(self.dump, "/config_dump", &[]).await.unwrap();
+        serde_json::from_slice(&dump.body).unwrap()
     }
 
     /// An outbound listener address of this gateway.
@@ -562,45 +521,6 @@ impl Gateway {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-/// Sums matching samples in Prometheus text.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let metric = l.split(['{', ' ']).next().unwrap_or_default();
-            metric == name
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A one-shot HTTP/1.1 GET; returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A keep-alive HTTP/1.1 client on one connection to a gateway listener.

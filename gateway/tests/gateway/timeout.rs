@@ -71,7 +71,10 @@ async fn a_silent_endpoint_gets_504_after_the_timeout() {
     let mesh = Mesh::new();
     let east = gateway(&mesh, Ipv4Addr::new(127, 0, 40, 2), "1s", silent, 24090, "").await;
 
-    let (status, _) = http_get(east.listener(24090), "/").await.unwrap();
+    let status = http_get(east.listener(24090), "/", &[])
+        .await
+        .unwrap()
+        .status;
     assert_eq!(status, 504);
     assert_eq!(
         east.metric("meridian_gateway_responses_total", &[("code", "504")])
@@ -101,8 +104,8 @@ async fn a_route_timeout_overrides_the_default() {
         policy,
     )
     .await;
-    let answer = tokio::time::timeout(PATIENCE, http_get(east.listener(24091), "/"))
+    let answer = tokio::time::timeout(PATIENCE, http_get(east.listener(24091), "/", &[]))
         .await
         .expect("the route's timeout ends the wait");
-    assert_eq!(answer.unwrap().0, 504);
+    assert_eq!(answer.unwrap().status, 504);
 }

@@ -7,7 +7,7 @@
 //! and then healed. A table shows every second where requests were answered, next to the
 //! split east's gateway computes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,6 +18,7 @@ use meridian_testbed::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::load::{self, Phase};
 use crate::table::{Column, Table};
@@ -34,7 +35,7 @@ const STEPS: [usize; 5] = [14, 10, 5, 0, 14];
 
 /// Flags of `demo`.
 #[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Seconds of steady traffic shown per step, once east's gateway has the new health.
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -78,7 +79,7 @@ fn specs() -> [(ClusterSpec, &'static str); 3] {
 }
 
 /// Runs the demo to the end. Dropping the future at any await tears everything down.
-pub async fn run(args: DemoArgs) -> Result<()> {
+pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let step_time = Duration::from_secs(if args.quick { 2 } else { args.step_seconds });
     let far_pods = args.far_pods as usize;
     let started = Instant::now();

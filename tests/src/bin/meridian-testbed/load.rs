@@ -16,7 +16,7 @@ const MAX_IN_FLIGHT: usize = 64;
 
 /// Which part of the demo a request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// Index of the step.
     pub step: usize,
     /// The step's change has reached the gateway: the split is the new one.
@@ -25,7 +25,7 @@ pub struct Phase {
 
 /// What the stream reports.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// A request was sent.
     Sent(Phase),
     /// A request finished: the echo pod that answered, or `None` for a failure (no answer,
@@ -35,7 +35,7 @@ pub enum Event {
 
 /// Sends `GET /` to `addr` `rate` times per second until `events` is closed or the task is
 /// aborted (aborting it aborts the requests in flight too).
-pub async fn stream(
+pub(crate) async fn stream(
     addr: SocketAddr,
     rate: u32,
     phase: watch::Receiver<Phase>,

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use meridian_api::telemetry::LogFormat;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Simulated Kubernetes clusters on loopback, and Meridian's failover demo.
@@ -80,13 +81,7 @@ async fn main() -> Result<ExitCode> {
         Some(Command::Demo(_)) => "warn,kube_client=off",
         _ => "meridian_testbed=info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meridian_api::telemetry::init(LogFormat::Text, default_filter);
 
     match cli.command.unwrap_or(Command::Up(cli.up)) {
         Command::Up(args) => match until_signal(up::run(args)).await? {

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::traffic::{Tally, http_get};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::load::{Event, Phase};
 
@@ -19,7 +19,7 @@ const DUMP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A column of the table: a cluster and the `region/zone` its endpoints carry.
 #[derive(Debug, Clone)]
-pub struct Column {
+pub(crate) struct Column {
     /// Cluster name.
     pub cluster: String,
     /// `region/zone`, the locality prefix of the cluster's endpoints.
@@ -28,7 +28,7 @@ pub struct Column {
 
 /// Consumes the request stream's events and prints the table while the demo works.
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     columns: Vec<Column>,
     host: String,
     gateway_admin: SocketAddr,
@@ -44,7 +44,7 @@ pub struct Table {
 impl Table {
     /// A table over `columns` for requests to `host`, reading the split from the gateway
     /// admin address `gateway_admin`. `phase` stamps requests as they are sent.
-    pub fn new(
+    pub(crate) fn new(
         columns: Vec<Column>,
         host: &str,
         gateway_admin: SocketAddr,
@@ -52,7 +52,7 @@ impl Table {
         phase: watch::Sender<Phase>,
     ) -> Table {
         let mut ticks = tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(1),
             Duration::from_secs(1),
         );
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -71,12 +71,12 @@ impl Table {
     }
 
     /// Stamps requests sent from now on with `phase`.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.send_replace(phase);
     }
 
     /// Prints the column headings.
-    pub fn print_header(&self) {
+    pub(crate) fn print_header(&self) {
         let mut line = format!("  {:>5} ", "time");
         for c in &self.columns {
             // Names right-aligned over the counts of the cells below.
@@ -90,7 +90,7 @@ impl Table {
     }
 
     /// Keeps the table going (counting, one row per second) until `work` finishes.
-    pub async fn run_until<F: Future>(&mut self, work: F) -> F::Output {
+    pub(crate) async fn run_until<F: Future>(&mut self, work: F) -> F::Output {
         tokio::pin!(work);
         loop {
             tokio::select! {
@@ -104,7 +104,7 @@ impl Table {
 
     /// Waits (still printing rows) until every request sent in the steady part of `step`
     /// has finished, and returns where they were answered.
-    pub async fn steady_total(&mut self, step: usize) -> Tally {
+    pub(crate) async fn steady_total(&mut self, step: usize) -> Tally {
         let phase = Phase { step, steady: true };
         // Count what is already queued first, so no request sent in the window is missed.
         while let Ok(event) = self.events.try_recv() {
@@ -124,7 +124,7 @@ impl Table {
     }
 
     /// `east 100 (100%) · west 0 (0%) · … · failed 0` for `tally`.
-    pub fn describe(&self, tally: &Tally) -> String {
+    pub(crate) fn describe(&self, tally: &Tally) -> String {
         let total = tally.answered() + tally.failed;
         let mut parts: Vec<String> = self
             .columns

@@ -11,7 +11,7 @@ use meridian_testbed::{ClusterSpec, PodSpec, ServicePortSpec, ServiceSpec, Testb
 
 /// Flags of `up`.
 #[derive(Debug, Clone, Default, Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// A cluster as NAME=REGION:ZONE[,ZONE...]; repeat for more. Default: east, west, north.
     #[arg(long = "cluster", value_name = "NAME=REGION:ZONES")]
     clusters: Vec<ClusterArg>,
@@ -47,7 +47,7 @@ impl FromStr for ClusterArg {
 
 /// Starts the clusters, prints how to reach them, then waits forever: the caller ends the
 /// run by dropping this future (on a signal), which tears the testbed down.
-pub async fn run(args: UpArgs) -> Result<()> {
+pub(crate) async fn run(args: UpArgs) -> Result<()> {
     let specs: Vec<ClusterSpec> = if args.clusters.is_empty() {
         vec![
             ClusterSpec::new("east", "us-east1", ["us-east1-a", "us-east1-b"]),

@@ -8,7 +8,7 @@ use meridian_testbed::SYSTEM_NAMESPACE;
 use meridian_testbed::mesh::find_service;
 use meridian_testbed::traffic::http_tally;
 
-use crate::support::{NS, World};
+use super::support::{NS, World};
 
 const REQUESTS: usize = 60;
 
@@ -25,8 +25,8 @@ fn pinned_vip(dump: &serde_json::Value, pinned: &str) -> Option<String> {
 
 /// Resolves `name` through the cluster resolver of `cluster` until it answers `want`.
 async fn resolves_to(world: &World, cluster: &str, name: &str, want: &str) {
-    let resolver = crate::dns::resolver(world, cluster);
-    crate::dns::resolves_to(resolver, name, want).await;
+    let resolver = super::dns::resolver(world, cluster);
+    super::dns::resolves_to(resolver, name, want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

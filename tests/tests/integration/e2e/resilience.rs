@@ -1,10 +1,11 @@
 //! Losing workloads and whole clusters, with no policy at all.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::traffic::{http_get, http_tally};
+use tokio::time::Instant;
 
-use crate::support::World;
+use super::support::World;
 
 /// All of a service's pods in east deleted → served from west; then west's gateway
 /// process is killed (the cluster is lost to callers) → far, with the failed idempotent

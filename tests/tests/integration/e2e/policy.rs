@@ -3,7 +3,7 @@
 
 use meridian_testbed::traffic::http_tally;
 
-use crate::support::{World, binomial_ok, eventually, kubectl, policy};
+use super::support::{World, binomial_ok, eventually, kubectl, policy};
 
 /// `distribute` east → 50/50 east/west with every pod healthy; then, with
 /// `failover: [{from: sh, to: bj}]` and both sh zones down, everything goes to far.

@@ -2,7 +2,7 @@
 
 use meridian_testbed::traffic::http_tally;
 
-use crate::support::{World, binomial_ok};
+use super::support::{World, binomial_ok};
 
 /// 14 `user` pods per sh zone (and 14 in far): 10/14 healthy in east → all east;
 /// 5/14 → about half west; 0/14 → all west, none far; healed → all east again.

@@ -9,26 +9,26 @@ use meridian_testbed::{
     Cluster, ClusterSpec, EndpointApi, PodHandle, PodSpec, ServicePortSpec, ServiceSpec, Testbed,
 };
 
-pub const NS: &str = "demo";
-pub const EAST_ZONE: &str = "2000400001";
-pub const WEST_ZONE: &str = "200002";
+pub(super) const NS: &str = "demo";
+pub(super) const EAST_ZONE: &str = "2000400001";
+pub(super) const WEST_ZONE: &str = "200002";
 /// Most endpoints per EndpointSlice in east.
-pub const EAST_MAX_PER_SLICE: usize = 5;
+pub(super) const EAST_MAX_PER_SLICE: usize = 5;
 
 /// A testbed with Meridian running in every cluster.
-pub struct World {
+pub(super) struct World {
     pub mesh: Mesh,
     pub testbed: Testbed,
 }
 
 impl World {
-    pub async fn start() -> World {
+    pub(super) async fn start() -> World {
         Self::start_with(MeshOptions::default()).await
     }
 
     /// A world with `options`; every cluster gets its Unbound resolver
     /// ([`MeshOptions::resolvers`]) whatever they say.
-    pub async fn start_with(options: MeshOptions) -> World {
+    pub(super) async fn start_with(options: MeshOptions) -> World {
         meridian_testbed::init_tracing();
         let testbed = Testbed::start(&[
             ClusterSpec::new("east", "sh", [EAST_ZONE]).max_endpoints_per_slice(EAST_MAX_PER_SLICE),
@@ -50,13 +50,13 @@ impl World {
         World { mesh, testbed }
     }
 
-    pub fn cluster(&self, name: &str) -> &Cluster {
+    pub(super) fn cluster(&self, name: &str) -> &Cluster {
         self.testbed.cluster(name).unwrap()
     }
 
     /// Exports `name` (HTTP port 80 → 8080) in every cluster and adds `pods[i]` echo pods
     /// to cluster `i` (east, west, far), all with `version`.
-    pub async fn deploy(&self, name: &str, pods: [usize; 3]) -> Vec<Vec<PodHandle>> {
+    pub(super) async fn deploy(&self, name: &str, pods: [usize; 3]) -> Vec<Vec<PodHandle>> {
         let mut out = Vec::new();
         for (c, count) in self.testbed.clusters().iter().zip(pods) {
             c.create_service(
@@ -80,7 +80,7 @@ impl World {
     }
 
     /// Where a client in `cluster` reaches `<name>.demo.global:80`.
-    pub async fn addr(&self, cluster: &str, name: &str) -> SocketAddr {
+    pub(super) async fn addr(&self, cluster: &str, name: &str) -> SocketAddr {
         self.mesh
             .service_addr(self.cluster(cluster), &format!("{name}.{NS}.global"), 80)
             .await
@@ -88,7 +88,7 @@ impl World {
     }
 
     /// The `/config_dump` of `cluster`'s gateway now.
-    pub async fn config_dump(&self, cluster: &str) -> serde_json::Value {
+    pub(super) async fn config_dump(&self, cluster: &str) -> serde_json::Value {
         self.mesh
             .member(cluster)
             .unwrap()
@@ -98,7 +98,7 @@ impl World {
     }
 
     /// Waits until east's gateway sees `name` with `healthy` of `total` endpoints healthy.
-    pub async fn converge(&self, cluster: &str, name: &str, total: usize, healthy: usize) {
+    pub(super) async fn converge(&self, cluster: &str, name: &str, total: usize, healthy: usize) {
         self.mesh
             .wait_for_endpoints(cluster, &format!("{name}.{NS}.global"), total, healthy)
             .await
@@ -106,7 +106,7 @@ impl World {
     }
 
     /// Sets the first `n` of `pods` not ready and the rest ready.
-    pub async fn set_unready(&self, cluster: &str, pods: &[PodHandle], n: usize) {
+    pub(super) async fn set_unready(&self, cluster: &str, pods: &[PodHandle], n: usize) {
         let c = self.cluster(cluster);
         for (i, p) in pods.iter().enumerate() {
             c.set_pod_ready(p, i >= n).await.unwrap();
@@ -115,7 +115,7 @@ impl World {
 }
 
 /// Whether `k` of `n` Bernoulli(p) trials is within 4.5 standard deviations of `n·p`.
-pub fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
+pub(super) fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     (k as f64 - mean).abs() <= 4.5 * sd
@@ -124,14 +124,14 @@ pub fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
 impl World {
     /// `kubectl apply` of `yaml` in every cluster, as a user of a multi-primary mesh does
     /// (each controller reads the policies of its own cluster).
-    pub fn apply_everywhere(&self, yaml: &str) {
+    pub(super) fn apply_everywhere(&self, yaml: &str) {
         for c in self.testbed.clusters() {
             kubectl_apply(c, yaml);
         }
     }
 
     /// Waits until `cluster`'s gateway runs `name` with a policy for which `check` holds.
-    pub async fn converge_policy(
+    pub(super) async fn converge_policy(
         &self,
         cluster: &str,
         name: &str,
@@ -148,7 +148,7 @@ impl World {
 }
 
 /// Runs `kubectl apply -f -` against `cluster`.
-pub fn kubectl_apply(cluster: &Cluster, yaml: &str) {
+pub(super) fn kubectl_apply(cluster: &Cluster, yaml: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("kubectl")
@@ -179,13 +179,13 @@ pub fn kubectl_apply(cluster: &Cluster, yaml: &str) {
 }
 
 /// Runs `kubectl args…` against `cluster` and returns its standard output.
-pub fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+pub(super) fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
     cluster.kubectl(args).unwrap()
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, for at most 30 s.
-pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
+pub(super) async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = tokio::time::Instant::now();
     loop {
         if let Some(v) = probe() {
             return v;
@@ -200,7 +200,7 @@ pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> 
 
 /// A GlobalTrafficPolicy named after `service`, in the demo namespace; `spec` holds the
 /// fields under `spec:` besides `service`, indented by two spaces.
-pub fn policy(service: &str, spec: &str) -> String {
+pub(super) fn policy(service: &str, spec: &str) -> String {
     format!(
         "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {service}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
         spec.trim_start_matches('\n')

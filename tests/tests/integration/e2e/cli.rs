@@ -3,7 +3,7 @@
 use meridian_testbed::mesh::meridianctl;
 use serde_json::Value;
 
-use crate::support::{World, eventually};
+use super::support::{World, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_list_and_explain_show_the_live_state() {

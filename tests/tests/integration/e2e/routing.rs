@@ -4,7 +4,7 @@
 use meridian_testbed::traffic::{http_get, http_tally};
 use meridian_testbed::{PodSpec, ServicePortSpec, ServiceSpec};
 
-use crate::support::{NS, World, binomial_ok, policy};
+use super::support::{NS, World, binomial_ok, policy};
 
 /// Seed 004: `reviews` v1 in east, v2 and v3 in west. Requests with `end-user: jason` go to
 /// v2/v3 about 50/50, every other request to v1.

@@ -4,17 +4,18 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::mesh::find_service;
+use tokio::time::Instant;
 
-use crate::support::{NS, World};
+use super::support::{NS, World};
 
 /// The TTL `meridian-dns` gives every record in the mesh (its `--ttl` default).
 const TTL: Duration = Duration::from_secs(5);
 
 /// Runs `dig @server query…` and returns its trimmed output.
-pub fn dig(server: SocketAddr, query: &[&str]) -> String {
+pub(super) fn dig(server: SocketAddr, query: &[&str]) -> String {
     let out = Command::new("dig")
         .args([
             &format!("@{}", server.ip()),
@@ -36,13 +37,13 @@ pub fn dig(server: SocketAddr, query: &[&str]) -> String {
 
 /// One answer: the response code and the answer records as (TTL, type, data).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(super) struct Answer {
     pub status: String,
     pub records: Vec<(u32, String, String)>,
 }
 
 /// Asks `server` for `name` `qtype`.
-pub fn query(server: SocketAddr, name: &str, qtype: &str) -> Answer {
+pub(super) fn query(server: SocketAddr, name: &str, qtype: &str) -> Answer {
     let out = dig(server, &["+noall", "+comments", "+answer", name, qtype]);
     let status = out
         .lines()
@@ -67,7 +68,7 @@ pub fn query(server: SocketAddr, name: &str, qtype: &str) -> Answer {
 }
 
 /// The cluster resolver of `cluster`.
-pub fn resolver(world: &World, cluster: &str) -> SocketAddr {
+pub(super) fn resolver(world: &World, cluster: &str) -> SocketAddr {
     world
         .mesh
         .member(cluster)
@@ -79,7 +80,7 @@ pub fn resolver(world: &World, cluster: &str) -> SocketAddr {
 /// Resolves `name` at `server` until it answers `want`: the DNS server follows the same
 /// snapshot stream as the gateway, so it may be a moment behind (and a resolver may hold a
 /// cached answer for up to the TTL).
-pub async fn resolves_to(server: SocketAddr, name: &str, want: &str) {
+pub(super) async fn resolves_to(server: SocketAddr, name: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = dig(server, &["+short", name, "A"]);

@@ -3,32 +3,21 @@
 //! still valid.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_testbed::mesh::meridianctl;
-use meridian_testbed::traffic::http_get;
+use meridian_testbed::metrics;
+use tokio::time::Instant;
 
-use crate::support::World;
+use super::support::World;
 
 /// The sum of the `name` series carrying every label of `labels` on a gateway's admin
 /// port, once it reaches `want` (bounded wait: only turns a hang into a failure).
 async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = http_get(admin, "/metrics", &[])
-            .await
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-            .unwrap_or_default();
-        let n: f64 = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let text = metrics::scrape(admin).await.unwrap_or_default();
+        let n = metrics::sum(&text, name, labels);
         if n >= want {
             return n;
         }

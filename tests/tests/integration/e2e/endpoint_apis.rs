@@ -7,7 +7,7 @@ use meridian_testbed::{PodSpec, ServicePortSpec, ServiceSpec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::support::{EAST_MAX_PER_SLICE, NS, World, kubectl};
+use super::support::{EAST_MAX_PER_SLICE, NS, World, kubectl};
 
 /// Every controller reads each member through the API that member serves, shows it in
 /// `MemberCluster.status.endpointApi`, and the endpoints of all three reach every gateway.
