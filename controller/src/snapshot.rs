@@ -60,7 +60,7 @@ pub struct SnapshotInput<'a> {
 }
 
 /// The SPIFFE identity of a cluster's gateway.
-pub fn gateway_identity(trust_domain: &str, cluster: &str) -> String {
+pub(crate) fn gateway_identity(trust_domain: &str, cluster: &str) -> String {
     format!("spiffe://{trust_domain}/cluster/{cluster}/gateway")
 }
 
@@ -179,7 +179,7 @@ impl Fnv {
 
 /// The content version of a snapshot: a hash of its canonical encoding, ignoring `version`.
 /// Never 0, so 0 can mean "no snapshot yet".
-pub fn content_version(snap: &proto::Snapshot) -> u64 {
+pub(crate) fn content_version(snap: &proto::Snapshot) -> u64 {
     let mut h = Fnv::new();
     let mut head = snap.clone();
     head.version = 0;

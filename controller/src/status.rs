@@ -32,7 +32,7 @@ use crate::{Error, Result};
 
 /// What a member looks like for its `MemberCluster` status.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemberReport {
+pub(crate) struct MemberReport {
     /// Cluster name.
     pub name: String,
     /// The own cluster.
@@ -45,7 +45,7 @@ pub struct MemberReport {
 
 /// Everything status is written from.
 #[derive(Debug, Clone, Default)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// The catalog.
     pub catalog: Arc<Catalog>,
     /// VIPs and listener ports.
@@ -97,7 +97,7 @@ fn ready_message(svc: &GlobalServiceEntry, total: Counts) -> String {
 
 /// The status of one global service. `previous` conditions keep their transition times;
 /// `refused` is the first of its VIPs that was refused, if any.
-pub fn global_service_status(
+pub(crate) fn global_service_status(
     svc: &GlobalServiceEntry,
     vip: Option<&VipInfo>,
     refused: Option<(&VipKey, &Refusal)>,
@@ -181,7 +181,7 @@ pub fn global_service_status(
 }
 
 /// RFC 3339 for a status timestamp.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     Timestamp::try_from(t)
         .map(|t| {
             t.round(k8s_openapi::jiff::Unit::Second)
@@ -196,7 +196,7 @@ fn managed_labels() -> BTreeMap<String, String> {
 }
 
 /// Writes `GlobalService` and `MemberCluster` objects.
-pub struct StatusWriter {
+pub(crate) struct StatusWriter {
     client: Client,
     metrics: Arc<Metrics>,
     services: BTreeMap<String, GlobalServiceStatus>,
@@ -210,7 +210,7 @@ const SYNC_TIME_REFRESH: Duration = Duration::from_secs(30);
 
 impl StatusWriter {
     /// Lists the managed objects that exist, so stale ones can be collected.
-    pub async fn start(client: Client, metrics: Arc<Metrics>) -> Result<StatusWriter> {
+    pub(crate) async fn start(client: Client, metrics: Arc<Metrics>) -> Result<StatusWriter> {
         let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let gs: Api<GlobalService> = Api::all(client.clone());
         let mc: Api<MemberCluster> = Api::all(client.clone());
@@ -299,7 +299,7 @@ impl StatusWriter {
 
     /// Writes everything that changed since the last call; the first error is returned
     /// after trying the rest.
-    pub async fn write(&mut self, view: &StatusView) -> Result<()> {
+    pub(crate) async fn write(&mut self, view: &StatusView) -> Result<()> {
         let mut first_err: Result<()> = Ok(());
         let mut note = |r: Result<()>, what: &str, metrics: &Metrics| {
             if let Err(e) = r {
@@ -423,7 +423,7 @@ impl StatusWriter {
 
     /// While this replica leads: (re)reads the managed objects, then writes every view it is
     /// sent. Runs until either sender is dropped.
-    pub async fn run_while_leader(
+    pub(crate) async fn run_while_leader(
         client: Client,
         metrics: Arc<Metrics>,
         mut rx: watch::Receiver<Option<Arc<StatusView>>>,
@@ -453,7 +453,7 @@ impl StatusWriter {
 
     /// Writes every view it is sent, newest first, retrying failures. Runs until the sender
     /// is dropped.
-    pub async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
+    pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
         loop {
             let view = rx.borrow_and_update().clone();
             if let Some(view) = view

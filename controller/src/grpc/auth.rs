@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tracing::warn;
 
 /// The audience callers' tokens must be minted for (the projected token's `audience`).
-pub const DEFAULT_AUDIENCE: &str = "meridian-controller";
+pub(crate) const DEFAULT_AUDIENCE: &str = "meridian-controller";
 
 /// Longest token accepted for review: projected tokens are about 1 KiB; anything much
 /// larger is refused without bothering the API server.

@@ -10,7 +10,7 @@
 //! A cluster name belongs to the oldest Secret that claims it (creation time, then Secret
 //! name), whether or not that Secret is valid: a newer Secret can never take a member over;
 //! it is reported as a `Conflict` naming the owner. Kubeconfigs are checked by
-//! [`crate::kubeconfig::accept`] before anything connects.
+//! [`crate::members::kubeconfig::accept`] before anything connects.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -26,24 +26,24 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::Phase;
-use crate::kubeconfig;
-use crate::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
+use crate::members::kubeconfig;
+use crate::members::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
 
 /// Label that marks a registration Secret.
 pub const CLUSTER_LABEL: &str = "meridian.io/cluster";
 /// Annotation naming the member (default: the Secret's name).
 pub const CLUSTER_NAME_ANNOTATION: &str = "meridian.io/cluster-name";
 /// Annotation naming the kubeconfig context to use; required when it has several.
-pub const CONTEXT_ANNOTATION: &str = "meridian.io/context";
+pub(crate) const CONTEXT_ANNOTATION: &str = "meridian.io/context";
 /// Annotation with the member gateway's `host:port`, used when its gateway Service has no
 /// LoadBalancer ingress.
 pub const GATEWAY_ADDRESS_ANNOTATION: &str = "meridian.io/gateway-address";
 /// Secret key holding the kubeconfig.
-pub const KUBECONFIG_KEY: &str = "kubeconfig";
+pub(crate) const KUBECONFIG_KEY: &str = "kubeconfig";
 
 /// A registration that could not be turned into a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     /// Cluster name it claimed.
     pub name: String,
     /// The Secret, `<namespace>/<name>`.
@@ -79,7 +79,7 @@ fn secret_ref(secret: &Secret) -> String {
 /// The `MemberCluster` name of a registration that does not own its claimed name: `<label>.
 /// <secret>`, a DNS subdomain (at most 253 characters; a longer Secret name is shortened and
 /// made unique with a hash).
-pub fn report_name(claimed: &str, secret_name: &str) -> String {
+pub(crate) fn report_name(claimed: &str, secret_name: &str) -> String {
     let label = if is_dns_label(claimed) {
         claimed
     } else {
@@ -101,7 +101,7 @@ pub fn report_name(claimed: &str, secret_name: &str) -> String {
 
 /// Turns a Secret into a member spec, or says why it cannot. The kubeconfig is accepted or
 /// refused here, before anything connects.
-pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
+pub(crate) fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
     let name = claimed_name(secret);
     let secret_ref = secret_ref(secret);
     let reject = |reason: String| Rejected {
@@ -162,7 +162,7 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// The current members and rejected registrations.
-pub struct Registry {
+pub(crate) struct Registry {
     local: MemberSpec,
     settings: MemberSettings,
     members: ArcSwap<BTreeMap<String, Arc<Member>>>,
@@ -171,7 +171,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry with only the own cluster, started.
-    pub fn new(local: MemberSpec, settings: MemberSettings) -> Arc<Registry> {
+    pub(crate) fn new(local: MemberSpec, settings: MemberSettings) -> Arc<Registry> {
         let own = Arc::new(Member::start(local.clone(), settings.clone()));
         Arc::new(Registry {
             members: ArcSwap::from_pointee(BTreeMap::from([(local.name.clone(), own)])),
@@ -182,22 +182,22 @@ impl Registry {
     }
 
     /// The own cluster's name.
-    pub fn local_name(&self) -> &str {
+    pub(crate) fn local_name(&self) -> &str {
         &self.local.name
     }
 
     /// Current members by name.
-    pub fn members(&self) -> Arc<BTreeMap<String, Arc<Member>>> {
+    pub(crate) fn members(&self) -> Arc<BTreeMap<String, Arc<Member>>> {
         self.members.load_full()
     }
 
     /// Registrations that were rejected (bad name, no or refused kubeconfig, conflict).
-    pub fn rejected(&self) -> Arc<Vec<Rejected>> {
+    pub(crate) fn rejected(&self) -> Arc<Vec<Rejected>> {
         self.rejected.load_full()
     }
 
     /// Recomputes the member set from the registration Secrets.
-    pub fn sync(&self, secrets: &[Arc<Secret>]) {
+    pub(crate) fn sync(&self, secrets: &[Arc<Secret>]) {
         let mut sorted: Vec<&Arc<Secret>> = secrets.iter().collect();
         // Oldest first: a name belongs to the Secret that claimed it first, so creating a
         // Secret can never take a member over. Equal times (one-second resolution) are
@@ -283,7 +283,7 @@ impl Registry {
 
     /// Watches the registration Secrets of `namespace` and keeps the member set in sync.
     /// Runs until aborted.
-    pub async fn run(self: Arc<Self>, client: Client, namespace: String) {
+    pub(crate) async fn run(self: Arc<Self>, client: Client, namespace: String) {
         let api: Api<Secret> = Api::namespaced(client, &namespace);
         let cfg = watcher::Config::default().labels(&format!("{CLUSTER_LABEL}=true"));
         let (reader, writer): (Store<Secret>, _) = reflector::store();
@@ -310,7 +310,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubeconfig::testing::{self, kubeconfig};
+    use crate::members::kubeconfig::testing::{self, kubeconfig};
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -1,6 +1,6 @@
 //! Out-of-band distribution of the mesh root, like Istio's `istio-ca-root-cert`: the
 //! ConfigMap `<namespace>/meridian-ca-root` (key `root-cert.pem`) that gateway and DNS
-//! pods mount to verify the controller's gRPC serving certificate ([`crate::tls`]), and
+//! pods mount to verify the controller's gRPC serving certificate ([`crate::grpc::tls`]), and
 //! that the gateway pins the root handed out with its own certificate against. Clients
 //! thus never learn the root from the connection it is meant to authenticate.
 //!
@@ -20,19 +20,19 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::certificates::CaCache;
+use crate::grpc::certificates::CaCache;
 
 /// Name of the ConfigMap with the mesh root.
 pub const CONFIGMAP_NAME: &str = "meridian-ca-root";
 /// Its key holding the root, PEM.
-pub const ROOT_KEY: &str = "root-cert.pem";
+pub(crate) const ROOT_KEY: &str = "root-cert.pem";
 /// How often the leader checks the ConfigMap against the CA.
 const POLL: Duration = Duration::from_secs(30);
 /// How often it looks again while there is no CA or a write failed.
 const RETRY: Duration = Duration::from_secs(5);
 
 /// The ConfigMap holding `root_pem`, labelled as managed by Meridian.
-pub fn config_map(namespace: &str, root_pem: &str) -> ConfigMap {
+pub(crate) fn config_map(namespace: &str, root_pem: &str) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(CONFIGMAP_NAME.into()),
@@ -90,7 +90,7 @@ pub async fn apply(client: &Client, namespace: &str, root_pem: &str) -> kube::Re
 }
 
 /// Keeps the ConfigMap equal to the CA's root while this replica leads.
-pub async fn publish_while_leader(
+pub(crate) async fn publish_while_leader(
     client: Client,
     namespace: String,
     ca: Arc<CaCache>,

@@ -653,10 +653,10 @@ pub(crate) mod testing {
     use serde_yaml_ng::Value;
 
     /// A token no error message may ever contain.
-    pub const TOKEN: &str = "s3cr3t-t0ken-DO-NOT-LEAK";
+    pub(crate) const TOKEN: &str = "s3cr3t-t0ken-DO-NOT-LEAK";
 
     /// A self-signed certificate and its key, PEM, minted once per process.
-    pub fn cert() -> &'static (String, String) {
+    pub(crate) fn cert() -> &'static (String, String) {
         static CERT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
         CERT.get_or_init(|| {
             let ck = rcgen::generate_simple_self_signed(vec!["member.example".to_owned()])
@@ -666,7 +666,7 @@ pub(crate) mod testing {
     }
 
     /// A valid registration kubeconfig with a bearer `token`.
-    pub fn kubeconfig(token: &str) -> String {
+    pub(crate) fn kubeconfig(token: &str) -> String {
         format!(
             "apiVersion: v1
 kind: Config
@@ -691,14 +691,14 @@ current-context: member
     }
 
     /// [`kubeconfig`] with `edit` applied to its parsed form.
-    pub fn edited(edit: impl FnOnce(&mut Value)) -> String {
+    pub(crate) fn edited(edit: impl FnOnce(&mut Value)) -> String {
         let mut v: Value = serde_yaml_ng::from_str(&kubeconfig(TOKEN)).expect("valid YAML");
         edit(&mut v);
         serde_yaml_ng::to_string(&v).expect("YAML")
     }
 
     /// Sets `key` of the mapping at `v` to `value` (given as YAML).
-    pub fn set(v: &mut Value, key: &str, value: &str) {
+    pub(crate) fn set(v: &mut Value, key: &str, value: &str) {
         let value: Value = serde_yaml_ng::from_str(value).expect("valid YAML value");
         v.as_mapping_mut()
             .expect("a mapping")
