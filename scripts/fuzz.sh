@@ -19,7 +19,7 @@ targets=(
 	policy         # controller and gateway: GlobalTrafficPolicy parsing, validation, routing
 	dns_query      # DNS: wire bytes through request decoding, the authority, response encoding
 	snapshot       # gateway and DNS: Snapshot decoding, catalog, routes, zones
-	kubeconfig     # controller: registration kubeconfig acceptance (controller/src/kubeconfig.rs)
+	kubeconfig     # controller: registration kubeconfig acceptance (controller/src/members/kubeconfig.rs)
 )
 if (($# > 0)); then
 	targets=("$@")

@@ -358,65 +358,41 @@ impl Runner {
         client: &Client,
         api: EndpointApi,
     ) -> MemberStores {
-        let all = watcher::Config::default;
-        let (slices, endpoints) = match api {
-            EndpointApi::EndpointSliceV1 => (
-                Some(self.reflect(
-                    tasks,
-                    "EndpointSlice",
-                    Api::all(client.clone()),
-                    all(),
-                    reflected::endpoint_slice,
-                )),
-                None,
-            ),
-            EndpointApi::EndpointsV1 => (
-                None,
-                Some(self.reflect(
-                    tasks,
-                    "Endpoints",
-                    Api::all(client.clone()),
-                    all(),
-                    reflected::endpoints,
-                )),
-            ),
-        };
+        let cfg = watcher::Config::default;
+        let exported = cfg().labels(&format!("{EXPORT_LABEL}=true"));
+        let gateway = cfg().fields(&format!("metadata.name={}", self.settings.gateway_service));
         let gateway_api = Api::namespaced(client.clone(), &self.settings.gateway_namespace);
-        let gateway_name = format!("metadata.name={}", self.settings.gateway_service);
+        let mut r = Reflectors {
+            runner: self,
+            tasks,
+            client,
+        };
+        let services = r.all("Service", exported, reflected::service);
+        let (slices, endpoints) = match api {
+            EndpointApi::EndpointSliceV1 => {
+                let slices = r.all("EndpointSlice", cfg(), reflected::endpoint_slice);
+                (Some(slices), None)
+            }
+            EndpointApi::EndpointsV1 => {
+                (None, Some(r.all("Endpoints", cfg(), reflected::endpoints)))
+            }
+        };
         MemberStores {
-            services: self.reflect(
-                tasks,
-                "Service",
-                Api::all(client.clone()),
-                all().labels(&format!("{EXPORT_LABEL}=true")),
-                reflected::service,
-            ),
+            services,
             slices,
             endpoints,
-            nodes: self.reflect(
-                tasks,
-                "Node",
-                Api::all(client.clone()),
-                all(),
-                reflected::node,
-            ),
+            nodes: r.all("Node", cfg(), reflected::node),
             // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
             // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not
             // 500: a page is held whole while it is parsed, before the strip, and pods are
             // what a member's users can inflate (up to the API server's ~1.5 MiB per object,
             // in metadata or spec alike).
-            pods: self.reflect(
-                tasks,
-                "Pod",
-                Api::all(client.clone()),
-                all().page_size(100),
-                reflected::pod,
-            ),
+            pods: r.all("Pod", cfg().page_size(100), reflected::pod),
             gateway: self.reflect(
-                tasks,
+                r.tasks,
                 "GatewayService",
                 gateway_api,
-                all().fields(&gateway_name),
+                gateway,
                 reflected::gateway_service,
             ),
         }
@@ -512,6 +488,30 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// Starts cluster-wide reflectors of one member in its task set.
+struct Reflectors<'a> {
+    runner: &'a Arc<Runner>,
+    tasks: &'a mut JoinSet<()>,
+    client: &'a Client,
+}
+
+impl Reflectors<'_> {
+    /// Reflects every `K` of the member that `cfg` selects, stripped by `strip`.
+    fn all<K>(
+        &mut self,
+        resource: &'static str,
+        cfg: watcher::Config,
+        strip: fn(&mut K),
+    ) -> Store<K>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let api = Api::all(self.client.clone());
+        self.runner.reflect(self.tasks, resource, api, cfg, strip)
     }
 }
 
