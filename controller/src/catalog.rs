@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_api::Locality;
 use meridian_api::proto::Protocol;
 use tracing::debug;
@@ -46,6 +47,11 @@ impl ServiceKey {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+
+    /// The key of an object named like its Service (the Service, its Endpoints).
+    fn of(meta: &ObjectMeta) -> Option<Self> {
+        Some(Self::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
     }
 
     /// `<name>.<namespace>.global`.
@@ -401,13 +407,9 @@ impl Builder {
             external: BTreeSet::new(),
         };
         for svc in m.services.iter().filter(|s| is_exported(s)) {
-            let (Some(ns), Some(name)) = (
-                svc.metadata.namespace.as_deref(),
-                svc.metadata.name.as_deref(),
-            ) else {
+            let Some(key) = ServiceKey::of(&svc.metadata) else {
                 continue;
             };
-            let key = ServiceKey::new(ns, name);
             exports.exported.insert(key.clone());
             if targets::allows_external(svc) {
                 exports.external.insert(key.clone());
@@ -497,13 +499,9 @@ impl Builder {
     /// Adds the endpoints of a member's core/v1 Endpoints (ready and not-ready addresses).
     fn add_endpoints(&mut self, exports: &Exports<'_>, list: &[Arc<Endpoints>]) {
         for eps in list {
-            let (Some(ns), Some(name)) = (
-                eps.metadata.namespace.as_deref(),
-                eps.metadata.name.as_deref(),
-            ) else {
+            let Some(key) = ServiceKey::of(&eps.metadata) else {
                 continue;
             };
-            let key = ServiceKey::new(ns, name);
             if !exports.exported.contains(&key) {
                 continue;
             }

@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -431,18 +432,14 @@ impl Runner {
 
     /// Reflects `api` into a store, keeping of each object only what `strip` leaves (see
     /// [`crate::members::reflected`]).
-    fn reflect<K>(
+    fn reflect<K: Reflectable>(
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
         resource: &'static str,
         api: Api<K>,
         cfg: watcher::Config,
         strip: fn(&mut K),
-    ) -> Store<K>
-    where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    ) -> Store<K> {
         let (reader, writer) = reflector::store();
         let stream = watcher(api, cfg).modify(strip);
         let stream = reflector::reflector(writer, stream);
@@ -491,6 +488,23 @@ impl Runner {
     }
 }
 
+/// A Kubernetes type a member's reflector can hold.
+trait Reflectable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Reflectable for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts cluster-wide reflectors of one member in its task set.
 struct Reflectors<'a> {
     runner: &'a Arc<Runner>,
@@ -500,16 +514,12 @@ struct Reflectors<'a> {
 
 impl Reflectors<'_> {
     /// Reflects every `K` of the member that `cfg` selects, stripped by `strip`.
-    fn all<K>(
+    fn all<K: Reflectable>(
         &mut self,
         resource: &'static str,
         cfg: watcher::Config,
         strip: fn(&mut K),
-    ) -> Store<K>
-    where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    ) -> Store<K> {
         let api = Api::all(self.client.clone());
         self.runner.reflect(self.tasks, resource, api, cfg, strip)
     }
