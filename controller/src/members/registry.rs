@@ -198,10 +198,27 @@ impl Registry {
 
     /// Recomputes the member set from the registration Secrets.
     pub(crate) fn sync(&self, secrets: &[Arc<Secret>]) {
+        let (desired, rejected) = self.claims(secrets);
+        for r in &rejected {
+            warn!(cluster = %r.name, secret = %r.secret, phase = %r.phase, reason = %r.reason, "registration rejected");
+        }
+        let next = self.next_members(desired);
+        self.settings.metrics.members.set(next.len() as i64);
+        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
+            let n = rejected.iter().filter(|r| r.phase == phase).count();
+            self.settings.metrics.set_rejected(phase, n);
+        }
+        // Dropping the last Arc of a removed member aborts its tasks.
+        self.members.store(Arc::new(next));
+        self.rejected.store(Arc::new(rejected));
+        self.settings.notify.notify_one();
+    }
+
+    /// The member each Secret registers, or why it does not. Oldest first: a name belongs
+    /// to the Secret that claimed it first, so creating a Secret can never take a member
+    /// over. Equal times (one-second resolution) are broken by Secret name.
+    fn claims(&self, secrets: &[Arc<Secret>]) -> (BTreeMap<String, MemberSpec>, Vec<Rejected>) {
         let mut sorted: Vec<&Arc<Secret>> = secrets.iter().collect();
-        // Oldest first: a name belongs to the Secret that claimed it first, so creating a
-        // Secret can never take a member over. Equal times (one-second resolution) are
-        // broken by Secret name.
         sorted.sort_by(|a, b| {
             let created = |s: &Secret| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
             created(a)
@@ -213,29 +230,18 @@ impl Registry {
         let mut rejected = Vec::new();
         for s in sorted {
             let name = claimed_name(s);
-            let conflict = |reason: String| Rejected {
-                report_as: report_name(&name, &s.name_any()),
-                name: name.clone(),
-                secret: secret_ref(s),
-                phase: Phase::Conflict,
-                reason,
-            };
-            if name == self.local.name {
-                rejected.push(conflict(format!(
-                    "cluster {name:?} is the controller's own cluster, which is always a \
-                     member; this Secret is ignored"
-                )));
-                continue;
-            }
-            if let Some(owner) = owners.get(&name) {
-                rejected.push(conflict(format!(
-                    "cluster {name:?} is already registered by Secret {owner} (older); this \
-                     Secret is ignored until that one is deleted"
-                )));
+            if let Some(reason) = self.conflict(&name, owners.get(&name)) {
+                rejected.push(Rejected {
+                    report_as: report_name(&name, &s.name_any()),
+                    name,
+                    secret: secret_ref(s),
+                    phase: Phase::Conflict,
+                    reason,
+                });
                 continue;
             }
             if is_dns_label(&name) {
-                owners.insert(name.clone(), secret_ref(s));
+                owners.insert(name, secret_ref(s));
             }
             match spec_from_secret(s) {
                 Ok(spec) => {
@@ -244,10 +250,29 @@ impl Registry {
                 Err(r) => rejected.push(r),
             }
         }
-        for r in &rejected {
-            warn!(cluster = %r.name, secret = %r.secret, phase = %r.phase, reason = %r.reason, "registration rejected");
-        }
+        (desired, rejected)
+    }
 
+    /// Why a Secret may not claim `name`: it is the own cluster's, or `owner` (an older
+    /// Secret) has it.
+    fn conflict(&self, name: &str, owner: Option<&String>) -> Option<String> {
+        if name == self.local.name {
+            return Some(format!(
+                "cluster {name:?} is the controller's own cluster, which is always a member; \
+                 this Secret is ignored"
+            ));
+        }
+        owner.map(|owner| {
+            format!(
+                "cluster {name:?} is already registered by Secret {owner} (older); this Secret \
+                 is ignored until that one is deleted"
+            )
+        })
+    }
+
+    /// The next member set: the own cluster, unchanged members as they run, changed and new
+    /// ones started.
+    fn next_members(&self, desired: BTreeMap<String, MemberSpec>) -> BTreeMap<String, Arc<Member>> {
         let current = self.members.load_full();
         let mut next: BTreeMap<String, Arc<Member>> = BTreeMap::new();
         next.insert(self.local.name.clone(), current[&self.local.name].clone());
@@ -270,15 +295,7 @@ impl Registry {
             info!(cluster = %name, "member unregistered");
             self.settings.metrics.remove_member(name);
         }
-        self.settings.metrics.members.set(next.len() as i64);
-        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
-            let n = rejected.iter().filter(|r| r.phase == phase).count();
-            self.settings.metrics.set_rejected(phase, n);
-        }
-        // Dropping the last Arc of a removed member aborts its tasks.
-        self.members.store(Arc::new(next));
-        self.rejected.store(Arc::new(rejected));
-        self.settings.notify.notify_one();
+        next
     }
 
     /// Watches the registration Secrets of `namespace` and keeps the member set in sync.
