@@ -4,6 +4,6 @@
 //! keep of each object ([`reflected`]).
 
 pub mod kubeconfig;
-pub mod member;
+pub(crate) mod member;
 pub mod reflected;
 pub mod registry;
