@@ -1,5 +1,5 @@
 //! What a member's pods cost the controller's memory with and without
-//! [`meridian_controller::reflected`]: 4,000 pods, each with a 256 KiB annotation (a
+//! [`meridian_controller::members::reflected`]: 4,000 pods, each with a 256 KiB annotation (a
 //! `last-applied-configuration` as a member can write it), go through a reflector store as the
 //! pod watcher delivers them, each with a spec and a status as the kubelet reports them. The
 //! stripped store keeps labels and the pod's IPs. Prints the bytes the store retains (objects as JSON) and the
@@ -123,7 +123,11 @@ fn main() {
     let pods = env("PODS", 4000);
     let kib = env("ANNOTATION_KIB", 256);
     // Stripped first, so the unstripped run cannot leave freed memory behind for it.
-    let (slim, slim_bytes, slim_rss) = load(pods, kib * 1024, meridian_controller::reflected::pod);
+    let (slim, slim_bytes, slim_rss) = load(
+        pods,
+        kib * 1024,
+        meridian_controller::members::reflected::pod,
+    );
     assert_eq!(slim.state().len(), pods);
     let (full, full_bytes, full_rss) = load(pods, kib * 1024, |_| {});
     assert_eq!(full.state().len(), pods);

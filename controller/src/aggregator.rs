@@ -7,22 +7,25 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use meridian_api::Locality;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
-use crate::catalog::{self, Catalog, ServiceKey};
+use crate::catalog::{self, Catalog, MemberInput, ServiceKey};
 use crate::config::Config;
 use crate::crd::{GlobalTrafficPolicy, MemberClusterStatus, Phase};
+use crate::grpc::discovery::SnapshotPublisher;
+use crate::members::member::{Member, MemberSpec, MemberState};
+use crate::members::registry::Registry;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::server::SnapshotPublisher;
-use crate::snapshot::{self, PeerInfo, SnapshotInput};
+use crate::policy::PolicyInForce;
+use crate::snapshot::{self, PeerInfo, SnapshotInput, VipInfo};
 use crate::status::{MemberReport, StatusView, rfc3339};
 use crate::vip::{self, VipManager};
 
@@ -35,7 +38,7 @@ const VIP_RETRY: Duration = Duration::from_secs(2);
 
 /// The address of a member's gateway: its Service's LoadBalancer ingress (with the port
 /// named `tunnel`, else the first), else the registration's `meridian.io/gateway-address`.
-pub fn gateway_address(svc: Option<&Service>, fallback: Option<&str>) -> Option<String> {
+pub(crate) fn gateway_address(svc: Option<&Service>, fallback: Option<&str>) -> Option<String> {
     let from_lb = svc.and_then(|s| {
         let ingress = s
             .status
@@ -62,74 +65,92 @@ pub fn gateway_address(svc: Option<&Service>, fallback: Option<&str>) -> Option<
     from_lb.or_else(|| fallback.map(str::to_owned))
 }
 
-/// Everything the aggregator drives.
-pub struct Aggregator {
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    policies: Store<GlobalTrafficPolicy>,
-    vips: VipManager,
+/// What the aggregator reads and writes, handed over once (as kube-rs' controller-rs hands
+/// its reconcilers a `Context`).
+pub(crate) struct Context {
+    /// The controller's configuration.
+    pub(crate) config: Arc<Config>,
+    /// The members and rejected registrations.
+    pub(crate) registry: Arc<Registry>,
+    /// The GlobalTrafficPolicies (the policy controller's store).
+    pub(crate) policies: Store<GlobalTrafficPolicy>,
     /// The managed VIP Services as the API server has them (what followers serve).
-    managed: Store<Service>,
+    pub(crate) managed: Store<Service>,
     /// Whether this replica leads (writes VIP Services).
-    leader: watch::Receiver<bool>,
+    pub(crate) leader: watch::Receiver<bool>,
+    /// Where snapshots go to the Discovery service.
+    pub(crate) publisher: SnapshotPublisher,
+    /// Where status views go to the status writer.
+    pub(crate) status: watch::Sender<Option<Arc<StatusView>>>,
+    /// Poked on every change anywhere.
+    pub(crate) notify: Arc<Notify>,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// The loop's state between passes.
+pub(crate) struct Aggregator {
+    ctx: Context,
+    vips: VipManager,
     /// Whether `vips` holds the allocation read back since this replica last became leader.
     vips_current: bool,
-    publisher: SnapshotPublisher,
-    status: watch::Sender<Option<Arc<StatusView>>>,
-    notify: Arc<Notify>,
-    metrics: Arc<Metrics>,
     started: Instant,
     published: bool,
 }
 
-/// What an aggregator reads besides the members: the managed VIP Services and leadership.
-pub struct Leadership {
-    /// The managed VIP Services (a reflector's store).
-    pub managed: Store<Service>,
-    /// Whether this replica leads.
-    pub leader: watch::Receiver<bool>,
+/// When the next pass is due at the latest: the soonest of the deadlines seen.
+struct Deadline(Instant);
+
+impl Deadline {
+    fn at(&mut self, t: Instant) {
+        self.0 = self.0.min(t);
+    }
+}
+
+/// A member as one pass sees it, for its status.
+struct Seen {
+    name: String,
+    spec: MemberSpec,
+    state: MemberState,
+    /// Lost beyond the stale grace: its endpoints are withdrawn.
+    withdrawn: bool,
+}
+
+/// What one pass gathers from the members.
+#[derive(Default)]
+struct Observed {
+    /// Catalog inputs of the members whose endpoints count.
+    inputs: Vec<MemberInput>,
+    /// The other members' gateways.
+    peers: Vec<PeerInfo>,
+    /// Every member, for status.
+    seen: Vec<Seen>,
+    /// The locality of the own cluster's gateway endpoints.
+    local_gateway_locality: Option<Locality>,
+    /// Nodes per member.
+    node_counts: BTreeMap<String, u32>,
 }
 
 impl Aggregator {
-    /// Assembles the aggregator.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        registry: Arc<Registry>,
-        policies: Store<GlobalTrafficPolicy>,
-        vips: VipManager,
-        leadership: Leadership,
-        publisher: SnapshotPublisher,
-        status: watch::Sender<Option<Arc<StatusView>>>,
-        notify: Arc<Notify>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Assembles the aggregator; `vips` holds the allocation read back at start.
+    pub(crate) fn new(ctx: Context, vips: VipManager) -> Self {
         Self {
-            config,
-            registry,
-            policies,
+            ctx,
             vips,
-            managed: leadership.managed,
-            leader: leadership.leader,
             vips_current: true,
-            publisher,
-            status,
-            notify,
-            metrics,
             started: Instant::now(),
             published: false,
         }
     }
 
-    /// Runs until aborted.
-    pub async fn run(mut self) {
+    /// Runs until aborted, or until leadership can no longer be followed.
+    pub(crate) async fn run(mut self) {
         loop {
-            let deadline = self.pass().await;
-            let wake = deadline.unwrap_or_else(|| Instant::now() + PERIOD);
+            let wake = self.pass().await;
             tokio::select! {
-                _ = self.notify.notified() => {}
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                changed = self.leader.changed() => if changed.is_err() { return },
+                _ = self.ctx.notify.notified() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                changed = self.ctx.leader.changed() => if changed.is_err() { return },
             }
             tokio::time::sleep(SETTLE).await;
         }
@@ -137,21 +158,44 @@ impl Aggregator {
 
     /// One recomputation. Returns when the next one is due at the latest.
     #[instrument(name = "aggregate", skip_all)]
-    async fn pass(&mut self) -> Option<Instant> {
+    async fn pass(&mut self) -> Instant {
         let now = Instant::now();
-        let grace = self.config.stale_endpoint_grace;
-        let members = self.registry.members();
-        let local_name = self.registry.local_name().to_owned();
-        let mut deadline: Option<Instant> = Some(now + PERIOD);
-        let mut soonest = |t: Instant| {
-            deadline = Some(deadline.map_or(t, |d| d.min(t)));
-        };
+        let mut next = Deadline(now + PERIOD);
+        let members = self.ctx.registry.members();
+        let mut observed = self.observe(&members, now, &mut next);
+        if !self.ready_to_act(&members, now, &mut next) {
+            return next.0;
+        }
+        let catalog = Arc::new(Catalog::build(&observed.inputs));
+        let policies = crate::policy::in_force(&self.ctx.policies.state());
+        let reconciled = self.reconcile_vips(&catalog, &mut next).await;
+        self.record(&catalog, &reconciled);
+        let peers = std::mem::take(&mut observed.peers);
+        let gateway_locality = observed.local_gateway_locality.take();
+        self.publish_snapshot(
+            &catalog,
+            &reconciled.vips,
+            &policies,
+            peers,
+            gateway_locality,
+        );
+        let members = self.member_reports(observed, &catalog, &members);
+        let _ = self.ctx.status.send(Some(Arc::new(StatusView {
+            catalog,
+            vips: reconciled.vips,
+            vip_refusals: reconciled.refused,
+            policies,
+            members,
+            zone: self.ctx.config.zone.clone(),
+        })));
+        next.0
+    }
 
-        let mut inputs = Vec::new();
-        let mut peers = Vec::new();
-        let mut reports = Vec::new();
-        let mut local_gateway_locality: Option<Locality> = None;
-        let mut node_counts = BTreeMap::new();
+    /// Reads every member's state and stores; a member lost for less than the grace is kept
+    /// (stale) and the pass is due again when its grace ends.
+    fn observe(&self, members: &Members, now: Instant, next: &mut Deadline) -> Observed {
+        let grace = self.ctx.config.stale_endpoint_grace;
+        let mut observed = Observed::default();
         for (name, m) in members.iter() {
             let state = m.state();
             let withdrawn = state
@@ -160,178 +204,185 @@ impl Aggregator {
             if let Some(since) = state.lost_since
                 && !withdrawn
             {
-                soonest(since + grace);
+                next.at(since + grace);
             }
-            let stores = m.stores();
-            if let Some(stores) = &stores {
-                let input = stores.input(name, state.lost_since.is_some());
-                node_counts.insert(name.clone(), input.nodes.len() as u32);
-                let gw_locality = catalog::service_locality(
-                    &input,
-                    &self.config.namespace,
-                    &self.config.gateway_service,
-                );
-                if *name == local_name {
-                    local_gateway_locality = gw_locality.clone();
-                } else if let Some(address) = gateway_address(
-                    stores.gateway().as_deref(),
-                    m.spec.gateway_address.as_deref(),
-                ) {
-                    peers.push(PeerInfo {
-                        cluster: name.clone(),
-                        address,
-                        locality: gw_locality.unwrap_or_default(),
-                    });
-                }
-                if withdrawn {
-                    debug!(cluster = %name, "member lost beyond the grace: endpoints withdrawn");
-                } else {
-                    inputs.push(input);
-                }
-            } else if *name != local_name
-                && let Some(address) = m.spec.gateway_address.clone()
-            {
-                peers.push(PeerInfo {
-                    cluster: name.clone(),
+            self.observe_member(&mut observed, name, m, &state, withdrawn);
+            observed.seen.push(Seen {
+                name: name.clone(),
+                spec: m.spec.clone(),
+                state,
+                withdrawn,
+            });
+        }
+        observed
+    }
+
+    /// One member's catalog input, node count and gateway (its locality when it is the own
+    /// cluster's, else a peer).
+    fn observe_member(
+        &self,
+        observed: &mut Observed,
+        name: &str,
+        m: &Member,
+        state: &MemberState,
+        withdrawn: bool,
+    ) {
+        let local = name == self.ctx.registry.local_name();
+        let Some(stores) = m.stores() else {
+            // Not connected yet: a registered gateway address still makes it a peer.
+            if !local && let Some(address) = m.spec.gateway_address.clone() {
+                observed.peers.push(PeerInfo {
+                    cluster: name.to_owned(),
                     address,
                     locality: Locality::default(),
                 });
             }
-            reports.push((name.clone(), m.spec.clone(), state, withdrawn));
+            return;
+        };
+        let input = stores.input(name, state.lost_since.is_some());
+        observed
+            .node_counts
+            .insert(name.to_owned(), input.nodes.len() as u32);
+        let config = &self.ctx.config;
+        let gw_locality =
+            catalog::service_locality(&input, &config.namespace, &config.gateway_service);
+        if local {
+            observed.local_gateway_locality = gw_locality;
+        } else if let Some(address) = gateway_address(
+            stores.gateway().as_deref(),
+            m.spec.gateway_address.as_deref(),
+        ) {
+            observed.peers.push(PeerInfo {
+                cluster: name.to_owned(),
+                address,
+                locality: gw_locality.unwrap_or_default(),
+            });
         }
+        if withdrawn {
+            debug!(cluster = %name, "member lost beyond the grace: endpoints withdrawn");
+        } else {
+            observed.inputs.push(input);
+        }
+    }
 
+    /// Nothing is acted on before the members have synced (or the initial timeout passed):
+    /// a restarting controller must neither hand its gateway a half-empty snapshot nor
+    /// garbage-collect the VIP Services of services it has not seen yet. A follower serves
+    /// the VIPs it reads from the managed Services: not before it has listed them, or its
+    /// gateways would be told every VIP and listener is gone.
+    fn ready_to_act(&self, members: &Members, now: Instant, next: &mut Deadline) -> bool {
+        let config = &self.ctx.config;
         let local_synced = members
-            .get(&local_name)
+            .get(self.ctx.registry.local_name())
             .is_some_and(|m| m.state().phase == Phase::Synced);
         let others_settled = members
             .values()
             .all(|m| m.state().phase != Phase::Connecting);
-        let waited = now.duration_since(self.started) >= self.config.initial_sync_timeout;
-        // Nothing is acted on before the members have synced (or the initial timeout passed):
-        // a restarting controller must neither hand its gateway a half-empty snapshot nor
-        // garbage-collect the VIP Services of services it has not seen yet.
+        let waited = now.duration_since(self.started) >= config.initial_sync_timeout;
         if !(self.published || (local_synced && (others_settled || waited))) {
             debug!("waiting for the initial sync");
-            soonest(self.started + self.config.initial_sync_timeout);
-            return deadline;
+            next.at(self.started + config.initial_sync_timeout);
+            return false;
         }
-        // A follower serves the VIPs it reads from the managed Services: not before it has
-        // listed them, or its gateways would be told every VIP and listener is gone.
-        if !*self.leader.borrow() && self.managed.wait_until_ready().now_or_never().is_none() {
+        if !*self.ctx.leader.borrow()
+            && self.ctx.managed.wait_until_ready().now_or_never().is_none()
+        {
             debug!("waiting for the managed VIP Services to be listed");
-            soonest(Instant::now() + SETTLE * 4);
-            return deadline;
+            next.at(Instant::now() + SETTLE * 4);
+            return false;
         }
-        let catalog = Arc::new(Catalog::build(&inputs));
-        let policies = crate::policy::in_force(&self.policies.state());
-        let (vip::Reconciled { vips, refused }, vip_result) = self.vips(&catalog).await;
-        if let Err(e) = vip_result {
+        true
+    }
+
+    /// The VIPs of `catalog`; a failed reconcile is counted and retried soon.
+    async fn reconcile_vips(&mut self, catalog: &Catalog, next: &mut Deadline) -> vip::Reconciled {
+        let (reconciled, result) = self.vips(catalog).await;
+        if let Err(e) = result {
             warn!(error = %e, "VIP reconcile incomplete, retrying");
-            self.metrics.reconcile_failed("vip", &e);
-            soonest(Instant::now() + VIP_RETRY);
+            self.ctx.metrics.reconcile_failed("vip", &e);
+            next.at(Instant::now() + VIP_RETRY);
         }
-        self.metrics
-            .set_vip_refusals(refused.values().map(vip::Refusal::reason));
-        self.metrics.reconciled("aggregate");
-        self.metrics
-            .catalog_services
-            .set(catalog.services.len() as i64);
-        self.metrics
+        reconciled
+    }
+
+    /// The pass's metrics: VIP refusals, catalog size, skipped endpoints.
+    fn record(&self, catalog: &Catalog, reconciled: &vip::Reconciled) {
+        let metrics = &self.ctx.metrics;
+        metrics.set_vip_refusals(reconciled.refused.values().map(vip::Refusal::reason));
+        metrics.reconciled("aggregate");
+        metrics.catalog_services.set(catalog.services.len() as i64);
+        metrics
             .catalog_endpoints
             .set(catalog.endpoint_count() as i64);
         for (skip, n) in catalog.skipped_counts() {
-            self.metrics
+            metrics
                 .skipped_endpoints
                 .get_or_create(&crate::metrics::ReasonLabels {
                     reason: skip.label().to_owned(),
                 })
                 .set(i64::from(n));
         }
+    }
 
-        // Snapshot.
+    /// Builds the snapshot and publishes it when its version is new.
+    fn publish_snapshot(
+        &mut self,
+        catalog: &Catalog,
+        vips: &BTreeMap<ServiceKey, VipInfo>,
+        policies: &BTreeMap<ServiceKey, PolicyInForce>,
+        peers: Vec<PeerInfo>,
+        local_gateway_locality: Option<Locality>,
+    ) {
+        let config = &self.ctx.config;
         let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies
             .iter()
             .map(|(k, p)| (k.clone(), p.policy.clone()))
             .collect();
         let snap = snapshot::build(&SnapshotInput {
-            cluster: &local_name,
-            locality: self
-                .config
+            cluster: self.ctx.registry.local_name(),
+            locality: config
                 .locality()
                 .or(local_gateway_locality)
                 .unwrap_or_default(),
-            trust_domain: &self.config.trust_domain,
-            zone: &self.config.zone,
-            catalog: Some(&catalog),
-            vips: Some(&vips),
+            trust_domain: &config.trust_domain,
+            zone: &config.zone,
+            catalog: Some(catalog),
+            vips: Some(vips),
             policies: Some(&policy_specs),
             peers,
         });
-        {
-            let version = snap.version;
-            if self.publisher.publish(snap) {
-                info!(
-                    version,
-                    services = catalog.services.len(),
-                    "snapshot published"
-                );
-                self.metrics.snapshot_publishes.inc();
-                self.metrics.snapshot_version.set(version);
-            }
-            self.published = true;
+        let version = snap.version;
+        if self.ctx.publisher.publish(snap) {
+            info!(
+                version,
+                services = catalog.services.len(),
+                "snapshot published"
+            );
+            self.ctx.metrics.snapshot_publishes.inc();
+            self.ctx.metrics.snapshot_version.set(version);
         }
+        self.published = true;
+    }
 
-        // Status view.
-        let mut members_view: Vec<MemberReport> = reports
+    /// The status of every member, then of every rejected registration that does not hide
+    /// a member.
+    fn member_reports(
+        &self,
+        observed: Observed,
+        catalog: &Catalog,
+        members: &Members,
+    ) -> Vec<MemberReport> {
+        let local_name = self.ctx.registry.local_name();
+        let mut reports: Vec<MemberReport> = observed
+            .seen
             .into_iter()
-            .map(|(name, spec, state, withdrawn)| {
-                let services = catalog
-                    .services
-                    .values()
-                    .filter(|s| s.clusters.contains(&name))
-                    .count() as u32;
-                let endpoints = catalog
-                    .services
-                    .values()
-                    .flat_map(|s| s.endpoints.iter())
-                    .filter(|e| e.cluster == name)
-                    .count() as u32;
-                let mut message = state.message.clone();
-                if withdrawn {
-                    message = Some(format!(
-                        "{}; endpoints withdrawn after the stale grace",
-                        message.unwrap_or_else(|| "unreachable".into())
-                    ));
-                } else if state.lost_since.is_some() {
-                    message = Some(format!(
-                        "{}; last endpoints kept as stale",
-                        message.unwrap_or_else(|| "unreachable".into())
-                    ));
-                }
-                let status = MemberClusterStatus {
-                    phase: state.phase,
-                    server: state.server.clone(),
-                    endpoint_api: state.endpoint_api.map(|a| a.to_string()),
-                    last_sync_time: state.last_sync.map(rfc3339),
-                    services,
-                    endpoints,
-                    nodes: node_counts.get(&name).copied().unwrap_or_default(),
-                    gateway_address: snapshot_peer_address(&name, &members, &local_name),
-                    message,
-                };
-                MemberReport {
-                    local: name == local_name,
-                    secret: spec.secret.clone(),
-                    name,
-                    status,
-                }
-            })
+            .map(|seen| member_report(seen, catalog, &observed.node_counts, members, local_name))
             .collect();
-        for r in self.registry.rejected().iter() {
-            if members_view.iter().any(|m| m.name == r.report_as) {
+        for r in self.ctx.registry.rejected().iter() {
+            if reports.iter().any(|m| m.name == r.report_as) {
                 continue; // never hide a member behind a rejected registration
             }
-            members_view.push(MemberReport {
+            reports.push(MemberReport {
                 name: r.report_as.clone(),
                 local: false,
                 secret: Some(r.secret.clone()),
@@ -342,15 +393,72 @@ impl Aggregator {
                 },
             });
         }
-        let _ = self.status.send(Some(Arc::new(StatusView {
-            catalog,
-            vips,
-            vip_refusals: refused,
-            policies,
-            members: members_view,
-            zone: self.config.zone.clone(),
-        })));
-        deadline
+        reports
+    }
+}
+
+/// The members by name, as the registry hands them out.
+type Members = BTreeMap<String, Arc<Member>>;
+
+/// One member's status: its connection, what it contributes to the catalog, its gateway.
+fn member_report(
+    seen: Seen,
+    catalog: &Catalog,
+    node_counts: &BTreeMap<String, u32>,
+    members: &Members,
+    local_name: &str,
+) -> MemberReport {
+    let Seen {
+        name,
+        spec,
+        state,
+        withdrawn,
+    } = seen;
+    let services = catalog
+        .services
+        .values()
+        .filter(|s| s.clusters.contains(&name))
+        .count() as u32;
+    let endpoints = catalog
+        .services
+        .values()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.cluster == name)
+        .count() as u32;
+    let status = MemberClusterStatus {
+        phase: state.phase,
+        server: state.server.clone(),
+        endpoint_api: state.endpoint_api.map(|a| a.to_string()),
+        last_sync_time: state.last_sync.map(rfc3339),
+        services,
+        endpoints,
+        nodes: node_counts.get(&name).copied().unwrap_or_default(),
+        gateway_address: snapshot_peer_address(&name, members, local_name),
+        message: member_message(&state, withdrawn),
+    };
+    MemberReport {
+        local: name == local_name,
+        secret: spec.secret.clone(),
+        name,
+        status,
+    }
+}
+
+/// The member's last error, and what became of its endpoints while it is lost.
+fn member_message(state: &MemberState, withdrawn: bool) -> Option<String> {
+    let lost = |what: &str| {
+        let message = state.message.clone();
+        Some(format!(
+            "{}; {what}",
+            message.unwrap_or_else(|| "unreachable".into())
+        ))
+    };
+    if withdrawn {
+        lost("endpoints withdrawn after the stale grace")
+    } else if state.lost_since.is_some() {
+        lost("last endpoints kept as stale")
+    } else {
+        state.message.clone()
     }
 }
 
@@ -362,14 +470,14 @@ impl Aggregator {
             vips: vip::vips_of(managed.state().iter().map(|s| s.as_ref()), catalog),
             refused: BTreeMap::new(),
         };
-        if !*self.leader.borrow_and_update() {
+        if !*self.ctx.leader.borrow_and_update() {
             self.vips_current = false;
-            return (followed(&self.managed), Ok(()));
+            return (followed(&self.ctx.managed), Ok(()));
         }
         if !self.vips_current {
             // Another leader may have allocated since this replica last wrote.
             if let Err(e) = self.vips.read_back().await {
-                return (followed(&self.managed), Err(e));
+                return (followed(&self.ctx.managed), Err(e));
             }
             self.vips_current = true;
         }
@@ -377,11 +485,7 @@ impl Aggregator {
     }
 }
 
-fn snapshot_peer_address(
-    name: &str,
-    members: &BTreeMap<String, Arc<crate::member::Member>>,
-    local: &str,
-) -> Option<String> {
+fn snapshot_peer_address(name: &str, members: &Members, local: &str) -> Option<String> {
     if name == local {
         return None;
     }

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_api::Locality;
 use meridian_api::proto::Protocol;
 use tracing::debug;
@@ -20,11 +21,11 @@ use crate::targets::{self, Skip};
 pub use meridian_crd::EXPORT_LABEL;
 
 /// Node label carrying the region.
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub(crate) const REGION_LABEL: &str = "topology.kubernetes.io/region";
 /// Node label carrying the zone.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub(crate) const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Node label carrying the subzone (Istio's convention).
-pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+pub(crate) const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 pub(crate) const LEGACY_REGION_LABEL: &str = "failure-domain.beta.kubernetes.io/region";
 pub(crate) const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
 /// EndpointSlice label naming the owning Service.
@@ -48,8 +49,13 @@ impl ServiceKey {
         }
     }
 
+    /// The key of an object named like its Service (the Service, its Endpoints).
+    fn of(meta: &ObjectMeta) -> Option<Self> {
+        Some(Self::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
+    }
+
     /// `<name>.<namespace>.global`.
-    pub fn hostname(&self, zone: &str) -> String {
+    pub(crate) fn hostname(&self, zone: &str) -> String {
         format!("{}.{}.{}", self.name, self.namespace, zone)
     }
 }
@@ -90,7 +96,7 @@ pub struct MemberInput {
     pub endpoints: EndpointObjects,
     /// Nodes, for endpoint localities.
     pub nodes: Vec<Arc<Node>>,
-    /// Pods as [`crate::reflected::pod`] keeps them: labels for endpoint labels, IPs to check
+    /// Pods as [`crate::members::reflected::pod`] keeps them: labels for endpoint labels, IPs to check
     /// endpoint addresses against ([`targets`]).
     pub pods: Vec<Arc<Pod>>,
 }
@@ -129,7 +135,7 @@ pub struct EndpointEntry {
 
 /// Ready and total endpoint counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Ready endpoints.
     pub ready: u32,
     /// All endpoints, ready or not.
@@ -164,7 +170,7 @@ pub struct GlobalServiceEntry {
 impl GlobalServiceEntry {
     /// Counts per cluster and, within it, per locality. Every exporting cluster appears, even
     /// without endpoints.
-    pub fn counts(&self) -> BTreeMap<String, (Counts, BTreeMap<Locality, Counts>)> {
+    pub(crate) fn counts(&self) -> BTreeMap<String, (Counts, BTreeMap<Locality, Counts>)> {
         let mut out: BTreeMap<String, (Counts, BTreeMap<Locality, Counts>)> = self
             .clusters
             .iter()
@@ -179,7 +185,7 @@ impl GlobalServiceEntry {
     }
 
     /// Counts per locality over all clusters.
-    pub fn locality_counts(&self) -> BTreeMap<Locality, Counts> {
+    pub(crate) fn locality_counts(&self) -> BTreeMap<Locality, Counts> {
         let mut out: BTreeMap<Locality, Counts> = BTreeMap::new();
         for e in &self.endpoints {
             out.entry(e.locality.clone()).or_default().add(e.ready);
@@ -188,7 +194,7 @@ impl GlobalServiceEntry {
     }
 
     /// Counts over everything.
-    pub fn total_counts(&self) -> Counts {
+    pub(crate) fn total_counts(&self) -> Counts {
         let mut c = Counts::default();
         for e in &self.endpoints {
             c.add(e.ready);
@@ -206,7 +212,7 @@ pub struct Catalog {
 
 /// The protocol of a Service port: `appProtocol` when set, else the port name's prefix
 /// (`http`, `http2`, `grpc`, `tcp`, optionally followed by `-suffix`), else TCP.
-pub fn port_protocol(name: &str, app_protocol: Option<&str>) -> Protocol {
+pub(crate) fn port_protocol(name: &str, app_protocol: Option<&str>) -> Protocol {
     let by_word = |w: &str| match w.to_ascii_lowercase().as_str() {
         "http" | "https" => Some(Protocol::Http),
         "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
@@ -223,7 +229,7 @@ pub fn port_protocol(name: &str, app_protocol: Option<&str>) -> Protocol {
 
 /// The locality of a node from its topology labels (falling back to the legacy
 /// `failure-domain.beta.kubernetes.io` labels).
-pub fn node_locality(node: &Node) -> Locality {
+pub(crate) fn node_locality(node: &Node) -> Locality {
     let labels = node.metadata.labels.as_ref();
     let get = |k: &str, legacy: Option<&str>| {
         labels
@@ -239,7 +245,7 @@ pub fn node_locality(node: &Node) -> Locality {
 }
 
 /// Whether a Service is labelled for export.
-pub fn is_exported(svc: &Service) -> bool {
+pub(crate) fn is_exported(svc: &Service) -> bool {
     svc.metadata
         .labels
         .as_ref()
@@ -295,28 +301,34 @@ impl<'a> MemberIndex<'a> {
             .unwrap_or_default()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn endpoint(
         &self,
         namespace: &str,
-        address: &str,
         ports: &BTreeMap<String, u32>,
-        ready: bool,
-        node: Option<&str>,
-        zone: Option<&str>,
-        pod: Option<&str>,
+        a: &Address<'_>,
     ) -> EndpointEntry {
+        let pod = pod_ref(a.target_ref);
         EndpointEntry {
             cluster: self.input.cluster.clone(),
-            address: address.to_owned(),
+            address: a.ip.to_owned(),
             ports: ports.clone(),
-            locality: self.locality(node, zone),
+            locality: self.locality(a.node, a.zone),
             labels: pod.map(|p| self.labels(namespace, p)).unwrap_or_default(),
-            ready,
+            ready: a.ready,
             stale: self.input.stale,
             pod: pod.unwrap_or_default().to_owned(),
         }
     }
+}
+
+/// One address of an endpoint object, slice or Endpoints alike.
+struct Address<'x> {
+    ip: &'x str,
+    ready: bool,
+    node: Option<&'x str>,
+    /// The slice's zone hint (Endpoints have none).
+    zone: Option<&'x str>,
+    target_ref: Option<&'x ObjectReference>,
 }
 
 /// Whether a slice endpoint takes new connections: a nil `ready` means ready (the
@@ -330,7 +342,7 @@ fn slice_endpoint_ready(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> bool 
     ready && !terminating
 }
 
-fn pod_ref(r: Option<&k8s_openapi::api::core::v1::ObjectReference>) -> Option<&str> {
+fn pod_ref(r: Option<&ObjectReference>) -> Option<&str> {
     r.filter(|r| r.kind.as_deref() == Some("Pod"))
         .and_then(|r| r.name.as_deref())
 }
@@ -341,241 +353,15 @@ impl Catalog {
     pub fn build(members: &[MemberInput]) -> Catalog {
         let mut sorted: Vec<&MemberInput> = members.iter().collect();
         sorted.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-
-        let mut ports: BTreeMap<ServiceKey, BTreeMap<String, PortSpec>> = BTreeMap::new();
-        let mut clusters: BTreeMap<ServiceKey, BTreeSet<String>> = BTreeMap::new();
-        let mut endpoints: BTreeMap<ServiceKey, BTreeMap<(String, String), EndpointEntry>> =
-            BTreeMap::new();
-        let mut skipped: BTreeMap<ServiceKey, BTreeMap<Skip, u32>> = BTreeMap::new();
-
+        let mut builder = Builder::default();
         for m in sorted {
-            let idx = MemberIndex::new(m);
-            // Services this member exports.
-            let mut exported = BTreeSet::new();
-            // Of those, the ones admitting endpoints that are not their namespace's Pods.
-            let mut external = BTreeSet::new();
-            for svc in m.services.iter().filter(|s| is_exported(s)) {
-                let (Some(ns), Some(name)) = (
-                    svc.metadata.namespace.as_deref(),
-                    svc.metadata.name.as_deref(),
-                ) else {
-                    continue;
-                };
-                let key = ServiceKey::new(ns, name);
-                exported.insert(key.clone());
-                if targets::allows_external(svc) {
-                    external.insert(key.clone());
-                }
-                clusters
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(m.cluster.clone());
-                let svc_ports = ports.entry(key).or_default();
-                for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-                    if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
-                        continue; // the gateway carries TCP only
-                    }
-                    let pname = p.name.clone().unwrap_or_default();
-                    let Ok(number) = u32::try_from(p.port) else {
-                        continue;
-                    };
-                    svc_ports.entry(pname.clone()).or_insert_with(|| PortSpec {
-                        protocol: port_protocol(&pname, p.app_protocol.as_deref()),
-                        name: pname,
-                        port: number,
-                    });
-                }
-            }
-
-            // Whether an endpoint is a tunnel target; counts and logs it when it is not.
-            let mut admit = |key: &ServiceKey,
-                             address: &str,
-                             target_ref: Option<&k8s_openapi::api::core::v1::ObjectReference>|
-             -> bool {
-                match targets::admit(
-                    address,
-                    target_ref,
-                    &key.namespace,
-                    external.contains(key),
-                    |pod| idx.pod(&key.namespace, pod),
-                ) {
-                    Ok(()) => true,
-                    Err(skip) => {
-                        debug!(cluster = %m.cluster, service = %key, address, reason = skip.label(),
-                            "endpoint skipped: not an IP of a Pod of the service's namespace");
-                        *skipped
-                            .entry(key.clone())
-                            .or_default()
-                            .entry(skip)
-                            .or_default() += 1;
-                        false
-                    }
-                }
-            };
-            let mut add = |key: &ServiceKey, e: EndpointEntry| {
-                endpoints
-                    .entry(key.clone())
-                    .or_default()
-                    .entry((e.cluster.clone(), e.address.clone()))
-                    .and_modify(|old| {
-                        // The same address in two slices (an endpoint moving between
-                        // them, or one slice per port set) is one endpoint: merge the
-                        // ports; ready if either says so, so that the order of the
-                        // slices does not matter.
-                        for (k, v) in &e.ports {
-                            old.ports.entry(k.clone()).or_insert(*v);
-                        }
-                        old.ready |= e.ready;
-                    })
-                    .or_insert(e);
-            };
-
+            let exports = builder.add_services(m);
             match &m.endpoints {
-                EndpointObjects::Slices(slices) => {
-                    // In name order: the reflector's order is arbitrary, and a merged
-                    // endpoint must not depend on it.
-                    let mut slices: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
-                    slices.sort_by(|a, b| {
-                        (&a.metadata.namespace, &a.metadata.name)
-                            .cmp(&(&b.metadata.namespace, &b.metadata.name))
-                    });
-                    for s in slices {
-                        // IPv4 and IPv6 addresses are dialled as they are; an FQDN slice
-                        // names hosts the gateway would have to resolve in the member's
-                        // own DNS, which it cannot reach.
-                        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
-                            tracing::debug!(
-                                cluster = %m.cluster,
-                                namespace = s.metadata.namespace.as_deref().unwrap_or_default(),
-                                slice = s.metadata.name.as_deref().unwrap_or_default(),
-                                address_type = %s.address_type,
-                                "EndpointSlice ignored: address type not carried"
-                            );
-                            continue;
-                        }
-                        let (Some(ns), Some(svc)) = (
-                            s.metadata.namespace.as_deref(),
-                            s.metadata
-                                .labels
-                                .as_ref()
-                                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-                        ) else {
-                            continue;
-                        };
-                        let key = ServiceKey::new(ns, svc.as_str());
-                        if !exported.contains(&key) {
-                            continue;
-                        }
-                        let slice_ports: BTreeMap<String, u32> = s
-                            .ports
-                            .iter()
-                            .flatten()
-                            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-                            .filter_map(|p| {
-                                Some((
-                                    p.name.clone().unwrap_or_default(),
-                                    u32::try_from(p.port?).ok()?,
-                                ))
-                            })
-                            .collect();
-                        for ep in &s.endpoints {
-                            let ready = slice_endpoint_ready(ep);
-                            for addr in &ep.addresses {
-                                if !admit(&key, addr, ep.target_ref.as_ref()) {
-                                    continue;
-                                }
-                                add(
-                                    &key,
-                                    idx.endpoint(
-                                        ns,
-                                        addr,
-                                        &slice_ports,
-                                        ready,
-                                        ep.node_name.as_deref(),
-                                        ep.zone.as_deref(),
-                                        pod_ref(ep.target_ref.as_ref()),
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                }
-                EndpointObjects::Endpoints(list) => {
-                    for eps in list {
-                        let (Some(ns), Some(name)) = (
-                            eps.metadata.namespace.as_deref(),
-                            eps.metadata.name.as_deref(),
-                        ) else {
-                            continue;
-                        };
-                        let key = ServiceKey::new(ns, name);
-                        if !exported.contains(&key) {
-                            continue;
-                        }
-                        for subset in eps.subsets.iter().flatten() {
-                            let subset_ports: BTreeMap<String, u32> = subset
-                                .ports
-                                .iter()
-                                .flatten()
-                                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-                                .filter_map(|p| {
-                                    Some((
-                                        p.name.clone().unwrap_or_default(),
-                                        u32::try_from(p.port).ok()?,
-                                    ))
-                                })
-                                .collect();
-                            let both = [
-                                (subset.addresses.iter().flatten(), true),
-                                (subset.not_ready_addresses.iter().flatten(), false),
-                            ];
-                            for (addrs, ready) in both {
-                                for a in addrs {
-                                    if !admit(&key, &a.ip, a.target_ref.as_ref()) {
-                                        continue;
-                                    }
-                                    add(
-                                        &key,
-                                        idx.endpoint(
-                                            ns,
-                                            &a.ip,
-                                            &subset_ports,
-                                            ready,
-                                            a.node_name.as_deref(),
-                                            None,
-                                            pod_ref(a.target_ref.as_ref()),
-                                        ),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
+                EndpointObjects::Slices(slices) => builder.add_slices(&exports, slices),
+                EndpointObjects::Endpoints(list) => builder.add_endpoints(&exports, list),
             }
         }
-
-        let services = clusters
-            .into_iter()
-            .map(|(key, clusters)| {
-                let entry = GlobalServiceEntry {
-                    ports: ports
-                        .remove(&key)
-                        .unwrap_or_default()
-                        .into_values()
-                        .collect(),
-                    endpoints: endpoints
-                        .remove(&key)
-                        .unwrap_or_default()
-                        .into_values()
-                        .collect(),
-                    skipped: skipped.remove(&key).unwrap_or_default(),
-                    clusters,
-                    key: key.clone(),
-                };
-                (key, entry)
-            })
-            .collect();
-        Catalog { services }
+        builder.finish()
     }
 
     /// Number of endpoints over every service.
@@ -584,7 +370,7 @@ impl Catalog {
     }
 
     /// Endpoints left out as not tunnel targets, per reason, over every service.
-    pub fn skipped_counts(&self) -> BTreeMap<Skip, u32> {
+    pub(crate) fn skipped_counts(&self) -> BTreeMap<Skip, u32> {
         let mut out: BTreeMap<Skip, u32> = Skip::ALL.iter().map(|s| (*s, 0)).collect();
         for (skip, n) in self.services.values().flat_map(|s| &s.skipped) {
             *out.entry(*skip).or_default() += n;
@@ -593,9 +379,257 @@ impl Catalog {
     }
 }
 
+/// The services of one member that are exported, with its lookups.
+struct Exports<'a> {
+    idx: MemberIndex<'a>,
+    /// Services this member exports.
+    exported: BTreeSet<ServiceKey>,
+    /// Of those, the ones admitting endpoints that are not their namespace's Pods.
+    external: BTreeSet<ServiceKey>,
+}
+
+/// A catalog under construction: what the members have contributed so far, per service.
+#[derive(Default)]
+struct Builder {
+    ports: BTreeMap<ServiceKey, BTreeMap<String, PortSpec>>,
+    clusters: BTreeMap<ServiceKey, BTreeSet<String>>,
+    endpoints: BTreeMap<ServiceKey, BTreeMap<(String, String), EndpointEntry>>,
+    skipped: BTreeMap<ServiceKey, BTreeMap<Skip, u32>>,
+}
+
+impl Builder {
+    /// Adds the Services `m` exports (their TCP ports; the first cluster by name defines a
+    /// port) and returns them.
+    fn add_services<'a>(&mut self, m: &'a MemberInput) -> Exports<'a> {
+        let mut exports = Exports {
+            idx: MemberIndex::new(m),
+            exported: BTreeSet::new(),
+            external: BTreeSet::new(),
+        };
+        for svc in m.services.iter().filter(|s| is_exported(s)) {
+            let Some(key) = ServiceKey::of(&svc.metadata) else {
+                continue;
+            };
+            exports.exported.insert(key.clone());
+            if targets::allows_external(svc) {
+                exports.external.insert(key.clone());
+            }
+            self.clusters
+                .entry(key.clone())
+                .or_default()
+                .insert(m.cluster.clone());
+            let svc_ports = self.ports.entry(key).or_default();
+            for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                    continue; // the gateway carries TCP only
+                }
+                let pname = p.name.clone().unwrap_or_default();
+                let Ok(number) = u32::try_from(p.port) else {
+                    continue;
+                };
+                svc_ports.entry(pname.clone()).or_insert_with(|| PortSpec {
+                    protocol: port_protocol(&pname, p.app_protocol.as_deref()),
+                    name: pname,
+                    port: number,
+                });
+            }
+        }
+        exports
+    }
+
+    /// Adds the endpoints of a member's EndpointSlices, in name order: the reflector's
+    /// order is arbitrary, and a merged endpoint must not depend on it.
+    fn add_slices(&mut self, exports: &Exports<'_>, slices: &[Arc<EndpointSlice>]) {
+        let mut slices: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
+        slices.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        for s in slices {
+            self.add_slice(exports, s);
+        }
+    }
+
+    fn add_slice(&mut self, exports: &Exports<'_>, s: &EndpointSlice) {
+        // IPv4 and IPv6 addresses are dialled as they are; an FQDN slice names hosts the
+        // gateway would have to resolve in the member's own DNS, which it cannot reach.
+        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+            debug!(
+                cluster = %exports.idx.input.cluster,
+                namespace = s.metadata.namespace.as_deref().unwrap_or_default(),
+                slice = s.metadata.name.as_deref().unwrap_or_default(),
+                address_type = %s.address_type,
+                "EndpointSlice ignored: address type not carried"
+            );
+            return;
+        }
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            return;
+        };
+        let key = ServiceKey::new(ns, svc.as_str());
+        if !exports.exported.contains(&key) {
+            return;
+        }
+        let ports = tcp_ports(
+            s.ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_ref(), p.protocol.as_deref(), p.port)),
+        );
+        for ep in &s.endpoints {
+            for ip in &ep.addresses {
+                let address = Address {
+                    ip,
+                    ready: slice_endpoint_ready(ep),
+                    node: ep.node_name.as_deref(),
+                    zone: ep.zone.as_deref(),
+                    target_ref: ep.target_ref.as_ref(),
+                };
+                self.add_address(exports, &key, &ports, &address);
+            }
+        }
+    }
+
+    /// Adds the endpoints of a member's core/v1 Endpoints (ready and not-ready addresses).
+    fn add_endpoints(&mut self, exports: &Exports<'_>, list: &[Arc<Endpoints>]) {
+        for eps in list {
+            let Some(key) = ServiceKey::of(&eps.metadata) else {
+                continue;
+            };
+            if !exports.exported.contains(&key) {
+                continue;
+            }
+            for subset in eps.subsets.iter().flatten() {
+                let ports = tcp_ports(
+                    subset
+                        .ports
+                        .iter()
+                        .flatten()
+                        .map(|p| (p.name.as_ref(), p.protocol.as_deref(), Some(p.port))),
+                );
+                let both = [
+                    (subset.addresses.iter().flatten(), true),
+                    (subset.not_ready_addresses.iter().flatten(), false),
+                ];
+                for (addrs, ready) in both {
+                    for a in addrs {
+                        let address = Address {
+                            ip: &a.ip,
+                            ready,
+                            node: a.node_name.as_deref(),
+                            zone: None,
+                            target_ref: a.target_ref.as_ref(),
+                        };
+                        self.add_address(exports, &key, &ports, &address);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds one address of `key` when it is a tunnel target ([`targets::admit`]); counts
+    /// and logs it when it is not.
+    fn add_address(
+        &mut self,
+        exports: &Exports<'_>,
+        key: &ServiceKey,
+        ports: &BTreeMap<String, u32>,
+        a: &Address<'_>,
+    ) {
+        let admitted = targets::admit(
+            a.ip,
+            a.target_ref,
+            &key.namespace,
+            exports.external.contains(key),
+            |pod| exports.idx.pod(&key.namespace, pod),
+        );
+        if let Err(skip) = admitted {
+            debug!(cluster = %exports.idx.input.cluster, service = %key, address = a.ip,
+                reason = skip.label(),
+                "endpoint skipped: not an IP of a Pod of the service's namespace");
+            *self
+                .skipped
+                .entry(key.clone())
+                .or_default()
+                .entry(skip)
+                .or_default() += 1;
+            return;
+        }
+        let e = exports.idx.endpoint(&key.namespace, ports, a);
+        self.endpoints
+            .entry(key.clone())
+            .or_default()
+            .entry((e.cluster.clone(), e.address.clone()))
+            .and_modify(|old| {
+                // The same address in two slices (an endpoint moving between them, or one
+                // slice per port set) is one endpoint: merge the ports; ready if either
+                // says so, so that the order of the slices does not matter.
+                for (k, v) in &e.ports {
+                    old.ports.entry(k.clone()).or_insert(*v);
+                }
+                old.ready |= e.ready;
+            })
+            .or_insert(e);
+    }
+
+    /// One entry per service any member exports.
+    fn finish(mut self) -> Catalog {
+        let services = self
+            .clusters
+            .into_iter()
+            .map(|(key, clusters)| {
+                let entry = GlobalServiceEntry {
+                    ports: self
+                        .ports
+                        .remove(&key)
+                        .unwrap_or_default()
+                        .into_values()
+                        .collect(),
+                    endpoints: self
+                        .endpoints
+                        .remove(&key)
+                        .unwrap_or_default()
+                        .into_values()
+                        .collect(),
+                    skipped: self.skipped.remove(&key).unwrap_or_default(),
+                    clusters,
+                    key: key.clone(),
+                };
+                (key, entry)
+            })
+            .collect();
+        Catalog { services }
+    }
+}
+
+/// The TCP ports of an endpoint object by name (name, protocol, number).
+fn tcp_ports<'p>(
+    ports: impl Iterator<Item = (Option<&'p String>, Option<&'p str>, Option<i32>)>,
+) -> BTreeMap<String, u32> {
+    ports
+        .filter(|(_, protocol, _)| protocol.unwrap_or("TCP") == "TCP")
+        .filter_map(|(name, _, port)| {
+            Some((
+                name.cloned().unwrap_or_default(),
+                u32::try_from(port?).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// The locality of a Service's first endpoint (ready ones first) in one member, e.g. of the
 /// gateway Service: the gateway's own locality.
-pub fn service_locality(input: &MemberInput, namespace: &str, name: &str) -> Option<Locality> {
+pub(crate) fn service_locality(
+    input: &MemberInput,
+    namespace: &str,
+    name: &str,
+) -> Option<Locality> {
     let idx = MemberIndex::new(input);
     let mut found: Vec<(bool, Locality)> = Vec::new();
     match &input.endpoints {

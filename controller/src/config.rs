@@ -38,7 +38,7 @@ impl Config {
     /// The configured caller locality: --locality (`MERIDIAN_LOCALITY`), else --region and
     /// --locality-zone (`MERIDIAN_REGION`, `MERIDIAN_ZONE`: the manifests fill them from the
     /// `meridian-cluster` ConfigMap), else none (the gateway's node decides).
-    pub fn locality(&self) -> Option<Locality> {
+    pub(crate) fn locality(&self) -> Option<Locality> {
         if let Some(l) = self.locality.clone().filter(|l| *l != Locality::default()) {
             return Some(l);
         }
@@ -193,12 +193,12 @@ pub struct Config {
 
     /// Audience callers' ServiceAccount tokens must be issued for (the projected token's
     /// `audience`); tokens for the API server's default audience are refused.
-    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    #[arg(long, default_value = crate::grpc::auth::DEFAULT_AUDIENCE)]
     pub token_audience: String,
 
     /// Most snapshot streams open at once; one more is refused (RESOURCE_EXHAUSTED) and
     /// counted in meridian_grpc_refusals_total{reason="subscriber_limit"}.
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_SUBSCRIBERS)]
+    #[arg(long, default_value_t = crate::grpc::discovery::DEFAULT_MAX_SUBSCRIBERS)]
     pub max_subscribers: usize,
 
     /// HTTP/2 PING interval on gRPC connections: a subscriber that vanished without closing
@@ -235,11 +235,11 @@ pub struct Config {
 }
 
 /// Port of the metrics server when --metrics-addr is not given.
-pub const METRICS_PORT: u16 = 15014;
+pub(crate) const METRICS_PORT: u16 = 15014;
 
 impl Config {
     /// The VIP manager's settings.
-    pub fn vip_settings(&self) -> crate::vip::VipSettings {
+    pub(crate) fn vip_settings(&self) -> crate::vip::VipSettings {
         crate::vip::VipSettings {
             namespace: self.namespace.clone(),
             selector: self.gateway_labels(),
@@ -249,12 +249,12 @@ impl Config {
     }
 
     /// The metrics server's address in force.
-    pub fn metrics_addr(&self) -> SocketAddr {
+    pub(crate) fn metrics_addr(&self) -> SocketAddr {
         self.admin.addr(self.metrics_addr, METRICS_PORT)
     }
 
     /// The gateway selector as a label map.
-    pub fn gateway_labels(&self) -> std::collections::BTreeMap<String, String> {
+    pub(crate) fn gateway_labels(&self) -> std::collections::BTreeMap<String, String> {
         self.gateway_selector
             .split(',')
             .filter_map(|kv| kv.split_once('='))

@@ -40,7 +40,12 @@ fn pod_ref(ns: &str, pod: &str) -> Option<ObjectReference> {
 }
 
 /// A Service with `(name, port, appProtocol)` ports, exported or not.
-pub fn service(ns: &str, name: &str, ports: &[(&str, i32, Option<&str>)], export: bool) -> Service {
+pub(crate) fn service(
+    ns: &str,
+    name: &str,
+    ports: &[(&str, i32, Option<&str>)],
+    export: bool,
+) -> Service {
     let l: &[(&str, &str)] = if export {
         &[("meridian.io/export", "true")]
     } else {
@@ -67,7 +72,7 @@ pub fn service(ns: &str, name: &str, ports: &[(&str, i32, Option<&str>)], export
 }
 
 /// An EndpointSlice with `(name, port)` ports and `(ip, ready, node, pod)` endpoints.
-pub fn slice(
+pub(crate) fn slice(
     ns: &str,
     svc: &str,
     ports: &[(&str, i32)],
@@ -108,7 +113,7 @@ pub fn slice(
 }
 
 /// A core/v1 Endpoints with `(name, port)` ports and `(ip, ready, node, pod)` addresses.
-pub fn endpoints(
+pub(crate) fn endpoints(
     ns: &str,
     svc: &str,
     ports: &[(&str, i32)],
@@ -247,9 +252,9 @@ impl MemberInput {
     }
 }
 
-/// A Pod as [`crate::reflected::pod`] keeps it: labels and `status.podIP`/`podIPs` (none
+/// A Pod as [`crate::members::reflected::pod`] keeps it: labels and `status.podIP`/`podIPs` (none
 /// when `ips` is empty, as before the kubelet reports them).
-pub fn pod(ns: &str, name: &str, ips: &[&str], l: &[(&str, &str)]) -> Pod {
+pub(crate) fn pod(ns: &str, name: &str, ips: &[&str], l: &[(&str, &str)]) -> Pod {
     Pod {
         metadata: meta(Some(ns), name, l),
         status: (!ips.is_empty()).then(|| PodStatus {

@@ -13,11 +13,12 @@ use kube::Client;
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
 
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
-pub struct ElectionSettings {
+pub(crate) struct ElectionSettings {
     /// Namespace of the Lease.
     pub namespace: String,
     /// Name of the Lease.
@@ -39,7 +40,7 @@ impl ElectionSettings {
 
 /// The default identity outside Kubernetes: host name and process id, so two replicas on
 /// one machine differ.
-pub fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "meridian-controller".into());
@@ -47,53 +48,53 @@ pub fn default_identity() -> String {
 }
 
 /// A running election: whether this replica leads, and how to leave.
-pub struct Election {
+pub(crate) struct Election {
     rx: watch::Receiver<bool>,
     /// The sender of a fixed leadership (no election), kept so followers never see it go.
     fixed: Option<watch::Sender<bool>>,
-    stop: Option<watch::Sender<bool>>,
+    stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl Election {
     /// No election: this replica always leads (`--leader-elect=false`).
-    pub fn always_leader() -> Self {
+    pub(crate) fn always_leader() -> Self {
         let (tx, rx) = watch::channel(true);
         Self {
             rx,
             fixed: Some(tx),
-            stop: None,
+            stop: CancellationToken::new(),
             task: None,
         }
     }
 
     /// Joins the election. Creating the Lease is retried until the API server answers;
     /// until then this replica does not lead.
-    pub fn start(client: Client, settings: ElectionSettings) -> Self {
+    pub(crate) fn start(client: Client, settings: ElectionSettings) -> Self {
         let (tx, rx) = watch::channel(false);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(client, settings, tx, stop_rx));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(
+            run(client, settings, tx, stop.clone()).instrument(info_span!("leader-election")),
+        );
         Self {
             rx,
             fixed: None,
-            stop: Some(stop_tx),
+            stop,
             task: Some(task),
         }
     }
 
     /// Follows leadership: `true` while this replica leads.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.rx.clone()
     }
 
     /// Stops leading and releases the Lease (bounded by `timeout`).
-    pub async fn resign(mut self, timeout: Duration) {
+    pub(crate) async fn resign(mut self, timeout: Duration) {
         if let Some(fixed) = self.fixed.take() {
             fixed.send_replace(false);
         }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
+        self.stop.cancel();
         if let Some(task) = self.task.take()
             && tokio::time::timeout(timeout, task).await.is_err()
         {
@@ -106,7 +107,7 @@ async fn run(
     client: Client,
     settings: ElectionSettings,
     leader: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let (duration, grace) = settings.seconds();
     let params = LeaseParams::new(settings.identity.clone(), duration, grace);
@@ -125,7 +126,7 @@ async fn run(
                 warn!(error = %e, lease = %settings.lease_name, "cannot set up the leader Lease, retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -154,7 +155,7 @@ async fn run(
                 }
                 leader.send_replace(leads);
             }
-            _ = stop.wait_for(|s| *s) => break,
+            () = stop.cancelled() => break,
         }
     }
     leader.send_replace(false);

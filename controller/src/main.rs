@@ -2,27 +2,15 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use meridian_api::signal::shutdown_on_signal;
+use meridian_api::telemetry::{self, LogFormat};
 use meridian_controller::Config;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    telemetry::init(LogFormat::Text, "info");
     let config = Config::parse();
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    meridian_controller::run(config, shutdown)
+    meridian_controller::run(config, shutdown_on_signal())
         .await
         .context("meridian-controller failed")
 }

@@ -16,19 +16,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use crate::crd::Phase;
 
 /// `{cluster}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabels {
+pub(crate) struct ClusterLabels {
     /// Member cluster.
     pub cluster: String,
 }
 
 /// `{cluster, phase}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
+pub(crate) struct PhaseLabels {
     /// Member cluster.
     pub cluster: String,
     /// Phase name.
@@ -37,14 +38,14 @@ pub struct PhaseLabels {
 
 /// `{phase}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectedLabels {
+pub(crate) struct RejectedLabels {
     /// Phase reported for the refused registrations.
     pub phase: String,
 }
 
 /// `{cluster, resource}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WatchLabels {
+pub(crate) struct WatchLabels {
     /// Member cluster.
     pub cluster: String,
     /// Watched resource kind.
@@ -53,7 +54,7 @@ pub struct WatchLabels {
 
 /// `{controller, error}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     /// Which reconciler failed.
     pub controller: String,
     /// [`crate::Error::metric_label`].
@@ -62,24 +63,24 @@ pub struct ErrorLabels {
 
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     /// Why.
     pub reason: String,
 }
 
 /// `{controller}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
+pub(crate) struct ControllerLabels {
     /// Which reconciler ran.
     pub controller: String,
 }
 
 /// `{service, reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabels {
+pub(crate) struct RefusalLabels {
     /// gRPC method refused (`Watch`, `SignCertificate`).
     pub service: String,
-    /// Why ([`crate::auth::Refusal::label`], or `subscriber_limit`).
+    /// Why ([`crate::grpc::auth::Refusal::label`], or `subscriber_limit`).
     pub reason: String,
 }
 
@@ -94,45 +95,45 @@ const PHASES: [Phase; 4] = [
 pub struct Metrics {
     registry: Registry,
     /// 1 for a member's current phase, 0 for the others.
-    pub member_phase: Family<PhaseLabels, Gauge>,
+    pub(crate) member_phase: Family<PhaseLabels, Gauge>,
     /// Seconds since a member was last fully in sync (refreshed on scrape).
-    pub member_last_sync_age: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) member_last_sync_age: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     last_sync: ArcSwap<BTreeMap<String, SystemTime>>,
     /// Watch events received per member and resource.
-    pub watch_events: Family<WatchLabels, Counter>,
+    pub(crate) watch_events: Family<WatchLabels, Counter>,
     /// Registered members.
-    pub members: Gauge,
+    pub(crate) members: Gauge,
     /// Registration Secrets refused, per phase (`InvalidCredentials`, `Conflict`).
-    pub registrations_rejected: Family<RejectedLabels, Gauge>,
+    pub(crate) registrations_rejected: Family<RejectedLabels, Gauge>,
     /// Global services in the catalog.
-    pub catalog_services: Gauge,
+    pub(crate) catalog_services: Gauge,
     /// Endpoints in the catalog.
-    pub catalog_endpoints: Gauge,
+    pub(crate) catalog_endpoints: Gauge,
     /// Version of the current snapshot.
-    pub snapshot_version: Gauge<u64, AtomicU64>,
+    pub(crate) snapshot_version: Gauge<u64, AtomicU64>,
     /// New snapshot versions published.
-    pub snapshot_publishes: Counter,
+    pub(crate) snapshot_publishes: Counter,
     /// Snapshots sent to subscribers.
-    pub snapshot_pushes: Counter,
+    pub(crate) snapshot_pushes: Counter,
     /// Time to hand one snapshot to a subscriber's stream.
-    pub snapshot_push_duration: Histogram,
+    pub(crate) snapshot_push_duration: Histogram,
     /// Connected subscribers.
-    pub subscribers: Gauge,
+    pub(crate) subscribers: Gauge,
     /// gRPC calls refused before they were served, per method and reason.
-    pub grpc_refusals: Family<RefusalLabels, Counter>,
+    pub(crate) grpc_refusals: Family<RefusalLabels, Counter>,
     /// Reconciliations per reconciler.
-    pub reconciliations: Family<ControllerLabels, Counter>,
+    pub(crate) reconciliations: Family<ControllerLabels, Counter>,
     /// Failed reconciliations per reconciler and error.
-    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub(crate) reconcile_errors: Family<ErrorLabels, Counter>,
     /// 1 while this replica is the leader (the one writing to the API).
-    pub leader: Gauge,
+    pub(crate) leader: Gauge,
     /// VIPs currently without (all of) their listener ports or Service, per reason.
-    pub vip_refusals: Family<ReasonLabels, Gauge>,
+    pub(crate) vip_refusals: Family<ReasonLabels, Gauge>,
     /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
     /// reason.
-    pub skipped_endpoints: Family<ReasonLabels, Gauge>,
+    pub(crate) skipped_endpoints: Family<ReasonLabels, Gauge>,
     /// Connections the metrics server closed.
-    pub admin: meridian_api::admin::AdminMetrics,
+    pub(crate) admin: meridian_api::admin::AdminMetrics,
 }
 
 impl Default for Metrics {
@@ -254,7 +255,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Sets the refused VIPs per reason (every known reason, zero when none).
-    pub fn set_vip_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn set_vip_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
         let mut counts: BTreeMap<&str, i64> = crate::vip::Refusal::REASONS
             .iter()
             .map(|r| (*r, 0))
@@ -272,7 +273,7 @@ impl Metrics {
     }
 
     /// Counts a refused gRPC call.
-    pub fn refuse(&self, service: &str, reason: &str) {
+    pub(crate) fn refuse(&self, service: &str, reason: &str) {
         self.grpc_refusals
             .get_or_create(&RefusalLabels {
                 service: service.into(),
@@ -282,7 +283,7 @@ impl Metrics {
     }
 
     /// Records a member's phase.
-    pub fn set_phase(&self, cluster: &str, phase: Phase) {
+    pub(crate) fn set_phase(&self, cluster: &str, phase: Phase) {
         for p in PHASES {
             self.member_phase
                 .get_or_create(&PhaseLabels {
@@ -294,7 +295,7 @@ impl Metrics {
     }
 
     /// Records how many registrations are refused with `phase`.
-    pub fn set_rejected(&self, phase: Phase, count: usize) {
+    pub(crate) fn set_rejected(&self, phase: Phase, count: usize) {
         self.registrations_rejected
             .get_or_create(&RejectedLabels {
                 phase: phase.to_string(),
@@ -303,7 +304,7 @@ impl Metrics {
     }
 
     /// Records that a member was fully in sync at `at`.
-    pub fn set_synced(&self, cluster: &str, at: SystemTime) {
+    pub(crate) fn set_synced(&self, cluster: &str, at: SystemTime) {
         self.last_sync.rcu(|m| {
             let mut m = BTreeMap::clone(m);
             m.insert(cluster.to_owned(), at);
@@ -312,7 +313,7 @@ impl Metrics {
     }
 
     /// Forgets a member that was unregistered.
-    pub fn remove_member(&self, cluster: &str) {
+    pub(crate) fn remove_member(&self, cluster: &str) {
         for p in PHASES {
             self.member_phase.remove(&PhaseLabels {
                 cluster: cluster.to_owned(),
@@ -330,7 +331,7 @@ impl Metrics {
     }
 
     /// Counts one watch event.
-    pub fn watch_event(&self, cluster: &str, resource: &str) {
+    pub(crate) fn watch_event(&self, cluster: &str, resource: &str) {
         self.watch_events
             .get_or_create(&WatchLabels {
                 cluster: cluster.to_owned(),
@@ -340,13 +341,13 @@ impl Metrics {
     }
 
     /// Counts one snapshot sent to a subscriber.
-    pub fn observe_push(&self, took: Duration) {
+    pub(crate) fn observe_push(&self, took: Duration) {
         self.snapshot_pushes.inc();
         self.snapshot_push_duration.observe(took.as_secs_f64());
     }
 
     /// Counts one reconciliation.
-    pub fn reconciled(&self, controller: &str) {
+    pub(crate) fn reconciled(&self, controller: &str) {
         self.reconciliations
             .get_or_create(&ControllerLabels {
                 controller: controller.to_owned(),
@@ -355,7 +356,7 @@ impl Metrics {
     }
 
     /// Counts one failed reconciliation.
-    pub fn reconcile_failed(&self, controller: &str, error: &crate::Error) {
+    pub(crate) fn reconcile_failed(&self, controller: &str, error: &crate::Error) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 controller: controller.to_owned(),
@@ -365,7 +366,7 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let now = SystemTime::now();
         for (cluster, at) in self.last_sync.load().iter() {
             let age = now.duration_since(*at).unwrap_or_default();
@@ -398,16 +399,16 @@ async fn handle(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full<
     resp.expect("static response parts are valid")
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
-pub async fn serve(
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` is cancelled.
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     limits: meridian_api::admin::Limits,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
     let admin = metrics.admin.clone();
     let handler = move |req| handle(req, metrics.clone());
-    meridian_api::admin::serve(listener, handler, limits, admin, shutdown).await;
+    meridian_api::admin::serve(listener, handler, limits, admin, shutdown.cancelled()).await;
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub struct PolicyInForce {
 
 /// The verdict on one GlobalTrafficPolicy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The current generation is valid and in force.
     Accepted,
     /// The current generation is invalid; the reason names the field.
@@ -67,7 +67,7 @@ fn precedence(gtp: &GlobalTrafficPolicy) -> (Option<Timestamp>, String) {
 }
 
 /// The verdict on `gtp` given every policy in the cluster.
-pub fn verdict(gtp: &GlobalTrafficPolicy, all: &[Arc<GlobalTrafficPolicy>]) -> Verdict {
+pub(crate) fn verdict(gtp: &GlobalTrafficPolicy, all: &[Arc<GlobalTrafficPolicy>]) -> Verdict {
     let key = key_of(gtp);
     if let Some(winner) = all
         .iter()
@@ -115,7 +115,7 @@ pub fn in_force(all: &[Arc<GlobalTrafficPolicy>]) -> BTreeMap<ServiceKey, Policy
 }
 
 /// Sets a condition, keeping its transition time when the status did not change.
-pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     if let Some(old) = conditions.iter_mut().find(|c| c.type_ == new.type_) {
         if old.status == new.status {
             new.last_transition_time = old.last_transition_time.clone();
@@ -127,7 +127,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 }
 
 /// A condition stamped now.
-pub fn condition(
+pub(crate) fn condition(
     type_: &str,
     ok: bool,
     reason: &str,
@@ -145,7 +145,7 @@ pub fn condition(
 }
 
 /// State the policy reconciler needs.
-pub struct Context {
+pub(crate) struct Context {
     /// The own cluster's client.
     pub client: Client,
     /// Every GlobalTrafficPolicy (the controller's store).
@@ -201,7 +201,7 @@ pub fn desired_status(
 
 /// Writes the status of one GlobalTrafficPolicy.
 #[instrument(skip(gtp, ctx), fields(policy = %gtp.name_any(), namespace = field::Empty))]
-pub async fn reconcile(gtp: Arc<GlobalTrafficPolicy>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(gtp: Arc<GlobalTrafficPolicy>, ctx: Arc<Context>) -> Result<Action> {
     if !*ctx.leader.borrow() {
         // Every policy is reconciled again when this replica becomes the leader.
         return Ok(Action::await_change());
@@ -235,7 +235,11 @@ pub async fn reconcile(gtp: Arc<GlobalTrafficPolicy>, ctx: Arc<Context>) -> Resu
 }
 
 /// Counts the failure and retries later.
-pub fn error_policy(gtp: Arc<GlobalTrafficPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    gtp: Arc<GlobalTrafficPolicy>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     warn!(policy = %gtp.name_any(), %error, "reconcile failed");
     ctx.metrics.reconcile_failed("policy", error);
     Action::requeue(Duration::from_secs(5))
@@ -245,7 +249,7 @@ pub fn error_policy(gtp: Arc<GlobalTrafficPolicy>, error: &Error, ctx: Arc<Conte
 /// (read by the aggregator) and the future to drive; `notify` is poked on every change,
 /// deletions included. Status is written only while `leader` is true; becoming the leader
 /// reconciles every policy.
-pub fn controller(
+pub(crate) fn controller(
     client: Client,
     metrics: Arc<Metrics>,
     notify: Arc<Notify>,
@@ -264,7 +268,7 @@ pub fn controller(
     // every change, deletions included.
     let changes = watcher(api, watcher::Config::default())
         .backoff(kube::runtime::watcher::ExponentialBackoff::from(
-            crate::member::reconnect_backoff(),
+            crate::members::member::reconnect_backoff(),
         ))
         .for_each(move |_| {
             notify.notify_one();

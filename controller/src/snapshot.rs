@@ -13,7 +13,7 @@ use meridian_api::TrafficPolicy;
 use meridian_api::proto;
 use prost::Message;
 
-use crate::catalog::{Catalog, ServiceKey};
+use crate::catalog::{Catalog, EndpointEntry, GlobalServiceEntry, ServiceKey};
 
 /// A member's east-west gateway as the snapshot lists it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,7 +60,7 @@ pub struct SnapshotInput<'a> {
 }
 
 /// The SPIFFE identity of a cluster's gateway.
-pub fn gateway_identity(trust_domain: &str, cluster: &str) -> String {
+pub(crate) fn gateway_identity(trust_domain: &str, cluster: &str) -> String {
     format!("spiffe://{trust_domain}/cluster/{cluster}/gateway")
 }
 
@@ -75,86 +75,99 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
         .map(|c| c.services.values().collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .map(|svc| {
-            let vip = vips.get(&svc.key);
-            let ports = |v: Option<&VipInfo>| -> Vec<proto::ServicePort> {
-                svc.ports
-                    .iter()
-                    .map(|p| proto::ServicePort {
-                        name: p.name.clone(),
-                        port: p.port,
-                        protocol: p.protocol as i32,
-                        listener_port: v
-                            .and_then(|v| v.listeners.get(&p.name).copied())
-                            .unwrap_or(0),
-                    })
-                    .collect()
-            };
-            proto::GlobalService {
-                name: svc.key.name.clone(),
-                namespace: svc.key.namespace.clone(),
-                hostname: svc.key.hostname(input.zone),
-                vip: vip.map(|v| v.vip.clone()).unwrap_or_default(),
-                // Sorted by cluster (a BTreeMap); only clusters exporting the service.
-                cluster_vips: vip
-                    .map(|v| &v.pinned)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(c, _)| svc.clusters.contains(*c))
-                    .map(|(c, p)| proto::ClusterVip {
-                        cluster: c.clone(),
-                        vip: p.vip.clone(),
-                        ports: ports(Some(p)),
-                    })
-                    .collect(),
-                ports: ports(vip),
-                endpoints: svc
-                    .endpoints
-                    .iter()
-                    .map(|e| proto::Endpoint {
-                        cluster: e.cluster.clone(),
-                        address: e.address.clone(),
-                        ports: e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                        locality: Some((&e.locality).into()),
-                        labels: e
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                        ready: e.ready,
-                        stale: e.stale,
-                        pod: e.pod.clone(),
-                    })
-                    .collect(),
-                policy_json: policies
-                    .get(&svc.key)
-                    .map(|p| serde_json::to_string(p).expect("a policy always serializes"))
-                    .unwrap_or_default(),
-                clusters: svc.clusters.iter().cloned().collect(),
-            }
-        })
+        .map(|svc| global_service(svc, vips.get(&svc.key), policies.get(&svc.key), input.zone))
         .collect();
-    let mut peers = input.peers.clone();
-    peers.sort();
-    peers.dedup_by(|a, b| a.cluster == b.cluster);
     let mut snap = proto::Snapshot {
         version: 0,
         cluster: input.cluster.to_owned(),
         locality: Some((&input.locality).into()),
         trust_domain: input.trust_domain.to_owned(),
         services,
-        peers: peers
-            .into_iter()
-            .map(|p| proto::Peer {
-                identity: gateway_identity(input.trust_domain, &p.cluster),
-                cluster: p.cluster,
-                address: p.address,
-                locality: Some((&p.locality).into()),
-            })
-            .collect(),
+        peers: peers(input),
     };
     snap.version = content_version(&snap);
     snap
+}
+
+/// One global service with its VIPs, ports, endpoints and policy.
+fn global_service(
+    svc: &GlobalServiceEntry,
+    vip: Option<&VipInfo>,
+    policy: Option<&TrafficPolicy>,
+    zone: &str,
+) -> proto::GlobalService {
+    proto::GlobalService {
+        name: svc.key.name.clone(),
+        namespace: svc.key.namespace.clone(),
+        hostname: svc.key.hostname(zone),
+        vip: vip.map(|v| v.vip.clone()).unwrap_or_default(),
+        // Sorted by cluster (a BTreeMap); only clusters exporting the service.
+        cluster_vips: vip
+            .map(|v| &v.pinned)
+            .into_iter()
+            .flatten()
+            .filter(|(c, _)| svc.clusters.contains(*c))
+            .map(|(c, p)| proto::ClusterVip {
+                cluster: c.clone(),
+                vip: p.vip.clone(),
+                ports: service_ports(svc, Some(p)),
+            })
+            .collect(),
+        ports: service_ports(svc, vip),
+        endpoints: svc.endpoints.iter().map(endpoint).collect(),
+        policy_json: policy
+            .map(|p| serde_json::to_string(p).expect("a policy always serializes"))
+            .unwrap_or_default(),
+        clusters: svc.clusters.iter().cloned().collect(),
+    }
+}
+
+/// The ports of a service with the listener port each has on `vip` (0: none).
+fn service_ports(svc: &GlobalServiceEntry, vip: Option<&VipInfo>) -> Vec<proto::ServicePort> {
+    svc.ports
+        .iter()
+        .map(|p| proto::ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: p.protocol as i32,
+            listener_port: vip
+                .and_then(|v| v.listeners.get(&p.name).copied())
+                .unwrap_or(0),
+        })
+        .collect()
+}
+
+fn endpoint(e: &EndpointEntry) -> proto::Endpoint {
+    proto::Endpoint {
+        cluster: e.cluster.clone(),
+        address: e.address.clone(),
+        ports: e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        locality: Some((&e.locality).into()),
+        labels: e
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        ready: e.ready,
+        stale: e.stale,
+        pod: e.pod.clone(),
+    }
+}
+
+/// The other members' gateways, one per cluster, sorted.
+fn peers(input: &SnapshotInput<'_>) -> Vec<proto::Peer> {
+    let mut peers = input.peers.clone();
+    peers.sort();
+    peers.dedup_by(|a, b| a.cluster == b.cluster);
+    peers
+        .into_iter()
+        .map(|p| proto::Peer {
+            identity: gateway_identity(input.trust_domain, &p.cluster),
+            cluster: p.cluster,
+            address: p.address,
+            locality: Some((&p.locality).into()),
+        })
+        .collect()
 }
 
 /// FNV-1a, 64 bit: tiny, stable across Rust versions and platforms (unlike std's hasher).
@@ -179,7 +192,7 @@ impl Fnv {
 
 /// The content version of a snapshot: a hash of its canonical encoding, ignoring `version`.
 /// Never 0, so 0 can mean "no snapshot yet".
-pub fn content_version(snap: &proto::Snapshot) -> u64 {
+pub(crate) fn content_version(snap: &proto::Snapshot) -> u64 {
     let mut h = Fnv::new();
     let mut head = snap.clone();
     head.version = 0;

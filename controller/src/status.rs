@@ -32,7 +32,7 @@ use crate::{Error, Result};
 
 /// What a member looks like for its `MemberCluster` status.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemberReport {
+pub(crate) struct MemberReport {
     /// Cluster name.
     pub name: String,
     /// The own cluster.
@@ -45,7 +45,7 @@ pub struct MemberReport {
 
 /// Everything status is written from.
 #[derive(Debug, Clone, Default)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// The catalog.
     pub catalog: Arc<Catalog>,
     /// VIPs and listener ports.
@@ -97,7 +97,7 @@ fn ready_message(svc: &GlobalServiceEntry, total: Counts) -> String {
 
 /// The status of one global service. `previous` conditions keep their transition times;
 /// `refused` is the first of its VIPs that was refused, if any.
-pub fn global_service_status(
+pub(crate) fn global_service_status(
     svc: &GlobalServiceEntry,
     vip: Option<&VipInfo>,
     refused: Option<(&VipKey, &Refusal)>,
@@ -181,7 +181,7 @@ pub fn global_service_status(
 }
 
 /// RFC 3339 for a status timestamp.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     Timestamp::try_from(t)
         .map(|t| {
             t.round(k8s_openapi::jiff::Unit::Second)
@@ -196,7 +196,7 @@ fn managed_labels() -> BTreeMap<String, String> {
 }
 
 /// Writes `GlobalService` and `MemberCluster` objects.
-pub struct StatusWriter {
+pub(crate) struct StatusWriter {
     client: Client,
     metrics: Arc<Metrics>,
     services: BTreeMap<String, GlobalServiceStatus>,
@@ -208,9 +208,30 @@ pub struct StatusWriter {
 /// A member status older than this is rewritten even if only `lastSyncTime` moved.
 const SYNC_TIME_REFRESH: Duration = Duration::from_secs(30);
 
+/// The first error of one pass of writes; every error is logged and counted.
+struct FirstError {
+    first: Result<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl FirstError {
+    /// Notes the result of writing `what`; returns whether it succeeded.
+    fn note(&mut self, r: Result<()>, what: &str) -> bool {
+        let Err(e) = r else {
+            return true;
+        };
+        warn!(object = what, error = %e, "status write failed");
+        self.metrics.reconcile_failed("status", &e);
+        if self.first.is_ok() {
+            self.first = Err(e);
+        }
+        false
+    }
+}
+
 impl StatusWriter {
     /// Lists the managed objects that exist, so stale ones can be collected.
-    pub async fn start(client: Client, metrics: Arc<Metrics>) -> Result<StatusWriter> {
+    pub(crate) async fn start(client: Client, metrics: Arc<Metrics>) -> Result<StatusWriter> {
         let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let gs: Api<GlobalService> = Api::all(client.clone());
         let mc: Api<MemberCluster> = Api::all(client.clone());
@@ -299,131 +320,155 @@ impl StatusWriter {
 
     /// Writes everything that changed since the last call; the first error is returned
     /// after trying the rest.
-    pub async fn write(&mut self, view: &StatusView) -> Result<()> {
-        let mut first_err: Result<()> = Ok(());
-        let mut note = |r: Result<()>, what: &str, metrics: &Metrics| {
-            if let Err(e) = r {
-                warn!(object = what, error = %e, "status write failed");
-                metrics.reconcile_failed("status", &e);
-                if first_err.is_ok() {
-                    first_err = Err(e);
-                }
-                false
-            } else {
-                true
-            }
+    pub(crate) async fn write(&mut self, view: &StatusView) -> Result<()> {
+        let mut errors = FirstError {
+            first: Ok(()),
+            metrics: self.metrics.clone(),
         };
+        self.write_services(view, &mut errors).await;
+        self.write_members(view, &mut errors).await;
+        errors.first
+    }
 
-        // GlobalServices.
-        let gs_api: Api<GlobalService> = Api::all(self.client.clone());
+    /// The GlobalService of every catalog entry; those of entries gone are deleted.
+    async fn write_services(&mut self, view: &StatusView, errors: &mut FirstError) {
+        let api: Api<GlobalService> = Api::all(self.client.clone());
         let mut wanted = BTreeSet::new();
-        for (key, svc) in &view.catalog.services {
-            let name = key.to_string();
-            wanted.insert(name.clone());
-            let previous = self
-                .services
-                .get(&name)
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let refused = view
-                .vip_refusals
-                .range(VipKey::global(key.clone())..)
-                .take_while(|(k, _)| &k.service == key)
-                .next();
-            let status = global_service_status(
-                svc,
-                view.vips.get(key),
-                refused,
-                view.policies.get(key),
-                &view.zone,
-                &previous,
-            );
-            if !self.known_services.contains(&name) {
-                let spec = crate::crd::GlobalServiceSpec {
-                    service: key.name.clone(),
-                    namespace: key.namespace.clone(),
-                };
-                let r = self.apply(&gs_api, &name, "GlobalService", &spec).await;
-                if !note(r, &name, &self.metrics) {
-                    continue;
-                }
-                info!(global_service = %name, "GlobalService created");
-                self.known_services.insert(name.clone());
-            }
-            if self.services.get(&name) != Some(&status) {
-                let r = self
-                    .apply_status(&gs_api, &name, "GlobalService", &status)
-                    .await;
-                if note(r, &name, &self.metrics) {
-                    debug!(global_service = %name, ready = %status.ready_summary, "status written");
-                    self.services.insert(name, status);
-                }
-            }
+        for key in view.catalog.services.keys() {
+            wanted.insert(key.to_string());
+            self.write_service(&api, view, key, errors).await;
         }
         for name in self.known_services.clone().difference(&wanted) {
-            let r = self.delete(&gs_api, name).await;
-            if note(r, name, &self.metrics) {
+            let r = self.delete(&api, name).await;
+            if errors.note(r, name) {
                 info!(global_service = %name, "GlobalService deleted");
                 self.known_services.remove(name);
                 self.services.remove(name);
             }
         }
+    }
 
-        // MemberClusters.
-        let mc_api: Api<MemberCluster> = Api::all(self.client.clone());
+    /// One GlobalService: created when new, its status written when it changed.
+    async fn write_service(
+        &mut self,
+        api: &Api<GlobalService>,
+        view: &StatusView,
+        key: &ServiceKey,
+        errors: &mut FirstError,
+    ) {
+        let Some(svc) = view.catalog.services.get(key) else {
+            return;
+        };
+        let name = key.to_string();
+        let previous = self
+            .services
+            .get(&name)
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let refused = view
+            .vip_refusals
+            .range(VipKey::global(key.clone())..)
+            .take_while(|(k, _)| &k.service == key)
+            .next();
+        let status = global_service_status(
+            svc,
+            view.vips.get(key),
+            refused,
+            view.policies.get(key),
+            &view.zone,
+            &previous,
+        );
+        if !self.known_services.contains(&name) {
+            let spec = crate::crd::GlobalServiceSpec {
+                service: key.name.clone(),
+                namespace: key.namespace.clone(),
+            };
+            let r = self.apply(api, &name, "GlobalService", &spec).await;
+            if !errors.note(r, &name) {
+                return;
+            }
+            info!(global_service = %name, "GlobalService created");
+            self.known_services.insert(name.clone());
+        }
+        if self.services.get(&name) != Some(&status) {
+            let r = self
+                .apply_status(api, &name, "GlobalService", &status)
+                .await;
+            if errors.note(r, &name) {
+                debug!(global_service = %name, ready = %status.ready_summary, "status written");
+                self.services.insert(name, status);
+            }
+        }
+    }
+
+    /// The MemberCluster of every member and rejected registration; those gone are deleted.
+    async fn write_members(&mut self, view: &StatusView, errors: &mut FirstError) {
+        let api: Api<MemberCluster> = Api::all(self.client.clone());
         let mut wanted = BTreeSet::new();
         let now = SystemTime::now();
         for m in &view.members {
             wanted.insert(m.name.clone());
-            if !self.known_members.contains(&m.name) {
-                let spec = crate::crd::MemberClusterSpec {
-                    local: m.local,
-                    secret: m.secret.clone(),
-                };
-                let r = self.apply(&mc_api, &m.name, "MemberCluster", &spec).await;
-                if !note(r, &m.name, &self.metrics) {
-                    continue;
-                }
-                self.known_members.insert(m.name.clone());
-            }
-            let fresh = match self.members.get(&m.name) {
-                Some((old, at)) => {
-                    let mut a = old.clone();
-                    let mut b = m.status.clone();
-                    a.last_sync_time = None;
-                    b.last_sync_time = None;
-                    a == b
-                        && (old.last_sync_time == m.status.last_sync_time
-                            || now.duration_since(*at).unwrap_or_default() < SYNC_TIME_REFRESH)
-                }
-                None => false,
-            };
-            if !fresh {
-                let r = self
-                    .apply_status(&mc_api, &m.name, "MemberCluster", &m.status)
-                    .await;
-                if note(r, &m.name, &self.metrics) {
-                    if m.status.phase != Phase::Synced {
-                        debug!(cluster = %m.name, phase = %m.status.phase, "member status written");
-                    }
-                    self.members.insert(m.name.clone(), (m.status.clone(), now));
-                }
-            }
+            self.write_member(&api, m, now, errors).await;
         }
         for name in self.known_members.clone().difference(&wanted) {
-            let r = self.delete(&mc_api, name).await;
-            if note(r, name, &self.metrics) {
+            let r = self.delete(&api, name).await;
+            if errors.note(r, name) {
                 info!(cluster = %name, "MemberCluster deleted");
                 self.known_members.remove(name);
                 self.members.remove(name);
             }
         }
-        first_err
+    }
+
+    /// One MemberCluster: created when new, its status written when it changed (or its
+    /// last sync time is older than [`SYNC_TIME_REFRESH`]).
+    async fn write_member(
+        &mut self,
+        api: &Api<MemberCluster>,
+        m: &MemberReport,
+        now: SystemTime,
+        errors: &mut FirstError,
+    ) {
+        if !self.known_members.contains(&m.name) {
+            let spec = crate::crd::MemberClusterSpec {
+                local: m.local,
+                secret: m.secret.clone(),
+            };
+            let r = self.apply(api, &m.name, "MemberCluster", &spec).await;
+            if !errors.note(r, &m.name) {
+                return;
+            }
+            self.known_members.insert(m.name.clone());
+        }
+        let fresh = match self.members.get(&m.name) {
+            Some((old, at)) => {
+                let mut a = old.clone();
+                let mut b = m.status.clone();
+                a.last_sync_time = None;
+                b.last_sync_time = None;
+                a == b
+                    && (old.last_sync_time == m.status.last_sync_time
+                        || now.duration_since(*at).unwrap_or_default() < SYNC_TIME_REFRESH)
+            }
+            None => false,
+        };
+        if fresh {
+            return;
+        }
+        let r = self
+            .apply_status(api, &m.name, "MemberCluster", &m.status)
+            .await;
+        if errors.note(r, &m.name) {
+            if m.status.phase != Phase::Synced {
+                debug!(cluster = %m.name, phase = %m.status.phase, "member status written");
+            }
+            self.members.insert(m.name.clone(), (m.status.clone(), now));
+        }
     }
 
     /// While this replica leads: (re)reads the managed objects, then writes every view it is
     /// sent. Runs until either sender is dropped.
-    pub async fn run_while_leader(
+    pub(crate) async fn run_while_leader(
         client: Client,
         metrics: Arc<Metrics>,
         mut rx: watch::Receiver<Option<Arc<StatusView>>>,
@@ -453,7 +498,7 @@ impl StatusWriter {
 
     /// Writes every view it is sent, newest first, retrying failures. Runs until the sender
     /// is dropped.
-    pub async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
+    pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
         loop {
             let view = rx.borrow_and_update().clone();
             if let Some(view) = view

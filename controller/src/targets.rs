@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 
 /// Service annotation admitting endpoints that are not Pods of the Service's namespace.
-pub const ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION: &str = "meridian.io/allow-external-endpoints";
+pub(crate) const ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION: &str = "meridian.io/allow-external-endpoints";
 
 /// Why an endpoint of an exported Service is not a tunnel target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,7 +63,7 @@ impl Skip {
 }
 
 /// Whether `svc` admits endpoints that are not Pods of its namespace.
-pub fn allows_external(svc: &Service) -> bool {
+pub(crate) fn allows_external(svc: &Service) -> bool {
     svc.metadata
         .annotations
         .as_ref()
@@ -73,7 +73,7 @@ pub fn allows_external(svc: &Service) -> bool {
 
 /// The IPs of a Pod: `status.podIPs`, and `status.podIP` (the first of them, or all there is
 /// on servers that predate `podIPs`).
-pub fn pod_ips(pod: &Pod) -> impl Iterator<Item = &str> {
+pub(crate) fn pod_ips(pod: &Pod) -> impl Iterator<Item = &str> {
     let status = pod.status.as_ref();
     let first = status.and_then(|s| s.pod_ip.as_deref());
     let all = status
@@ -94,7 +94,7 @@ fn same_ip(a: &str, b: &str) -> bool {
 
 /// Whether an endpoint `address` with `target_ref` of a Service in `namespace` is a tunnel
 /// target. `pod` looks up a Pod of `namespace` by name.
-pub fn admit<'a>(
+pub(crate) fn admit<'a>(
     address: &str,
     target_ref: Option<&ObjectReference>,
     namespace: &str,

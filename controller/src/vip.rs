@@ -31,9 +31,9 @@ pub use meridian_crd::{MANAGED_BY, MANAGED_BY_LABEL};
 pub const GLOBAL_SERVICE_ANNOTATION: &str = "meridian.io/global-service";
 /// Annotation naming the cluster a managed Service's VIP is pinned to (absent on the
 /// service's own VIP).
-pub const PINNED_CLUSTER_ANNOTATION: &str = "meridian.io/pinned-cluster";
+pub(crate) const PINNED_CLUSTER_ANNOTATION: &str = "meridian.io/pinned-cluster";
 /// Field manager for server-side apply.
-pub const FIELD_MANAGER: &str = "meridian-controller";
+pub(crate) const FIELD_MANAGER: &str = "meridian-controller";
 
 /// What a managed Service stands for: a global service's VIP, or its VIP pinned to one
 /// exporting cluster.
@@ -55,7 +55,7 @@ impl VipKey {
     }
 
     /// The VIP of `service` pinned to `cluster`.
-    pub fn pinned(service: ServiceKey, cluster: impl Into<String>) -> Self {
+    pub(crate) fn pinned(service: ServiceKey, cluster: impl Into<String>) -> Self {
         Self {
             service,
             pinned: Some(cluster.into()),
@@ -78,7 +78,7 @@ type PortKey = (VipKey, String);
 /// Why a VIP has no managed Service, or not all of its listener ports. Only that VIP is
 /// affected: every other keeps its Service, VIP and ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The listener-port range has too few free ports left for the VIP's ports.
     PortsExhausted {
         /// The configured range, `LOW-HIGH`.
@@ -107,10 +107,11 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const REASONS: [&'static str; 3] = ["PortsExhausted", "NamespacePortLimit", "NameConflict"];
+    pub(crate) const REASONS: [&'static str; 3] =
+        ["PortsExhausted", "NamespacePortLimit", "NameConflict"];
 
     /// The `VipAllocated` condition reason.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::PortsExhausted { .. } => Self::REASONS[0],
             Refusal::NamespacePortLimit { .. } => Self::REASONS[1],
@@ -119,7 +120,7 @@ impl Refusal {
     }
 
     /// A message naming the VIP and what is missing.
-    pub fn message(&self, vip: &VipKey) -> String {
+    pub(crate) fn message(&self, vip: &VipKey) -> String {
         let which = match &vip.pinned {
             Some(c) => format!("the VIP pinned to {c}"),
             None => "the VIP".to_owned(),
@@ -151,7 +152,7 @@ impl Refusal {
 /// The outcome of one allocation: listener ports per VIP (only VIPs with at least one), and
 /// the VIPs that did not get all of theirs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allocation {
+pub(crate) struct Allocation {
     /// Listener port per VIP and port name.
     pub listeners: BTreeMap<VipKey, BTreeMap<String, u32>>,
     /// VIPs missing some or all of their ports, and why.
@@ -160,7 +161,7 @@ pub struct Allocation {
 
 /// Stable, collision-free gateway listener port allocation.
 #[derive(Debug, Clone)]
-pub struct PortAllocator {
+pub(crate) struct PortAllocator {
     range: RangeInclusive<u16>,
     namespace_limit: usize,
     by_key: BTreeMap<PortKey, u16>,
@@ -168,7 +169,7 @@ pub struct PortAllocator {
 
 impl PortAllocator {
     /// An empty allocator over `range`, with no per-namespace cap.
-    pub fn new(range: RangeInclusive<u16>) -> Self {
+    pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
         Self {
             range,
             namespace_limit: usize::MAX,
@@ -177,14 +178,14 @@ impl PortAllocator {
     }
 
     /// Caps the listener ports the VIPs of one namespace may hold together.
-    pub fn with_namespace_limit(mut self, limit: usize) -> Self {
+    pub(crate) fn with_namespace_limit(mut self, limit: usize) -> Self {
         self.namespace_limit = limit;
         self
     }
 
     /// Adopts an allocation read back from the cluster. Ports outside the range, or already
     /// taken by another key, are refused (and re-allocated later).
-    pub fn adopt(&mut self, key: VipKey, port_name: String, listener: u16) -> bool {
+    pub(crate) fn adopt(&mut self, key: VipKey, port_name: String, listener: u16) -> bool {
         if !self.range.contains(&listener) || self.by_key.values().any(|p| *p == listener) {
             return false;
         }
@@ -199,7 +200,7 @@ impl PortAllocator {
     /// the range or under its namespace's cap is refused and keeps what it had, and nobody
     /// else's allocation changes. VIPs are served in key order (a service's own VIP before
     /// its pins), so the outcome does not depend on timing.
-    pub fn allocate(&mut self, catalog: &Catalog) -> Allocation {
+    pub(crate) fn allocate(&mut self, catalog: &Catalog) -> Allocation {
         let mut wanted: BTreeMap<VipKey, Vec<String>> = BTreeMap::new();
         for s in catalog.services.values() {
             let keys = std::iter::once(VipKey::global(s.key.clone()))
@@ -340,7 +341,7 @@ fn parse_key(annotation: &str) -> Option<ServiceKey> {
 }
 
 /// The VIP a managed Service stands for, from its annotations.
-pub fn vip_key(svc: &Service) -> Option<VipKey> {
+pub(crate) fn vip_key(svc: &Service) -> Option<VipKey> {
     let service = svc
         .annotations()
         .get(GLOBAL_SERVICE_ANNOTATION)
@@ -369,7 +370,7 @@ fn listeners_of(svc: &Service) -> BTreeMap<String, u16> {
 /// `catalog` (how replicas that do not lead learn what the leader allocated). Ports the
 /// catalog no longer has, pins to clusters no longer exporting, and Services whose name is
 /// not one their annotations' VIP would have (the leader does not use them) are left out.
-pub fn vips_of<'a>(
+pub(crate) fn vips_of<'a>(
     managed: impl IntoIterator<Item = &'a Service>,
     catalog: &Catalog,
 ) -> BTreeMap<ServiceKey, VipInfo> {
@@ -443,7 +444,7 @@ fn cluster_ip(svc: &Service) -> String {
 /// What one reconcile produced: VIP and listener ports per global service (with its pinned
 /// VIPs), and the VIPs refused.
 #[derive(Debug, Clone, Default)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     /// VIPs and listener ports per global service.
     pub vips: BTreeMap<ServiceKey, VipInfo>,
     /// VIPs without (all of) their ports or Service, and why.
@@ -452,7 +453,7 @@ pub struct Reconciled {
 
 /// The settings of a [`VipManager`].
 #[derive(Debug, Clone)]
-pub struct VipSettings {
+pub(crate) struct VipSettings {
     /// Namespace of the managed Services.
     pub namespace: String,
     /// Labels of the gateway pods the managed Services select.
@@ -464,7 +465,7 @@ pub struct VipSettings {
 }
 
 /// Owns the managed VIP Services of the controller's cluster (written only by the leader).
-pub struct VipManager {
+pub(crate) struct VipManager {
     api: Api<Service>,
     settings: VipSettings,
     allocator: PortAllocator,
@@ -482,7 +483,7 @@ pub struct VipManager {
 impl VipManager {
     /// Reads back existing managed Services and their listener ports.
     #[instrument(skip_all, fields(namespace = %settings.namespace))]
-    pub async fn start(client: Client, settings: VipSettings) -> Result<VipManager> {
+    pub(crate) async fn start(client: Client, settings: VipSettings) -> Result<VipManager> {
         ensure_namespace(&client, &settings.namespace).await;
         let api: Api<Service> = Api::namespaced(client, &settings.namespace);
         let mut m = VipManager {
@@ -503,7 +504,7 @@ impl VipManager {
     /// start, and whenever this replica becomes the leader: another one may have allocated
     /// in between).
     #[instrument(skip_all, fields(namespace = %self.settings.namespace))]
-    pub async fn read_back(&mut self) -> Result<()> {
+    pub(crate) async fn read_back(&mut self) -> Result<()> {
         let existing = self
             .api
             .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")))
@@ -684,7 +685,7 @@ impl VipManager {
     /// per global service, with its pinned VIPs, and the VIPs refused. A VIP is empty where
     /// its Service was never applied; a refused VIP leaves every other one as it is.
     #[instrument(skip_all, fields(services = catalog.services.len()))]
-    pub async fn reconcile(&mut self, catalog: &Catalog) -> (Reconciled, Result<()>) {
+    pub(crate) async fn reconcile(&mut self, catalog: &Catalog) -> (Reconciled, Result<()>) {
         let allocation = self.allocator.allocate(catalog);
         let mut out = Reconciled {
             vips: BTreeMap::new(),

@@ -480,17 +480,7 @@ fn is_token(token: &str) -> bool {
 /// `meridian.io/context` annotation, required when the document has more than one context.
 /// Pure: runs nothing, reads nothing, and the error never carries a value of the document.
 pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, KubeconfigError> {
-    const DOC: &str = "(document)";
-    let doc: Value = serde_yaml_ng::from_str(text).or_else(|e| {
-        let at = e.location();
-        refuse(
-            DOC,
-            Problem::NotYaml {
-                line: at.as_ref().map(|l| l.line()),
-                column: at.as_ref().map(|l| l.column()),
-            },
-        )
-    })?;
+    let doc = parse(text)?;
     let top = mapping(&doc, DOC)?;
     check_keys(top, "", TOP_KEYS)?;
     if opt_str(top, "", "apiVersion")?.is_some_and(|v| v != "v1") {
@@ -505,45 +495,10 @@ pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, K
     let users = entries(top, "users", "user", USER_KEYS)?;
     let contexts = entries(top, "contexts", "context", CONTEXT_KEYS)?;
     for c in &clusters {
-        // Written out as false is fine; true is not, and neither is anything else.
-        match c.body.get("insecure-skip-tls-verify") {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::Bool(true)) => {
-                return refuse(
-                    format!("{}.insecure-skip-tls-verify", c.path),
-                    Problem::InsecureSkipTlsVerify,
-                );
-            }
-            Some(_) => {
-                return refuse(
-                    format!("{}.insecure-skip-tls-verify", c.path),
-                    Problem::WrongType("a boolean"),
-                );
-            }
-        }
+        check_tls_verified(c)?;
     }
-
-    // The context: the annotation's, else the only one. `current-context` is what kubectl
-    // would use: without the annotation it must be unset or name that one context.
     let current = opt_str(top, "", "current-context")?;
-    let ctx = match context {
-        Some(name) => contexts
-            .iter()
-            .find(|c| c.name == name)
-            .map_or_else(|| refuse("contexts", Problem::NoSuchContext), Ok)?,
-        None => {
-            let [only] = contexts.as_slice() else {
-                return match contexts.len() {
-                    0 => refuse("contexts", Problem::Missing),
-                    n => refuse("contexts", Problem::AmbiguousContext(n)),
-                };
-            };
-            if current.is_some_and(|c| c != only.name) {
-                return refuse("current-context", Problem::CurrentContextElsewhere);
-            }
-            only
-        }
-    };
+    let ctx = select_context(&contexts, current, context)?;
     let lookup = |list: &'_ [Entry<'_>], key: &str| -> Result<usize, KubeconfigError> {
         let name = req_str(ctx.body, &ctx.path, key)?;
         list.iter().position(|e| e.name == name).map_or_else(
@@ -553,25 +508,99 @@ pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, K
     };
     let cluster = &clusters[lookup(&clusters, "cluster")?];
     let user = &users[lookup(&users, "user")?];
+    let server = server(cluster)?;
+    let (roots, tls_server_name) = cluster_tls(cluster)?;
+    let credential = credential(user)?;
+    Ok(AcceptedKubeconfig {
+        context: ctx.name.to_owned(),
+        server,
+        roots,
+        tls_server_name,
+        credential,
+    })
+}
 
-    // The server: https only, no credentials or query in the URL.
-    let server_field = format!("{}.server", cluster.path);
+/// The field path of the document as a whole.
+const DOC: &str = "(document)";
+
+/// The document as YAML; a refusal names only the position of a syntax error.
+fn parse(text: &str) -> Result<Value, KubeconfigError> {
+    serde_yaml_ng::from_str(text).or_else(|e| {
+        let at = e.location();
+        refuse(
+            DOC,
+            Problem::NotYaml {
+                line: at.as_ref().map(|l| l.line()),
+                column: at.as_ref().map(|l| l.column()),
+            },
+        )
+    })
+}
+
+/// `insecure-skip-tls-verify` written out as false is fine; true is not, and neither is
+/// anything else.
+fn check_tls_verified(c: &Entry<'_>) -> Result<(), KubeconfigError> {
+    match c.body.get("insecure-skip-tls-verify") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(Value::Bool(true)) => refuse(
+            format!("{}.insecure-skip-tls-verify", c.path),
+            Problem::InsecureSkipTlsVerify,
+        ),
+        Some(_) => refuse(
+            format!("{}.insecure-skip-tls-verify", c.path),
+            Problem::WrongType("a boolean"),
+        ),
+    }
+}
+
+/// The context: the annotation's, else the only one. `current-context` is what kubectl
+/// would use: without the annotation it must be unset or name that one context.
+fn select_context<'e, 'a>(
+    contexts: &'e [Entry<'a>],
+    current: Option<&str>,
+    annotated: Option<&str>,
+) -> Result<&'e Entry<'a>, KubeconfigError> {
+    if let Some(name) = annotated {
+        return contexts
+            .iter()
+            .find(|c| c.name == name)
+            .map_or_else(|| refuse("contexts", Problem::NoSuchContext), Ok);
+    }
+    let [only] = contexts else {
+        return match contexts.len() {
+            0 => refuse("contexts", Problem::Missing),
+            n => refuse("contexts", Problem::AmbiguousContext(n)),
+        };
+    };
+    if current.is_some_and(|c| c != only.name) {
+        return refuse("current-context", Problem::CurrentContextElsewhere);
+    }
+    Ok(only)
+}
+
+/// The server: https only, no credentials or query in the URL.
+fn server(cluster: &Entry<'_>) -> Result<http::Uri, KubeconfigError> {
+    let field = format!("{}.server", cluster.path);
     let server = req_str(cluster.body, &cluster.path, "server")?;
     let Ok(uri) = server.parse::<http::Uri>() else {
-        return refuse(server_field, Problem::BadUrl);
+        return refuse(field, Problem::BadUrl);
     };
     if uri.scheme_str() != Some("https") {
-        return refuse(server_field, Problem::NotHttps);
+        return refuse(field, Problem::NotHttps);
     }
     match uri.authority() {
         Some(a) if !a.as_str().contains('@') && !a.host().is_empty() => {}
-        _ => return refuse(server_field, Problem::BadUrl),
+        _ => return refuse(field, Problem::BadUrl),
     }
     if uri.query().is_some() {
-        return refuse(server_field, Problem::BadUrl);
+        return refuse(field, Problem::BadUrl);
     }
+    Ok(uri)
+}
 
-    // The CA: required, so neither the platform trust store nor `SSL_CERT_FILE` decides.
+/// The CA (required, so neither the platform trust store nor `SSL_CERT_FILE` decides) and
+/// the optional TLS server name.
+fn cluster_tls(cluster: &Entry<'_>) -> Result<(Vec<Vec<u8>>, Option<String>), KubeconfigError> {
     let ca_field = format!("{}.certificate-authority-data", cluster.path);
     let Some(ca_pem) = base64_field(cluster.body, &cluster.path, "certificate-authority-data")?
     else {
@@ -596,20 +625,23 @@ pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, K
             Problem::WrongType("a boolean"),
         );
     }
+    Ok((roots, tls_server_name))
+}
 
-    // The credential: a token or a client certificate, inline.
+/// The credential: a token or a client certificate, inline.
+fn credential(user: &Entry<'_>) -> Result<Credential, KubeconfigError> {
     let token = opt_str(user.body, &user.path, "token")?;
     let cert = base64_field(user.body, &user.path, "client-certificate-data")?;
     let key = base64_field(user.body, &user.path, "client-key-data")?;
-    let credential = match (token, cert, key) {
+    match (token, cert, key) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return refuse(user.path.clone(), Problem::TwoCredentials);
+            refuse(user.path.clone(), Problem::TwoCredentials)
         }
         (Some(token), None, None) => {
             if !is_token(token) {
                 return refuse(format!("{}.token", user.path), Problem::BadToken);
             }
-            Credential::Token(SecretString::from(token.to_owned()))
+            Ok(Credential::Token(SecretString::from(token.to_owned())))
         }
         (None, Some(chain), Some(key)) => {
             certificates(&chain, &format!("{}.client-certificate-data", user.path))?;
@@ -620,29 +652,18 @@ pub fn accept(text: &str, context: Option<&str>) -> Result<AcceptedKubeconfig, K
             let Ok(key) = String::from_utf8(key) else {
                 return refuse(key_field, Problem::NoPrivateKey);
             };
-            Credential::Certificate {
+            Ok(Credential::Certificate {
                 chain,
                 key: SecretString::from(key),
-            }
+            })
         }
-        (None, Some(_), None) => {
-            return refuse(format!("{}.client-key-data", user.path), Problem::Missing);
-        }
-        (None, None, Some(_)) => {
-            return refuse(
-                format!("{}.client-certificate-data", user.path),
-                Problem::Missing,
-            );
-        }
-        (None, None, None) => return refuse(user.path.clone(), Problem::NoCredential),
-    };
-    Ok(AcceptedKubeconfig {
-        context: ctx.name.to_owned(),
-        server: uri,
-        roots,
-        tls_server_name,
-        credential,
-    })
+        (None, Some(_), None) => refuse(format!("{}.client-key-data", user.path), Problem::Missing),
+        (None, None, Some(_)) => refuse(
+            format!("{}.client-certificate-data", user.path),
+            Problem::Missing,
+        ),
+        (None, None, None) => refuse(user.path.clone(), Problem::NoCredential),
+    }
 }
 
 /// Kubeconfigs for tests: a valid one, and the same with one field changed.

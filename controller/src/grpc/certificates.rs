@@ -11,13 +11,13 @@
 //! whatever the CSR says, and the intermediate must be this cluster's.
 //!
 //! Callers prove they are the gateway: they send the gateway ServiceAccount's token
-//! (`authorization: Bearer …`), which the own API server reviews ([`crate::auth`]). Without
+//! (`authorization: Bearer …`), which the own API server reviews ([`crate::grpc::auth`]). Without
 //! that, anyone reaching the port could obtain the gateway's identity and impersonate it to
 //! peers. The token is never logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -28,15 +28,16 @@ use meridian_identity::ca::{
 };
 use meridian_identity::{ClusterCa, Identity};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::auth::CallerAuth;
+use crate::grpc::auth::CallerAuth;
 
 pub use meridian_crd::ca::{CA_SECRET_NAME, ca_secret};
 
 /// How long a loaded CA is reused before it is read again.
-pub const CA_CACHE: Duration = Duration::from_secs(30);
+pub(crate) const CA_CACHE: Duration = Duration::from_secs(30);
 
 /// Where the mesh CA is read from.
 #[derive(Clone)]
@@ -101,8 +102,8 @@ impl CaSource {
 }
 
 /// The mesh CA as last read from its [`CaSource`], reused for [`CA_CACHE`]. Shared by
-/// certificate signing, the controller's own serving certificate ([`crate::tls`]) and the
-/// root publisher ([`crate::ca_root`]), so they agree on one CA and read it once.
+/// certificate signing, the controller's own serving certificate ([`crate::grpc::tls`]) and the
+/// root publisher ([`crate::grpc::ca_root`]), so they agree on one CA and read it once.
 pub struct CaCache {
     source: CaSource,
     cache: Mutex<Option<(Arc<ClusterCa>, Instant)>>,
@@ -119,7 +120,7 @@ impl CaCache {
 
     /// The CA: `FAILED_PRECONDITION` when there is none (no Secret, no files, a broken
     /// one), `UNAVAILABLE` when the API server could not be asked.
-    pub async fn current(&self) -> Result<Arc<ClusterCa>, Status> {
+    pub(crate) async fn current(&self) -> Result<Arc<ClusterCa>, Status> {
         let mut cache = self.cache.lock().await;
         if let Some((ca, at)) = cache.as_ref()
             && at.elapsed() < CA_CACHE
@@ -133,7 +134,7 @@ impl CaCache {
 
     /// The CA read now, bypassing (and refreshing) the cache: for writers that must not
     /// put a just-replaced root back (the root publisher during a rotation).
-    pub async fn fresh(&self) -> Result<Arc<ClusterCa>, Status> {
+    pub(crate) async fn fresh(&self) -> Result<Arc<ClusterCa>, Status> {
         let mut cache = self.cache.lock().await;
         let ca = Arc::new(self.source.load().await?);
         *cache = Some((ca.clone(), Instant::now()));
@@ -162,7 +163,7 @@ impl CertificatesService {
     }
 
     /// The tonic service, ready to add to a server.
-    pub fn into_server(self) -> proto::certificates_server::CertificatesServer<Self> {
+    pub(crate) fn into_server(self) -> proto::certificates_server::CertificatesServer<Self> {
         proto::certificates_server::CertificatesServer::new(self)
     }
 }

@@ -11,20 +11,21 @@ use std::time::Duration;
 use meridian_api::channel::{ControllerEndpoint, ControllerTls};
 use meridian_api::proto::discovery_client::DiscoveryClient;
 use meridian_api::proto::{Snapshot, Subscriber};
-use meridian_api::testing::eventually;
-use meridian_controller::auth::CallerAuth;
-use meridian_controller::certificates::{CaCache, CaSource};
-use meridian_controller::metrics::Metrics;
-use meridian_controller::server::{self, DiscoveryService, SnapshotPublisher};
-use meridian_controller::tls::{self, ServingCert, ServingSettings, Transport};
+use meridian_controller::Metrics;
+use meridian_controller::grpc::auth::CallerAuth;
+use meridian_controller::grpc::certificates::{CaCache, CaSource};
+use meridian_controller::grpc::discovery::{DiscoveryService, SnapshotPublisher};
+use meridian_controller::grpc::tls::{self, ServingCert, ServingSettings, Transport};
+use meridian_controller::grpc::{self, Keepalive};
 use meridian_identity::RootCa;
 use meridian_identity::ca::INTERMEDIATE_TTL;
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Controller, eventually, init_tracing};
 
 const SERVER_NAME: &str = "meridian-controller.meridian-system.svc";
 const WAIT: Duration = Duration::from_secs(30);
-/// Bound for waits on a real API server and controller process.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -89,13 +90,13 @@ async fn serve(ca_dir: &Path, ttl: Duration) -> Server {
         Arc::new(Metrics::default()),
         CallerAuth::Unauthenticated,
     );
-    tokio::spawn(server::serve(
+    tokio::spawn(grpc::serve(
         listener,
         Transport::tls(&serving),
-        server::Keepalive::default(),
+        Keepalive::default(),
         discovery,
         None,
-        std::future::pending(),
+        CancellationToken::new(),
     ));
     Server {
         addr,
@@ -245,12 +246,9 @@ async fn rotation_replaces_the_certificate_without_breaking_streams() {
     assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
     let first = served_leaf(server.addr, &root).await;
 
-    eventually(
-        "the serving certificate renewed",
-        WAIT,
-        Duration::from_millis(250),
-        || async { (served_leaf(server.addr, &root).await != first).then_some(()) },
-    )
+    eventually("the serving certificate renewed", || async {
+        (served_leaf(server.addr, &root).await != first).then_some(())
+    })
     .await;
     // The stream opened under the old certificate still delivers.
     server.publisher.publish(snap(2));
@@ -295,7 +293,7 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
     use kube::api::{Api, PostParams};
     use meridian_testbed::{ClusterSpec, SYSTEM_NAMESPACE, Testbed};
 
-    meridian_testbed::init_tracing();
+    init_tracing();
     let testbed = Testbed::start(&[ClusterSpec::new("east", "us-east1", ["us-east1-a"])])
         .await
         .expect("testbed starts");
@@ -304,35 +302,26 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
         .unwrap()
         .issue_intermediate("meridian.local", "east", INTERMEDIATE_TTL)
         .unwrap();
-    let secret = meridian_controller::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
+    let secret = meridian_controller::grpc::certificates::ca_secret(&ca, SYSTEM_NAMESPACE);
     Api::<Secret>::namespaced(east.client(), SYSTEM_NAMESPACE)
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
 
     let ip = testbed.allocate_address().unwrap();
-    let grpc = SocketAddr::from((ip, 15010));
-    let metrics = SocketAddr::from((ip, 15014));
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("controller-grpc-tls-{}.log", testbed.block_octet()));
-    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian-controller"))
-        .arg("--cluster-name=east")
-        .arg("--kubeconfig")
-        .arg(east.kubeconfig_path())
-        .arg(format!("--grpc-addr={grpc}"))
-        .arg(format!("--metrics-addr={metrics}"))
-        .args(["--install-crds", "--initial-sync-timeout=1s"])
-        // This test is about TLS; who may watch is tested in controller.rs.
-        .arg("--discovery-auth=none")
-        .env("RUST_LOG", "meridian_controller=debug,info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("controller binary starts");
+    // This test is about TLS; who may watch is tested in `discovery_access`.
+    let ctl = Controller::start(
+        &testbed,
+        east,
+        ip,
+        &["--initial-sync-timeout=1s", "--discovery-auth=none"],
+    )
+    .await;
+    let (grpc, log) = (ctl.grpc, &ctl.log);
 
     let configmaps = Api::<ConfigMap>::namespaced(east.client(), SYSTEM_NAMESPACE);
     let what = format!("the ConfigMap meridian-ca-root (log: {})", log.display());
-    let cm = eventually(&what, PATIENCE, Duration::from_millis(200), || async {
+    let cm = eventually(&what, || async {
         configmaps.get_opt("meridian-ca-root").await.ok().flatten()
     })
     .await;
@@ -348,7 +337,7 @@ async fn the_root_is_published_and_pins_the_served_certificate() {
     let root = dir.0.join("root-cert.pem");
     std::fs::write(&root, &root_pem).unwrap();
     let what = format!("a snapshot over TLS (log: {})", log.display());
-    let snapshot = eventually(&what, PATIENCE, Duration::from_millis(200), || async {
+    let snapshot = eventually(&what, || async {
         watch_tls(grpc, &root, SERVER_NAME)
             .await
             .ok()?

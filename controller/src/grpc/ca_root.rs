@@ -1,6 +1,6 @@
 //! Out-of-band distribution of the mesh root, like Istio's `istio-ca-root-cert`: the
 //! ConfigMap `<namespace>/meridian-ca-root` (key `root-cert.pem`) that gateway and DNS
-//! pods mount to verify the controller's gRPC serving certificate ([`crate::tls`]), and
+//! pods mount to verify the controller's gRPC serving certificate ([`crate::grpc::tls`]), and
 //! that the gateway pins the root handed out with its own certificate against. Clients
 //! thus never learn the root from the connection it is meant to authenticate.
 //!
@@ -16,7 +16,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::certificates::CaCache;
+use crate::grpc::certificates::CaCache;
 
 pub use meridian_crd::ca::{CONFIGMAP_NAME, ROOT_KEY, apply, config_map};
 
@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Keeps the ConfigMap equal to the CA's root while this replica leads.
-pub async fn publish_while_leader(
+pub(crate) async fn publish_while_leader(
     client: Client,
     namespace: String,
     ca: Arc<CaCache>,

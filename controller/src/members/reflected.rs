@@ -25,7 +25,7 @@ use crate::catalog::{
 
 /// Prefix of Meridian's own annotations on exported Services (e.g.
 /// `meridian.io/allow-external-endpoints`), the only annotations kept.
-pub const ANNOTATION_PREFIX: &str = "meridian.io/";
+pub(crate) const ANNOTATION_PREFIX: &str = "meridian.io/";
 
 /// Identity (name, namespace, uid, resourceVersion) plus the labels and annotations `keep`
 /// accepts; everything else of `m` goes.
@@ -84,7 +84,7 @@ fn service_ports(spec: Option<ServiceSpec>) -> Option<ServiceSpec> {
 }
 
 /// An exported Service: identity, the export label, Meridian's annotations, its ports.
-pub fn service(s: &mut Service) {
+pub(crate) fn service(s: &mut Service) {
     meta(
         &mut s.metadata,
         |k| k == EXPORT_LABEL,
@@ -95,7 +95,7 @@ pub fn service(s: &mut Service) {
 }
 
 /// The member's gateway Service: its ports and LoadBalancer addresses.
-pub fn gateway_service(s: &mut Service) {
+pub(crate) fn gateway_service(s: &mut Service) {
     meta(&mut s.metadata, none, none);
     s.spec = service_ports(s.spec.take());
     let ingress = s
@@ -122,7 +122,7 @@ pub fn gateway_service(s: &mut Service) {
 
 /// An EndpointSlice: its Service label, address type, ports, and per endpoint the addresses,
 /// conditions, node, zone and pod reference.
-pub fn endpoint_slice(s: &mut EndpointSlice) {
+pub(crate) fn endpoint_slice(s: &mut EndpointSlice) {
     meta(&mut s.metadata, |k| k == SERVICE_NAME_LABEL, none);
     s.ports = s.ports.take().map(|ports| {
         ports
@@ -154,7 +154,7 @@ pub fn endpoint_slice(s: &mut EndpointSlice) {
 
 /// A core/v1 Endpoints: per subset the ports and the (not) ready addresses with their node and
 /// pod reference.
-pub fn endpoints(e: &mut Endpoints) {
+pub(crate) fn endpoints(e: &mut Endpoints) {
     meta(&mut e.metadata, none, none);
     let addresses = |list: Option<Vec<EndpointAddress>>| {
         list.map(|l| {
@@ -203,7 +203,7 @@ fn is_locality_label(k: &str) -> bool {
 }
 
 /// A Node: its name and locality labels (no spec, no status with its image list).
-pub fn node(n: &mut Node) {
+pub(crate) fn node(n: &mut Node) {
     meta(&mut n.metadata, is_locality_label, none);
     n.spec = None;
     n.status = None;

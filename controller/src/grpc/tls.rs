@@ -1,7 +1,7 @@
 //! TLS on the controller's gRPC port, the way istiod serves its port 15012: the controller
 //! issues its own serving certificate from its cluster's intermediate (it sends leaf +
 //! intermediate), and gateways and DNS servers verify it against the mesh root they
-//! received out of band (the ConfigMap `meridian-ca-root`, [`crate::ca_root`]). Without it, anyone able to impersonate the
+//! received out of band (the ConfigMap `meridian-ca-root`, [`crate::grpc::ca_root`]). Without it, anyone able to impersonate the
 //! controller inside the cluster could hand a gateway a bogus root and bogus snapshots, and
 //! read the ServiceAccount token a gateway sends with its certificate request.
 //!
@@ -37,16 +37,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::certificates::CaCache;
+use crate::grpc::certificates::CaCache;
 
-/// Default lifetime of the serving certificate.
-pub const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Name of the controller Service: the serving certificate's DNS names derive from it.
-pub const SERVICE_NAME: &str = "meridian-controller";
+pub(crate) const SERVICE_NAME: &str = "meridian-controller";
 /// ALPN protocol of gRPC.
 const ALPN_H2: &[u8] = b"h2";
 /// How often the CA is checked for a change while a certificate is in force.
-const CA_POLL: Duration = crate::certificates::CA_CACHE;
+const CA_POLL: Duration = crate::grpc::certificates::CA_CACHE;
 /// How often the CA is looked for while there is none, so `meridianctl ca init` takes
 /// effect quickly.
 const NO_CA_POLL: Duration = Duration::from_secs(5);
@@ -268,7 +266,7 @@ impl Transport {
 }
 
 /// A connection of the gRPC port: plaintext or TLS.
-pub enum GrpcIo {
+pub(crate) enum GrpcIo {
     /// Plaintext.
     Plain(TcpStream),
     /// Terminated TLS.
@@ -356,7 +354,7 @@ impl AsyncWrite for GrpcIo {
 /// `serve_with_incoming_shutdown`. Handshakes run in their own tasks, so a slow or
 /// malicious client never holds up the accept loop. The loop ends when the stream is
 /// dropped (the server stopped).
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     transport: Transport,
 ) -> crate::Result<ReceiverStream<io::Result<GrpcIo>>> {
@@ -366,7 +364,7 @@ pub fn incoming(
             let mut config =
                 ServerConfig::builder_with_provider(meridian_identity::tls::provider())
                     .with_protocol_versions(&[&rustls::version::TLS13])
-                    .map_err(|e| crate::Error::Server(format!("TLS configuration: {e}")))?
+                    .map_err(crate::Error::Tls)?
                     .with_no_client_auth()
                     .with_cert_resolver(Arc::new(Resolver(rx.clone())));
             config.alpn_protocols = vec![ALPN_H2.to_vec()];

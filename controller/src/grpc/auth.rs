@@ -14,7 +14,7 @@
 //! not call the service is `PERMISSION_DENIED`; an API server that cannot be asked is
 //! `UNAVAILABLE` (the caller retries). The token is never logged or echoed.
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tonic::Status;
@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tracing::warn;
 
 /// The audience callers' tokens must be minted for (the projected token's `audience`).
-pub const DEFAULT_AUDIENCE: &str = "meridian-controller";
+pub(crate) const DEFAULT_AUDIENCE: &str = "meridian-controller";
 
 /// Longest token accepted for review: projected tokens are about 1 KiB; anything much
 /// larger is refused without bothering the API server.
@@ -98,72 +98,13 @@ impl CallerAuth {
         else {
             return Ok(String::new());
         };
+        let token = bearer_token(metadata, service, audience)?;
+        let status = review(client, token, audience).await?;
+        let user = reviewed_user(status, service, audience)?;
         let allowed: Vec<String> = names
             .iter()
             .map(|n| format!("system:serviceaccount:{namespace}:{n}"))
             .collect();
-        let unauthenticated = |message: String| Refused {
-            reason: Refusal::Unauthenticated,
-            status: Status::unauthenticated(message),
-        };
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthenticated(format!(
-                    "{service} needs a ServiceAccount token with audience {audience:?} \
-                     (authorization: Bearer …; flag --token-file)"
-                ))
-            })?;
-        if token.len() > MAX_TOKEN_BYTES {
-            warn!(service, "caller refused: oversized token");
-            return Err(unauthenticated("the token is too large".into()));
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(vec![audience.clone()]),
-            },
-            ..TokenReview::default()
-        };
-        let reviewed = Api::<TokenReview>::all(client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Refused {
-                reason: Refusal::ReviewFailed,
-                status: Status::unavailable(format!("reviewing the caller's token: {e}")),
-            })?;
-        let status = reviewed.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            // The API server's error says why (expired, wrong audience, unknown signer)
-            // without echoing the token.
-            warn!(
-                service,
-                "caller refused: token not accepted for the audience"
-            );
-            return Err(unauthenticated(format!(
-                "the token was not accepted by the API server for audience {audience:?}{}",
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
-        }
-        // An authenticator that ignores audiences answers without them: not good enough.
-        if !status
-            .audiences
-            .as_ref()
-            .is_some_and(|a| a.contains(audience))
-        {
-            warn!(
-                service,
-                "caller refused: the review did not confirm the audience"
-            );
-            return Err(unauthenticated(format!(
-                "the API server did not confirm the token's audience {audience:?}"
-            )));
-        }
-        let user = status.user.and_then(|u| u.username).unwrap_or_default();
         if !allowed.contains(&user) {
             warn!(service, %user, "caller refused: token of another identity");
             return Err(Refused {
@@ -176,4 +117,94 @@ impl CallerAuth {
         }
         Ok(user)
     }
+}
+
+fn unauthenticated(message: String) -> Refused {
+    Refused {
+        reason: Refusal::Unauthenticated,
+        status: Status::unauthenticated(message),
+    }
+}
+
+/// The caller's `authorization: Bearer` token, if it sent one of a sane size.
+fn bearer_token<'m>(
+    metadata: &'m MetadataMap,
+    service: &str,
+    audience: &str,
+) -> Result<&'m str, Refused> {
+    let token = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            unauthenticated(format!(
+                "{service} needs a ServiceAccount token with audience {audience:?} \
+                 (authorization: Bearer …; flag --token-file)"
+            ))
+        })?;
+    if token.len() > MAX_TOKEN_BYTES {
+        warn!(service, "caller refused: oversized token");
+        return Err(unauthenticated("the token is too large".into()));
+    }
+    Ok(token)
+}
+
+/// The own API server's review of `token` for `audience`.
+async fn review(
+    client: &Client,
+    token: &str,
+    audience: &str,
+) -> Result<TokenReviewStatus, Refused> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..TokenReview::default()
+    };
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| Refused {
+            reason: Refusal::ReviewFailed,
+            status: Status::unavailable(format!("reviewing the caller's token: {e}")),
+        })?;
+    Ok(reviewed.status.unwrap_or_default())
+}
+
+/// The user of a review that accepted the token for `audience` and said so.
+fn reviewed_user(
+    status: TokenReviewStatus,
+    service: &str,
+    audience: &str,
+) -> Result<String, Refused> {
+    if status.authenticated != Some(true) {
+        // The API server's error says why (expired, wrong audience, unknown signer)
+        // without echoing the token.
+        warn!(
+            service,
+            "caller refused: token not accepted for the audience"
+        );
+        return Err(unauthenticated(format!(
+            "the token was not accepted by the API server for audience {audience:?}{}",
+            status.error.map(|e| format!(": {e}")).unwrap_or_default()
+        )));
+    }
+    // An authenticator that ignores audiences answers without them: not good enough.
+    if !status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == audience))
+    {
+        warn!(
+            service,
+            "caller refused: the review did not confirm the audience"
+        );
+        return Err(unauthenticated(format!(
+            "the API server did not confirm the token's audience {audience:?}"
+        )));
+    }
+    Ok(status.user.and_then(|u| u.username).unwrap_or_default())
 }

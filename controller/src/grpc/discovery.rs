@@ -10,7 +10,7 @@
 //! behind the Service), so the server's graceful stop does not wait for them.
 //!
 //! Only this cluster's gateway and DNS server may subscribe: `Watch` checks the caller's
-//! ServiceAccount token ([`crate::auth`]) before anything is streamed, since the snapshot
+//! ServiceAccount token ([`crate::grpc::auth`]) before anything is streamed, since the snapshot
 //! maps every global service to its endpoints in every member. At most
 //! `--max-subscribers` streams are open at once; one more is refused with
 //! `RESOURCE_EXHAUSTED` (and counted) instead of growing the controller's memory without
@@ -25,38 +25,20 @@ use std::time::Duration;
 use futures::Stream;
 use meridian_api::proto::{self, Snapshot, Subscriber};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::CallerAuth;
+use crate::grpc::auth::CallerAuth;
 use crate::metrics::Metrics;
 
 /// Minimum time between two sends to one subscriber.
-pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
+pub(crate) const COALESCE_WINDOW: Duration = Duration::from_millis(50);
 /// Default cap on concurrently open Watch streams (`--max-subscribers`): far above the
 /// gateway and DNS replicas of one cluster, far below what exhausts memory.
-pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
-
-/// HTTP/2 keepalive of the gRPC server: a PING every `interval`; a connection whose peer
-/// does not acknowledge within `timeout` is closed, with its streams.
-#[derive(Debug, Clone, Copy)]
-pub struct Keepalive {
-    /// Time between PINGs.
-    pub interval: Duration,
-    /// How long an acknowledgement may take.
-    pub timeout: Duration,
-}
-
-impl Default for Keepalive {
-    /// istiod's server keepalive: 30 s, 10 s.
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub(crate) const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
 
 /// The publishing side: the controller sets the latest snapshot here.
 #[derive(Clone)]
@@ -88,11 +70,6 @@ impl SnapshotPublisher {
         })
     }
 
-    /// The current snapshot, if any.
-    pub fn current(&self) -> Option<Arc<Snapshot>> {
-        self.tx.borrow().clone()
-    }
-
     fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.tx.subscribe()
     }
@@ -105,7 +82,7 @@ pub struct DiscoveryService {
     metrics: Arc<Metrics>,
     auth: CallerAuth,
     slots: Arc<Semaphore>,
-    stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 }
 
 impl DiscoveryService {
@@ -123,24 +100,24 @@ impl DiscoveryService {
             metrics,
             auth,
             slots: Arc::new(Semaphore::new(DEFAULT_MAX_SUBSCRIBERS)),
-            stopping: watch::channel(false).1,
+            stopping: CancellationToken::new(),
         }
     }
 
     /// Allows at most `max` concurrently open streams.
-    pub fn with_max_subscribers(mut self, max: usize) -> Self {
+    pub(crate) fn with_max_subscribers(mut self, max: usize) -> Self {
         self.slots = Arc::new(Semaphore::new(max));
         self
     }
 
-    /// Ends every stream (and refuses new ones) once `stopping` turns true.
-    pub fn with_shutdown(mut self, stopping: watch::Receiver<bool>) -> Self {
+    /// Ends every stream (and refuses new ones) once `stopping` is cancelled.
+    pub(crate) fn with_shutdown(mut self, stopping: CancellationToken) -> Self {
         self.stopping = stopping;
         self
     }
 
     /// The tonic service, ready to add to a server.
-    pub fn into_server(self) -> proto::discovery_server::DiscoveryServer<Self> {
+    pub(crate) fn into_server(self) -> proto::discovery_server::DiscoveryServer<Self> {
         proto::discovery_server::DiscoveryServer::new(self)
     }
 }
@@ -152,17 +129,11 @@ async fn feed(
     rx: watch::Receiver<Option<Arc<Snapshot>>>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
     metrics: Arc<Metrics>,
-    mut stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
-    let stop = async move {
-        // Without a shutdown signal (its sender gone), streams end only with their client.
-        if stopping.wait_for(|s| *s).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         () = feed_until_closed(rx, &tx, metrics) => {}
-        () = stop => debug!("ending the stream: shutting down"),
+        () = stopping.cancelled() => debug!("ending the stream: shutting down"),
     }
 }
 
@@ -186,7 +157,7 @@ async fn feed_until_closed(
                 _ = tx.closed() => return,
             }
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         // A full channel means the client is slow: this waits, but only in this task, and
         // whatever is newest when it frees up is what goes next.
         if tx.send(Ok((*snap).clone())).await.is_err() {
@@ -221,7 +192,7 @@ impl proto::discovery_server::Discovery for DiscoveryService {
                 self.cluster, sub.cluster
             )));
         }
-        if *self.stopping.borrow() {
+        if self.stopping.is_cancelled() {
             return Err(Status::unavailable("the controller is shutting down"));
         }
         // The slot is held by the feeding task, so it frees when the stream ends.
@@ -252,34 +223,11 @@ impl proto::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Serves Discovery (and Certificates, when given) on `listener` over `transport`, with
-/// `keepalive`, until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    transport: crate::tls::Transport,
-    keepalive: Keepalive,
-    discovery: DiscoveryService,
-    certificates: Option<crate::certificates::CertificatesService>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> crate::Result<()> {
-    let incoming = crate::tls::incoming(listener, transport)?;
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(keepalive.interval))
-        .http2_keepalive_timeout(Some(keepalive.timeout))
-        .add_service(discovery.into_server())
-        .add_optional_service(certificates.map(|c| c.into_server()))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "gRPC server failed");
-            crate::Error::Server(e.to_string())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::Transport;
+    use crate::grpc::tls::Transport;
+    use crate::grpc::{Keepalive, serve};
     use meridian_api::proto::discovery_client::DiscoveryClient;
 
     fn snap(version: u64) -> Snapshot {
@@ -290,10 +238,10 @@ mod tests {
         }
     }
 
-    async fn start(publisher: SnapshotPublisher) -> (String, tokio::sync::oneshot::Sender<()>) {
+    async fn start(publisher: SnapshotPublisher) -> (String, tokio_util::sync::DropGuard) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = CancellationToken::new();
         let svc = DiscoveryService::new(
             "a".into(),
             publisher,
@@ -306,11 +254,9 @@ mod tests {
             Keepalive::default(),
             svc,
             None,
-            async {
-                let _ = stop_rx.await;
-            },
+            stop.clone(),
         ));
-        (addr, stop_tx)
+        (addr, stop.drop_guard())
     }
 
     fn subscriber(cluster: &str) -> Subscriber {
@@ -392,29 +338,26 @@ mod tests {
         publisher.publish(snap(1));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let svc = DiscoveryService::new(
             "a".into(),
             publisher,
             Arc::new(Metrics::default()),
             CallerAuth::Unauthenticated,
         )
-        .with_shutdown(stop_rx.clone());
-        let mut stopped = stop_rx;
+        .with_shutdown(stop.child_token());
         let server = tokio::spawn(serve(
             listener,
             Transport::Plaintext,
             Keepalive::default(),
             svc,
             None,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            stop.clone(),
         ));
         let mut client = DiscoveryClient::connect(addr).await.unwrap();
         let mut stream = client.watch(subscriber("a")).await.unwrap().into_inner();
         assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
-        stop_tx.send_replace(true);
+        stop.cancel();
         // The stream ends cleanly and the server stops, long before the 5 s the controller
         // grants it (the bound here only keeps a regression from hanging the test).
         let end = tokio::time::timeout(Duration::from_secs(4), stream.message()).await;

@@ -6,7 +6,7 @@
 //! reflector stores; every change pokes the aggregator's `Notify`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{Stream, StreamExt};
@@ -16,19 +16,21 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{EXPORT_LABEL, EndpointObjects, MemberInput};
 use crate::crd::Phase;
-use crate::kubeconfig::AcceptedKubeconfig;
+use crate::members::kubeconfig::AcceptedKubeconfig;
+use crate::members::reflected;
 use crate::metrics::Metrics;
-use crate::reflected;
 
 /// Which endpoint API a member serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndpointApi {
+pub(crate) enum EndpointApi {
     /// `discovery.k8s.io/v1` EndpointSlices.
     EndpointSliceV1,
     /// core/v1 Endpoints (older clusters; the testbed's v1.20).
@@ -46,10 +48,10 @@ impl std::fmt::Display for EndpointApi {
 
 /// How to reach a member.
 #[derive(Clone)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// The controller's own client, and its server URL.
     Local(Client, String),
-    /// A registration Secret's kubeconfig, accepted by [`crate::kubeconfig::accept`].
+    /// A registration Secret's kubeconfig, accepted by [`crate::members::kubeconfig::accept`].
     Kubeconfig(Arc<AcceptedKubeconfig>),
 }
 
@@ -79,7 +81,7 @@ impl std::fmt::Debug for Credentials {
 
 /// A member's registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberSpec {
+pub(crate) struct MemberSpec {
     /// Cluster name.
     pub name: String,
     /// How to connect.
@@ -93,7 +95,7 @@ pub struct MemberSpec {
 
 /// What the controller currently knows about a member's connection.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MemberState {
+pub(crate) struct MemberState {
     /// Phase.
     pub phase: Phase,
     /// API server URL.
@@ -110,7 +112,7 @@ pub struct MemberState {
 
 /// The reflector stores of a connected member.
 #[derive(Clone)]
-pub struct MemberStores {
+pub(crate) struct MemberStores {
     services: Store<Service>,
     slices: Option<Store<EndpointSlice>>,
     endpoints: Option<Store<Endpoints>>,
@@ -121,7 +123,7 @@ pub struct MemberStores {
 
 impl MemberStores {
     /// The catalog input of this member.
-    pub fn input(&self, cluster: &str, stale: bool) -> MemberInput {
+    pub(crate) fn input(&self, cluster: &str, stale: bool) -> MemberInput {
         MemberInput {
             cluster: cluster.to_owned(),
             stale,
@@ -136,15 +138,29 @@ impl MemberStores {
         }
     }
 
+    /// Resolves once every store has listed.
+    async fn listed(&self) {
+        let _ = self.services.wait_until_ready().await;
+        if let Some(x) = &self.slices {
+            let _ = x.wait_until_ready().await;
+        }
+        if let Some(x) = &self.endpoints {
+            let _ = x.wait_until_ready().await;
+        }
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.gateway.wait_until_ready().await;
+    }
+
     /// The member's gateway Service, if it exists.
-    pub fn gateway(&self) -> Option<Arc<Service>> {
+    pub(crate) fn gateway(&self) -> Option<Arc<Service>> {
         self.gateway.state().into_iter().next()
     }
 }
 
 /// Settings every member shares.
 #[derive(Clone)]
-pub struct MemberSettings {
+pub(crate) struct MemberSettings {
     /// Namespace of the gateway Service.
     pub gateway_namespace: String,
     /// Name of the gateway Service.
@@ -158,7 +174,7 @@ pub struct MemberSettings {
 }
 
 /// A running member.
-pub struct Member {
+pub(crate) struct Member {
     /// Its registration.
     pub spec: MemberSpec,
     state: watch::Receiver<MemberState>,
@@ -174,7 +190,7 @@ impl Drop for Member {
 
 impl Member {
     /// Starts connecting to a member.
-    pub fn start(spec: MemberSpec, settings: MemberSettings) -> Member {
+    pub(crate) fn start(spec: MemberSpec, settings: MemberSettings) -> Member {
         let (state_tx, state) = watch::channel(MemberState::default());
         let (stores_tx, stores) = watch::channel(None);
         let span = info_span!("member", cluster = %spec.name);
@@ -193,14 +209,22 @@ impl Member {
     }
 
     /// Current connection state.
-    pub fn state(&self) -> MemberState {
+    pub(crate) fn state(&self) -> MemberState {
         self.state.borrow().clone()
     }
 
     /// Current stores, once connected.
-    pub fn stores(&self) -> Option<MemberStores> {
+    pub(crate) fn stores(&self) -> Option<MemberStores> {
         self.stores.borrow().clone()
     }
+}
+
+/// Marks a member in sync now: reachable, nothing lost, no error.
+fn synced(s: &mut MemberState) {
+    s.phase = Phase::Synced;
+    s.lost_since = None;
+    s.message = None;
+    s.last_sync = Some(SystemTime::now());
 }
 
 /// Whether an error means "the server rejects our credentials" rather than "cannot reach".
@@ -212,7 +236,7 @@ fn is_auth_error(e: &kube::Error) -> bool {
 }
 
 /// Backoff for reconnects: 200 ms doubling to 10 s, with jitter.
-pub fn reconnect_backoff() -> ExponentialBuilder {
+pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
@@ -260,10 +284,31 @@ impl Runner {
         });
     }
 
+    /// Connects, reflects everything the catalog needs, then probes until aborted.
     async fn run(self, stores_tx: watch::Sender<Option<MemberStores>>) {
         self.settings
             .metrics
             .set_phase(&self.spec.name, Phase::Connecting);
+        let Some(client) = self.client() else {
+            return; // nothing to retry until the Secret changes
+        };
+        let api = self.detect_endpoint_api(&client).await;
+        let mut tasks = JoinSet::new();
+        let this = Arc::new(self);
+        let stores = this.reflect_all(&mut tasks, &client, api);
+        let _ = stores_tx.send(Some(stores.clone()));
+        tokio::select! {
+            _ = stores.listed() => {}
+            _ = tasks.join_next() => {}
+        }
+        info!("synced");
+        this.update(synced);
+        this.probe(&client).await;
+    }
+
+    /// The member's client, or `None` (and `InvalidCredentials`) when kube refuses its
+    /// accepted kubeconfig.
+    fn client(&self) -> Option<Client> {
         let (client, server) = match &self.spec.credentials {
             Credentials::Local(c, server) => (c.clone(), server.clone()),
             Credentials::Kubeconfig(kc) => match kc.client() {
@@ -277,16 +322,19 @@ impl Runner {
                         s.message = Some(format!("building the client: {e}"));
                         s.lost_since.get_or_insert_with(Instant::now);
                     });
-                    return; // nothing to retry until the Secret changes
+                    return None;
                 }
             },
         };
         self.update(|s| s.server = Some(server));
+        Some(client)
+    }
 
-        // Detect the endpoint API, retrying with backoff until the server answers.
+    /// Detects the endpoint API, retrying with backoff until the server answers.
+    async fn detect_endpoint_api(&self, client: &Client) -> EndpointApi {
         let mut backoff = reconnect_backoff().build();
         let api = loop {
-            match detect_endpoint_api(&client).await {
+            match detect_endpoint_api(client).await {
                 Ok(api) => break api,
                 Err(e) => {
                     self.lost(&e);
@@ -301,127 +349,79 @@ impl Runner {
             s.phase = Phase::Connecting;
             s.message = None;
         });
+        api
+    }
 
-        let mut tasks = JoinSet::new();
-        let this = Arc::new(self);
-        let services_cfg = watcher::Config::default().labels(&format!("{EXPORT_LABEL}=true"));
-        let services = this.reflect(
-            &mut tasks,
-            "Service",
-            Api::<Service>::all(client.clone()),
-            services_cfg,
-            reflected::service,
-        );
-        let (slices, endpoints) = match api {
-            EndpointApi::EndpointSliceV1 => (
-                Some(this.reflect(
-                    &mut tasks,
-                    "EndpointSlice",
-                    Api::<EndpointSlice>::all(client.clone()),
-                    watcher::Config::default(),
-                    reflected::endpoint_slice,
-                )),
-                None,
-            ),
-            EndpointApi::EndpointsV1 => (
-                None,
-                Some(this.reflect(
-                    &mut tasks,
-                    "Endpoints",
-                    Api::<Endpoints>::all(client.clone()),
-                    watcher::Config::default(),
-                    reflected::endpoints,
-                )),
-            ),
+    /// Starts one reflector per resource the catalog reads.
+    fn reflect_all(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        client: &Client,
+        api: EndpointApi,
+    ) -> MemberStores {
+        let cfg = watcher::Config::default;
+        let exported = cfg().labels(&format!("{EXPORT_LABEL}=true"));
+        let gateway = cfg().fields(&format!("metadata.name={}", self.settings.gateway_service));
+        let gateway_api = Api::namespaced(client.clone(), &self.settings.gateway_namespace);
+        let mut r = Reflectors {
+            runner: self,
+            tasks,
+            client,
         };
-        let nodes = this.reflect(
-            &mut tasks,
-            "Node",
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            reflected::node,
-        );
-        // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
-        // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not 500:
-        // a page is held whole while it is parsed, before the strip, and pods are what a
-        // member's users can inflate (up to the API server's ~1.5 MiB per object, in
-        // metadata or spec alike).
-        let pods = this.reflect(
-            &mut tasks,
-            "Pod",
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().page_size(100),
-            reflected::pod,
-        );
-        let gateway = this.reflect(
-            &mut tasks,
-            "GatewayService",
-            Api::<Service>::namespaced(client.clone(), &this.settings.gateway_namespace),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", this.settings.gateway_service)),
-            reflected::gateway_service,
-        );
-        let stores = MemberStores {
+        let services = r.all("Service", exported, reflected::service);
+        let (slices, endpoints) = match api {
+            EndpointApi::EndpointSliceV1 => {
+                let slices = r.all("EndpointSlice", cfg(), reflected::endpoint_slice);
+                (Some(slices), None)
+            }
+            EndpointApi::EndpointsV1 => {
+                (None, Some(r.all("Endpoints", cfg(), reflected::endpoints)))
+            }
+        };
+        MemberStores {
             services,
             slices,
             endpoints,
-            nodes,
-            pods,
-            gateway,
-        };
-        let _ = stores_tx.send(Some(stores.clone()));
-
-        // Synced once every store has listed; then probe periodically.
-        let ready = {
-            let s = stores.clone();
-            async move {
-                let _ = s.services.wait_until_ready().await;
-                if let Some(x) = &s.slices {
-                    let _ = x.wait_until_ready().await;
-                }
-                if let Some(x) = &s.endpoints {
-                    let _ = x.wait_until_ready().await;
-                }
-                let _ = s.nodes.wait_until_ready().await;
-                let _ = s.pods.wait_until_ready().await;
-                let _ = s.gateway.wait_until_ready().await;
-            }
-        };
-        tokio::select! {
-            _ = ready => {}
-            _ = tasks.join_next() => {}
+            nodes: r.all("Node", cfg(), reflected::node),
+            // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
+            // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not
+            // 500: a page is held whole while it is parsed, before the strip, and pods are
+            // what a member's users can inflate (up to the API server's ~1.5 MiB per object,
+            // in metadata or spec alike).
+            pods: r.all("Pod", cfg().page_size(100), reflected::pod),
+            gateway: self.reflect(
+                r.tasks,
+                "GatewayService",
+                gateway_api,
+                gateway,
+                reflected::gateway_service,
+            ),
         }
-        info!("synced");
-        this.update(|s| {
-            s.phase = Phase::Synced;
-            s.lost_since = None;
-            s.message = None;
-            s.last_sync = Some(SystemTime::now());
-        });
-        let mut tick = tokio::time::interval(this.settings.probe_interval);
+    }
+
+    /// Probes the API server every `probe_interval`, forever.
+    async fn probe(&self, client: &Client) {
+        let mut tick = tokio::time::interval(self.settings.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let probe = tokio::time::timeout(
-                this.settings.probe_interval.max(Duration::from_secs(2)),
+                self.settings.probe_interval.max(Duration::from_secs(2)),
                 client.apiserver_version(),
             )
             .await;
             match probe {
                 // `/version` may be open to anyone: it cannot clear a credentials problem
                 // (a relisting reflector does).
-                Ok(Ok(_)) if this.state.borrow().phase == Phase::InvalidCredentials => {}
-                Ok(Ok(_)) => this.update(|s| {
+                Ok(Ok(_)) if self.state.borrow().phase == Phase::InvalidCredentials => {}
+                Ok(Ok(_)) => self.update(|s| {
                     if s.phase != Phase::Synced {
                         info!("member reachable again");
                     }
-                    s.phase = Phase::Synced;
-                    s.lost_since = None;
-                    s.message = None;
-                    s.last_sync = Some(SystemTime::now());
+                    synced(s);
                 }),
-                Ok(Err(e)) => this.lost(&e),
-                Err(_) => this.update(|s| {
+                Ok(Err(e)) => self.lost(&e),
+                Err(_) => self.update(|s| {
                     s.phase = Phase::Unreachable;
                     s.lost_since.get_or_insert_with(Instant::now);
                     s.message = Some("API server probe timed out".into());
@@ -431,19 +431,15 @@ impl Runner {
     }
 
     /// Reflects `api` into a store, keeping of each object only what `strip` leaves (see
-    /// [`crate::reflected`]).
-    fn reflect<K>(
+    /// [`crate::members::reflected`]).
+    fn reflect<K: Reflectable>(
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
         resource: &'static str,
         api: Api<K>,
         cfg: watcher::Config,
         strip: fn(&mut K),
-    ) -> Store<K>
-    where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
+    ) -> Store<K> {
         let (reader, writer) = reflector::store();
         let stream = watcher(api, cfg).modify(strip);
         let stream = reflector::reflector(writer, stream);
@@ -468,10 +464,7 @@ impl Runner {
                         // A relist after an outage means the server is back.
                         self.update(|s| {
                             if s.lost_since.is_some() && s.phase != Phase::Connecting {
-                                s.phase = Phase::Synced;
-                                s.lost_since = None;
-                                s.message = None;
-                                s.last_sync = Some(SystemTime::now());
+                                synced(s);
                             }
                         });
                     }
@@ -495,8 +488,45 @@ impl Runner {
     }
 }
 
+/// A Kubernetes type a member's reflector can hold.
+trait Reflectable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Reflectable for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Starts cluster-wide reflectors of one member in its task set.
+struct Reflectors<'a> {
+    runner: &'a Arc<Runner>,
+    tasks: &'a mut JoinSet<()>,
+    client: &'a Client,
+}
+
+impl Reflectors<'_> {
+    /// Reflects every `K` of the member that `cfg` selects, stripped by `strip`.
+    fn all<K: Reflectable>(
+        &mut self,
+        resource: &'static str,
+        cfg: watcher::Config,
+        strip: fn(&mut K),
+    ) -> Store<K> {
+        let api = Api::all(self.client.clone());
+        self.runner.reflect(self.tasks, resource, api, cfg, strip)
+    }
+}
+
 /// EndpointSlice v1 when served, else core/v1 Endpoints.
-pub async fn detect_endpoint_api(client: &Client) -> kube::Result<EndpointApi> {
+pub(crate) async fn detect_endpoint_api(client: &Client) -> kube::Result<EndpointApi> {
     // Any authenticated call first, so bad credentials are told apart from "not served".
     client.apiserver_version().await?;
     match client.list_api_group_resources("discovery.k8s.io/v1").await {

@@ -10,7 +10,7 @@
 //! A cluster name belongs to the oldest Secret that claims it (creation time, then Secret
 //! name), whether or not that Secret is valid: a newer Secret can never take a member over;
 //! it is reported as a `Conflict` naming the owner. Kubeconfigs are checked by
-//! [`crate::kubeconfig::accept`] before anything connects.
+//! [`crate::members::kubeconfig::accept`] before anything connects.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -26,8 +26,8 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::Phase;
-use crate::kubeconfig;
-use crate::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
+use crate::members::kubeconfig;
+use crate::members::member::{Credentials, Member, MemberSettings, MemberSpec, reconnect_backoff};
 
 pub use meridian_crd::registration::{
     CLUSTER_LABEL, CLUSTER_NAME_ANNOTATION, CONTEXT_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION,
@@ -36,7 +36,7 @@ pub use meridian_crd::registration::{
 
 /// A registration that could not be turned into a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     /// Cluster name it claimed.
     pub name: String,
     /// The Secret, `<namespace>/<name>`.
@@ -72,7 +72,7 @@ fn secret_ref(secret: &Secret) -> String {
 /// The `MemberCluster` name of a registration that does not own its claimed name: `<label>.
 /// <secret>`, a DNS subdomain (at most 253 characters; a longer Secret name is shortened and
 /// made unique with a hash).
-pub fn report_name(claimed: &str, secret_name: &str) -> String {
+pub(crate) fn report_name(claimed: &str, secret_name: &str) -> String {
     let label = if is_dns_label(claimed) {
         claimed
     } else {
@@ -94,7 +94,7 @@ pub fn report_name(claimed: &str, secret_name: &str) -> String {
 
 /// Turns a Secret into a member spec, or says why it cannot. The kubeconfig is accepted or
 /// refused here, before anything connects.
-pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
+pub(crate) fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
     let name = claimed_name(secret);
     let secret_ref = secret_ref(secret);
     let reject = |reason: String| Rejected {
@@ -145,7 +145,7 @@ pub fn spec_from_secret(secret: &Secret) -> Result<MemberSpec, Rejected> {
 }
 
 /// The current members and rejected registrations.
-pub struct Registry {
+pub(crate) struct Registry {
     local: MemberSpec,
     settings: MemberSettings,
     members: ArcSwap<BTreeMap<String, Arc<Member>>>,
@@ -154,7 +154,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry with only the own cluster, started.
-    pub fn new(local: MemberSpec, settings: MemberSettings) -> Arc<Registry> {
+    pub(crate) fn new(local: MemberSpec, settings: MemberSettings) -> Arc<Registry> {
         let own = Arc::new(Member::start(local.clone(), settings.clone()));
         Arc::new(Registry {
             members: ArcSwap::from_pointee(BTreeMap::from([(local.name.clone(), own)])),
@@ -165,26 +165,43 @@ impl Registry {
     }
 
     /// The own cluster's name.
-    pub fn local_name(&self) -> &str {
+    pub(crate) fn local_name(&self) -> &str {
         &self.local.name
     }
 
     /// Current members by name.
-    pub fn members(&self) -> Arc<BTreeMap<String, Arc<Member>>> {
+    pub(crate) fn members(&self) -> Arc<BTreeMap<String, Arc<Member>>> {
         self.members.load_full()
     }
 
     /// Registrations that were rejected (bad name, no or refused kubeconfig, conflict).
-    pub fn rejected(&self) -> Arc<Vec<Rejected>> {
+    pub(crate) fn rejected(&self) -> Arc<Vec<Rejected>> {
         self.rejected.load_full()
     }
 
     /// Recomputes the member set from the registration Secrets.
-    pub fn sync(&self, secrets: &[Arc<Secret>]) {
+    pub(crate) fn sync(&self, secrets: &[Arc<Secret>]) {
+        let (desired, rejected) = self.claims(secrets);
+        for r in &rejected {
+            warn!(cluster = %r.name, secret = %r.secret, phase = %r.phase, reason = %r.reason, "registration rejected");
+        }
+        let next = self.next_members(desired);
+        self.settings.metrics.members.set(next.len() as i64);
+        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
+            let n = rejected.iter().filter(|r| r.phase == phase).count();
+            self.settings.metrics.set_rejected(phase, n);
+        }
+        // Dropping the last Arc of a removed member aborts its tasks.
+        self.members.store(Arc::new(next));
+        self.rejected.store(Arc::new(rejected));
+        self.settings.notify.notify_one();
+    }
+
+    /// The member each Secret registers, or why it does not. Oldest first: a name belongs
+    /// to the Secret that claimed it first, so creating a Secret can never take a member
+    /// over. Equal times (one-second resolution) are broken by Secret name.
+    fn claims(&self, secrets: &[Arc<Secret>]) -> (BTreeMap<String, MemberSpec>, Vec<Rejected>) {
         let mut sorted: Vec<&Arc<Secret>> = secrets.iter().collect();
-        // Oldest first: a name belongs to the Secret that claimed it first, so creating a
-        // Secret can never take a member over. Equal times (one-second resolution) are
-        // broken by Secret name.
         sorted.sort_by(|a, b| {
             let created = |s: &Secret| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
             created(a)
@@ -196,29 +213,18 @@ impl Registry {
         let mut rejected = Vec::new();
         for s in sorted {
             let name = claimed_name(s);
-            let conflict = |reason: String| Rejected {
-                report_as: report_name(&name, &s.name_any()),
-                name: name.clone(),
-                secret: secret_ref(s),
-                phase: Phase::Conflict,
-                reason,
-            };
-            if name == self.local.name {
-                rejected.push(conflict(format!(
-                    "cluster {name:?} is the controller's own cluster, which is always a \
-                     member; this Secret is ignored"
-                )));
-                continue;
-            }
-            if let Some(owner) = owners.get(&name) {
-                rejected.push(conflict(format!(
-                    "cluster {name:?} is already registered by Secret {owner} (older); this \
-                     Secret is ignored until that one is deleted"
-                )));
+            if let Some(reason) = self.conflict(&name, owners.get(&name)) {
+                rejected.push(Rejected {
+                    report_as: report_name(&name, &s.name_any()),
+                    name,
+                    secret: secret_ref(s),
+                    phase: Phase::Conflict,
+                    reason,
+                });
                 continue;
             }
             if is_dns_label(&name) {
-                owners.insert(name.clone(), secret_ref(s));
+                owners.insert(name, secret_ref(s));
             }
             match spec_from_secret(s) {
                 Ok(spec) => {
@@ -227,10 +233,29 @@ impl Registry {
                 Err(r) => rejected.push(r),
             }
         }
-        for r in &rejected {
-            warn!(cluster = %r.name, secret = %r.secret, phase = %r.phase, reason = %r.reason, "registration rejected");
-        }
+        (desired, rejected)
+    }
 
+    /// Why a Secret may not claim `name`: it is the own cluster's, or `owner` (an older
+    /// Secret) has it.
+    fn conflict(&self, name: &str, owner: Option<&String>) -> Option<String> {
+        if name == self.local.name {
+            return Some(format!(
+                "cluster {name:?} is the controller's own cluster, which is always a member; \
+                 this Secret is ignored"
+            ));
+        }
+        owner.map(|owner| {
+            format!(
+                "cluster {name:?} is already registered by Secret {owner} (older); this Secret \
+                 is ignored until that one is deleted"
+            )
+        })
+    }
+
+    /// The next member set: the own cluster, unchanged members as they run, changed and new
+    /// ones started.
+    fn next_members(&self, desired: BTreeMap<String, MemberSpec>) -> BTreeMap<String, Arc<Member>> {
         let current = self.members.load_full();
         let mut next: BTreeMap<String, Arc<Member>> = BTreeMap::new();
         next.insert(self.local.name.clone(), current[&self.local.name].clone());
@@ -253,20 +278,12 @@ impl Registry {
             info!(cluster = %name, "member unregistered");
             self.settings.metrics.remove_member(name);
         }
-        self.settings.metrics.members.set(next.len() as i64);
-        for phase in [Phase::InvalidCredentials, Phase::Conflict] {
-            let n = rejected.iter().filter(|r| r.phase == phase).count();
-            self.settings.metrics.set_rejected(phase, n);
-        }
-        // Dropping the last Arc of a removed member aborts its tasks.
-        self.members.store(Arc::new(next));
-        self.rejected.store(Arc::new(rejected));
-        self.settings.notify.notify_one();
+        next
     }
 
     /// Watches the registration Secrets of `namespace` and keeps the member set in sync.
     /// Runs until aborted.
-    pub async fn run(self: Arc<Self>, client: Client, namespace: String) {
+    pub(crate) async fn run(self: Arc<Self>, client: Client, namespace: String) {
         let api: Api<Secret> = Api::namespaced(client, &namespace);
         let cfg = watcher::Config::default().labels(&format!("{CLUSTER_LABEL}=true"));
         let (reader, writer): (Store<Secret>, _) = reflector::store();
@@ -293,7 +310,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubeconfig::testing::{self, kubeconfig};
+    use crate::members::kubeconfig::testing::{self, kubeconfig};
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
