@@ -253,7 +253,7 @@ async fn config_dump(state: &AdminState) -> Value {
         "ready": state.ready.load(Ordering::Relaxed),
         "controllerConnected": state.controller_connected.load(Ordering::Relaxed),
         "certificate": certificate,
-        "snapshot": snapshot_json(&routing.catalog.snapshot),
+        "snapshot": snapshot_json(&routing.table.snapshot),
         "ejections": ejections,
         "peers": peers,
         "splits": splits,

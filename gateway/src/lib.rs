@@ -4,7 +4,8 @@
 //! outbound listeners ([`outbound`]); the gateway picks the endpoint with the shared
 //! locality engine ([`route`], over health from [`health`] and [`outlier`]) and dials it
 //! directly when local, or through the owning cluster's gateway over the mTLS HTTP/2
-//! CONNECT [`tunnel`] when remote, reusing upstream HTTP connections ([`upstream`]). It follows its controller's snapshots ([`catalog`]),
+//! CONNECT [`tunnel`] when remote, reusing upstream HTTP connections ([`upstream`]). It
+//! follows its controller's snapshots, each turned into a [`routing`] table,
 //! keeps serving the last one while the controller is away, obtains and renews its
 //! certificate ([`identity`]), and reports on the [`admin`] listener.
 #![forbid(unsafe_code)]
@@ -12,7 +13,6 @@
 
 pub mod address_map;
 pub mod admin;
-pub mod catalog;
 pub mod config;
 pub mod dataplane;
 pub mod health;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod outlier;
 pub mod route;
+pub mod routing;
 pub mod splice;
 pub mod tunnel;
 pub mod upstream;
@@ -42,11 +43,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::admin::AdminState;
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::dataplane::{Dataplane, Settings};
 use crate::metrics::Metrics;
 use crate::outbound::Listeners;
+use crate::routing::RoutingTable;
 use crate::tunnel::Pool;
 
 /// How often outlier ejections are checked for their end.
@@ -182,7 +183,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         .instrument(info_span!("certificates")),
     );
 
-    dp.set_catalog(Catalog::build(&config.cluster, first.clone()))
+    dp.set_table(RoutingTable::build(&config.cluster, first.clone()))
         .await;
 
     let tunnel_listener = TcpListener::bind(config.tunnel_addr)
@@ -266,7 +267,7 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Applies each new snapshot: a new catalog, and listeners opened or closed to match.
+/// Applies each new snapshot: a new routing table, and listeners opened or closed to match.
 async fn follow(
     mut snapshots: SnapshotReceiver,
     dp: Arc<Dataplane>,
@@ -276,15 +277,15 @@ async fn follow(
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
-            let catalog = Catalog::build(&dp.cluster, snapshot);
+            let table = RoutingTable::build(&dp.cluster, snapshot);
             info!(
-                version = catalog.snapshot.version,
-                services = catalog.services.len(),
-                peers = catalog.peers.len(),
+                version = table.snapshot.version,
+                services = table.services.len(),
+                peers = table.peers.len(),
                 "applying snapshot"
             );
-            listeners.reconcile(&catalog, &dp, &shutdown).await;
-            dp.set_catalog(catalog).await;
+            listeners.reconcile(&table, &dp, &shutdown).await;
+            dp.set_table(table).await;
         }
         let closed = tokio::select! {
             r = snapshots.changed() => r.is_err(),

@@ -22,12 +22,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{Catalog, ListenerSpec, Port};
 use crate::dataplane::{Dataplane, DialError};
 use crate::limits::Slots;
 use crate::metrics;
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
+use crate::routing::{ListenerSpec, Port, RoutingTable};
 use crate::splice::{Activity, End, splice};
 use crate::upstream::{Conn, RequestBody, UpstreamBody};
 
@@ -39,7 +39,7 @@ const MAX_RETRY_BODY: u64 = 64 * 1024;
 
 type ProxyBody = RequestBody;
 
-/// The open outbound listeners, reconciled against each catalog.
+/// The open outbound listeners, reconciled against each routing table.
 #[derive(Debug)]
 pub struct Listeners {
     bind: IpAddr,
@@ -55,18 +55,18 @@ impl Listeners {
         }
     }
 
-    /// Opens listeners the catalog adds, closes those it drops and restarts those whose
+    /// Opens listeners the routing table adds, closes those it drops and restarts those whose
     /// service port changed; the others, and every open connection, are left alone.
     pub async fn reconcile(
         &mut self,
-        catalog: &Catalog,
+        table: &RoutingTable,
         dp: &Arc<Dataplane>,
         shutdown: &watch::Receiver<bool>,
     ) {
         let stale: Vec<u16> = self
             .open
             .iter()
-            .filter(|(port, (spec, _))| catalog.listeners.get(port) != Some(spec))
+            .filter(|(port, (spec, _))| table.listeners.get(port) != Some(spec))
             .map(|(port, _)| *port)
             .collect();
         for port in stale {
@@ -75,7 +75,7 @@ impl Listeners {
                 task.abort();
             }
         }
-        for (port, spec) in &catalog.listeners {
+        for (port, spec) in &table.listeners {
             if self.open.contains_key(port) {
                 continue;
             }

@@ -21,7 +21,7 @@
 //!   of requests opens one connection, not one each; if that attempt fails, the requests
 //!   that waited for it fail with its error at once (each then moves on to its next
 //!   choice) rather than dialling again one after another.
-//! - Keys of endpoints that leave the catalog or turn unhealthy (not ready, ejected, peer
+//! - Keys of endpoints that leave the routing table or turn unhealthy (not ready, ejected, peer
 //!   down) are dropped at every routing rebuild ([`Upstreams::retain`]), and connections
 //!   finishing a request for such a key are not kept. [`Upstreams::clear`] drops
 //!   everything on shutdown.
@@ -194,7 +194,7 @@ struct SlotState {
 struct State {
     idle: HashMap<Key, Vec<Idle>>,
     shared: HashMap<Key, Slot>,
-    // Keys whose connections may be kept: endpoints in the catalog and healthy.
+    // Keys whose connections may be kept: endpoints in the routing table and healthy.
     live: HashSet<Key>,
     closed: bool,
 }
@@ -303,7 +303,7 @@ impl Upstreams {
         }
     }
 
-    /// Keeps connections only for `live` keys (endpoints in the catalog and healthy) and
+    /// Keeps connections only for `live` keys (endpoints in the routing table and healthy) and
     /// drops the others; connections in use finish their request and are not kept.
     pub async fn retain(&self, live: HashSet<Key>) {
         let mut st = self.state.lock().await;

@@ -2,7 +2,7 @@
 //! local endpoints of exported services. Anything else is refused and counted.
 //!
 //! A certificate alone does not admit a peer: its cluster must also be a member in the
-//! snapshot in force ([`crate::catalog::Catalog::admits`]), checked after the handshake
+//! snapshot in force ([`crate::routing::RoutingTable::admits`]), checked after the handshake
 //! and again at every new snapshot, so a cluster removed from the registry loses its open
 //! connections and spliced streams at the next snapshot, not when its certificate expires.
 
@@ -129,7 +129,7 @@ async fn connection(
     };
     // Subscribed before the check, so a snapshot installed right after it is not missed.
     let mut snapshots = dp.snapshots();
-    let admitted = dp.routing().catalog.admits(&peer);
+    let admitted = dp.routing().table.admits(&peer);
     dp.metrics
         .tunnel_handshakes
         .get_or_create(&Handshake {
@@ -174,7 +174,7 @@ async fn connection(
                 return;
             }
             changed = snapshots.changed() => {
-                if changed.is_ok() && dp.routing().catalog.admits(&peer) {
+                if changed.is_ok() && dp.routing().table.admits(&peer) {
                     continue;
                 }
                 info!(peer = %peer, reason = MEMBER_REMOVED, "tunnel peer is no longer a member: closing its connection and streams");
@@ -206,9 +206,9 @@ pub struct Requested {
 }
 
 /// Reads a stream's target and service from the peer's request; `None` when either is
-/// missing or malformed. Whether the peer may reach it is [`Catalog::authorizes`]'s call.
+/// missing or malformed. Whether the peer may reach it is [`RoutingTable::authorizes`]'s call.
 ///
-/// [`Catalog::authorizes`]: crate::catalog::Catalog::authorizes
+/// [`RoutingTable::authorizes`]: crate::routing::RoutingTable::authorizes
 pub fn requested<B>(req: &Request<B>) -> Option<Requested> {
     let target = req.uri().authority()?.as_str().parse().ok()?;
     let (hostname, port) = req
@@ -250,7 +250,7 @@ async fn stream(
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));
     };
-    if !dp.routing().catalog.authorizes(&hostname, port, target) {
+    if !dp.routing().table.authorizes(&hostname, port, target) {
         debug!(%target, %hostname, port, "tunnel target refused: not an exported local endpoint");
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));
