@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+mod certificate;
 pub mod credentials;
 pub mod csr;
 pub mod identity;
@@ -22,6 +23,7 @@ pub mod tls;
 pub mod verifier;
 
 pub use ca::{ClusterCa, RootCa, ServerCertificate, SignedCertificate};
+pub use certificate::parse_certs;
 pub use credentials::Credentials;
 pub use csr::CertificateRequest;
 pub use identity::Identity;
