@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::channel::{ControllerEndpoint, ControllerTls};
+use crate::error_chain;
 use crate::proto::discovery_client::DiscoveryClient;
 use crate::proto::{Snapshot, Subscriber};
 
@@ -330,18 +331,6 @@ fn publish(
     } else {
         debug!(version, "snapshot unchanged");
     }
-}
-
-/// Formats an error with its sources: tonic's transport errors hide the cause otherwise.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

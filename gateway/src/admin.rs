@@ -13,11 +13,11 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use meridian_api::proto::{self, Protocol};
+use meridian_api::signal::Shutdown;
 use meridian_identity::tls::CredentialReceiver;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::info;
 
 use crate::dataplane::Dataplane;
@@ -48,18 +48,18 @@ pub enum Endpoints {
     All,
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
+/// Serves the admin endpoints until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
     state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     info!(addr = ?listener.local_addr().ok(), ?endpoints, "admin listening");
     let limits = state.limits;
     let metrics = state.dataplane.metrics.admin.clone();
     let handler = move |req| handle(state.clone(), endpoints, req);
-    let stop = async move { crate::stopped(&mut shutdown).await };
+    let stop = async move { shutdown.cancelled().await };
     meridian_api::admin::serve(listener, handler, limits, metrics, stop).await;
 }
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
 use crate::address_map::AddressMap;
+use crate::dial::{DialError, Io};
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
@@ -64,32 +64,15 @@ pub struct Routing {
     pub services: HashMap<String, Arc<ServiceRoutes>>,
 }
 
-/// A bidirectional byte stream to an endpoint (TCP or a tunnel stream).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// Held by an open connection: [`Dataplane::drain`] waits until every guard is dropped.
+#[derive(Debug)]
+pub struct DrainGuard(watch::Receiver<bool>);
 
-/// Why an endpoint could not be reached.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DialError {
-    /// The endpoint (or, for a remote one, the peer gateway's dial of it) failed: counts
-    /// against the endpoint.
-    #[error("endpoint unreachable: {0}")]
-    Endpoint(String),
-    /// The peer gateway in front of it failed: counts against the peer.
-    #[error("{0}")]
-    Peer(String),
-    /// The peer gateway refused the target.
-    #[error("peer gateway refused the stream: {0}")]
-    Refused(http::StatusCode),
-    /// No gateway is known for the endpoint's cluster.
-    #[error("no peer gateway for cluster {0}")]
-    NoPeer(String),
-}
-
-impl DialError {
-    /// Whether outlier detection should count this against the endpoint.
-    pub fn blames_endpoint(&self) -> bool {
-        matches!(self, DialError::Endpoint(_))
+impl DrainGuard {
+    /// Resolves once draining has started: the connection should finish gracefully.
+    pub async fn draining(&mut self) {
+        // An error means the data plane is gone: draining too.
+        let _ = self.0.wait_for(|draining| *draining).await;
     }
 }
 
@@ -379,10 +362,9 @@ impl Dataplane {
         &self.upstreams
     }
 
-    /// A guard held by every open connection; shutdown waits for all to be dropped. Its
-    /// value turns true when shutdown starts.
-    pub fn drain_guard(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
+    /// A guard held by every open connection; shutdown waits for all to be dropped.
+    pub fn drain_guard(&self) -> DrainGuard {
+        DrainGuard(self.drain.subscribe())
     }
 
     /// Signals shutdown and waits up to `timeout` for open connections to finish.

@@ -17,12 +17,13 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meridian_api::signal::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::dataplane::{Dataplane, DialError};
+use crate::dataplane::Dataplane;
+use crate::dial::DialError;
 use crate::limits::Slots;
 use crate::metrics;
 use crate::outlier::Outcome;
@@ -61,7 +62,7 @@ impl Listeners {
         &mut self,
         table: &RoutingTable,
         dp: &Arc<Dataplane>,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) {
         let stale: Vec<u16> = self
             .open
@@ -106,12 +107,7 @@ impl Listeners {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    spec: ListenerSpec,
-    dp: Arc<Dataplane>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, shutdown: Shutdown) {
     let slots = Slots::new(dp.settings.limits.max_connections);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -123,7 +119,7 @@ async fn accept(
                     continue;
                 }
             },
-            _ = crate::stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
         };
         // Closed at once: a client that opens too many connections cannot starve the
         // gateway of sockets and tasks for everyone else.
@@ -231,7 +227,7 @@ async fn http_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplan
             debug!("idle timeout: closing");
             dp.metrics.timeout(LISTENER, "idle");
         }
-        _ = crate::stopped(&mut drain) => {
+        () = drain.draining() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

@@ -67,7 +67,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info_span};
 
-use crate::dataplane::{DialError, Io};
+use crate::dial::{DialError, Io};
 
 /// How long a connection just returned to the pool may take to become ready for its
 /// next request. hyper gets there as soon as it has processed the end of the previous

@@ -16,6 +16,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_api::signal::Shutdown;
 use meridian_identity::tls::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -36,12 +37,12 @@ pub const NOT_MEMBER: &str = "not_member";
 /// Refusal reason: an open connection's cluster left the members with a new snapshot.
 pub const MEMBER_REMOVED: &str = "member_removed";
 
-/// Accepts tunnel connections until `shutdown` turns true.
+/// Accepts tunnel connections until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Acceptor,
     dp: Arc<Dataplane>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     info!(addr = ?listener.local_addr().ok(), "tunnel listening");
     let slots = Slots::new(dp.settings.limits.max_connections);
@@ -56,7 +57,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = crate::stopped(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
         };
         // Unauthenticated sockets count too, so a flood of silent ones is bounded
         // before any TLS work is done.
@@ -84,7 +85,7 @@ async fn connection(
     acceptor: Acceptor,
     dp: Arc<Dataplane>,
     peers: &PeerSlots,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
     let limits = dp.settings.limits;
@@ -168,7 +169,7 @@ async fn connection(
                 if let Err(e) = r { debug!(error = %e, "tunnel connection ended") }
                 return;
             }
-            _ = crate::stopped(&mut shutdown) => {
+            () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
                 return;
