@@ -3,9 +3,9 @@
 //! it at once). The data plane turns this into healthy counts for the locality engine.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::outlier::{Detector, Ejected, Outcome};
 use crate::routing::{RoutingTable, Service};

@@ -15,9 +15,10 @@
 //!   healthy, ejections are ignored and nothing new is ejected.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_api::policy::OutlierSettings;
+use tokio::time::Instant;
 
 /// Envoy's cap on one ejection.
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);

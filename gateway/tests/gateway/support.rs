@@ -24,15 +24,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// Trust domain of every test mesh.
-pub const TD: &str = "meridian.test";
+pub(crate) const TD: &str = "meridian.test";
 
 /// Upper bound for anything the tests wait for (a gateway starting, a snapshot applied, a
 /// counter catching up). It only turns a hang into a failure on a loaded machine; no
 /// assertion depends on how fast things happen.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `f` until it yields `Some`, or fails naming `what` after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -41,13 +41,13 @@ where
 }
 
 /// A free TCP port on `ip` (bound and released; the OS does not hand it out again soon).
-pub fn free_port(ip: Ipv4Addr) -> u16 {
+pub(crate) fn free_port(ip: Ipv4Addr) -> u16 {
     free_ports::<1>(ip)[0]
 }
 
 /// `N` distinct free TCP ports on `ip`: every listener is held until all are bound, so
 /// the kernel cannot hand the same just-released port out twice.
-pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
+pub(crate) fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
     let held: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
         .collect();
@@ -58,7 +58,7 @@ pub fn free_ports<const N: usize>(ip: Ipv4Addr) -> [u16; N] {
 /// `ip:port`; counts the requests it gets, the connections it accepted and those still
 /// open.
 #[derive(Clone)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
@@ -68,7 +68,7 @@ pub struct Backend {
 
 /// When [`Backend::http_hanging_up`] closes a connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum HangUp {
+pub(crate) enum HangUp {
     /// This long after each response.
     After(Duration),
     /// When the next request on the connection arrives, without answering it.
@@ -92,7 +92,7 @@ impl Drop for OpenGuard {
 }
 
 impl Backend {
-    pub async fn http(ip: Ipv4Addr, cluster: &str, pod: &str) -> Self {
+    pub(crate) async fn http(ip: Ipv4Addr, cluster: &str, pod: &str) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -148,7 +148,7 @@ impl Backend {
     /// `Connection: close`) but hangs up on them as `hang_up` says: what a server with a
     /// short keep-alive timeout does to an idle client connection. Answers
     /// `<cluster>/<pod>` to requests without a body; counts answered requests.
-    pub async fn http_hanging_up(ip: Ipv4Addr, cluster: &str, pod: &str, hang_up: HangUp) -> Self {
+    pub(crate) async fn http_hanging_up(ip: Ipv4Addr, cluster: &str, pod: &str, hang_up: HangUp) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -207,7 +207,7 @@ impl Backend {
     }
 
     /// A raw TCP echo server: writes back every byte; on EOF, shuts its side down.
-    pub async fn tcp_echo(ip: Ipv4Addr) -> Self {
+    pub(crate) async fn tcp_echo(ip: Ipv4Addr) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -241,23 +241,23 @@ impl Backend {
         }
     }
 
-    pub fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
 }
 
 /// A snapshot peer entry for `cluster` (a member whose gateway is at `address`).
-pub fn member(cluster: &str, address: SocketAddr) -> Peer {
+pub(crate) fn member(cluster: &str, address: SocketAddr) -> Peer {
     Peer {
         cluster: cluster.into(),
         address: address.to_string(),
@@ -268,7 +268,7 @@ pub fn member(cluster: &str, address: SocketAddr) -> Peer {
 
 /// Sends one CONNECT for `target` (of `service`, `host:port`) through `gw`'s tunnel,
 /// presenting `creds`: the response (its upgrade is the stream when the status is 200).
-pub async fn tunnel_request(
+pub(crate) async fn tunnel_request(
     gw: &Gateway,
     creds: meridian_identity::Credentials,
     target: SocketAddr,
@@ -295,7 +295,7 @@ pub async fn tunnel_request(
 
 /// The count of `meridian_gateway_tunnel_refusals_total{reason}` once it reaches `want`
 /// (the server counts after the client may already have seen the refusal).
-pub async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
+pub(crate) async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
     let what = format!("{}: {want} tunnel refusals {reason}", gw.cluster);
     eventually(&what, || async {
         let n = gw
@@ -310,7 +310,7 @@ pub async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
 }
 
 /// An endpoint entry for a snapshot.
-pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
+pub(crate) fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
     Endpoint {
         cluster: cluster.into(),
         address: addr.ip().to_string(),
@@ -328,7 +328,7 @@ pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool
 }
 
 /// A service with one port named `http`.
-pub fn service(
+pub(crate) fn service(
     hostname: &str,
     protocol: Protocol,
     port: u32,
@@ -353,7 +353,7 @@ pub fn service(
 }
 
 /// How a gateway gets its certificate.
-pub enum Certs {
+pub(crate) enum Certs {
     /// Static PEM files.
     Files(TestCert),
     /// A `Certificates` signer at this URL, with this lifetime.
@@ -361,7 +361,7 @@ pub enum Certs {
 }
 
 /// A real `meridian-gateway` process with its own fake controller.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub cluster: String,
     pub controller: FakeDiscovery,
     pub ip: Ipv4Addr,
@@ -376,10 +376,10 @@ pub struct Gateway {
 }
 
 /// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let p = std::env::temp_dir().join(format!(
             "meridian-gw-{name}-{}-{}",
             std::process::id(),
@@ -407,12 +407,12 @@ fn rand_suffix() -> u64 {
 impl Gateway {
     /// Starts a gateway for `cluster` on `ip` (outbound listeners, tunnel and admin all on
     /// that loopback address). It waits for its first snapshot, which the caller pushes.
-    pub async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
+    pub(crate) async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
         Self::start_with(cluster, ip, locality, certs, &[]).await
     }
 
     /// [`Gateway::start`] with extra command-line flags.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         cluster: &str,
         ip: Ipv4Addr,
         locality: (&str, &str),
@@ -483,7 +483,7 @@ impl Gateway {
     }
 
     /// This gateway as a peer entry in other clusters' snapshots.
-    pub fn as_peer(&self) -> Peer {
+    pub(crate) fn as_peer(&self) -> Peer {
         Peer {
             cluster: self.cluster.clone(),
             address: self.tunnel.to_string(),
@@ -497,7 +497,7 @@ impl Gateway {
     }
 
     /// Pushes a snapshot for this gateway and waits until it is in use.
-    pub async fn push(&self, version: u64, services: Vec<GlobalService>, peers: Vec<Peer>) {
+    pub(crate) async fn push(&self, version: u64, services: Vec<GlobalService>, peers: Vec<Peer>) {
         self.controller.push(Snapshot {
             version,
             cluster: self.cluster.clone(),
@@ -526,7 +526,7 @@ impl Gateway {
     }
 
     /// Waits for `/healthz/ready`.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let what = format!("{}: gateway ready", self.cluster);
         eventually(&what, || async {
             matches!(http_get(self.admin, "/healthz/ready").await, Ok((200, _))).then_some(())
@@ -535,7 +535,7 @@ impl Gateway {
     }
 
     /// The `/metrics` text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         http_get(self.admin, "/metrics")
             .await
             .map(|(_, b)| b)
@@ -543,29 +543,29 @@ impl Gateway {
     }
 
     /// Sum of the samples of `name` whose labels contain every `label="value"` given.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_sum(&self.metrics().await, name, labels)
     }
 
     /// The `/config_dump` JSON.
-    pub async fn config_dump(&self) -> serde_json::Value {
+    pub(crate) async fn config_dump(&self) -> serde_json::Value {
         let (_, body) = http_get(self.dump, "/config_dump").await.unwrap();
         serde_json::from_str(&body).unwrap()
     }
 
     /// An outbound listener address of this gateway.
-    pub fn listener(&self, port: u16) -> SocketAddr {
+    pub(crate) fn listener(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
     }
 
     /// Stops the process.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 }
 
 /// Sums matching samples in Prometheus text.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
@@ -582,7 +582,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// A one-shot HTTP/1.1 GET; returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -604,13 +604,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
 }
 
 /// A keep-alive HTTP/1.1 client on one connection to a gateway listener.
-pub struct Client {
+pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     host: String,
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr, host: &str) -> Self {
+    pub(crate) async fn connect(addr: SocketAddr, host: &str) -> Self {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -624,7 +624,7 @@ impl Client {
     }
 
     /// GET `/` with extra headers; status and body.
-    pub async fn get(&mut self, headers: &[(&str, &str)]) -> (u16, String) {
+    pub(crate) async fn get(&mut self, headers: &[(&str, &str)]) -> (u16, String) {
         self.sender.ready().await.unwrap();
         let mut req = Request::get("/").header("host", &self.host);
         for (k, v) in headers {
@@ -642,23 +642,23 @@ impl Client {
 }
 
 /// A mesh CA plus helpers to start gateways with certificates from it.
-pub struct Mesh {
+pub(crate) struct Mesh {
     pub ca: TestCa,
 }
 
 impl Mesh {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             ca: TestCa::new(TD),
         }
     }
 
-    pub async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
+    pub(crate) async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
         self.gateway_with(cluster, ip, locality, &[]).await
     }
 
     /// A gateway with extra command-line flags.
-    pub async fn gateway_with(
+    pub(crate) async fn gateway_with(
         &self,
         cluster: &str,
         ip: Ipv4Addr,
