@@ -348,7 +348,11 @@ pub(crate) const DROP_WAIT: Duration = Duration::from_millis(500);
 pub(crate) const REPLY_WAIT: Duration = PATIENCE;
 
 /// Sends one raw UDP datagram and returns the reply, or `None` if none came within `wait`.
-pub(crate) async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn udp_exchange(
+    addr: SocketAddr,
+    packet: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     socket.send_to(packet, addr).await.expect("send");
     let mut buf = vec![0; 65_535];
@@ -361,7 +365,11 @@ pub(crate) async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration
 
 /// Sends `frame` as is on a new TCP connection; returns the first reply, or `None` if the
 /// server closed the connection or said nothing within `wait`.
-pub(crate) async fn tcp_exchange(addr: SocketAddr, frame: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn tcp_exchange(
+    addr: SocketAddr,
+    frame: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The server may close as soon as it sees garbage: a failed write is a drop.
     if stream.write_all(frame).await.is_err() {

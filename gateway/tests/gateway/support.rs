@@ -148,7 +148,12 @@ impl Backend {
     /// `Connection: close`) but hangs up on them as `hang_up` says: what a server with a
     /// short keep-alive timeout does to an idle client connection. Answers
     /// `<cluster>/<pod>` to requests without a body; counts answered requests.
-    pub(crate) async fn http_hanging_up(ip: Ipv4Addr, cluster: &str, pod: &str, hang_up: HangUp) -> Self {
+    pub(crate) async fn http_hanging_up(
+        ip: Ipv4Addr,
+        cluster: &str,
+        pod: &str,
+        hang_up: HangUp,
+    ) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -310,7 +315,12 @@ pub(crate) async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
 }
 
 /// An endpoint entry for a snapshot.
-pub(crate) fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
+pub(crate) fn endpoint(
+    cluster: &str,
+    addr: SocketAddr,
+    zone: (&str, &str),
+    ready: bool,
+) -> Endpoint {
     Endpoint {
         cluster: cluster.into(),
         address: addr.ip().to_string(),
@@ -407,7 +417,12 @@ fn rand_suffix() -> u64 {
 impl Gateway {
     /// Starts a gateway for `cluster` on `ip` (outbound listeners, tunnel and admin all on
     /// that loopback address). It waits for its first snapshot, which the caller pushes.
-    pub(crate) async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
+    pub(crate) async fn start(
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        certs: Certs,
+    ) -> Self {
         Self::start_with(cluster, ip, locality, certs, &[]).await
     }
 
@@ -653,7 +668,12 @@ impl Mesh {
         }
     }
 
-    pub(crate) async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
+    pub(crate) async fn gateway(
+        &self,
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+    ) -> Gateway {
         self.gateway_with(cluster, ip, locality, &[]).await
     }
 
