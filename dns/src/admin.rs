@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin endpoints report on.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The metrics to expose.
     pub metrics: Arc<Metrics>,
     /// The controller subscription's state.
@@ -28,7 +28,7 @@ pub struct Admin {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
     let limits = admin.limits;
     let metrics = admin.metrics.admin.clone();
     let handler = move |request: Request<Incoming>| {

@@ -7,21 +7,23 @@
 //! - [`config`]: the flags;
 //! - [`zone`]: records of the served zones, built from a snapshot;
 //! - [`authority`]: the request handler answering from the current zones, swapped atomically;
-//! - [`snapshot`]: applies each new snapshot to the authority;
-//! - [`server`]: the UDP and TCP sockets;
-//! - [`metrics`] and [`admin`]: Prometheus metrics and health endpoints;
+//! - `snapshot`: applies each new snapshot to the authority;
+//! - `server`: the UDP and TCP sockets;
+//! - [`metrics`] and `admin`: Prometheus metrics and health endpoints;
 //! - [`run`]: the server's phases, from binding to the drain on shutdown.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
+// Public: what the binary (`config`), the zone bench and the fuzz targets (fuzz/) use.
 pub mod authority;
 pub mod config;
-mod error;
 pub mod metrics;
-pub mod server;
-pub mod snapshot;
 pub mod zone;
+
+mod admin;
+mod error;
+mod server;
+mod snapshot;
 
 use std::sync::Arc;
 

@@ -18,7 +18,7 @@ use crate::zone::{ZoneSettings, Zones};
 
 /// Follows `snapshots` until the subscription ends or `shutdown` is cancelled, applying
 /// each one to `authority`.
-pub async fn follow(
+pub(crate) async fn follow(
     mut snapshots: SnapshotReceiver,
     authority: Authority,
     settings: Arc<ZoneSettings>,

@@ -25,7 +25,7 @@ use crate::dataplane::Dataplane;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Readiness: a snapshot, credentials and the tunnel listener are in place.
     pub ready: AtomicBool,
     /// Metrics registry.
@@ -42,7 +42,7 @@ pub struct AdminState {
 
 /// Which endpoints an admin listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoints {
+pub(crate) enum Endpoints {
     /// `/healthz/ready` and `/metrics`: for the kubelet and Prometheus, on the pod IP.
     Probes,
     /// Those and `/config_dump`, which shows the whole mesh: loopback by default.
@@ -50,7 +50,7 @@ pub enum Endpoints {
 }
 
 /// Serves the admin endpoints until `shutdown` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
     state: Arc<AdminState>,

@@ -29,7 +29,7 @@ const FILE_POLL: Duration = Duration::from_secs(10);
 
 /// Where certificates come from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// PEM files on disk.
     Files {
         /// Certificate chain.
@@ -51,7 +51,7 @@ pub enum Source {
 
 /// Why no certificate was obtained (this attempt; [`fetch_until_ok`] retries).
 #[derive(Debug, thiserror::Error)]
-pub enum CertificateError {
+pub(crate) enum CertificateError {
     /// The static files could not be read or do not make credentials.
     #[error("loading the static certificate files")]
     Files(#[source] meridian_identity::Error),
@@ -96,7 +96,10 @@ pub enum CertificateError {
 }
 
 /// Obtains credentials once.
-pub async fn fetch(source: &Source, identity: &Identity) -> Result<Credentials, CertificateError> {
+pub(crate) async fn fetch(
+    source: &Source,
+    identity: &Identity,
+) -> Result<Credentials, CertificateError> {
     match source {
         Source::Files { chain, key, root } => {
             let creds =
@@ -162,7 +165,7 @@ fn check_root(
 }
 
 /// Obtains credentials, retrying with backoff until it works or `shutdown` is cancelled.
-pub async fn fetch_until_ok(
+pub(crate) async fn fetch_until_ok(
     source: &Source,
     identity: &Identity,
     shutdown: &Shutdown,
@@ -197,7 +200,7 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Records the certificate in force in the metrics.
-pub fn observe(metrics: &Metrics, creds: &Credentials) {
+pub(crate) fn observe(metrics: &Metrics, creds: &Credentials) {
     metrics
         .cert_expiry
         .set(meridian_identity::ca::unix_seconds(creds.not_after()));
@@ -206,7 +209,7 @@ pub fn observe(metrics: &Metrics, creds: &Credentials) {
 
 /// Keeps the credentials fresh until `shutdown`: renews at half life (retrying with
 /// backoff while the old certificate is still valid), or re-reads static files.
-pub async fn renew(
+pub(crate) async fn renew(
     store: Arc<CredentialStore>,
     rx: CredentialReceiver,
     source: Source,

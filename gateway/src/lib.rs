@@ -1,33 +1,40 @@
 //! Meridian's east-west gateway.
 //!
 //! Every member cluster runs one. In-cluster clients reach a global service through its
-//! outbound listeners ([`outbound`]); the gateway picks the endpoint with the shared
-//! locality engine ([`route`], over health from [`health`] and [`outlier`]) and dials it
+//! outbound listeners (`outbound`); the gateway picks the endpoint with the shared
+//! locality engine ([`route`], over health from `health` and `outlier`) and dials it
 //! directly when local, or through the owning cluster's gateway over the mTLS HTTP/2
 //! CONNECT [`tunnel`] when remote, reusing upstream HTTP connections ([`upstream`]). It
 //! follows its controller's snapshots, each turned into a [`routing`] table,
 //! keeps serving the last one while the controller is away, obtains and renews its
-//! certificate ([`identity`]), and reports on the [`admin`] listener.
+//! certificate (`identity`), and reports on the `admin` listener.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod address_map;
-pub mod admin;
+// Public: what the binary (`config`) and the fuzz targets (fuzz/) drive directly.
 pub mod config;
 pub mod dataplane;
-pub mod dial;
-mod error;
-pub mod health;
-pub mod identity;
 pub mod limits;
 pub mod metrics;
-pub mod outbound;
-pub mod outlier;
 pub mod route;
 pub mod routing;
-pub mod splice;
 pub mod tunnel;
 pub mod upstream;
+
+mod address_map;
+mod admin;
+mod dial;
+mod error;
+mod health;
+mod identity;
+mod outbound;
+mod outlier;
+mod splice;
+
+pub use crate::address_map::AddressMap;
+pub use crate::dial::{DialError, Io};
+pub use crate::health::Health;
+pub use crate::outlier::{EndpointKey, Outcome};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -42,14 +42,14 @@ type ProxyBody = RequestBody;
 
 /// The open outbound listeners, reconciled against each routing table.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     bind: IpAddr,
     open: BTreeMap<u16, (ListenerSpec, JoinHandle<()>)>,
 }
 
 impl Listeners {
     /// No listeners yet; they will bind to `bind`.
-    pub fn new(bind: IpAddr) -> Self {
+    pub(crate) fn new(bind: IpAddr) -> Self {
         Self {
             bind,
             open: BTreeMap::new(),
@@ -58,7 +58,7 @@ impl Listeners {
 
     /// Opens listeners the routing table adds, closes those it drops and restarts those whose
     /// service port changed; the others, and every open connection, are left alone.
-    pub async fn reconcile(
+    pub(crate) async fn reconcile(
         &mut self,
         table: &RoutingTable,
         dp: &Arc<Dataplane>,
@@ -100,7 +100,7 @@ impl Listeners {
     }
 
     /// Closes every listener (shutdown); open connections drain separately.
-    pub fn close_all(&mut self) {
+    pub(crate) fn close_all(&mut self) {
         for (_, (_, task)) in std::mem::take(&mut self.open) {
             task.abort();
         }
