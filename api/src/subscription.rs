@@ -102,6 +102,17 @@ impl SubscriptionConfig {
             max_message_bytes: 64 * 1024 * 1024,
         }
     }
+
+    /// The production defaults for the controller that the shared `--controller*` flags
+    /// name (its URL, pinned root and token file), as `subscriber`.
+    #[cfg(feature = "clap")]
+    pub fn from_args(args: &crate::channel::ControllerArgs, subscriber: Subscriber) -> Self {
+        Self {
+            tls: args.tls(),
+            token_file: args.token_file.clone(),
+            ..Self::new(args.url.clone(), subscriber)
+        }
+    }
 }
 
 /// Connection state of a subscription, for metrics, readiness and logs.

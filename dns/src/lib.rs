@@ -86,17 +86,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
 /// Starts following the controller's snapshots for this cluster.
 fn subscribe(config: &Config) -> Result<Subscription> {
-    let mut subscription_config = SubscriptionConfig::new(
-        config.controller.url.clone(),
-        Subscriber {
-            cluster: config.cluster.clone(),
-            role: "dns".into(),
-            instance: config.instance.clone(),
-        },
-    );
-    subscription_config.tls = config.controller.tls();
-    subscription_config.token_file = config.controller.token_file.clone();
-    Subscription::spawn(subscription_config).map_err(Error::Subscription)
+    let subscriber = Subscriber {
+        cluster: config.cluster.clone(),
+        role: "dns".into(),
+        instance: config.instance.clone(),
+    };
+    Subscription::spawn(SubscriptionConfig::from_args(
+        &config.controller,
+        subscriber,
+    ))
+    .map_err(Error::Subscription)
 }
 
 /// Binds the admin listener and logs the server's settings.

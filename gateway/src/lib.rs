@@ -336,17 +336,16 @@ fn signer(config: &Config) -> Result<ControllerEndpoint> {
 
 /// Starts following the controller's snapshots as this gateway.
 fn subscribe(config: &Config) -> Result<Subscription> {
-    let mut subscription_config = SubscriptionConfig::new(
-        config.controller.url.clone(),
-        Subscriber {
-            cluster: config.cluster.clone(),
-            role: "gateway".into(),
-            instance: config.instance.clone(),
-        },
-    );
-    subscription_config.tls = config.controller.tls();
-    subscription_config.token_file = config.controller.token_file.clone();
-    Subscription::spawn(subscription_config).map_err(Error::Subscription)
+    let subscriber = Subscriber {
+        cluster: config.cluster.clone(),
+        role: "gateway".into(),
+        instance: config.instance.clone(),
+    };
+    Subscription::spawn(SubscriptionConfig::from_args(
+        &config.controller,
+        subscriber,
+    ))
+    .map_err(Error::Subscription)
 }
 
 /// Waits for the first snapshot; `None` when shutdown comes first.
