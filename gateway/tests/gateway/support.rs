@@ -656,6 +656,22 @@ impl Client {
     }
 }
 
+/// Sends `requests` GETs and counts the answers per cluster (an echo body starts with its
+/// backend's cluster name).
+pub(crate) async fn answers_per_cluster(
+    client: &mut Client,
+    requests: usize,
+) -> BTreeMap<String, usize> {
+    let mut answers = BTreeMap::new();
+    for _ in 0..requests {
+        let (status, body) = client.get(&[]).await;
+        assert_eq!(status, 200, "{body}");
+        let cluster = body.split('/').next().unwrap_or_default().to_owned();
+        *answers.entry(cluster).or_default() += 1;
+    }
+    answers
+}
+
 /// A mesh CA plus helpers to start gateways with certificates from it.
 pub(crate) struct Mesh {
     pub ca: TestCa,
@@ -687,5 +703,18 @@ impl Mesh {
     ) -> Gateway {
         let certs = Certs::Files(self.ca.issue(cluster));
         Gateway::start_with(cluster, ip, locality, certs, extra).await
+    }
+
+    /// A gateway of `east` in r1/z1 on `ip`, started with `flags`, whose first snapshot
+    /// (version 1) holds only `service`.
+    pub(crate) async fn serving(
+        &self,
+        ip: Ipv4Addr,
+        flags: &[&str],
+        service: GlobalService,
+    ) -> Gateway {
+        let gw = self.gateway_with("east", ip, ("r1", "z1"), flags).await;
+        gw.push(1, vec![service], vec![]).await;
+        gw
     }
 }
