@@ -109,25 +109,10 @@ impl Listeners {
 
 async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, shutdown: Shutdown) {
     let slots = Slots::new(dp.settings.limits.max_connections);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        // Closed at once: a client that opens too many connections cannot starve the
-        // gateway of sockets and tasks for everyone else.
-        let Some(slot) = slots.try_acquire() else {
-            debug!(%remote, "connection refused: listener at --max-connections");
-            dp.metrics.refuse_connection(LISTENER, "max_connections");
-            continue;
-        };
+    while let Some((tcp, remote, slot)) = slots
+        .accept(&listener, LISTENER, &dp.metrics, &shutdown)
+        .await
+    {
         let _ = tcp.set_nodelay(true);
         let dp = dp.clone();
         let spec = spec.clone();

@@ -20,7 +20,7 @@ use meridian_api::signal::Shutdown;
 use meridian_identity::tls::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::{ERROR_HEADER, SERVICE_HEADER};
 use crate::dataplane::Dataplane;
@@ -47,25 +47,12 @@ pub async fn serve(
     info!(addr = ?listener.local_addr().ok(), "tunnel listening");
     let slots = Slots::new(dp.settings.limits.max_connections);
     let peers = Arc::new(PeerSlots::new(dp.settings.limits.max_peer_connections));
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        // Unauthenticated sockets count too, so a flood of silent ones is bounded
-        // before any TLS work is done.
-        let Some(slot) = slots.try_acquire() else {
-            debug!(%remote, "tunnel connection refused: listener at --max-connections");
-            dp.metrics.refuse_connection(LISTENER, "max_connections");
-            continue;
-        };
+    // Unauthenticated sockets count too, so a flood of silent ones is bounded before any
+    // TLS work is done.
+    while let Some((tcp, remote, slot)) = slots
+        .accept(&listener, LISTENER, &dp.metrics, &shutdown)
+        .await
+    {
         let acceptor = acceptor.clone();
         let dp = dp.clone();
         let peers = peers.clone();
