@@ -33,3 +33,16 @@ pub mod testing;
 
 pub use locality::{Locality, LocalityPattern};
 pub use policy::TrafficPolicy;
+
+/// Formats an error with its sources, `outer: inner: root`, for one log field: tonic's
+/// transport errors and the binaries' own error types keep the cause in `source()`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,6 +1,7 @@
-//! Traffic policy: the `GlobalTrafficPolicy` spec fields (DESIGN.md §4), with Istio's field
-//! names where Istio has them. The controller's CRD, the snapshot (as canonical JSON) and the
-//! simulator all use these types, so there is one schema.
+//! Traffic policy: the `GlobalTrafficPolicy` spec fields (`docs/concepts.md`, "Policy
+//! fields"), with Istio's field names where Istio has them. The controller's CRD, the
+//! snapshot (as canonical JSON) and the simulator all use these types, so there is one
+//! schema.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

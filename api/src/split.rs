@@ -1,4 +1,4 @@
-//! Locality-weighted load balancing with Envoy's exact semantics (DESIGN.md §4).
+//! Locality-weighted load balancing with Envoy's exact semantics (`docs/concepts.md`).
 //!
 //! Given the caller's locality, the health of every group of endpoints (a locality, or a
 //! locality and label values under `failoverPriority`) and the traffic policy, [`compute`]

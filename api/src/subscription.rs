@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::channel::{ControllerEndpoint, ControllerTls};
+use crate::error_chain;
 use crate::proto::discovery_client::DiscoveryClient;
 use crate::proto::{Snapshot, Subscriber};
 
@@ -99,6 +100,17 @@ impl SubscriptionConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// The production defaults for the controller that the shared `--controller*` flags
+    /// name (its URL, pinned root and token file), as `subscriber`.
+    #[cfg(feature = "clap")]
+    pub fn from_args(args: &crate::channel::ControllerArgs, subscriber: Subscriber) -> Self {
+        Self {
+            tls: args.tls(),
+            token_file: args.token_file.clone(),
+            ..Self::new(args.url.clone(), subscriber)
         }
     }
 }
@@ -330,18 +342,6 @@ fn publish(
     } else {
         debug!(version, "snapshot unchanged");
     }
-}
-
-/// Formats an error with its sources: tonic's transport errors hide the cause otherwise.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

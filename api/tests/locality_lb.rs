@@ -1,5 +1,5 @@
-//! The locality engine against the seed figures of DESIGN.md §4 and Envoy's behaviour,
-//! plus property tests of its invariants.
+//! The locality engine against the worked examples of `docs/concepts.md` and Envoy's
+//! behaviour, plus property tests of its invariants.
 
 use std::collections::BTreeMap;
 

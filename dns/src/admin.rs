@@ -5,10 +5,10 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use meridian_api::signal::Shutdown;
 use meridian_api::subscription::Status;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;
 use crate::metrics::Metrics;
@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin endpoints report on.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The metrics to expose.
     pub metrics: Arc<Metrics>,
     /// The controller subscription's state.
@@ -28,7 +28,7 @@ pub struct Admin {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
     let limits = admin.limits;
     let metrics = admin.metrics.admin.clone();
     let handler = move |request: Request<Incoming>| {

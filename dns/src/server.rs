@@ -19,40 +19,32 @@ const TCP_RESPONSE_BUFFER: usize = 64;
 const FREE_PORT_ATTEMPTS: usize = 16;
 
 /// The running DNS server.
-pub struct DnsServer {
+pub(crate) struct DnsServer {
     server: Server<Authority>,
-    addrs: Vec<SocketAddr>,
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on each of `listen` (port 0: one free port for both) and starts
     /// answering from `authority`.
-    pub async fn bind(listen: &[SocketAddr], authority: Authority) -> io::Result<Self> {
+    pub(crate) async fn bind(listen: &[SocketAddr], authority: Authority) -> io::Result<Self> {
         let mut server = Server::new(authority);
-        let mut addrs = Vec::with_capacity(listen.len());
         for &addr in listen {
             let (udp, tcp) = bind_pair(addr).await?;
             let local = tcp.local_addr()?;
             info!(udp = %udp.local_addr()?, tcp = %local, "listening for DNS");
             server.register_socket(udp);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-            addrs.push(local);
         }
-        Ok(Self { server, addrs })
-    }
-
-    /// The bound addresses (the same port serves UDP and TCP).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        Ok(Self { server })
     }
 
     /// Resolves only if the server stops on its own (a socket failed).
-    pub async fn stopped(&mut self) -> Result<(), NetError> {
+    pub(crate) async fn stopped(&mut self) -> Result<(), NetError> {
         self.server.block_until_done().await
     }
 
     /// Stops accepting queries and waits for the socket tasks to end.
-    pub async fn shutdown(mut self) -> Result<(), NetError> {
+    pub(crate) async fn shutdown(mut self) -> Result<(), NetError> {
         self.server.shutdown_gracefully().await
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use meridian_api::proto::Snapshot;
+use meridian_api::signal::Shutdown;
 use meridian_api::subscription::SnapshotReceiver;
 use tracing::{error, info, warn};
 
@@ -15,21 +16,24 @@ use crate::authority::Authority;
 use crate::metrics::Metrics;
 use crate::zone::{ZoneSettings, Zones};
 
-/// Follows `snapshots` until the subscription ends, applying each one to `authority`.
-pub async fn follow(
+/// Follows `snapshots` until the subscription ends or `shutdown` is cancelled, applying
+/// each one to `authority`.
+pub(crate) async fn follow(
     mut snapshots: SnapshotReceiver,
     authority: Authority,
     settings: Arc<ZoneSettings>,
     metrics: Arc<Metrics>,
     cluster: String,
+    shutdown: Shutdown,
 ) {
     loop {
         let latest = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = latest {
             apply(snapshot, &authority, &settings, &metrics, &cluster).await;
         }
-        if snapshots.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! to the controller (JSON), judged by the controller (`policy::desired_status`,
 //! `policy::in_force`, i.e. `TrafficPolicy::validate`), then, when accepted, carried in a
 //! snapshot as the controller writes it (`policy_json`) and used by a gateway: parsed and
-//! validated again by `Catalog::build`, routed by `ServiceRoutes` and balanced by the
+//! validated again by `RoutingTable::build`, routed by `ServiceRoutes` and balanced by the
 //! locality engine for several callers.
 //!
 //! Input: the spec's JSON (`{"service": "...", "localityLbSetting": ...}`).
@@ -19,7 +19,7 @@ use meridian_api::proto::{self, GlobalService, Protocol, ServicePort, Snapshot};
 use meridian_api::split::Caller;
 use meridian_controller::crd::{GlobalTrafficPolicy, GlobalTrafficPolicySpec};
 use meridian_controller::policy;
-use meridian_gateway::catalog::Catalog;
+use meridian_gateway::routing::RoutingTable;
 use meridian_gateway::route::ServiceRoutes;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -138,8 +138,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The gateway of `east`, given the policy as the controller publishes it.
     let policy_json = serde_json::to_string(&gtp.spec.policy).expect("a policy serializes");
-    let catalog = Catalog::build("east", Arc::new(snapshot(policy_json)));
-    let service = &catalog.services["reviews.demo.global"];
+    let table = RoutingTable::build("east", Arc::new(snapshot(policy_json)));
+    let service = &table.services["reviews.demo.global"];
     assert_eq!(
         service.policy_error, None,
         "the gateway refused a policy the controller accepted"

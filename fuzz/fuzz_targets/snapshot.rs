@@ -1,8 +1,8 @@
 //! Snapshot decoding: a `Snapshot` message as a gateway or DNS server receives it from the
 //! controller, decoded with prost, then applied as each applies it. The gateway builds its
-//! catalog (`Catalog::build`: services, parsed policies, listeners, peers, tunnel targets)
-//! and installs it in a data plane (`Dataplane::set_catalog`: health, routes and
-//! balancers), then routes a request and a connection of every service and checks the
+//! routing table (`RoutingTable::build`: services, parsed policies, listeners, peers,
+//! tunnel targets) and installs it in a data plane (`Dataplane::set_table`: health, routes
+//! and balancers), then routes a request and a connection of every service and checks the
 //! tunnel authorizes its own local endpoints. The DNS server builds its zones
 //! (`Zones::build`, `Zones::into_catalog`, which must not fail on any snapshot) and
 //! answers a query for every service. Opening listener sockets is left out.
@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use meridian_api::proto::Snapshot;
 use meridian_dns::authority::Authority;
 use meridian_dns::zone::{ZoneSettings, Zones};
-use meridian_gateway::catalog::Catalog;
+use meridian_gateway::routing::RoutingTable;
 use meridian_gateway::dataplane::{Dataplane, Settings};
 use meridian_gateway::limits::Limits;
 use meridian_gateway::metrics::Metrics;
@@ -84,7 +84,7 @@ fn dataplane() -> Dataplane {
 
 async fn gateway(snapshot: Arc<Snapshot>) {
     let dp = dataplane();
-    dp.set_catalog(Catalog::build("east", snapshot)).await;
+    dp.set_table(RoutingTable::build("east", snapshot)).await;
     let routing = dp.routing();
     let mut rng = SmallRng::seed_from_u64(0);
     for (name, routes) in &routing.services {
@@ -106,7 +106,7 @@ async fn gateway(snapshot: Arc<Snapshot>) {
             {
                 let authorized =
                     routing
-                        .catalog
+                        .table
                         .authorizes(&svc.global_hostname, port.port, ep.target(port));
                 if ep.ready {
                     assert!(authorized, "{name} {port:?} {ep:?}");

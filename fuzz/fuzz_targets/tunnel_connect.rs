@@ -1,6 +1,6 @@
 //! Tunnel CONNECT: what a peer gateway controls in a stream request, the `:authority`
 //! (target `ip:port`) and the `meridian-service` header (`host:port`), read by
-//! `tunnel::server::requested` and authorized by `Catalog::authorizes`.
+//! `tunnel::server::requested` and authorized by `RoutingTable::authorizes`.
 //!
 //! Input: the authority bytes, `\n`, the header value bytes. The request is built as h2
 //! builds a CONNECT request (authority only, no scheme or path).
@@ -13,12 +13,12 @@ use http::uri::{Authority, Parts};
 use http::{HeaderValue, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
 use meridian_api::proto::{Endpoint, GlobalService, Protocol, ServicePort, Snapshot};
-use meridian_gateway::catalog::Catalog;
+use meridian_gateway::routing::RoutingTable;
 use meridian_gateway::tunnel::SERVICE_HEADER;
 use meridian_gateway::tunnel::server::requested;
 
 /// The gateway of `east`: `reviews` has one local endpoint on two ports and one remote.
-static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
+static TABLE: LazyLock<RoutingTable> = LazyLock::new(|| {
     let endpoint = |cluster: &str, address: &str| Endpoint {
         cluster: cluster.into(),
         address: address.into(),
@@ -45,10 +45,10 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
         }],
         ..Default::default()
     };
-    Catalog::build("east", Arc::new(snapshot))
+    RoutingTable::build("east", Arc::new(snapshot))
 });
 
-/// Exactly what the catalog above may authorize.
+/// Exactly what the routing table above may authorize.
 const LOCAL: [(&str, u32, &str); 2] = [
     ("reviews.default.global", 9080, "10.1.0.5:8080"),
     ("reviews.default.global", 9090, "10.1.0.5:9090"),
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(requested(&again).as_ref(), Some(&r));
 
     // Authorization is exact: only a local endpoint of that very service port.
-    if CATALOG.authorizes(&r.hostname, r.port, r.target) {
+    if TABLE.authorizes(&r.hostname, r.port, r.target) {
         assert!(
             LOCAL.iter().any(|(h, p, t)| {
                 *h == r.hostname && *p == r.port && t.parse::<SocketAddr>() == Ok(r.target)

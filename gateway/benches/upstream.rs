@@ -14,9 +14,9 @@
 mod support;
 
 use std::net::Ipv4Addr;
-use std::time::Instant;
 
 use meridian_api::proto::{GlobalService, Protocol};
+use tokio::time::Instant;
 
 use support::{Backend, Client, Gateway, Mesh, endpoint, service};
 

@@ -6,25 +6,26 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use meridian_api::proto::{self, Protocol};
+use meridian_api::signal::Shutdown;
 use meridian_identity::tls::CredentialReceiver;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::info;
 
 use crate::dataplane::Dataplane;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Readiness: a snapshot, credentials and the tunnel listener are in place.
     pub ready: AtomicBool,
     /// Metrics registry.
@@ -41,25 +42,25 @@ pub struct AdminState {
 
 /// Which endpoints an admin listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoints {
+pub(crate) enum Endpoints {
     /// `/healthz/ready` and `/metrics`: for the kubelet and Prometheus, on the pod IP.
     Probes,
     /// Those and `/config_dump`, which shows the whole mesh: loopback by default.
     All,
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(
+/// Serves the admin endpoints until `shutdown` is cancelled.
+pub(crate) async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
     state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     info!(addr = ?listener.local_addr().ok(), ?endpoints, "admin listening");
     let limits = state.limits;
     let metrics = state.dataplane.metrics.admin.clone();
     let handler = move |req| handle(state.clone(), endpoints, req);
-    let stop = async move { crate::stopped(&mut shutdown).await };
+    let stop = async move { shutdown.cancelled().await };
     meridian_api::admin::serve(listener, handler, limits, metrics, stop).await;
 }
 
@@ -253,7 +254,7 @@ async fn config_dump(state: &AdminState) -> Value {
         "ready": state.ready.load(Ordering::Relaxed),
         "controllerConnected": state.controller_connected.load(Ordering::Relaxed),
         "certificate": certificate,
-        "snapshot": snapshot_json(&routing.catalog.snapshot),
+        "snapshot": snapshot_json(&routing.table.snapshot),
         "ejections": ejections,
         "peers": peers,
         "splits": splits,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use meridian_api::telemetry::LogFormat;
 
 /// Port of the admin listener (probes, metrics) when --admin-addr is not given.
 pub const ADMIN_PORT: u16 = 15021;
@@ -151,8 +152,8 @@ pub struct Config {
     pub dial_address_map: Option<crate::address_map::AddressMap>,
 
     /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

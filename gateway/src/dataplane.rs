@@ -1,4 +1,4 @@
-//! The data plane's shared state: the routing built from the catalog and live health,
+//! The data plane's shared state: the routes built from the routing table and live health,
 //! dialling endpoints (directly when local, through the owning cluster's gateway when
 //! remote), reusing upstream HTTP connections, reporting outcomes to outlier detection,
 //! and draining on shutdown.
@@ -9,18 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
 use crate::address_map::AddressMap;
-use crate::catalog::{Catalog, Endpoint, Port};
+use crate::dial::{DialError, Io};
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
+use crate::routing::{Endpoint, Port, RoutingTable};
 use crate::tunnel::{PeerEvent, Pool, TunnelError};
 use crate::upstream::{self, Conn, Upstreams};
 
@@ -55,41 +55,24 @@ impl Settings {
     }
 }
 
-/// Routing for the current catalog and health.
+/// Routes for the current routing table and health.
 #[derive(Debug, Default)]
 pub struct Routing {
-    /// The catalog in use.
-    pub catalog: Arc<Catalog>,
+    /// The routing table in use.
+    pub table: Arc<RoutingTable>,
     /// Routes and balancers per service hostname.
     pub services: HashMap<String, Arc<ServiceRoutes>>,
 }
 
-/// A bidirectional byte stream to an endpoint (TCP or a tunnel stream).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// Held by an open connection: [`Dataplane::drain`] waits until every guard is dropped.
+#[derive(Debug)]
+pub struct DrainGuard(watch::Receiver<bool>);
 
-/// Why an endpoint could not be reached.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DialError {
-    /// The endpoint (or, for a remote one, the peer gateway's dial of it) failed: counts
-    /// against the endpoint.
-    #[error("endpoint unreachable: {0}")]
-    Endpoint(String),
-    /// The peer gateway in front of it failed: counts against the peer.
-    #[error("{0}")]
-    Peer(String),
-    /// The peer gateway refused the target.
-    #[error("peer gateway refused the stream: {0}")]
-    Refused(http::StatusCode),
-    /// No gateway is known for the endpoint's cluster.
-    #[error("no peer gateway for cluster {0}")]
-    NoPeer(String),
-}
-
-impl DialError {
-    /// Whether outlier detection should count this against the endpoint.
-    pub fn blames_endpoint(&self) -> bool {
-        matches!(self, DialError::Endpoint(_))
+impl DrainGuard {
+    /// Resolves once draining has started: the connection should finish gracefully.
+    pub async fn draining(&mut self) {
+        // An error means the data plane is gone: draining too.
+        let _ = self.0.wait_for(|draining| *draining).await;
     }
 }
 
@@ -114,7 +97,7 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// A data plane with an empty catalog.
+    /// A data plane with an empty routing table.
     pub fn new(cluster: &str, settings: Settings, metrics: Arc<Metrics>, pool: Pool) -> Self {
         Self {
             cluster: cluster.to_owned(),
@@ -140,11 +123,11 @@ impl Dataplane {
         self.routing.load_full()
     }
 
-    /// Switches to a new catalog (a new snapshot).
-    pub async fn set_catalog(&self, catalog: Catalog) {
-        self.health.sync(&catalog).await;
-        let version = catalog.snapshot.version as i64;
-        self.rebuild_with(Arc::new(catalog)).await;
+    /// Switches to a new routing table (a new snapshot).
+    pub async fn set_table(&self, table: RoutingTable) {
+        self.health.sync(&table).await;
+        let version = table.snapshot.version as i64;
+        self.rebuild_with(Arc::new(table)).await;
         // Only now is the snapshot the one requests route by.
         self.metrics.snapshot_version.set(version);
         self.snapshots.send_modify(|n| *n += 1);
@@ -158,18 +141,18 @@ impl Dataplane {
 
     /// Recomputes every service's split from the current health.
     pub async fn rebuild(&self) {
-        let catalog = self.routing().catalog.clone();
-        self.rebuild_with(catalog).await;
+        let table = self.routing().table.clone();
+        self.rebuild_with(table).await;
     }
 
-    async fn rebuild_with(&self, catalog: Arc<Catalog>) {
+    async fn rebuild_with(&self, table: Arc<RoutingTable>) {
         // Serialized, so a slow rebuild never overwrites a newer one.
         let _guard = self.rebuild_lock.lock().await;
         let mut services = HashMap::new();
         let mut live = HashSet::new();
-        for (name, svc) in &catalog.services {
-            let healthy = self.health.healthy(&catalog.cluster, svc).await;
-            let routes = ServiceRoutes::build(svc.clone(), &catalog.caller, healthy);
+        for (name, svc) in &table.services {
+            let healthy = self.health.healthy(&table.cluster, svc).await;
+            let routes = ServiceRoutes::build(svc.clone(), &table.caller, healthy);
             for port in svc.ports.iter().filter(|p| p.is_http()) {
                 for idx in (0..svc.endpoints.len()).filter(|&i| routes.healthy[i]) {
                     live.insert(self.upstream_key(&routes, idx, port));
@@ -184,7 +167,7 @@ impl Dataplane {
                 .set(ejected);
             services.insert(name.clone(), Arc::new(routes));
         }
-        self.routing.store(Arc::new(Routing { catalog, services }));
+        self.routing.store(Arc::new(Routing { table, services }));
         // Connections to endpoints that left or turned unhealthy are not worth keeping.
         self.upstreams.retain(live).await;
     }
@@ -250,8 +233,8 @@ impl Dataplane {
     /// Connects to every peer gateway that has no live connection; successes mark the peer
     /// up (failures are reported by the pool).
     pub async fn probe_peers(&self) {
-        let catalog = self.routing().catalog.clone();
-        for peer in catalog.peers.values() {
+        let table = self.routing().table.clone();
+        for peer in table.peers.values() {
             if self.pool.is_connected(&peer.cluster).await {
                 continue;
             }
@@ -283,8 +266,8 @@ impl Dataplane {
                 .map_err(|e| DialError::Endpoint(format!("connect to {target}: {e}")))?;
             return Ok(Box::new(tcp));
         }
-        let catalog = self.routing().catalog.clone();
-        let peer = catalog
+        let table = self.routing().table.clone();
+        let peer = table
             .peers
             .get(&ep.cluster)
             .ok_or_else(|| DialError::NoPeer(ep.cluster.clone()))?;
@@ -379,10 +362,9 @@ impl Dataplane {
         &self.upstreams
     }
 
-    /// A guard held by every open connection; shutdown waits for all to be dropped. Its
-    /// value turns true when shutdown starts.
-    pub fn drain_guard(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
+    /// A guard held by every open connection; shutdown waits for all to be dropped.
+    pub fn drain_guard(&self) -> DrainGuard {
+        DrainGuard(self.drain.subscribe())
     }
 
     /// Signals shutdown and waits up to `timeout` for open connections to finish.

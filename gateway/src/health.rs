@@ -3,12 +3,12 @@
 //! it at once). The data plane turns this into healthy counts for the locality engine.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
-use crate::catalog::{Catalog, Service};
 use crate::outlier::{Detector, Ejected, Outcome};
+use crate::routing::{RoutingTable, Service};
 
 /// Liveness of a peer gateway.
 #[derive(Debug, Clone)]
@@ -29,13 +29,13 @@ pub struct Health {
 }
 
 impl Health {
-    /// Aligns detectors with a new catalog: new services get one, settings follow policy
+    /// Aligns detectors with a new routing table: new services get one, settings follow policy
     /// changes, state of endpoints that left is dropped.
-    pub async fn sync(&self, catalog: &Catalog) {
+    pub async fn sync(&self, table: &RoutingTable) {
         let now = Instant::now();
         let mut detectors = self.detectors.lock().await;
-        detectors.retain(|name, _| catalog.services.contains_key(name));
-        for (name, svc) in &catalog.services {
+        detectors.retain(|name, _| table.services.contains_key(name));
+        for (name, svc) in &table.services {
             let d = detectors
                 .entry(name.clone())
                 .or_insert_with(|| Detector::new(svc.outlier, now));
@@ -43,7 +43,7 @@ impl Health {
             d.retain(|k| svc.endpoints.iter().any(|e| &e.key == k));
         }
         let mut peers = self.peers.lock().await;
-        peers.retain(|c, _| catalog.peers.contains_key(c));
+        peers.retain(|c, _| table.peers.contains_key(c));
     }
 
     /// Health of each endpoint of `svc`: ready, not ejected (unless `minHealthPercent`

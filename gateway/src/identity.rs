@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use meridian_api::channel::ControllerEndpoint;
+use meridian_api::channel::{ConnectError, ControllerEndpoint};
 use meridian_api::proto::SignCertificateRequest;
 use meridian_api::proto::certificates_client::CertificatesClient;
+use meridian_api::signal::Shutdown;
 use meridian_identity::tls::{CredentialReceiver, CredentialStore};
 use meridian_identity::{CertificateRequest, Credentials, Identity};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -30,7 +29,7 @@ const FILE_POLL: Duration = Duration::from_secs(10);
 
 /// Where certificates come from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// PEM files on disk.
     Files {
         /// Certificate chain.
@@ -50,17 +49,67 @@ pub enum Source {
     },
 }
 
+/// Why no certificate was obtained (this attempt; [`fetch_until_ok`] retries).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertificateError {
+    /// The static files could not be read or do not make credentials.
+    #[error("loading the static certificate files")]
+    Files(#[source] meridian_identity::Error),
+    /// The static certificate is for another gateway.
+    #[error("static certificate is for {found}, not {expected}")]
+    WrongIdentity {
+        /// The identity the certificate carries.
+        found: Identity,
+        /// This gateway's identity.
+        expected: Identity,
+    },
+    /// Generating the key and CSR failed.
+    #[error(transparent)]
+    Csr(meridian_identity::Error),
+    /// The ServiceAccount token could not be read, or the pinned roots not loaded.
+    #[error(transparent)]
+    Endpoint(ConnectError),
+    /// The signer could not be reached.
+    #[error("connecting to the certificate signer at {url}")]
+    Connect {
+        /// The signer's URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// The signer refused or failed the request.
+    #[error("SignCertificate")]
+    Sign(#[source] tonic::Status),
+    /// The root the signer returned is not PEM certificates.
+    #[error(transparent)]
+    ReturnedRoot(meridian_identity::Error),
+    /// The root the signer returned is not pinned.
+    #[error(
+        "the controller returned a mesh root that is not in --controller-ca-file; refusing it \
+         (a rotated root must be added to the meridian-ca-root ConfigMap first)"
+    )]
+    UnpinnedRoot,
+    /// The returned chain does not certify the generated key for this identity.
+    #[error("the signed certificate does not fit the request")]
+    Mismatch(#[source] meridian_identity::Error),
+}
+
 /// Obtains credentials once.
-pub async fn fetch(source: &Source, identity: &Identity) -> anyhow::Result<Credentials> {
+pub(crate) async fn fetch(
+    source: &Source,
+    identity: &Identity,
+) -> Result<Credentials, CertificateError> {
     match source {
         Source::Files { chain, key, root } => {
-            let creds = Credentials::from_files(chain, key, root)
-                .context("loading the static certificate files")?;
-            anyhow::ensure!(
-                creds.identity() == identity,
-                "static certificate is for {}, not {identity}",
-                creds.identity()
-            );
+            let creds =
+                Credentials::from_files(chain, key, root).map_err(CertificateError::Files)?;
+            if creds.identity() != identity {
+                return Err(CertificateError::WrongIdentity {
+                    found: creds.identity().clone(),
+                    expected: identity.clone(),
+                });
+            }
             Ok(creds)
         }
         Source::Signer { endpoint, ttl } => sign(endpoint, identity, *ttl).await,
@@ -71,51 +120,55 @@ async fn sign(
     endpoint: &ControllerEndpoint,
     identity: &Identity,
     ttl: Duration,
-) -> anyhow::Result<Credentials> {
-    let request = CertificateRequest::generate(identity)?;
+) -> Result<Credentials, CertificateError> {
+    let request = CertificateRequest::generate(identity).map_err(CertificateError::Csr)?;
     let mut grpc_request = tonic::Request::new(SignCertificateRequest {
         csr_pem: request.pem().to_owned(),
         cluster: identity.cluster().to_owned(),
         ttl_seconds: ttl.as_secs(),
     });
     // Read for every request: the kubelet rotates projected tokens.
-    endpoint.authorize(&mut grpc_request)?;
+    endpoint
+        .authorize(&mut grpc_request)
+        .map_err(CertificateError::Endpoint)?;
     let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to the certificate signer at {}", endpoint.url()))?;
+        .map_err(|source| CertificateError::Connect {
+            url: endpoint.url().to_owned(),
+            source,
+        })?;
     let resp = CertificatesClient::new(channel)
         .sign_certificate(grpc_request)
         .await
-        .context("SignCertificate")?
+        .map_err(CertificateError::Sign)?
         .into_inner();
     if let Some(pinned) = endpoint.pinned_roots() {
-        check_root(&resp.root_pem, &pinned?)?;
+        check_root(&resp.root_pem, &pinned.map_err(CertificateError::Endpoint)?)?;
     }
     request
         .into_credentials(&resp.cert_chain_pem, &resp.root_pem)
-        .context("the signed certificate does not fit the request")
+        .map_err(CertificateError::Mismatch)
 }
 
 /// Accepts the root the signer returned only if every certificate in it is pinned.
 fn check_root(
     root_pem: &str,
     pinned: &[rustls::pki_types::CertificateDer<'static>],
-) -> anyhow::Result<()> {
-    let returned = meridian_identity::credentials::parse_certs("returned root", root_pem)?;
-    anyhow::ensure!(
-        returned.iter().all(|r| pinned.contains(r)),
-        "the controller returned a mesh root that is not in --controller-ca-file; refusing it \
-         (a rotated root must be added to the meridian-ca-root ConfigMap first)"
-    );
+) -> Result<(), CertificateError> {
+    let returned = meridian_identity::parse_certs("returned root", root_pem)
+        .map_err(CertificateError::ReturnedRoot)?;
+    if !returned.iter().all(|r| pinned.contains(r)) {
+        return Err(CertificateError::UnpinnedRoot);
+    }
     Ok(())
 }
 
-/// Obtains credentials, retrying with backoff until it works or `shutdown` turns true.
-pub async fn fetch_until_ok(
+/// Obtains credentials, retrying with backoff until it works or `shutdown` is cancelled.
+pub(crate) async fn fetch_until_ok(
     source: &Source,
     identity: &Identity,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Option<Credentials> {
     let mut backoff = backoff();
     loop {
@@ -124,13 +177,13 @@ pub async fn fetch_until_ok(
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 warn!(
-                    error = format!("{e:#}"),
+                    error = meridian_api::error_chain(&e),
                     ?delay,
                     "no certificate yet; retrying"
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = crate::stopped(shutdown) => return None,
+                    () = shutdown.cancelled() => return None,
                 }
             }
         }
@@ -147,7 +200,7 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Records the certificate in force in the metrics.
-pub fn observe(metrics: &Metrics, creds: &Credentials) {
+pub(crate) fn observe(metrics: &Metrics, creds: &Credentials) {
     metrics
         .cert_expiry
         .set(meridian_identity::ca::unix_seconds(creds.not_after()));
@@ -156,12 +209,12 @@ pub fn observe(metrics: &Metrics, creds: &Credentials) {
 
 /// Keeps the credentials fresh until `shutdown`: renews at half life (retrying with
 /// backoff while the old certificate is still valid), or re-reads static files.
-pub async fn renew(
+pub(crate) async fn renew(
     store: Arc<CredentialStore>,
     rx: CredentialReceiver,
     source: Source,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     loop {
         let current = rx.current();
@@ -174,7 +227,7 @@ pub async fn renew(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = crate::stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
         }
         let next = match &source {
             Source::Files { .. } => match fetch(&source, current.identity()).await {
@@ -182,14 +235,14 @@ pub async fn renew(
                 Ok(_) => continue,
                 Err(e) => {
                     warn!(
-                        error = format!("{e:#}"),
+                        error = meridian_api::error_chain(&e),
                         "re-reading certificate files failed"
                     );
                     continue;
                 }
             },
             Source::Signer { .. } => {
-                match fetch_until_ok(&source, current.identity(), &mut shutdown).await {
+                match fetch_until_ok(&source, current.identity(), &shutdown).await {
                     Some(c) => c,
                     None => return,
                 }

@@ -4,10 +4,16 @@
 //! limit the connection is closed and counted by reason.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_api::signal::Shutdown;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
 
 /// The limits in force (from the flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +47,39 @@ impl Slots {
     /// A slot, or `None` when all are taken.
     pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// The next connection `listener` accepts that gets a slot, or `None` once `shutdown`
+    /// is cancelled. A failed accept is logged and retried after a short pause; a
+    /// connection beyond the cap is closed at once (so a client that opens too many cannot
+    /// starve everyone else of sockets and tasks) and counted against `label`.
+    pub(crate) async fn accept(
+        &self,
+        listener: &TcpListener,
+        label: &'static str,
+        metrics: &Metrics,
+        shutdown: &Shutdown,
+    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return None,
+            };
+            match self.try_acquire() {
+                Some(slot) => return Some((tcp, remote, slot)),
+                None => {
+                    debug!(%remote, "connection refused: listener at --max-connections");
+                    metrics.refuse_connection(label, "max_connections");
+                }
+            }
+        }
     }
 }
 

@@ -17,17 +17,18 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meridian_api::signal::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{Catalog, ListenerSpec, Port};
-use crate::dataplane::{Dataplane, DialError};
+use crate::dataplane::Dataplane;
+use crate::dial::DialError;
 use crate::limits::Slots;
 use crate::metrics;
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
+use crate::routing::{ListenerSpec, Port, RoutingTable};
 use crate::splice::{Activity, End, splice};
 use crate::upstream::{Conn, RequestBody, UpstreamBody};
 
@@ -39,34 +40,34 @@ const MAX_RETRY_BODY: u64 = 64 * 1024;
 
 type ProxyBody = RequestBody;
 
-/// The open outbound listeners, reconciled against each catalog.
+/// The open outbound listeners, reconciled against each routing table.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     bind: IpAddr,
     open: BTreeMap<u16, (ListenerSpec, JoinHandle<()>)>,
 }
 
 impl Listeners {
     /// No listeners yet; they will bind to `bind`.
-    pub fn new(bind: IpAddr) -> Self {
+    pub(crate) fn new(bind: IpAddr) -> Self {
         Self {
             bind,
             open: BTreeMap::new(),
         }
     }
 
-    /// Opens listeners the catalog adds, closes those it drops and restarts those whose
+    /// Opens listeners the routing table adds, closes those it drops and restarts those whose
     /// service port changed; the others, and every open connection, are left alone.
-    pub async fn reconcile(
+    pub(crate) async fn reconcile(
         &mut self,
-        catalog: &Catalog,
+        table: &RoutingTable,
         dp: &Arc<Dataplane>,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) {
         let stale: Vec<u16> = self
             .open
             .iter()
-            .filter(|(port, (spec, _))| catalog.listeners.get(port) != Some(spec))
+            .filter(|(port, (spec, _))| table.listeners.get(port) != Some(spec))
             .map(|(port, _)| *port)
             .collect();
         for port in stale {
@@ -75,7 +76,7 @@ impl Listeners {
                 task.abort();
             }
         }
-        for (port, spec) in &catalog.listeners {
+        for (port, spec) in &table.listeners {
             if self.open.contains_key(port) {
                 continue;
             }
@@ -99,39 +100,19 @@ impl Listeners {
     }
 
     /// Closes every listener (shutdown); open connections drain separately.
-    pub fn close_all(&mut self) {
+    pub(crate) fn close_all(&mut self) {
         for (_, (_, task)) in std::mem::take(&mut self.open) {
             task.abort();
         }
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    spec: ListenerSpec,
-    dp: Arc<Dataplane>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, shutdown: Shutdown) {
     let slots = Slots::new(dp.settings.limits.max_connections);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::stopped(&mut shutdown) => return,
-        };
-        // Closed at once: a client that opens too many connections cannot starve the
-        // gateway of sockets and tasks for everyone else.
-        let Some(slot) = slots.try_acquire() else {
-            debug!(%remote, "connection refused: listener at --max-connections");
-            dp.metrics.refuse_connection(LISTENER, "max_connections");
-            continue;
-        };
+    while let Some((tcp, remote, slot)) = slots
+        .accept(&listener, LISTENER, &dp.metrics, &shutdown)
+        .await
+    {
         let _ = tcp.set_nodelay(true);
         let dp = dp.clone();
         let spec = spec.clone();
@@ -231,7 +212,7 @@ async fn http_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplan
             debug!("idle timeout: closing");
             dp.metrics.timeout(LISTENER, "idle");
         }
-        _ = crate::stopped(&mut drain) => {
+        () = drain.draining() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

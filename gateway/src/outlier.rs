@@ -15,12 +15,13 @@
 //!   healthy, ejections are ignored and nothing new is ejected.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_api::policy::OutlierSettings;
+use tokio::time::Instant;
 
 /// Envoy's cap on one ejection.
-pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+pub(crate) const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
 /// Identifies an endpoint across snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +74,7 @@ pub struct Ejected {
 
 /// Outlier state of one service's endpoints.
 #[derive(Debug, Clone)]
-pub struct Detector {
+pub(crate) struct Detector {
     settings: OutlierSettings,
     hosts: HashMap<EndpointKey, Host>,
     last_sweep: Instant,
@@ -81,7 +82,7 @@ pub struct Detector {
 
 impl Detector {
     /// A detector with `settings`.
-    pub fn new(settings: OutlierSettings, now: Instant) -> Self {
+    pub(crate) fn new(settings: OutlierSettings, now: Instant) -> Self {
         Self {
             settings,
             hosts: HashMap::new(),
@@ -89,28 +90,23 @@ impl Detector {
         }
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &OutlierSettings {
-        &self.settings
-    }
-
     /// Applies new settings (a policy change) keeping the endpoints' state.
-    pub fn set_settings(&mut self, settings: OutlierSettings) {
+    pub(crate) fn set_settings(&mut self, settings: OutlierSettings) {
         self.settings = settings;
     }
 
     /// Forgets endpoints that are no longer in the service.
-    pub fn retain(&mut self, keep: impl Fn(&EndpointKey) -> bool) {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&EndpointKey) -> bool) {
         self.hosts.retain(|k, _| keep(k));
     }
 
     /// Whether `key` is ejected (ignoring `minHealthPercent`; see [`Detector::ejections_apply`]).
-    pub fn is_ejected(&self, key: &EndpointKey) -> bool {
+    pub(crate) fn is_ejected(&self, key: &EndpointKey) -> bool {
         self.hosts.get(key).is_some_and(|h| h.ejected_at.is_some())
     }
 
     /// How many endpoints are ejected.
-    pub fn ejected_count(&self) -> usize {
+    pub(crate) fn ejected_count(&self) -> usize {
         self.hosts
             .values()
             .filter(|h| h.ejected_at.is_some())
@@ -119,7 +115,7 @@ impl Detector {
 
     /// Whether ejections take effect, given the service's `total` endpoints of which
     /// `ready` are ready: not while the healthy share is below `minHealthPercent`.
-    pub fn ejections_apply(&self, total: usize, ready: usize) -> bool {
+    pub(crate) fn ejections_apply(&self, total: usize, ready: usize) -> bool {
         if total == 0 || self.settings.min_health_percent == 0 {
             return true;
         }
@@ -129,7 +125,7 @@ impl Detector {
 
     /// Records an outcome for `key`. Returns true when this ejects it. `total` and `ready`
     /// describe the service's endpoints (for `maxEjectionPercent` and `minHealthPercent`).
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         key: &EndpointKey,
         outcome: Outcome,
@@ -180,7 +176,7 @@ impl Detector {
 
     /// Runs the interval sweep if one is due: returns endpoints whose ejection ended and
     /// decays the ejection count of healthy ones. Returns true when anything returned.
-    pub fn sweep(&mut self, now: Instant) -> bool {
+    pub(crate) fn sweep(&mut self, now: Instant) -> bool {
         if now.duration_since(self.last_sweep) < self.settings.interval {
             return false;
         }
@@ -202,7 +198,7 @@ impl Detector {
     }
 
     /// The current ejections.
-    pub fn ejected(&self) -> Vec<Ejected> {
+    pub(crate) fn ejected(&self) -> Vec<Ejected> {
         let base = self.settings.base_ejection_time;
         let mut out: Vec<Ejected> = self
             .hosts

@@ -13,7 +13,7 @@ use meridian_api::policy::HttpMatch;
 use meridian_api::split::Caller;
 use rand::Rng;
 
-use crate::catalog::Service;
+use crate::routing::Service;
 
 /// Where matching requests go: a subset of the service's endpoints and its balancer.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ fn destination(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use crate::routing::RoutingTable;
     use meridian_api::proto::{Endpoint, GlobalService, Locality, Snapshot};
 
     fn reviews() -> Arc<Service> {
@@ -232,7 +232,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let c = Catalog::build("east", Arc::new(snap));
+        let c = RoutingTable::build("east", Arc::new(snap));
         c.services["reviews.default.global"].clone()
     }
 

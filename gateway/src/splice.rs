@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 /// When bytes last moved on any of the streams sharing it.
 #[derive(Debug, Clone)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     /// Milliseconds from `start` to the last activity.
     last: Arc<AtomicU64>,
@@ -42,7 +42,7 @@ impl Activity {
     }
 
     /// Resolves once nothing has moved for `idle`; never if `idle` is zero.
-    pub async fn idle(&self, idle: Duration) {
+    pub(crate) async fn idle(&self, idle: Duration) {
         if idle.is_zero() {
             return std::future::pending().await;
         }
@@ -56,7 +56,7 @@ impl Activity {
     }
 
     /// Wraps `io` so that every byte it reads or writes counts as activity.
-    pub fn track<T>(&self, io: T) -> Tracked<T> {
+    pub(crate) fn track<T>(&self, io: T) -> Tracked<T> {
         Tracked {
             io,
             activity: self.clone(),
@@ -67,7 +67,7 @@ impl Activity {
 
 /// A stream whose reads and writes count as [`Activity`]; counts the bytes read.
 #[derive(Debug)]
-pub struct Tracked<T> {
+pub(crate) struct Tracked<T> {
     io: T,
     activity: Activity,
     read: u64,
@@ -114,7 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
 /// How a splice ended.
 #[derive(Debug)]
-pub enum End {
+pub(crate) enum End {
     /// Both sides closed.
     Closed,
     /// Nothing moved for the idle timeout; both streams were dropped.
@@ -125,7 +125,7 @@ pub enum End {
 
 /// The outcome of [`splice`].
 #[derive(Debug)]
-pub struct Spliced {
+pub(crate) struct Spliced {
     /// Bytes from the first stream to the second.
     pub sent: u64,
     /// Bytes from the second stream to the first.
@@ -136,7 +136,7 @@ pub struct Spliced {
 
 /// Copies `a` to `b` and `b` to `a` until both are done, or until nothing moved for
 /// `idle` (zero: no idle timeout).
-pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> Spliced
+pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -21,7 +21,7 @@
 //!   of requests opens one connection, not one each; if that attempt fails, the requests
 //!   that waited for it fail with its error at once (each then moves on to its next
 //!   choice) rather than dialling again one after another.
-//! - Keys of endpoints that leave the catalog or turn unhealthy (not ready, ejected, peer
+//! - Keys of endpoints that leave the routing table or turn unhealthy (not ready, ejected, peer
 //!   down) are dropped at every routing rebuild ([`Upstreams::retain`]), and connections
 //!   finishing a request for such a key are not kept. [`Upstreams::clear`] drops
 //!   everything on shutdown.
@@ -56,7 +56,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -65,9 +65,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
-use crate::dataplane::{DialError, Io};
+use crate::dial::{DialError, Io};
 
 /// How long a connection just returned to the pool may take to become ready for its
 /// next request. hyper gets there as soon as it has processed the end of the previous
@@ -194,7 +195,7 @@ struct SlotState {
 struct State {
     idle: HashMap<Key, Vec<Idle>>,
     shared: HashMap<Key, Slot>,
-    // Keys whose connections may be kept: endpoints in the catalog and healthy.
+    // Keys whose connections may be kept: endpoints in the routing table and healthy.
     live: HashSet<Key>,
     closed: bool,
 }
@@ -303,7 +304,7 @@ impl Upstreams {
         }
     }
 
-    /// Keeps connections only for `live` keys (endpoints in the catalog and healthy) and
+    /// Keeps connections only for `live` keys (endpoints in the routing table and healthy) and
     /// drops the others; connections in use finish their request and are not kept.
     pub async fn retain(&self, live: HashSet<Key>) {
         let mut st = self.state.lock().await;

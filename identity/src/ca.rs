@@ -29,6 +29,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::certificate::read;
 use crate::identity::{ca_scopes_in, cluster_ca_spiffe_id};
 use crate::{Error, Identity};
 
@@ -117,7 +118,7 @@ impl std::fmt::Debug for ServerCertificate {
 impl ServerCertificate {
     /// When to renew: half way through the lifetime.
     pub fn refresh_at(&self) -> SystemTime {
-        crate::credentials::half_life(self.not_before, self.not_after)
+        crate::certificate::half_life(self.not_before, self.not_after)
     }
 }
 
@@ -271,19 +272,7 @@ impl RootCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<SignedCertificate, Error> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
-            Error::Certificate {
-                what: "parsing the CSR",
-                source,
-            }
-        })?;
-        csr.params = leaf_params(identity, not_before, not_after)?;
-        let cert = csr
-            .signed_by(&self.issuer)
-            .map_err(|source| Error::Certificate {
-                what: "signing the CSR",
-                source,
-            })?;
+        let cert = sign_gateway_csr(&self.issuer, csr_pem, identity, not_before, not_after)?;
         Ok(SignedCertificate {
             cert_chain_pem: cert.pem(),
             root_pem: self.cert_pem.clone(),
@@ -465,21 +454,8 @@ impl ClusterCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<SignedCertificate, Error> {
-        // Parsing also verifies the CSR's self-signature (proof of key possession).
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
-            Error::Certificate {
-                what: "parsing the CSR",
-                source,
-            }
-        })?;
         let not_after = truncate_to_seconds(not_after).min(self.not_after);
-        csr.params = leaf_params(identity, not_before, not_after)?;
-        let cert = csr
-            .signed_by(&self.issuer)
-            .map_err(|source| Error::Certificate {
-                what: "signing the CSR",
-                source,
-            })?;
+        let cert = sign_gateway_csr(&self.issuer, csr_pem, identity, not_before, not_after)?;
         Ok(SignedCertificate {
             cert_chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
             root_pem: self.root_pem.clone(),
@@ -582,7 +558,7 @@ fn check_signed_by(cert: &CertificateDer<'_>, root: &CertificateDer<'_>) -> Resu
 }
 
 fn not_after_of(cert: &CertificateDer<'_>) -> Result<SystemTime, Error> {
-    Ok(crate::credentials::validity(cert)?.1)
+    Ok(crate::certificate::validity(cert)?.1)
 }
 
 fn write_pair(
@@ -607,6 +583,29 @@ fn write_pair(
     let mut f = opts.open(&key).map_err(io(&key))?;
     std::io::Write::write_all(&mut f, key_pem.as_bytes()).map_err(io(&key))?;
     Ok(())
+}
+
+/// Signs a gateway CSR (PEM, PKCS#10) with `issuer` for `identity`. Parsing verifies the
+/// CSR's self-signature (proof of key possession); its own subject and SANs are replaced
+/// by the leaf parameters of `identity`.
+fn sign_gateway_csr(
+    issuer: &Issuer<'static, KeyPair>,
+    csr_pem: &str,
+    identity: &Identity,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<rcgen::Certificate, Error> {
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
+        Error::Certificate {
+            what: "parsing the CSR",
+            source,
+        }
+    })?;
+    csr.params = leaf_params(identity, not_before, not_after)?;
+    csr.signed_by(issuer).map_err(|source| Error::Certificate {
+        what: "signing the CSR",
+        source,
+    })
 }
 
 fn leaf_params(
@@ -657,13 +656,6 @@ fn random_serial() -> SerialNumber {
 // X.509 validity has second precision.
 fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(unix_seconds(t).max(0) as u64)
-}
-
-pub(crate) fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -719,7 +711,7 @@ mod tests {
         let signed = ca
             .sign_csr(req.pem(), &id, Duration::from_secs(3600))
             .unwrap();
-        let chain = crate::credentials::parse_certs("chain", &signed.cert_chain_pem).unwrap();
+        let chain = crate::certificate::parse_certs("chain", &signed.cert_chain_pem).unwrap();
         assert_eq!(chain.len(), 2);
         assert_eq!(&chain[1], ca.cert_der());
         assert_eq!(signed.root_pem, root.cert_pem());

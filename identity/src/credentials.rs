@@ -2,13 +2,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::certificate::{half_life, validity};
+// Where the controller and the tests found it before it moved to `certificate`.
+pub use crate::certificate::parse_certs;
 use crate::identity::{identities_in, uri_sans};
 use crate::{Error, Identity, tls};
 
@@ -93,9 +96,9 @@ impl Credentials {
     /// Reads PEM files (see [`Credentials::from_pem`]).
     pub fn from_files(chain: &Path, key: &Path, root: &Path) -> Result<Self, Error> {
         Self::from_pem(
-            &crate::ca::read(chain)?,
-            &crate::ca::read(key)?,
-            &crate::ca::read(root)?,
+            &crate::certificate::read(chain)?,
+            &crate::certificate::read(key)?,
+            &crate::certificate::read(root)?,
         )
     }
 
@@ -133,42 +136,4 @@ impl Credentials {
     pub fn is_expired(&self, now: SystemTime) -> bool {
         now >= self.not_after || now < self.not_before
     }
-}
-
-/// Every certificate in a PEM document (at least one).
-pub fn parse_certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Pem { what, source })?;
-    if certs.is_empty() {
-        return Err(Error::NoCertificate(what));
-    }
-    Ok(certs)
-}
-
-pub(crate) fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
-    use x509_parser::prelude::*;
-    let (_, c) = X509Certificate::from_der(cert).map_err(|e| Error::Malformed {
-        what: "leaf certificate",
-        reason: e.to_string(),
-    })?;
-    let at = |t: i64| {
-        if t >= 0 {
-            UNIX_EPOCH + Duration::from_secs(t as u64)
-        } else {
-            UNIX_EPOCH - Duration::from_secs(t.unsigned_abs())
-        }
-    };
-    Ok((
-        at(c.validity().not_before.timestamp()),
-        at(c.validity().not_after.timestamp()),
-    ))
-}
-
-/// Half way through a validity period: when a certificate is renewed.
-pub(crate) fn half_life(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    not_before + life / 2
 }

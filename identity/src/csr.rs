@@ -4,7 +4,7 @@
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::credentials::parse_certs;
+use crate::certificate::parse_certs;
 use crate::{Credentials, Error, Identity};
 
 /// A fresh ECDSA P-256 key and a PKCS#10 CSR for an identity.

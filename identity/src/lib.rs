@@ -4,7 +4,7 @@
 //! `spiffe://<trust-domain>/cluster/<cluster>/gateway` ([`Identity`]), certified by its
 //! cluster's intermediate CA ([`ca::ClusterCa`]), which the mesh root ([`ca::RootCa`],
 //! created by `meridianctl ca init` and kept out of member clusters) signs. The gateway
-//! generates its own key ([`csr::CertificateRequest`]); the key never leaves the process.
+//! generates its own key ([`CertificateRequest`]); the key never leaves the process.
 //! [`tls`] builds rustls configurations on the `ring` provider and publishes them through
 //! a watch channel so certificates rotate without dropping connections; [`verifier`]
 //! checks peers against the mesh root, the trust domain and the issuing intermediate's
@@ -13,8 +13,9 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+mod certificate;
 pub mod credentials;
-pub mod csr;
+mod csr;
 pub mod identity;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -22,6 +23,7 @@ pub mod tls;
 pub mod verifier;
 
 pub use ca::{ClusterCa, RootCa, ServerCertificate, SignedCertificate};
+pub use certificate::parse_certs;
 pub use credentials::Credentials;
 pub use csr::CertificateRequest;
 pub use identity::Identity;

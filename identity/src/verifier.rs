@@ -111,27 +111,22 @@ impl ClientCertVerifier for TrustDomainVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let ids = identities_in(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if !ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
-            return Err(reject(PeerIdentityError::TrustDomain {
-                expected: self.trust_domain.clone(),
-                found: found(end_entity),
-            }));
-        }
         let chain = Chain {
             end_entity,
             intermediates,
             now,
         };
-        check_issuer(
-            &self.roots,
-            &self.provider,
-            &chain,
-            webpki::KeyUsage::client_auth(),
-            &ids,
-        )
-        .map_err(reject)?;
+        let in_trust_domain = |ids: &[Identity]| {
+            if ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
+                return Ok(());
+            }
+            Err(PeerIdentityError::TrustDomain {
+                expected: self.trust_domain.clone(),
+                found: found(end_entity),
+            })
+        };
+        let usage = webpki::KeyUsage::client_auth();
+        check_peer(&self.roots, &self.provider, &chain, usage, in_trust_domain)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -199,27 +194,22 @@ impl ServerCertVerifier for IdentityVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let ids = identities_in(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if !ids.contains(&self.expected) {
-            return Err(reject(PeerIdentityError::Identity {
-                expected: self.expected.to_string(),
-                found: found(end_entity),
-            }));
-        }
         let chain = Chain {
             end_entity,
             intermediates,
             now,
         };
-        check_issuer(
-            &self.roots,
-            &self.provider,
-            &chain,
-            webpki::KeyUsage::server_auth(),
-            &ids,
-        )
-        .map_err(reject)?;
+        let is_expected = |ids: &[Identity]| {
+            if ids.contains(&self.expected) {
+                return Ok(());
+            }
+            Err(PeerIdentityError::Identity {
+                expected: self.expected.to_string(),
+                found: found(end_entity),
+            })
+        };
+        let usage = webpki::KeyUsage::server_auth();
+        check_peer(&self.roots, &self.provider, &chain, usage, is_expected)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -256,6 +246,21 @@ impl ServerCertVerifier for IdentityVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The checks after WebPKI accepted the chain: the leaf's gateway identities must satisfy
+/// `wanted` (the trust domain, or the expected gateway), then the issuer check.
+fn check_peer(
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+    chain: &Chain<'_, '_>,
+    usage: webpki::KeyUsage,
+    wanted: impl FnOnce(&[Identity]) -> Result<(), PeerIdentityError>,
+) -> Result<(), rustls::Error> {
+    let ids = identities_in(chain.end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    wanted(&ids).map_err(reject)?;
+    check_issuer(roots, provider, chain, usage, &ids).map_err(reject)
 }
 
 /// A presented chain, as the verifiers receive it.

@@ -2,7 +2,7 @@
 
 use meridian_api::testing::FakeDiscovery;
 
-use crate::harness::{Dns, PATIENCE, service, serving, snapshot};
+use crate::support::{Dns, PATIENCE, service, serving, snapshot};
 
 #[tokio::test]
 async fn before_the_first_snapshot_zone_names_fail_and_the_pod_is_not_ready() {
@@ -47,7 +47,7 @@ async fn metrics_count_queries_by_type_and_code_and_report_the_snapshot() {
     // A query is counted after its answer is sent, so dig may be done before the count is:
     // wait until all five are counted, then check how they were counted.
     let text = eventually_counted(&dns, 5.0).await;
-    let sample = |name: &str| crate::harness::metric(&text, name);
+    let sample = |name: &str| crate::support::metric(&text, name);
     assert_eq!(
         sample(r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#),
         Some(2.0),

@@ -12,7 +12,7 @@ use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::harness::{PATIENCE, metric, service, serving, snapshot};
+use crate::support::{PATIENCE, metric, service, serving, snapshot};
 
 const QUERIES: usize = 10_000;
 const SERVICES: usize = 100;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::harness::{
+use crate::support::{
     DROP_WAIT, Dns, REPLY_WAIT, framed, header, query_bytes, service, serving, snapshot,
     tcp_exchange, udp_exchange,
 };

@@ -1,6 +1,6 @@
 //! Every record type and response code, over UDP and TCP.
 
-use crate::harness::{Dns, service, serving, snapshot};
+use crate::support::{Dns, service, serving, snapshot};
 
 const NS: &str = "meridian-dns.meridian-system.svc.cluster.local.";
 
@@ -229,7 +229,7 @@ async fn every_zone_flag_is_served() {
 
 #[tokio::test]
 async fn zone_transfers_are_refused_and_updates_not_implemented() {
-    use crate::harness::{REPLY_WAIT, framed, header, query_bytes, tcp_exchange, udp_exchange};
+    use crate::support::{REPLY_WAIT, framed, header, query_bytes, tcp_exchange, udp_exchange};
     let (_controller, dns) = reviews_server(&[]).await;
     // AXFR (252) over TCP, as transfers are made.
     let axfr = query_bytes(21, 0, &[("global", 252, 1)]);

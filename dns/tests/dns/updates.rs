@@ -11,7 +11,7 @@ use hickory_server::net::udp::UdpClientStream;
 use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use meridian_api::proto::ServicePort;
 
-use crate::harness::{CLUSTER, PATIENCE, service, serving, snapshot};
+use crate::support::{CLUSTER, PATIENCE, service, serving, snapshot};
 
 #[tokio::test]
 async fn the_controller_hears_who_subscribes() {

@@ -17,8 +17,8 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::{Instrument, debug, info_span};
 
 use super::{ERROR_HEADER, SERVICE_HEADER, TunnelError};
-use crate::catalog::PeerGateway;
 use crate::metrics::{Handshake, Metrics};
+use crate::routing::PeerGateway;
 
 type Sender = SendRequest<Empty<Bytes>>;
 type Slot = Arc<Mutex<Option<Sender>>>;

@@ -2,7 +2,7 @@
 //! local endpoints of exported services. Anything else is refused and counted.
 //!
 //! A certificate alone does not admit a peer: its cluster must also be a member in the
-//! snapshot in force ([`crate::catalog::Catalog::admits`]), checked after the handshake
+//! snapshot in force ([`crate::routing::RoutingTable::admits`]), checked after the handshake
 //! and again at every new snapshot, so a cluster removed from the registry loses its open
 //! connections and spliced streams at the next snapshot, not when its certificate expires.
 
@@ -16,10 +16,11 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_api::signal::Shutdown;
 use meridian_identity::tls::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::{ERROR_HEADER, SERVICE_HEADER};
 use crate::dataplane::Dataplane;
@@ -36,35 +37,22 @@ pub const NOT_MEMBER: &str = "not_member";
 /// Refusal reason: an open connection's cluster left the members with a new snapshot.
 pub const MEMBER_REMOVED: &str = "member_removed";
 
-/// Accepts tunnel connections until `shutdown` turns true.
+/// Accepts tunnel connections until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Acceptor,
     dp: Arc<Dataplane>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     info!(addr = ?listener.local_addr().ok(), "tunnel listening");
     let slots = Slots::new(dp.settings.limits.max_connections);
     let peers = Arc::new(PeerSlots::new(dp.settings.limits.max_peer_connections));
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::stopped(&mut shutdown) => break,
-        };
-        // Unauthenticated sockets count too, so a flood of silent ones is bounded
-        // before any TLS work is done.
-        let Some(slot) = slots.try_acquire() else {
-            debug!(%remote, "tunnel connection refused: listener at --max-connections");
-            dp.metrics.refuse_connection(LISTENER, "max_connections");
-            continue;
-        };
+    // Unauthenticated sockets count too, so a flood of silent ones is bounded before any
+    // TLS work is done.
+    while let Some((tcp, remote, slot)) = slots
+        .accept(&listener, LISTENER, &dp.metrics, &shutdown)
+        .await
+    {
         let acceptor = acceptor.clone();
         let dp = dp.clone();
         let peers = peers.clone();
@@ -84,7 +72,7 @@ async fn connection(
     acceptor: Acceptor,
     dp: Arc<Dataplane>,
     peers: &PeerSlots,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
     let limits = dp.settings.limits;
@@ -129,7 +117,7 @@ async fn connection(
     };
     // Subscribed before the check, so a snapshot installed right after it is not missed.
     let mut snapshots = dp.snapshots();
-    let admitted = dp.routing().catalog.admits(&peer);
+    let admitted = dp.routing().table.admits(&peer);
     dp.metrics
         .tunnel_handshakes
         .get_or_create(&Handshake {
@@ -168,13 +156,13 @@ async fn connection(
                 if let Err(e) = r { debug!(error = %e, "tunnel connection ended") }
                 return;
             }
-            _ = crate::stopped(&mut shutdown) => {
+            () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
                 return;
             }
             changed = snapshots.changed() => {
-                if changed.is_ok() && dp.routing().catalog.admits(&peer) {
+                if changed.is_ok() && dp.routing().table.admits(&peer) {
                     continue;
                 }
                 info!(peer = %peer, reason = MEMBER_REMOVED, "tunnel peer is no longer a member: closing its connection and streams");
@@ -206,9 +194,9 @@ pub struct Requested {
 }
 
 /// Reads a stream's target and service from the peer's request; `None` when either is
-/// missing or malformed. Whether the peer may reach it is [`Catalog::authorizes`]'s call.
+/// missing or malformed. Whether the peer may reach it is [`RoutingTable::authorizes`]'s call.
 ///
-/// [`Catalog::authorizes`]: crate::catalog::Catalog::authorizes
+/// [`RoutingTable::authorizes`]: crate::routing::RoutingTable::authorizes
 pub fn requested<B>(req: &Request<B>) -> Option<Requested> {
     let target = req.uri().authority()?.as_str().parse().ok()?;
     let (hostname, port) = req
@@ -250,7 +238,7 @@ async fn stream(
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));
     };
-    if !dp.routing().catalog.authorizes(&hostname, port, target) {
+    if !dp.routing().table.authorizes(&hostname, port, target) {
         debug!(%target, %hostname, port, "tunnel target refused: not an exported local endpoint");
         dp.metrics.refuse("target");
         return Ok(reply(StatusCode::FORBIDDEN, "forbidden"));

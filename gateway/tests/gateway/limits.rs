@@ -50,21 +50,9 @@ async fn gateway(
     port: u16,
     backend: SocketAddr,
 ) -> Gateway {
-    let gw = mesh.gateway_with("east", ip, EAST, flags).await;
-    gw.push(
-        1,
-        vec![service(
-            "web.default.global",
-            protocol,
-            80,
-            port,
-            vec![endpoint("east", backend, EAST, true)],
-            "",
-        )],
-        vec![],
-    )
-    .await;
-    gw
+    let endpoints = vec![endpoint("east", backend, EAST, true)];
+    let service = service("web.default.global", protocol, 80, port, endpoints, "");
+    mesh.serving(ip, flags, service).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,22 +5,15 @@ use std::net::Ipv4Addr;
 
 use meridian_api::proto::Protocol;
 
-use crate::support::{Backend, Client, Mesh, endpoint, eventually, service};
+use crate::support::{Backend, Client, Mesh, answers_per_cluster, endpoint, eventually, service};
 
 const REQUESTS: usize = 400;
 
+/// Answers from the caller's cluster (east) and from elsewhere.
 async fn measure(client: &mut Client) -> (usize, usize) {
-    let (mut local, mut remote) = (0, 0);
-    for _ in 0..REQUESTS {
-        let (status, body) = client.get(&[]).await;
-        assert_eq!(status, 200, "{body}");
-        if body.starts_with("east/") {
-            local += 1;
-        } else {
-            remote += 1;
-        }
-    }
-    (local, remote)
+    let answers = answers_per_cluster(client, REQUESTS).await;
+    let local = answers.get("east").copied().unwrap_or(0);
+    (local, REQUESTS - local)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,23 +6,20 @@ use std::net::Ipv4Addr;
 
 use meridian_api::proto::{ClusterVip, Protocol, ServicePort};
 
-use crate::support::{Backend, Client, Mesh, endpoint, service};
+use crate::support::{Backend, Client, Mesh, answers_per_cluster, endpoint, service};
 
 const REQUESTS: usize = 100;
 
 /// Answers per cluster (the echo body starts with the cluster name).
 async fn tally(client: &mut Client) -> (usize, usize) {
-    let (mut east, mut west) = (0, 0);
-    for _ in 0..REQUESTS {
-        let (status, body) = client.get(&[]).await;
-        assert_eq!(status, 200, "{body}");
-        match body.split('/').next() {
-            Some("east") => east += 1,
-            Some("west") => west += 1,
-            other => panic!("unexpected answer from {other:?}: {body}"),
-        }
-    }
-    (east, west)
+    let answers = answers_per_cluster(client, REQUESTS).await;
+    let count = |cluster| answers.get(cluster).copied().unwrap_or(0);
+    assert_eq!(
+        count("east") + count("west"),
+        REQUESTS,
+        "unexpected answers: {answers:?}"
+    );
+    (count("east"), count("west"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

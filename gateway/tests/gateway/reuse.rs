@@ -1,7 +1,7 @@
 //! Upstream HTTP connection reuse: sequential requests share one upstream connection
 //! (directly, and through the tunnel), `--upstream-idle-timeout 0s` turns it off, a
 //! backend that hangs up idle connections costs no errors, and connections to endpoints
-//! that leave the catalog are closed.
+//! that leave the routing table are closed.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

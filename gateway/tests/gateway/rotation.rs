@@ -47,7 +47,7 @@ mod tokio_stream_free {
     //! Serves a tonic service on a bound listener without extra stream crates.
     use super::*;
 
-    pub async fn serve(ca: Arc<TestCa>) -> SocketAddr {
+    pub(super) async fn serve(ca: Arc<TestCa>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = async_stream(listener);

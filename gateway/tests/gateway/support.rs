@@ -18,22 +18,22 @@ use meridian_api::proto::{
 };
 use meridian_api::testing::FakeDiscovery;
 use meridian_identity::testing::{TestCa, TestCert};
-pub use meridian_testbed::metrics;
-pub use meridian_testbed::traffic::http_get;
+pub(crate) use meridian_testbed::metrics;
+pub(crate) use meridian_testbed::traffic::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// Trust domain of every test mesh.
-pub const TD: &str = "meridian.test";
+pub(crate) const TD: &str = "meridian.test";
 
 /// Upper bound for anything the tests wait for (a gateway starting, a snapshot applied, a
 /// counter catching up). It only turns a hang into a failure on a loaded machine; no
 /// assertion depends on how fast things happen.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `f` until it yields `Some`, or fails naming `what` after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -45,7 +45,7 @@ where
 /// `ip:port`; counts the requests it gets, the connections it accepted and those still
 /// open.
 #[derive(Clone)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
@@ -55,7 +55,7 @@ pub struct Backend {
 
 /// When [`Backend::http_hanging_up`] closes a connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum HangUp {
+pub(crate) enum HangUp {
     /// This long after each response.
     After(Duration),
     /// When the next request on the connection arrives, without answering it.
@@ -79,7 +79,7 @@ impl Drop for OpenGuard {
 }
 
 impl Backend {
-    pub async fn http(ip: Ipv4Addr, cluster: &str, pod: &str) -> Self {
+    pub(crate) async fn http(ip: Ipv4Addr, cluster: &str, pod: &str) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -135,7 +135,12 @@ impl Backend {
     /// `Connection: close`) but hangs up on them as `hang_up` says: what a server with a
     /// short keep-alive timeout does to an idle client connection. Answers
     /// `<cluster>/<pod>` to requests without a body; counts answered requests.
-    pub async fn http_hanging_up(ip: Ipv4Addr, cluster: &str, pod: &str, hang_up: HangUp) -> Self {
+    pub(crate) async fn http_hanging_up(
+        ip: Ipv4Addr,
+        cluster: &str,
+        pod: &str,
+        hang_up: HangUp,
+    ) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -194,7 +199,7 @@ impl Backend {
     }
 
     /// A raw TCP echo server: writes back every byte; on EOF, shuts its side down.
-    pub async fn tcp_echo(ip: Ipv4Addr) -> Self {
+    pub(crate) async fn tcp_echo(ip: Ipv4Addr) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -228,23 +233,23 @@ impl Backend {
         }
     }
 
-    pub fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
 }
 
 /// A snapshot peer entry for `cluster` (a member whose gateway is at `address`).
-pub fn member(cluster: &str, address: SocketAddr) -> Peer {
+pub(crate) fn member(cluster: &str, address: SocketAddr) -> Peer {
     Peer {
         cluster: cluster.into(),
         address: address.to_string(),
@@ -255,7 +260,7 @@ pub fn member(cluster: &str, address: SocketAddr) -> Peer {
 
 /// Sends one CONNECT for `target` (of `service`, `host:port`) through `gw`'s tunnel,
 /// presenting `creds`: the response (its upgrade is the stream when the status is 200).
-pub async fn tunnel_request(
+pub(crate) async fn tunnel_request(
     gw: &Gateway,
     creds: meridian_identity::Credentials,
     target: SocketAddr,
@@ -282,7 +287,7 @@ pub async fn tunnel_request(
 
 /// The count of `meridian_gateway_tunnel_refusals_total{reason}` once it reaches `want`
 /// (the server counts after the client may already have seen the refusal).
-pub async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
+pub(crate) async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
     let what = format!("{}: {want} tunnel refusals {reason}", gw.cluster);
     eventually(&what, || async {
         let n = gw
@@ -297,7 +302,12 @@ pub async fn refusals(gw: &Gateway, reason: &str, want: f64) -> f64 {
 }
 
 /// An endpoint entry for a snapshot.
-pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool) -> Endpoint {
+pub(crate) fn endpoint(
+    cluster: &str,
+    addr: SocketAddr,
+    zone: (&str, &str),
+    ready: bool,
+) -> Endpoint {
     Endpoint {
         cluster: cluster.into(),
         address: addr.ip().to_string(),
@@ -315,7 +325,7 @@ pub fn endpoint(cluster: &str, addr: SocketAddr, zone: (&str, &str), ready: bool
 }
 
 /// A service with one port named `http`.
-pub fn service(
+pub(crate) fn service(
     hostname: &str,
     protocol: Protocol,
     port: u32,
@@ -340,7 +350,7 @@ pub fn service(
 }
 
 /// How a gateway gets its certificate.
-pub enum Certs {
+pub(crate) enum Certs {
     /// Static PEM files.
     Files(TestCert),
     /// A `Certificates` signer at this URL, with this lifetime.
@@ -348,7 +358,7 @@ pub enum Certs {
 }
 
 /// A real `meridian-gateway` process with its own fake controller.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub cluster: String,
     pub controller: FakeDiscovery,
     pub ip: Ipv4Addr,
@@ -365,12 +375,17 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway for `cluster` on `ip` (outbound listeners, tunnel and admin all on
     /// that loopback address). It waits for its first snapshot, which the caller pushes.
-    pub async fn start(cluster: &str, ip: Ipv4Addr, locality: (&str, &str), certs: Certs) -> Self {
+    pub(crate) async fn start(
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        certs: Certs,
+    ) -> Self {
         Self::start_with(cluster, ip, locality, certs, &[]).await
     }
 
     /// [`Gateway::start`] with extra command-line flags.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         cluster: &str,
         ip: Ipv4Addr,
         locality: (&str, &str),
@@ -444,7 +459,7 @@ impl Gateway {
     }
 
     /// This gateway as a peer entry in other clusters' snapshots.
-    pub fn as_peer(&self) -> Peer {
+    pub(crate) fn as_peer(&self) -> Peer {
         Peer {
             cluster: self.cluster.clone(),
             address: self.tunnel.to_string(),
@@ -458,7 +473,7 @@ impl Gateway {
     }
 
     /// Pushes a snapshot for this gateway and waits until it is in use.
-    pub async fn push(&self, version: u64, services: Vec<GlobalService>, peers: Vec<Peer>) {
+    pub(crate) async fn push(&self, version: u64, services: Vec<GlobalService>, peers: Vec<Peer>) {
         self.controller.push(Snapshot {
             version,
             cluster: self.cluster.clone(),
@@ -487,7 +502,7 @@ impl Gateway {
     }
 
     /// Waits for `/healthz/ready`.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let what = format!("{}: gateway ready", self.cluster);
         eventually(&what, || async {
             let ready = http_get(self.admin, "/healthz/ready", &[]).await;
@@ -497,40 +512,40 @@ impl Gateway {
     }
 
     /// The `/metrics` text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         metrics::scrape(self.admin).await.unwrap_or_default()
     }
 
     /// Sum of the samples of `name` whose labels contain every `label="value"` given.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metrics::sum(&self.metrics().await, name, labels)
     }
 
     /// The `/config_dump` JSON.
-    pub async fn config_dump(&self) -> serde_json::Value {
+    pub(crate) async fn config_dump(&self) -> serde_json::Value {
         let dump = http_get(self.dump, "/config_dump", &[]).await.unwrap();
         serde_json::from_slice(&dump.body).unwrap()
     }
 
     /// An outbound listener address of this gateway.
-    pub fn listener(&self, port: u16) -> SocketAddr {
+    pub(crate) fn listener(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
     }
 
     /// Stops the process.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 }
 
 /// A keep-alive HTTP/1.1 client on one connection to a gateway listener.
-pub struct Client {
+pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     host: String,
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr, host: &str) -> Self {
+    pub(crate) async fn connect(addr: SocketAddr, host: &str) -> Self {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -544,7 +559,7 @@ impl Client {
     }
 
     /// GET `/` with extra headers; status and body.
-    pub async fn get(&mut self, headers: &[(&str, &str)]) -> (u16, String) {
+    pub(crate) async fn get(&mut self, headers: &[(&str, &str)]) -> (u16, String) {
         self.sender.ready().await.unwrap();
         let mut req = Request::get("/").header("host", &self.host);
         for (k, v) in headers {
@@ -561,24 +576,45 @@ impl Client {
     }
 }
 
+/// Sends `requests` GETs and counts the answers per cluster (an echo body starts with its
+/// backend's cluster name).
+pub(crate) async fn answers_per_cluster(
+    client: &mut Client,
+    requests: usize,
+) -> BTreeMap<String, usize> {
+    let mut answers = BTreeMap::new();
+    for _ in 0..requests {
+        let (status, body) = client.get(&[]).await;
+        assert_eq!(status, 200, "{body}");
+        let cluster = body.split('/').next().unwrap_or_default().to_owned();
+        *answers.entry(cluster).or_default() += 1;
+    }
+    answers
+}
+
 /// A mesh CA plus helpers to start gateways with certificates from it.
-pub struct Mesh {
+pub(crate) struct Mesh {
     pub ca: TestCa,
 }
 
 impl Mesh {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             ca: TestCa::new(TD),
         }
     }
 
-    pub async fn gateway(&self, cluster: &str, ip: Ipv4Addr, locality: (&str, &str)) -> Gateway {
+    pub(crate) async fn gateway(
+        &self,
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+    ) -> Gateway {
         self.gateway_with(cluster, ip, locality, &[]).await
     }
 
     /// A gateway with extra command-line flags.
-    pub async fn gateway_with(
+    pub(crate) async fn gateway_with(
         &self,
         cluster: &str,
         ip: Ipv4Addr,
@@ -587,5 +623,18 @@ impl Mesh {
     ) -> Gateway {
         let certs = Certs::Files(self.ca.issue(cluster));
         Gateway::start_with(cluster, ip, locality, certs, extra).await
+    }
+
+    /// A gateway of `east` in r1/z1 on `ip`, started with `flags`, whose first snapshot
+    /// (version 1) holds only `service`.
+    pub(crate) async fn serving(
+        &self,
+        ip: Ipv4Addr,
+        flags: &[&str],
+        service: GlobalService,
+    ) -> Gateway {
+        let gw = self.gateway_with("east", ip, ("r1", "z1"), flags).await;
+        gw.push(1, vec![service], vec![]).await;
+        gw
     }
 }

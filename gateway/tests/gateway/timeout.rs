@@ -46,23 +46,17 @@ async fn gateway(
     port: u16,
     policy: &str,
 ) -> Gateway {
-    let east = mesh
-        .gateway_with("east", ip, SERVICE, &["--upstream-timeout", flag])
-        .await;
-    east.push(
-        1,
-        vec![service(
-            "silent.default.global",
-            Protocol::Http,
-            80,
-            port,
-            vec![endpoint("east", silent, SERVICE, true)],
-            policy,
-        )],
-        vec![],
-    )
-    .await;
-    east
+    let endpoints = vec![endpoint("east", silent, SERVICE, true)];
+    let service = service(
+        "silent.default.global",
+        Protocol::Http,
+        80,
+        port,
+        endpoints,
+        policy,
+    );
+    mesh.serving(ip, &["--upstream-timeout", flag], service)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

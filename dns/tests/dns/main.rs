@@ -2,18 +2,12 @@
 //! controller (`meridian_api::testing::FakeDiscovery`), queried with real DNS clients
 //! (`dig` from Debian's dnsutils, hickory's client, raw sockets for malformed packets).
 //!
-//! One test binary; one module per area, in `tests/dns/`.
+//! One test binary; one module per area, shared set-up in [`support`].
 
-#[path = "dns/harness.rs"]
-mod harness;
+mod support;
 
-#[path = "dns/lifecycle.rs"]
 mod lifecycle;
-#[path = "dns/load.rs"]
 mod load;
-#[path = "dns/malformed.rs"]
 mod malformed;
-#[path = "dns/records.rs"]
 mod records;
-#[path = "dns/updates.rs"]
 mod updates;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use meridian_api::proto::{ClusterVip, GlobalService, ServicePort, Snapshot};
 use meridian_api::testing::FakeDiscovery;
 /// Value of one series in Prometheus text.
-pub use meridian_testbed::metrics::sample as metric;
+pub(crate) use meridian_testbed::metrics::sample as metric;
 use meridian_testbed::traffic::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -17,15 +17,15 @@ use tokio::process::{Child, Command};
 
 /// Upper bound for anything the tests wait for. It only turns a hang into a failure;
 /// no assertion depends on how fast things happen.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The cluster the server under test runs in.
-pub const CLUSTER: &str = "east";
+pub(crate) const CLUSTER: &str = "east";
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
 /// A running `meridian-dns` binary, killed on drop.
-pub struct Dns {
+pub(crate) struct Dns {
     child: Child,
     /// DNS address (UDP and TCP).
     pub addr: SocketAddr,
@@ -37,7 +37,7 @@ pub struct Dns {
 impl Dns {
     /// Starts the binary against `controller` on free loopback ports, with `extra` flags,
     /// and waits until it listens.
-    pub async fn start(controller: &FakeDiscovery, extra: &[&str]) -> Self {
+    pub(crate) async fn start(controller: &FakeDiscovery, extra: &[&str]) -> Self {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("meridian-dns-{}-{n}.log", std::process::id()));
@@ -93,22 +93,22 @@ impl Dns {
     }
 
     /// The process's log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
 
     /// Waits for the process to exit; panics after [`PATIENCE`].
-    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait_exit(&mut self) -> std::process::ExitStatus {
         tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("meridian-dns did not exit:\n{}", self.log()))
@@ -116,31 +116,31 @@ impl Dns {
     }
 
     /// `GET path` on the admin server: (status code, body).
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let answer = http_get(self.admin, path, &[]).await.expect("admin GET");
         (answer.status, answer.text())
     }
 
     /// The `/metrics` text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let (status, body) = self.get("/metrics").await;
         assert_eq!(status, 200, "{body}");
         body
     }
 
     /// Value of the sample `name` (exact name with labels) in `/metrics`.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
         metric(&self.metrics().await, name)
     }
 
     /// Waits until the served zones are built from snapshot `version`.
-    pub async fn wait_version(&self, version: u64) {
+    pub(crate) async fn wait_version(&self, version: u64) {
         self.wait_metric("meridian_dns_snapshot_version", version as f64)
             .await;
     }
 
     /// Waits until `name` in `/metrics` equals `value`.
-    pub async fn wait_metric(&self, name: &str, value: f64) {
+    pub(crate) async fn wait_metric(&self, name: &str, value: f64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if self.metric(name).await == Some(value) {
@@ -156,7 +156,7 @@ impl Dns {
     }
 
     /// Runs `dig` against this server (UDP unless `+tcp` is among `args`).
-    pub async fn dig(&self, args: &[&str]) -> Dig {
+    pub(crate) async fn dig(&self, args: &[&str]) -> Dig {
         dig(self.addr, args).await
     }
 }
@@ -170,7 +170,7 @@ fn field(log: &str, key: &str) -> Option<SocketAddr> {
 
 /// One resource record as dig prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rr {
+pub(crate) struct Rr {
     pub name: String,
     pub ttl: u32,
     pub class: String,
@@ -180,7 +180,7 @@ pub struct Rr {
 
 /// A parsed dig response.
 #[derive(Clone, Debug, Default)]
-pub struct Dig {
+pub(crate) struct Dig {
     pub status: String,
     pub flags: Vec<String>,
     pub answer: Vec<Rr>,
@@ -191,18 +191,18 @@ pub struct Dig {
 
 impl Dig {
     /// The data of every answer record.
-    pub fn answers(&self) -> Vec<&str> {
+    pub(crate) fn answers(&self) -> Vec<&str> {
         self.answer.iter().map(|rr| rr.data.as_str()).collect()
     }
 
     /// Whether the AA flag is set.
-    pub fn authoritative(&self) -> bool {
+    pub(crate) fn authoritative(&self) -> bool {
         self.flags.iter().any(|flag| flag == "aa")
     }
 }
 
 /// Runs `dig @addr -p port +norecurse <args>` and parses its output.
-pub async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
+pub(crate) async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
     let output = tokio::time::timeout(
         PATIENCE,
         Command::new("dig")
@@ -281,7 +281,7 @@ fn parse_dig(raw: String) -> Result<Dig, String> {
 
 /// Encodes a DNS query by hand (so tests can make it wrong): header with `id`, `flags`
 /// and one question per entry of `questions` (name, type, class).
-pub fn query_bytes(id: u16, flags: u16, questions: &[(&str, u16, u16)]) -> Vec<u8> {
+pub(crate) fn query_bytes(id: u16, flags: u16, questions: &[(&str, u16, u16)]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(&id.to_be_bytes());
     bytes.extend_from_slice(&flags.to_be_bytes());
@@ -301,14 +301,14 @@ pub fn query_bytes(id: u16, flags: u16, questions: &[(&str, u16, u16)]) -> Vec<u
 
 /// Header fields of a raw response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub id: u16,
     pub rcode: u8,
     pub is_response: bool,
 }
 
 /// Reads the header of a raw DNS message.
-pub fn header(bytes: &[u8]) -> Header {
+pub(crate) fn header(bytes: &[u8]) -> Header {
     assert!(bytes.len() >= 12, "short response: {bytes:?}");
     Header {
         id: u16::from_be_bytes([bytes[0], bytes[1]]),
@@ -319,13 +319,17 @@ pub fn header(bytes: &[u8]) -> Header {
 
 /// How long to wait before counting a packet as dropped. Where dropping is an allowed
 /// outcome this decides nothing about pass or fail.
-pub const DROP_WAIT: Duration = Duration::from_millis(500);
+pub(crate) const DROP_WAIT: Duration = Duration::from_millis(500);
 
 /// How long to wait for a reply the test requires: only turns a hang into a failure.
-pub const REPLY_WAIT: Duration = PATIENCE;
+pub(crate) const REPLY_WAIT: Duration = PATIENCE;
 
 /// Sends one raw UDP datagram and returns the reply, or `None` if none came within `wait`.
-pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn udp_exchange(
+    addr: SocketAddr,
+    packet: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     socket.send_to(packet, addr).await.expect("send");
     let mut buf = vec![0; 65_535];
@@ -338,7 +342,11 @@ pub async fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Op
 
 /// Sends `frame` as is on a new TCP connection; returns the first reply, or `None` if the
 /// server closed the connection or said nothing within `wait`.
-pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn tcp_exchange(
+    addr: SocketAddr,
+    frame: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The server may close as soon as it sees garbage: a failed write is a drop.
     if stream.write_all(frame).await.is_err() {
@@ -355,14 +363,14 @@ pub async fn tcp_exchange(addr: SocketAddr, frame: &[u8], wait: Duration) -> Opt
 }
 
 /// `payload` with the two-byte length prefix of DNS over TCP.
-pub fn framed(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn framed(payload: &[u8]) -> Vec<u8> {
     let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
     frame.extend_from_slice(payload);
     frame
 }
 
 /// A service with a VIP, an `http` port 9080 and pinned VIPs in `east` and `west`.
-pub fn service(name: &str, namespace: &str, vip: &str) -> GlobalService {
+pub(crate) fn service(name: &str, namespace: &str, vip: &str) -> GlobalService {
     GlobalService {
         name: name.into(),
         namespace: namespace.into(),
@@ -392,7 +400,7 @@ pub fn service(name: &str, namespace: &str, vip: &str) -> GlobalService {
 }
 
 /// A snapshot for [`CLUSTER`].
-pub fn snapshot(version: u64, services: Vec<GlobalService>) -> Snapshot {
+pub(crate) fn snapshot(version: u64, services: Vec<GlobalService>) -> Snapshot {
     Snapshot {
         version,
         cluster: CLUSTER.into(),
@@ -403,7 +411,7 @@ pub fn snapshot(version: u64, services: Vec<GlobalService>) -> Snapshot {
 }
 
 /// A fake controller serving `snapshot` and a server following it, with zones loaded.
-pub async fn serving(snapshot: Snapshot, extra: &[&str]) -> (FakeDiscovery, Dns) {
+pub(crate) async fn serving(snapshot: Snapshot, extra: &[&str]) -> (FakeDiscovery, Dns) {
     let controller = FakeDiscovery::start().await.expect("fake controller");
     let version = snapshot.version;
     controller.push(snapshot);

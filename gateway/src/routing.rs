@@ -1,6 +1,6 @@
-//! The gateway's catalog: what the current snapshot says, in the shapes the data plane
+//! The gateway's routing table: what the current snapshot says, in the shapes the data plane
 //! needs (services with parsed policies and endpoints, listeners, peers, and the local
-//! targets the tunnel may reach). Immutable; a new snapshot builds a new catalog.
+//! targets the tunnel may reach). Immutable; a new snapshot builds a new routing table.
 //!
 //! A VIP pinned to one cluster (`<cluster>.<svc>.<ns>.global`, the snapshot's
 //! `cluster_vips`) becomes a service of its own here: the global service's policy and ports
@@ -132,7 +132,7 @@ pub struct PeerGateway {
 
 /// Everything derived from one snapshot.
 #[derive(Debug, Clone, Default)]
-pub struct Catalog {
+pub struct RoutingTable {
     /// The snapshot in use.
     pub snapshot: Arc<Snapshot>,
     /// This gateway's cluster.
@@ -150,8 +150,8 @@ pub struct Catalog {
     local_targets: HashSet<(String, u32, SocketAddr)>,
 }
 
-impl Catalog {
-    /// Builds the catalog of `snapshot` for the gateway of `cluster`. Malformed parts (a
+impl RoutingTable {
+    /// Builds the routing table of `snapshot` for the gateway of `cluster`. Malformed parts (a
     /// bad address, policy or peer identity) are skipped with a warning; the rest is used.
     pub fn build(cluster: &str, snapshot: Arc<Snapshot>) -> Self {
         let caller = Caller::at(
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn builds_listeners_targets_and_peers() {
-        let c = Catalog::build("east", Arc::new(snapshot()));
+        let c = RoutingTable::build("east", Arc::new(snapshot()));
         let svc = &c.services["reviews.default.global"];
         assert_eq!(svc.endpoints.len(), 2, "the bad address is skipped");
         assert!(
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_pinned_vip_is_a_service_of_that_clusters_endpoints() {
-        let c = Catalog::build("east", Arc::new(snapshot()));
+        let c = RoutingTable::build("east", Arc::new(snapshot()));
         let pinned = &c.services["west.reviews.default.global"];
         assert_eq!(pinned.pinned.as_deref(), Some("west"));
         assert_eq!(pinned.global_hostname, "reviews.default.global");
@@ -451,7 +451,7 @@ mod tests {
         assert_eq!((l.port.port, l.port.listener_port), (9080, 20002));
         assert_eq!(c.listeners[&20001].hostname, "reviews.default.global");
         // The tunnel still authorizes by the global service.
-        let west = Catalog::build("west", Arc::new(snapshot()));
+        let west = RoutingTable::build("west", Arc::new(snapshot()));
         let target: SocketAddr = "127.0.2.1:8080".parse().unwrap();
         assert!(west.authorizes("reviews.default.global", 9080, target));
         assert!(!west.authorizes("west.reviews.default.global", 9080, target));
@@ -462,7 +462,7 @@ mod tests {
         let mut snap = snapshot();
         let eps = &mut snap.services[0].endpoints;
         eps[0].ready = false;
-        let c = Catalog::build("east", Arc::new(snap));
+        let c = RoutingTable::build("east", Arc::new(snap));
         let local: SocketAddr = "127.0.1.1:8080".parse().unwrap();
         assert!(!c.authorizes("reviews.default.global", 9080, local));
         assert_eq!(
