@@ -223,6 +223,7 @@ impl Aggregator {
             return deadline;
         }
         let catalog = Arc::new(Catalog::build(&inputs));
+        let mcs = Arc::new(crate::mcs::McsView::build(&inputs, &local_name));
         let policies = crate::policy::in_force(&self.policies.state());
         let (vip::Reconciled { vips, refused }, vip_result) = self.vips(&catalog).await;
         if let Err(e) = vip_result {
@@ -265,6 +266,7 @@ impl Aggregator {
             catalog: Some(&catalog),
             vips: Some(&vips),
             policies: Some(&policy_specs),
+            mcs: Some(&mcs),
             peers,
         });
         {
@@ -349,6 +351,7 @@ impl Aggregator {
             policies,
             members: members_view,
             zone: self.config.zone.clone(),
+            mcs,
         })));
         deadline
     }

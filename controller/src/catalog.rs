@@ -84,8 +84,11 @@ pub struct MemberInput {
     pub cluster: String,
     /// The member is unreachable; its endpoints are kept but marked stale.
     pub stale: bool,
-    /// Services (only those labelled for export are used).
+    /// Services (only those exported, by label or by a ServiceExport, are used).
     pub services: Vec<Arc<Service>>,
+    /// MCS ServiceExports ([`crate::mcs`]): each exports the Service of its namespace and
+    /// name exactly as the label does.
+    pub service_exports: Vec<Arc<crate::mcs::ServiceExport>>,
     /// Endpoints of those Services.
     pub endpoints: EndpointObjects,
     /// Nodes, for endpoint localities.
@@ -354,7 +357,10 @@ impl Catalog {
             let mut exported = BTreeSet::new();
             // Of those, the ones admitting endpoints that are not their namespace's Pods.
             let mut external = BTreeSet::new();
-            for svc in m.services.iter().filter(|s| is_exported(s)) {
+            let mcs_exported = crate::mcs::exported_keys(m);
+            for svc in m.services.iter().filter(|s| {
+                is_exported(s) || crate::mcs::is_mcs_exported(s, &mcs_exported)
+            }) {
                 let (Some(ns), Some(name)) = (
                     svc.metadata.namespace.as_deref(),
                     svc.metadata.name.as_deref(),

@@ -22,6 +22,7 @@ pub mod crd;
 pub mod error;
 pub mod kubeconfig;
 pub mod leader;
+pub mod mcs;
 pub mod member;
 pub mod metrics;
 pub mod policy;
@@ -251,10 +252,19 @@ pub async fn run(
         status::StatusWriter::run_while_leader(
             client.clone(),
             metrics.clone(),
-            status_rx,
+            status_rx.clone(),
             election.subscribe(),
         )
         .instrument(info_span!("status-writer")),
+    );
+    tasks.spawn(
+        mcs::writer::McsWriter::run_while_leader(
+            client.clone(),
+            config.cluster_name.clone(),
+            status_rx.clone(),
+            election.subscribe(),
+        )
+        .instrument(info_span!("mcs-writer")),
     );
     {
         let config = config.clone();

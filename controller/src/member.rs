@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{EXPORT_LABEL, EndpointObjects, MemberInput};
+use crate::catalog::{EndpointObjects, MemberInput};
 use crate::crd::Phase;
 use crate::kubeconfig::AcceptedKubeconfig;
 use crate::metrics::Metrics;
@@ -117,6 +117,7 @@ pub struct MemberStores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     gateway: Store<Service>,
+    service_exports: Store<crate::mcs::ServiceExport>,
 }
 
 impl MemberStores {
@@ -133,6 +134,7 @@ impl MemberStores {
             },
             nodes: self.nodes.state(),
             pods: self.pods.state(),
+            service_exports: self.service_exports.state(),
         }
     }
 
@@ -304,7 +306,9 @@ impl Runner {
 
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
-        let services_cfg = watcher::Config::default().labels(&format!("{EXPORT_LABEL}=true"));
+        // Every Service, not only labelled ones: a ServiceExport exports the Service of its
+        // name whatever its labels (stripped by `reflected::service` to a few fields).
+        let services_cfg = watcher::Config::default();
         let services = this.reflect(
             &mut tasks,
             "Service",
@@ -361,7 +365,27 @@ impl Runner {
                 .fields(&format!("metadata.name={}", this.settings.gateway_service)),
             reflected::gateway_service,
         );
+        // MCS ServiceExports, where the CRD is installed; watched even where it is not yet
+        // (a failing optional watch does not make the member unreachable) and waited for
+        // only where it is served now.
+        let mcs_served = crate::mcs::served(&client).await;
+        let service_exports = {
+            let (reader, writer) = reflector::store();
+            let stream = watcher(
+                Api::<crate::mcs::ServiceExport>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .modify(reflected::service_export);
+            let stream = reflector::reflector(writer, stream);
+            tasks.spawn(
+                this.clone()
+                    .drive_optional("ServiceExport", stream)
+                    .in_current_span(),
+            );
+            reader
+        };
         let stores = MemberStores {
+            service_exports,
             services,
             slices,
             endpoints,
@@ -385,6 +409,9 @@ impl Runner {
                 let _ = s.nodes.wait_until_ready().await;
                 let _ = s.pods.wait_until_ready().await;
                 let _ = s.gateway.wait_until_ready().await;
+                if mcs_served {
+                    let _ = s.service_exports.wait_until_ready().await;
+                }
             }
         };
         tokio::select! {
@@ -449,6 +476,27 @@ impl Runner {
         let stream = reflector::reflector(writer, stream);
         tasks.spawn(self.clone().drive(resource, stream).in_current_span());
         reader
+    }
+
+    /// Consumes the reflector stream of a resource that may not be served (a CRD not yet
+    /// installed): events poke the aggregator, errors are retried with backoff and never
+    /// mark the member lost.
+    async fn drive_optional<K>(
+        self: Arc<Self>,
+        resource: &'static str,
+        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    ) {
+        let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
+        let mut stream = std::pin::pin!(stream.backoff(backoff));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    self.settings.metrics.watch_event(&self.spec.name, resource);
+                    self.settings.notify.notify_one();
+                }
+                Err(e) => debug!(resource, error = %e, "optional watch failed"),
+            }
+        }
     }
 
     /// Consumes one reflector stream with reconnect backoff, reporting events and errors.

@@ -57,6 +57,8 @@ pub struct SnapshotInput<'a> {
     pub policies: Option<&'a BTreeMap<ServiceKey, TrafficPolicy>>,
     /// Gateways of the other members.
     pub peers: Vec<PeerInfo>,
+    /// The MCS view: which services resolve as headless under `clusterset.local`.
+    pub mcs: Option<&'a crate::mcs::McsView>,
 }
 
 /// The SPIFFE identity of a cluster's gateway.
@@ -131,6 +133,10 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
                     .map(|p| serde_json::to_string(p).expect("a policy always serializes"))
                     .unwrap_or_default(),
                 clusters: svc.clusters.iter().cloned().collect(),
+                headless: input
+                    .mcs
+                    .and_then(|m| m.imports.get(&svc.key))
+                    .is_some_and(|i| i.type_ == crate::mcs::types::ImportType::Headless),
             }
         })
         .collect();
@@ -286,6 +292,7 @@ mod tests {
                     locality: Locality::default(),
                 },
             ],
+            mcs: None,
         })
     }
 
