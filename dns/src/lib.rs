@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the flags;
 //! - [`zone`]: records of the served zones, built from a snapshot;
+//! - [`clusterset`]: the Multi-Cluster Services names (`<svc>.<ns>.svc.clusterset.local`);
 //! - [`authority`]: the request handler answering from the current zones, swapped atomically;
 //! - [`snapshot`]: applies each new snapshot to the authority;
 //! - [`server`]: the UDP and TCP sockets;
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod clusterset;
 pub mod config;
 pub mod metrics;
 pub mod server;

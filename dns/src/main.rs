@@ -41,8 +41,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         origins: config.zones.clone(),
         ttl: config.ttl,
         nameserver: config.nameserver.clone(),
+        clusterset: Some(config.clusterset_domain.clone()),
     });
-    let authority = Authority::new(&settings.origins, metrics.clone());
+    let served: Vec<_> = settings
+        .origins
+        .iter()
+        .chain(settings.clusterset.iter())
+        .cloned()
+        .collect();
+    let authority = Authority::new(&served, metrics.clone());
 
     let mut subscription_config = SubscriptionConfig::new(
         config.controller.url.clone(),
