@@ -228,7 +228,9 @@ impl McsWriter {
                 info!(cluster = %self.cluster, "ClusterProperty {CLUSTER_ID_PROPERTY} created");
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
+                // Not installed (yet): asked again at the next write.
                 debug!("ClusterProperty CRD not installed");
+                return Ok(());
             }
             Err(e) => return Err(Error::Kube(e)),
         }
