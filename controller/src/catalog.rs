@@ -88,7 +88,7 @@ pub struct MemberInput {
     pub services: Vec<Arc<Service>>,
     /// MCS ServiceExports ([`crate::mcs`]): each exports the Service of its namespace and
     /// name exactly as the label does.
-    pub service_exports: Vec<Arc<crate::mcs::ServiceExport>>,
+    pub service_exports: Vec<Arc<crate::mcs::ExportMeta>>,
     /// Endpoints of those Services.
     pub endpoints: EndpointObjects,
     /// Nodes, for endpoint localities.

@@ -117,7 +117,7 @@ pub struct MemberStores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     gateway: Store<Service>,
-    service_exports: Store<crate::mcs::ServiceExport>,
+    service_exports: Store<crate::mcs::ExportMeta>,
 }
 
 impl MemberStores {
@@ -372,7 +372,7 @@ impl Runner {
         let service_exports = {
             let (reader, writer) = reflector::store();
             let stream = watcher(
-                Api::<crate::mcs::ServiceExport>::all(client.clone()),
+                Api::<crate::mcs::ExportMeta>::all(client.clone()),
                 watcher::Config::default(),
             )
             .modify(reflected::service_export);

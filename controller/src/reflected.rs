@@ -109,12 +109,10 @@ pub fn service(s: &mut Service) {
 }
 
 /// An MCS ServiceExport: its identity and creation time (the oldest export wins conflicts).
-pub fn service_export(s: &mut crate::mcs::ServiceExport) {
+pub fn service_export(s: &mut crate::mcs::ExportMeta) {
     let created = s.metadata.creation_timestamp.take();
     meta(&mut s.metadata, none, none);
     s.metadata.creation_timestamp = created;
-    s.spec = Default::default();
-    s.status = None;
 }
 
 /// The member's gateway Service: its ports and LoadBalancer addresses.

@@ -26,6 +26,10 @@ use kube::Client;
 pub use resolve::McsView;
 pub use types::{ClusterProperty, ServiceExport, ServiceImport};
 
+/// What the controller reads of a ServiceExport: its metadata (a metadata-only watch; the
+/// spec holds nothing Meridian uses, and upstream objects often have none).
+pub type ExportMeta = kube::core::PartialObjectMeta<ServiceExport>;
+
 use crate::catalog::{MemberInput, ServiceKey};
 
 /// Keys of the Services a member exports by ServiceExport.

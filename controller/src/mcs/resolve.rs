@@ -270,11 +270,11 @@ mod tests {
     use super::*;
     use crate::catalog::Catalog;
     use crate::fixtures::service;
-    use crate::mcs::ServiceExport;
+    use crate::mcs::ExportMeta;
+    use kube::core::PartialObjectMetaExt;
 
-    fn export(ns: &str, name: &str, age: i64) -> Arc<ServiceExport> {
-        let mut se = ServiceExport::new(name, Default::default());
-        se.metadata = ObjectMeta {
+    fn export(ns: &str, name: &str, age: i64) -> Arc<ExportMeta> {
+        let se = ObjectMeta {
             namespace: Some(ns.into()),
             name: Some(name.into()),
             creation_timestamp: Some(Time(
@@ -282,7 +282,7 @@ mod tests {
             )),
             ..ObjectMeta::default()
         };
-        Arc::new(se)
+        Arc::new(se.into_response_partial())
     }
 
     fn member(cluster: &str, svc: Service, age: i64) -> MemberInput {

@@ -169,7 +169,19 @@ pub struct ClusterPropertySpec {
 }
 
 /// The MCS CRD as generated, with `v1alpha1` also served (same schema, not stored).
+/// The spec is optional, as upstream (`kind: ServiceExport` with metadata only is the usual
+/// export).
 fn served_twice(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for v in &mut crd.spec.versions {
+        if let Some(required) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.required.as_mut())
+        {
+            required.retain(|r| r != "spec");
+        }
+    }
     if let Some(stored) = crd.spec.versions.first().cloned() {
         let mut legacy = stored;
         legacy.name = MCS_LEGACY_VERSION.to_owned();
@@ -179,12 +191,26 @@ fn served_twice(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd
 }
 
+/// `about.k8s.io` is a protected (`*.k8s.io`) group: the API server admits its CRDs only
+/// with the approval annotation, which names the KEP that defines the API.
+fn approved(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            "api-approved.kubernetes.io".to_owned(),
+            "https://github.com/kubernetes/enhancements/tree/master/keps/sig-multicluster/2149-clusterid"
+                .to_owned(),
+        );
+    crd
+}
+
 /// The optional MCS CRDs: ServiceExport, ServiceImport, ClusterProperty.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         served_twice(ServiceExport::crd()),
         served_twice(ServiceImport::crd()),
-        ClusterProperty::crd(),
+        approved(ClusterProperty::crd()),
     ]
 }
 
@@ -235,6 +261,24 @@ mod tests {
                 [("v1alpha1", true, false), ("v1beta1", true, true)]
             );
         }
+    }
+
+    #[test]
+    fn an_export_without_spec_is_admitted_and_read() {
+        // Read as metadata (what the controller watches), whatever the spec.
+        let se: crate::mcs::ExportMeta = serde_yaml_ng::from_str(
+            "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: echo, namespace: demo}\n",
+        )
+        .expect("parses");
+        assert_eq!(se.metadata.name.as_deref(), Some("echo"));
+        let crd = ServiceExport::crd();
+        let required = served_twice(crd).spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.required.clone())
+            .unwrap_or_default();
+        assert!(!required.contains(&"spec".to_owned()), "{required:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::resolve::{ExportState, McsView, ResolvedImport};
 use super::types::{
     CLUSTER_ID_PROPERTY, ClusterProperty, ClusterPropertySpec, ImportType, MCS_GROUP,
-    MCS_VERSION, ServiceExport, ServiceImport,
+    MCS_VERSION, ServiceImport,
 };
 use crate::catalog::ServiceKey;
 use crate::policy::{condition, set_condition};
@@ -316,7 +316,9 @@ impl McsWriter {
             if self.exports.contains_key(key) && same_conditions(&previous, &conditions) {
                 continue;
             }
-            let api: Api<ServiceExport> = Api::namespaced(self.client.clone(), &key.namespace);
+            // Typed as metadata: the response is read back, and an export may have no spec.
+            let api: Api<super::ExportMeta> =
+                Api::namespaced(self.client.clone(), &key.namespace);
             let patch = Patch::Apply(json!({
                 "apiVersion": format!("{MCS_GROUP}/{MCS_VERSION}"),
                 "kind": "ServiceExport",
