@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use meridian_testbed::mesh::find_service;
 use meridian_testbed::traffic::http_tally;
-use meridian_testbed::{Cluster, PodHandle, PodSpec};
+use meridian_testbed::{Cluster, PodHandle, PodSpec, SYSTEM_NAMESPACE};
 use serde_json::Value;
 
 use crate::dns::query;
@@ -325,6 +325,10 @@ async fn mcs_clusterset_ip_import_dns_and_failover() {
         .2
         .parse()
         .expect("an address");
+    // As kube-proxy would: the VIP's managed Service leads to the gateway pod.
+    east.sync_endpoints(SYSTEM_NAMESPACE)
+        .await
+        .expect("endpoints");
     let addr = east
         .resolve_cluster_ip(SocketAddr::new(resolved, 80))
         .await
