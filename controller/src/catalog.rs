@@ -358,9 +358,11 @@ impl Catalog {
             // Of those, the ones admitting endpoints that are not their namespace's Pods.
             let mut external = BTreeSet::new();
             let mcs_exported = crate::mcs::exported_keys(m);
-            for svc in m.services.iter().filter(|s| {
-                is_exported(s) || crate::mcs::is_mcs_exported(s, &mcs_exported)
-            }) {
+            for svc in m
+                .services
+                .iter()
+                .filter(|s| is_exported(s) || crate::mcs::is_mcs_exported(s, &mcs_exported))
+            {
                 let (Some(ns), Some(name)) = (
                     svc.metadata.namespace.as_deref(),
                     svc.metadata.name.as_deref(),

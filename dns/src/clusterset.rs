@@ -38,7 +38,11 @@ pub(crate) fn zones(
     let mut zone = Zone::new(origin.clone(), settings, serial);
     let mut reverse = Vec::new();
     if let Ok(version) = Name::from_labels(["dns-version"]).and_then(|n| n.append_domain(origin)) {
-        zone.add(version, RData::TXT(TXT::new(vec![DNS_VERSION.to_owned()])), ttl);
+        zone.add(
+            version,
+            RData::TXT(TXT::new(vec![DNS_VERSION.to_owned()])),
+            ttl,
+        );
     }
     let mut vips = BTreeSet::new();
     for service in &snapshot.services {
@@ -133,7 +137,11 @@ fn add_service(
         };
         zone.add(host_name.clone(), address(ip), ttl);
         for (srv, port) in srv_owners(service, &owner) {
-            zone.add(srv, RData::SRV(SRV::new(0, 0, port, host_name.clone())), ttl);
+            zone.add(
+                srv,
+                RData::SRV(SRV::new(0, 0, port, host_name.clone())),
+                ttl,
+            );
         }
     }
     Ok(None)
@@ -195,7 +203,11 @@ mod tests {
         };
         let mut v: Vec<String> = z
             .get(&name(owner), t)
-            .map(|rs| rs.records_without_rrsigs().map(|r| r.data.to_string()).collect())
+            .map(|rs| {
+                rs.records_without_rrsigs()
+                    .map(|r| r.data.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -224,12 +236,22 @@ mod tests {
             ["10.96.0.10"]
         );
         assert_eq!(
-            data(&zones, z, "six.demo.svc.clusterset.local.", RecordType::AAAA),
+            data(
+                &zones,
+                z,
+                "six.demo.svc.clusterset.local.",
+                RecordType::AAAA
+            ),
             ["fd00::10"]
         );
         assert!(data(&zones, z, "six.demo.svc.clusterset.local.", RecordType::A).is_empty());
         assert_eq!(
-            data(&zones, z, "_http._tcp.hello.demo.svc.clusterset.local.", RecordType::SRV),
+            data(
+                &zones,
+                z,
+                "_http._tcp.hello.demo.svc.clusterset.local.",
+                RecordType::SRV
+            ),
             ["0 0 80 hello.demo.svc.clusterset.local."]
         );
         assert_eq!(
@@ -274,12 +296,30 @@ mod tests {
             "one A per ready endpoint, never the VIP"
         );
         assert_eq!(
-            data(&zones, z, "db-0.west.db.demo.svc.clusterset.local.", RecordType::A),
+            data(
+                &zones,
+                z,
+                "db-0.west.db.demo.svc.clusterset.local.",
+                RecordType::A
+            ),
             ["10.2.0.1"]
         );
-        assert!(data(&zones, z, "db-1.west.db.demo.svc.clusterset.local.", RecordType::A).is_empty());
+        assert!(
+            data(
+                &zones,
+                z,
+                "db-1.west.db.demo.svc.clusterset.local.",
+                RecordType::A
+            )
+            .is_empty()
+        );
         assert_eq!(
-            data(&zones, z, "_http._tcp.db.demo.svc.clusterset.local.", RecordType::SRV),
+            data(
+                &zones,
+                z,
+                "_http._tcp.db.demo.svc.clusterset.local.",
+                RecordType::SRV
+            ),
             [
                 "0 0 80 db-0.east.db.demo.svc.clusterset.local.",
                 "0 0 80 db-0.west.db.demo.svc.clusterset.local."
@@ -314,7 +354,10 @@ mod tests {
     fn no_clusterset_domain_no_mcs_names() {
         let mut s = settings();
         s.clusterset = None;
-        let zones = Zones::build(&snapshot(vec![service("hello", "10.96.0.10", false, Vec::new())]), &s);
+        let zones = Zones::build(
+            &snapshot(vec![service("hello", "10.96.0.10", false, Vec::new())]),
+            &s,
+        );
         assert_eq!(zones.zones().len(), 1);
     }
 }

@@ -55,9 +55,7 @@ pub fn is_mcs_exported(svc: &Service, keys: &BTreeSet<ServiceKey>) -> bool {
     ) else {
         return false;
     };
-    !keys.is_empty()
-        && !resolve::is_external_name(svc)
-        && keys.contains(&ServiceKey::new(ns, name))
+    !keys.is_empty() && !resolve::is_external_name(svc) && keys.contains(&ServiceKey::new(ns, name))
 }
 
 /// Whether a cluster serves ServiceExport (the MCS CRDs are installed).

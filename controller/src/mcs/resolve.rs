@@ -109,7 +109,10 @@ pub struct McsView {
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ServiceKey> {
-    Some(ServiceKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
+    Some(ServiceKey::new(
+        meta.namespace.as_deref()?,
+        meta.name.as_deref()?,
+    ))
 }
 
 /// Whether a Service is headless (`clusterIP: None`).
@@ -197,8 +200,7 @@ impl McsView {
                     headless: is_headless(svc),
                     ports: import_ports(svc),
                     session_affinity: spec.and_then(|s| s.session_affinity.clone()),
-                    session_affinity_config: spec
-                        .and_then(|s| s.session_affinity_config.clone()),
+                    session_affinity_config: spec.and_then(|s| s.session_affinity_config.clone()),
                 });
             }
         }
@@ -299,9 +301,16 @@ mod tests {
 
     #[test]
     fn a_service_export_puts_an_unlabelled_service_into_the_catalog() {
-        let m = member("a", service("demo", "hello", &[("tcp", 42, None)], false), 1);
+        let m = member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            1,
+        );
         let cat = Catalog::build(std::slice::from_ref(&m));
-        assert!(cat.services.contains_key(&key()), "exported by the ServiceExport");
+        assert!(
+            cat.services.contains_key(&key()),
+            "exported by the ServiceExport"
+        );
         let without = MemberInput::test("a").with_service(service(
             "demo",
             "hello",
@@ -316,10 +325,25 @@ mod tests {
 
     #[test]
     fn ports_are_the_union_by_name() {
-        let a = member("a", service("demo", "hello", &[("tcp", 42, None)], false), 2);
-        let mut b_svc = service("demo", "hello", &[("tcp", 42, None), ("stcp", 142, None)], false);
-        b_svc.spec.as_mut().expect("spec").ports.as_mut().expect("ports")[1].protocol =
-            Some("SCTP".into());
+        let a = member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            2,
+        );
+        let mut b_svc = service(
+            "demo",
+            "hello",
+            &[("tcp", 42, None), ("stcp", 142, None)],
+            false,
+        );
+        b_svc
+            .spec
+            .as_mut()
+            .expect("spec")
+            .ports
+            .as_mut()
+            .expect("ports")[1]
+            .protocol = Some("SCTP".into());
         let b = member("b", b_svc, 1);
         let view = McsView::build(&[a, b], "a");
         let import = &view.imports[&key()];
@@ -336,18 +360,33 @@ mod tests {
     #[test]
     fn the_oldest_export_wins_a_port_conflict_whatever_the_cluster_names() {
         // `b` exported first: its port 43 wins over `a`'s 42.
-        let a = member("a", service("demo", "hello", &[("tcp", 42, None)], false), 1);
-        let b = member("b", service("demo", "hello", &[("tcp", 43, None)], false), 5);
+        let a = member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            1,
+        );
+        let b = member(
+            "b",
+            service("demo", "hello", &[("tcp", 43, None)], false),
+            5,
+        );
         let view = McsView::build(&[a, b], "a");
         let import = &view.imports[&key()];
         assert_eq!(import.oldest, "b");
-        assert_eq!(import.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [43]);
+        assert_eq!(
+            import.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            [43]
+        );
         assert_eq!(import.conflicts, BTreeSet::from([Conflict::Port]));
     }
 
     #[test]
     fn type_and_session_affinity_conflicts_keep_the_oldest() {
-        let a = member("a", service("demo", "hello", &[("tcp", 42, None)], false), 5);
+        let a = member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            5,
+        );
         let mut headless = service("demo", "hello", &[("tcp", 42, None)], false);
         let spec = headless.spec.as_mut().expect("spec");
         spec.cluster_ip = Some("None".into());
@@ -387,7 +426,11 @@ mod tests {
 
     #[test]
     fn only_the_own_clusters_exports_get_a_state() {
-        let a = member("a", service("demo", "hello", &[("tcp", 42, None)], false), 1);
+        let a = member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            1,
+        );
         let view = McsView::build(&[a], "b");
         assert!(view.exports.is_empty());
         assert_eq!(view.imports.len(), 1);

@@ -117,7 +117,9 @@ pub enum ImportType {
 }
 
 /// One port of a [`ServiceImport`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportPort {
     /// Port name; empty for a single unnamed port.

@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use super::resolve::{ExportState, McsView, ResolvedImport};
 use super::types::{
-    CLUSTER_ID_PROPERTY, ClusterProperty, ClusterPropertySpec, ImportType, MCS_GROUP,
-    MCS_VERSION, ServiceImport,
+    CLUSTER_ID_PROPERTY, ClusterProperty, ClusterPropertySpec, ImportType, MCS_GROUP, MCS_VERSION,
+    ServiceImport,
 };
 use crate::catalog::ServiceKey;
 use crate::policy::{condition, set_condition};
@@ -33,7 +33,11 @@ use crate::vip::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::{Error, Result};
 
 /// The ServiceImport of one exported service in this cluster, as JSON for server-side apply.
-pub fn import_object(key: &ServiceKey, import: &ResolvedImport, vip: Option<&VipInfo>) -> serde_json::Value {
+pub fn import_object(
+    key: &ServiceKey,
+    import: &ResolvedImport,
+    vip: Option<&VipInfo>,
+) -> serde_json::Value {
     let ips: Vec<String> = match import.type_ {
         ImportType::Headless => Vec::new(),
         ImportType::ClusterSetIP => vip
@@ -97,17 +101,32 @@ pub fn export_conditions(
                     "ExternalName Services cannot be exported".to_owned()
                 }
             };
-            set_condition(&mut out, condition("Valid", false, why.reason(), message, None));
             set_condition(
                 &mut out,
-                condition("Ready", false, "Failed", "the export is not valid".into(), None),
+                condition("Valid", false, why.reason(), message, None),
+            );
+            set_condition(
+                &mut out,
+                condition(
+                    "Ready",
+                    false,
+                    "Failed",
+                    "the export is not valid".into(),
+                    None,
+                ),
             );
             out.retain(|c| c.type_ != "Conflict");
         }
         ExportState::Valid => {
             set_condition(
                 &mut out,
-                condition("Valid", true, "Valid", "the Service is exported".into(), None),
+                condition(
+                    "Valid",
+                    true,
+                    "Valid",
+                    "the Service is exported".into(),
+                    None,
+                ),
             );
             set_condition(
                 &mut out,
@@ -155,7 +174,14 @@ fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
     let strip = |c: &[Condition]| -> Vec<(String, String, String, String)> {
         let mut v: Vec<_> = c
             .iter()
-            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone()))
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -239,7 +265,11 @@ impl McsWriter {
     }
 
     /// Writes everything that changed; the first error is returned after trying the rest.
-    pub async fn write(&mut self, mcs: &McsView, vips: &BTreeMap<ServiceKey, VipInfo>) -> Result<()> {
+    pub async fn write(
+        &mut self,
+        mcs: &McsView,
+        vips: &BTreeMap<ServiceKey, VipInfo>,
+    ) -> Result<()> {
         let mut first_err: Result<()> = Ok(());
         let mut note = |r: Result<()>, what: &str| match r {
             Ok(()) => true,
@@ -276,7 +306,8 @@ impl McsWriter {
                 if let Some((o, s)) = self.written.get(key)
                     && *o == object
                     && s["status"]["clusters"] == status["status"]["clusters"]
-                    && s["status"]["conditions"][0]["status"] == status["status"]["conditions"][0]["status"]
+                    && s["status"]["conditions"][0]["status"]
+                        == status["status"]["conditions"][0]["status"]
                 {
                     continue;
                 }
@@ -317,15 +348,18 @@ impl McsWriter {
                 continue;
             }
             // Typed as metadata: the response is read back, and an export may have no spec.
-            let api: Api<super::ExportMeta> =
-                Api::namespaced(self.client.clone(), &key.namespace);
+            let api: Api<super::ExportMeta> = Api::namespaced(self.client.clone(), &key.namespace);
             let patch = Patch::Apply(json!({
                 "apiVersion": format!("{MCS_GROUP}/{MCS_VERSION}"),
                 "kind": "ServiceExport",
                 "status": {"conditions": conditions},
             }));
             let r = api
-                .patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
+                .patch_status(
+                    &key.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &patch,
+                )
                 .await
                 .map(|_| ())
                 .map_err(Error::Kube);

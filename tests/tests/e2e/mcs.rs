@@ -4,7 +4,9 @@
 //! ServiceExport alone exports them. docs/mcs.md maps each behaviour to its test.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use meridian_testbed::mesh::find_service;
 use meridian_testbed::traffic::http_tally;
@@ -36,7 +38,8 @@ async fn install_mcs(world: &World) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/mcs");
     let dir = dir.to_str().expect("a UTF-8 path");
     for c in world.testbed.clusters() {
-        c.kubectl(&["apply", "-k", dir]).expect("the MCS manifests apply");
+        c.kubectl(&["apply", "-k", dir])
+            .expect("the MCS manifests apply");
     }
     for c in world.testbed.clusters() {
         until("the MCS CRDs to be served", || {
@@ -111,11 +114,14 @@ async fn import_where(cluster: &Cluster, name: &str, check: impl Fn(&Value) -> b
 }
 
 async fn no_import(cluster: &Cluster, name: &str) {
-    until(&format!("no ServiceImport {name} in {}", cluster.name()), || {
-        get(cluster, "serviceimports.multicluster.x-k8s.io", name)
-            .is_none()
-            .then_some(())
-    })
+    until(
+        &format!("no ServiceImport {name} in {}", cluster.name()),
+        || {
+            get(cluster, "serviceimports.multicluster.x-k8s.io", name)
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -141,9 +147,8 @@ async fn condition_is(cluster: &Cluster, name: &str, type_: &str, status: &str, 
             cluster.name()
         ),
         || {
-            (condition(cluster, name, type_)
-                == Some((status.to_owned(), reason.to_owned())))
-            .then_some(())
+            (condition(cluster, name, type_) == Some((status.to_owned(), reason.to_owned())))
+                .then_some(())
         },
     )
     .await;
@@ -249,7 +254,9 @@ async fn mcs_clusterset_ip_import_dns_and_failover() {
     for c in world.testbed.clusters() {
         let vip = vip(&world, c.name(), "hello").await;
         let import = import_where(c, "hello", |i| {
-            i["spec"]["ips"].as_array().is_some_and(|ips| !ips.is_empty())
+            i["spec"]["ips"]
+                .as_array()
+                .is_some_and(|ips| !ips.is_empty())
         })
         .await;
         assert_eq!(import["spec"]["type"], "ClusterSetIP", "{}", c.name());
@@ -373,7 +380,9 @@ async fn mcs_conflicts_invalid_exports_and_headless() {
         world.cluster("west"),
         world.cluster("far"),
     );
-    let tcp = |n: i32| format!("  selector: {{app: x}}\n  ports: [{{name: tcp, port: {n}, protocol: TCP}}]\n");
+    let tcp = |n: i32| {
+        format!("  selector: {{app: x}}\n  ports: [{{name: tcp, port: {n}, protocol: TCP}}]\n")
+    };
     // West exports first.
     create_service(west, "multi", &tcp(42));
     create_service(west, "clash", &tcp(43));
@@ -461,7 +470,10 @@ async fn mcs_conflicts_invalid_exports_and_headless() {
     for c in [east, west, far] {
         let import = import_where(c, "db", |i| clusters_of(i).len() == 2).await;
         assert_eq!(import["spec"]["type"], "Headless", "{}", c.name());
-        assert!(import["spec"].get("ips").is_none(), "no IP for headless: {import}");
+        assert!(
+            import["spec"].get("ips").is_none(),
+            "no IP for headless: {import}"
+        );
     }
     let ips = |c: &Cluster| -> Vec<String> {
         let out = c
