@@ -222,8 +222,10 @@ impl Aggregator {
             soonest(Instant::now() + SETTLE * 4);
             return deadline;
         }
-        let catalog = Arc::new(Catalog::build(&inputs));
+        let mut catalog = Catalog::build(&inputs);
         let mcs = Arc::new(crate::mcs::McsView::build(&inputs, &local_name));
+        mcs.apply_ports(&mut catalog);
+        let catalog = Arc::new(catalog);
         let policies = crate::policy::in_force(&self.policies.state());
         let (vip::Reconciled { vips, refused }, vip_result) = self.vips(&catalog).await;
         if let Err(e) = vip_result {

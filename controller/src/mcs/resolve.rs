@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Service, SessionAffinityConfig};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::catalog::{MemberInput, ServiceKey, is_exported};
+use crate::catalog::{Catalog, MemberInput, ServiceKey, is_exported, port_protocol};
 use crate::mcs::types::{ImportPort, ImportType};
 
 /// Why a ServiceExport does not export anything (`Valid` False).
@@ -212,6 +212,34 @@ impl McsView {
     }
 }
 
+impl McsView {
+    /// The catalog takes a port defined differently by two clusters from the first cluster
+    /// by name; MCS says the oldest export's definition is in use. Applies the latter to the
+    /// TCP ports of conflicting services, so the VIP serves what the ServiceImport says.
+    pub fn apply_ports(&self, catalog: &mut Catalog) {
+        for (key, import) in &self.imports {
+            if !import.conflicts.contains(&Conflict::Port) {
+                continue;
+            }
+            let Some(entry) = catalog.services.get_mut(key) else {
+                continue;
+            };
+            for p in &mut entry.ports {
+                let resolved = import
+                    .ports
+                    .iter()
+                    .find(|ip| ip.name == p.name && ip.protocol == "TCP");
+                if let Some(ip) = resolved
+                    && let Ok(number) = u32::try_from(ip.port)
+                {
+                    p.port = number;
+                    p.protocol = port_protocol(&ip.name, ip.app_protocol.as_deref());
+                }
+            }
+        }
+    }
+}
+
 /// The spec's conflict resolution: the oldest constituent's properties win; a port name is
 /// added by the first (oldest) constituent that has it.
 fn resolve(mut constituents: Vec<Constituent>) -> Option<ResolvedImport> {
@@ -270,7 +298,6 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     use super::*;
-    use crate::catalog::Catalog;
     use crate::fixtures::service;
     use crate::mcs::ExportMeta;
     use kube::core::PartialObjectMetaExt;
@@ -378,6 +405,19 @@ mod tests {
             [43]
         );
         assert_eq!(import.conflicts, BTreeSet::from([Conflict::Port]));
+        // The catalog (what the gateway listens on) follows the same rule.
+        let mut cat = Catalog::build(&[a_input(), b_input()]);
+        assert_eq!(cat.services[&key()].ports[0].port, 42, "first by cluster name");
+        McsView::build(&[a_input(), b_input()], "a").apply_ports(&mut cat);
+        assert_eq!(cat.services[&key()].ports[0].port, 43, "the oldest export's");
+    }
+
+    fn a_input() -> MemberInput {
+        member("a", service("demo", "hello", &[("tcp", 42, None)], false), 1)
+    }
+
+    fn b_input() -> MemberInput {
+        member("b", service("demo", "hello", &[("tcp", 43, None)], false), 5)
     }
 
     #[test]
