@@ -407,17 +407,33 @@ mod tests {
         assert_eq!(import.conflicts, BTreeSet::from([Conflict::Port]));
         // The catalog (what the gateway listens on) follows the same rule.
         let mut cat = Catalog::build(&[a_input(), b_input()]);
-        assert_eq!(cat.services[&key()].ports[0].port, 42, "first by cluster name");
+        assert_eq!(
+            cat.services[&key()].ports[0].port,
+            42,
+            "first by cluster name"
+        );
         McsView::build(&[a_input(), b_input()], "a").apply_ports(&mut cat);
-        assert_eq!(cat.services[&key()].ports[0].port, 43, "the oldest export's");
+        assert_eq!(
+            cat.services[&key()].ports[0].port,
+            43,
+            "the oldest export's"
+        );
     }
 
     fn a_input() -> MemberInput {
-        member("a", service("demo", "hello", &[("tcp", 42, None)], false), 1)
+        member(
+            "a",
+            service("demo", "hello", &[("tcp", 42, None)], false),
+            1,
+        )
     }
 
     fn b_input() -> MemberInput {
-        member("b", service("demo", "hello", &[("tcp", 43, None)], false), 5)
+        member(
+            "b",
+            service("demo", "hello", &[("tcp", 43, None)], false),
+            5,
+        )
     }
 
     #[test]

@@ -427,6 +427,15 @@ async fn mcs_conflicts_invalid_exports_and_headless() {
     for c in [east, west, far] {
         let import = import_where(c, "clash", |i| clusters_of(i).len() == 2).await;
         assert_eq!(ports_of(&import), [port("tcp", "TCP", 43)], "{}", c.name());
+        // The VIP serves the same definition (not the first cluster by name's).
+        let host = format!("clash.{NS}.global");
+        world
+            .mesh
+            .wait_for(c.name(), "clash on west's port 43", |d| {
+                find_service(d, &host).is_some_and(|s| s["ports"][0]["port"] == 43)
+            })
+            .await
+            .expect("the gateway serves port 43");
     }
 
     // Headless in east, not in (older) west: ClusterSetIP wins.
