@@ -334,6 +334,13 @@ pub(crate) fn reader_rules() -> Vec<PolicyRule> {
             verbs: read(),
             ..PolicyRule::default()
         },
+        // Multi-Cluster Services: a ServiceExport exports its Service (docs/mcs.md).
+        PolicyRule {
+            api_groups: Some(vec!["multicluster.x-k8s.io".into()]),
+            resources: Some(vec!["serviceexports".into()]),
+            verbs: read(),
+            ..PolicyRule::default()
+        },
     ]
 }
 
@@ -583,8 +590,15 @@ mod tests {
             assert_eq!(rule.verbs, ["get", "list", "watch"]);
             for r in rule.resources.unwrap() {
                 assert!(
-                    ["services", "endpoints", "nodes", "pods", "endpointslices"]
-                        .contains(&r.as_str()),
+                    [
+                        "services",
+                        "endpoints",
+                        "nodes",
+                        "pods",
+                        "endpointslices",
+                        "serviceexports"
+                    ]
+                    .contains(&r.as_str()),
                     "{r}"
                 );
             }

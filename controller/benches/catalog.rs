@@ -121,6 +121,7 @@ fn member(c: usize) -> MemberInput {
         endpoints: EndpointObjects::Endpoints(endpoints),
         nodes,
         pods,
+        service_exports: Vec::new(),
     }
 }
 

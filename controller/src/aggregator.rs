@@ -166,7 +166,13 @@ impl Aggregator {
         if !self.ready_to_act(&members, now, &mut next) {
             return next.0;
         }
-        let catalog = Arc::new(Catalog::build(&observed.inputs));
+        let mut catalog = Catalog::build(&observed.inputs);
+        let mcs = Arc::new(crate::mcs::McsView::build(
+            &observed.inputs,
+            self.ctx.registry.local_name(),
+        ));
+        mcs.apply_ports(&mut catalog);
+        let catalog = Arc::new(catalog);
         let policies = crate::policy::in_force(&self.ctx.policies.state());
         let reconciled = self.reconcile_vips(&catalog, &mut next).await;
         self.record(&catalog, &reconciled);
@@ -176,6 +182,7 @@ impl Aggregator {
             &catalog,
             &reconciled.vips,
             &policies,
+            &mcs,
             peers,
             gateway_locality,
         );
@@ -187,6 +194,7 @@ impl Aggregator {
             policies,
             members,
             zone: self.ctx.config.zone.clone(),
+            mcs,
         })));
         next.0
     }
@@ -330,6 +338,7 @@ impl Aggregator {
         catalog: &Catalog,
         vips: &BTreeMap<ServiceKey, VipInfo>,
         policies: &BTreeMap<ServiceKey, PolicyInForce>,
+        mcs: &crate::mcs::McsView,
         peers: Vec<PeerInfo>,
         local_gateway_locality: Option<Locality>,
     ) {
@@ -349,6 +358,7 @@ impl Aggregator {
             catalog: Some(catalog),
             vips: Some(vips),
             policies: Some(&policy_specs),
+            mcs: Some(mcs),
             peers,
         });
         let version = snap.version;

@@ -90,8 +90,11 @@ pub struct MemberInput {
     pub cluster: String,
     /// The member is unreachable; its endpoints are kept but marked stale.
     pub stale: bool,
-    /// Services (only those labelled for export are used).
+    /// Services (only those exported, by label or by a ServiceExport, are used).
     pub services: Vec<Arc<Service>>,
+    /// MCS ServiceExports ([`crate::mcs`]): each exports the Service of its namespace and
+    /// name exactly as the label does.
+    pub service_exports: Vec<Arc<crate::mcs::ExportMeta>>,
     /// Endpoints of those Services.
     pub endpoints: EndpointObjects,
     /// Nodes, for endpoint localities.
@@ -406,7 +409,12 @@ impl Builder {
             exported: BTreeSet::new(),
             external: BTreeSet::new(),
         };
-        for svc in m.services.iter().filter(|s| is_exported(s)) {
+        let mcs_exported = crate::mcs::exported_keys(m);
+        for svc in m
+            .services
+            .iter()
+            .filter(|s| is_exported(s) || crate::mcs::is_mcs_exported(s, &mcs_exported))
+        {
             let Some(key) = ServiceKey::of(&svc.metadata) else {
                 continue;
             };

@@ -17,6 +17,7 @@ pub mod crd;
 mod error;
 pub mod grpc;
 mod leader;
+pub mod mcs;
 pub mod members;
 mod metrics;
 mod own_cluster;

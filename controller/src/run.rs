@@ -201,6 +201,13 @@ impl Controller {
     /// The status writer (active while leading); returns where views go.
     fn start_status_writer(&mut self) -> watch::Sender<Option<Arc<StatusView>>> {
         let (status, views) = watch::channel(None);
+        let mcs = crate::mcs::writer::McsWriter::run_while_leader(
+            self.client.clone(),
+            self.config.cluster_name.clone(),
+            views.clone(),
+            self.election.subscribe(),
+        );
+        self.tasks.spawn(info_span!("mcs-writer"), mcs);
         let writer = StatusWriter::run_while_leader(
             self.client.clone(),
             self.metrics.clone(),

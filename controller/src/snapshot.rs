@@ -57,6 +57,8 @@ pub struct SnapshotInput<'a> {
     pub policies: Option<&'a BTreeMap<ServiceKey, TrafficPolicy>>,
     /// Gateways of the other members.
     pub peers: Vec<PeerInfo>,
+    /// The MCS view: which services resolve as headless under `clusterset.local`.
+    pub mcs: Option<&'a crate::mcs::McsView>,
 }
 
 /// The SPIFFE identity of a cluster's gateway.
@@ -75,7 +77,14 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
         .map(|c| c.services.values().collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .map(|svc| global_service(svc, vips.get(&svc.key), policies.get(&svc.key), input.zone))
+        .map(|svc| {
+            let headless = input
+                .mcs
+                .and_then(|m| m.imports.get(&svc.key))
+                .is_some_and(|i| i.type_ == crate::mcs::types::ImportType::Headless);
+            let policy = policies.get(&svc.key);
+            global_service(svc, vips.get(&svc.key), policy, input.zone, headless)
+        })
         .collect();
     let mut snap = proto::Snapshot {
         version: 0,
@@ -95,6 +104,7 @@ fn global_service(
     vip: Option<&VipInfo>,
     policy: Option<&TrafficPolicy>,
     zone: &str,
+    headless: bool,
 ) -> proto::GlobalService {
     proto::GlobalService {
         name: svc.key.name.clone(),
@@ -119,6 +129,7 @@ fn global_service(
             .map(|p| serde_json::to_string(p).expect("a policy always serializes"))
             .unwrap_or_default(),
         clusters: svc.clusters.iter().cloned().collect(),
+        headless,
     }
 }
 
@@ -287,6 +298,7 @@ mod tests {
             catalog: Some(cat),
             vips: Some(&vips),
             policies: Some(&policies),
+            mcs: None,
             peers: vec![
                 PeerInfo {
                     cluster: "c".into(),

@@ -58,6 +58,8 @@ pub(crate) struct StatusView {
     pub members: Vec<MemberReport>,
     /// DNS zone of hostnames.
     pub zone: String,
+    /// The MCS view: ServiceImports and the own cluster's ServiceExports ([`crate::mcs`]).
+    pub mcs: Arc<crate::mcs::McsView>,
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

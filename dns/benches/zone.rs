@@ -50,6 +50,7 @@ fn bench(c: &mut Criterion) {
         origins: vec![Name::from_str("global.").unwrap()],
         ttl: 5,
         nameserver: Name::from_str("meridian-dns.meridian-system.svc.cluster.local.").unwrap(),
+        clusterset: None,
     };
     let mut group = c.benchmark_group("apply_snapshot");
     group.sample_size(10);

@@ -52,6 +52,11 @@ pub struct Config {
         value_parser = zone
     )]
     pub nameserver: Name,
+
+    /// The Multi-Cluster Services zone (`<svc>.<ns>.svc.<domain>`, the MCS DNS
+    /// specification's names, with PTR names for their ClusterSet IPs).
+    #[arg(long, default_value = "clusterset.local.", value_parser = zone)]
+    pub clusterset_domain: Name,
 }
 
 /// Port of the admin server when --admin is not given.

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the flags;
 //! - [`zone`]: records of the served zones, built from a snapshot;
+//! - [`clusterset`]: the Multi-Cluster Services names (`<svc>.<ns>.svc.clusterset.local`);
 //! - [`authority`]: the request handler answering from the current zones, swapped atomically;
 //! - `snapshot`: applies each new snapshot to the authority;
 //! - `server`: the UDP and TCP sockets;
@@ -16,6 +17,7 @@
 
 // Public: what the binary (`config`), the zone bench and the fuzz targets (fuzz/) use.
 pub mod authority;
+pub mod clusterset;
 pub mod config;
 pub mod metrics;
 pub mod zone;
@@ -51,8 +53,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         origins: config.zones.clone(),
         ttl: config.ttl,
         nameserver: config.nameserver.clone(),
+        clusterset: Some(config.clusterset_domain.clone()),
     });
-    let authority = Authority::new(&settings.origins, metrics.clone());
+    // The `.global` zones and the MCS `clusterset.local` zone share one authority.
+    let served: Vec<_> = settings
+        .origins
+        .iter()
+        .chain(settings.clusterset.iter())
+        .cloned()
+        .collect();
+    let authority = Authority::new(&served, metrics.clone());
     let subscription = subscribe(&config)?;
     let mut dns = DnsServer::bind(&config.listen, authority.clone())
         .await

@@ -39,6 +39,9 @@ pub struct ZoneSettings {
     pub ttl: u32,
     /// Target of the apex NS record and SOA MNAME.
     pub nameserver: Name,
+    /// The Multi-Cluster Services zone (`clusterset.local.`), served with its reverse
+    /// (PTR) names by [`crate::clusterset`]; `None` serves no MCS names.
+    pub clusterset: Option<Name>,
 }
 
 /// A snapshot entry that was left out of the zones, and why.
@@ -58,7 +61,7 @@ pub struct Zone {
 }
 
 impl Zone {
-    fn new(origin: Name, settings: &ZoneSettings, serial: u32) -> Self {
+    pub(crate) fn new(origin: Name, settings: &ZoneSettings, serial: u32) -> Self {
         let mut zone = Self {
             records: BTreeMap::new(),
             origin: origin.clone(),
@@ -84,7 +87,7 @@ impl Zone {
         zone
     }
 
-    fn add(&mut self, name: Name, rdata: RData, ttl: u32) {
+    pub(crate) fn add(&mut self, name: Name, rdata: RData, ttl: u32) {
         let record_type = rdata.record_type();
         self.records
             .entry(RrKey::new(LowerName::new(&name), record_type))
@@ -172,6 +175,15 @@ impl Zones {
                     });
                 }
             }
+        }
+        if let Some(origin) = &settings.clusterset {
+            zones.extend(crate::clusterset::zones(
+                snapshot,
+                origin,
+                settings,
+                serial,
+                &mut skipped,
+            ));
         }
         Self {
             zones,
@@ -266,7 +278,7 @@ impl Entries {
     }
 }
 
-fn address(ip: IpAddr) -> RData {
+pub(crate) fn address(ip: IpAddr) -> RData {
     match ip {
         IpAddr::V4(v4) => RData::A(A(v4)),
         IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
@@ -345,7 +357,7 @@ fn entries(service: &GlobalService) -> Result<Entries, String> {
 /// Checks that `s` is one RFC 1123 label (what Kubernetes names are) and lower-cases it.
 ///
 /// Stricter than DNS itself on purpose: no `*` (a wildcard), no `.` (extra labels), no `_`.
-fn label(s: &str) -> Result<String, String> {
+pub(crate) fn label(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -375,6 +387,7 @@ mod tests {
             origins: origins.iter().map(|o| name(o)).collect(),
             ttl: 5,
             nameserver: name("meridian-dns.meridian-system.svc.cluster.local."),
+            clusterset: None,
         }
     }
 

@@ -40,6 +40,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         origins: vec![name("global."), name("mesh.example.")],
         ttl: 5,
         nameserver: name("meridian-dns.meridian-system.svc.cluster.local."),
+        clusterset: Some(name("clusterset.local.")),
     };
     let port = |name: &str, port| ServicePort {
         name: name.into(),

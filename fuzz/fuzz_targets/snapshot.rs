@@ -48,6 +48,7 @@ static ZONES: LazyLock<ZoneSettings> = LazyLock::new(|| ZoneSettings {
     ttl: 5,
     nameserver: Name::from_str("meridian-dns.meridian-system.svc.cluster.local.")
         .expect("a valid name"),
+    clusterset: Some(Name::from_str("clusterset.local.").expect("a valid name")),
 });
 
 /// The gateway of `east`, fresh per input (health is per data plane).

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{EXPORT_LABEL, EndpointObjects, MemberInput};
+use crate::catalog::{EndpointObjects, MemberInput};
 use crate::crd::Phase;
 use crate::members::kubeconfig::AcceptedKubeconfig;
 use crate::members::reflected;
@@ -119,6 +119,10 @@ pub(crate) struct MemberStores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     gateway: Store<Service>,
+    service_exports: Store<crate::mcs::ExportMeta>,
+    /// The MCS CRDs were served when the member connected: only then is the ServiceExport
+    /// store waited for.
+    mcs_served: bool,
 }
 
 impl MemberStores {
@@ -135,6 +139,7 @@ impl MemberStores {
             },
             nodes: self.nodes.state(),
             pods: self.pods.state(),
+            service_exports: self.service_exports.state(),
         }
     }
 
@@ -150,6 +155,9 @@ impl MemberStores {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
         let _ = self.gateway.wait_until_ready().await;
+        if self.mcs_served {
+            let _ = self.service_exports.wait_until_ready().await;
+        }
     }
 
     /// The member's gateway Service, if it exists.
@@ -295,7 +303,9 @@ impl Runner {
         let api = self.detect_endpoint_api(&client).await;
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
-        let stores = this.reflect_all(&mut tasks, &client, api);
+        let mcs_served = crate::mcs::served(&client).await;
+        let mut stores = this.reflect_all(&mut tasks, &client, api);
+        stores.mcs_served = mcs_served;
         let _ = stores_tx.send(Some(stores.clone()));
         tokio::select! {
             _ = stores.listed() => {}
@@ -360,7 +370,6 @@ impl Runner {
         api: EndpointApi,
     ) -> MemberStores {
         let cfg = watcher::Config::default;
-        let exported = cfg().labels(&format!("{EXPORT_LABEL}=true"));
         let gateway = cfg().fields(&format!("metadata.name={}", self.settings.gateway_service));
         let gateway_api = Api::namespaced(client.clone(), &self.settings.gateway_namespace);
         let mut r = Reflectors {
@@ -368,7 +377,9 @@ impl Runner {
             tasks,
             client,
         };
-        let services = r.all("Service", exported, reflected::service);
+        // Every Service, not only labelled ones: a ServiceExport exports the Service of its
+        // name whatever its labels (stripped by `reflected::service` to a few fields).
+        let services = r.all("Service", cfg(), reflected::service);
         let (slices, endpoints) = match api {
             EndpointApi::EndpointSliceV1 => {
                 let slices = r.all("EndpointSlice", cfg(), reflected::endpoint_slice);
@@ -396,7 +407,27 @@ impl Runner {
                 gateway,
                 reflected::gateway_service,
             ),
+            service_exports: self.reflect_service_exports(r.tasks, client),
+            mcs_served: false,
         }
+    }
+
+    /// Reflects MCS ServiceExports (metadata only). The CRD may not be installed (yet): the
+    /// watch is retried but never marks the member lost.
+    fn reflect_service_exports(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        client: &Client,
+    ) -> Store<crate::mcs::ExportMeta> {
+        let api = Api::all(client.clone());
+        let (reader, stream) =
+            stream_of(api, watcher::Config::default(), reflected::service_export);
+        tasks.spawn(
+            self.clone()
+                .drive_optional("ServiceExport", stream)
+                .in_current_span(),
+        );
+        reader
     }
 
     /// Probes the API server every `probe_interval`, forever.
@@ -440,11 +471,30 @@ impl Runner {
         cfg: watcher::Config,
         strip: fn(&mut K),
     ) -> Store<K> {
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, cfg).modify(strip);
-        let stream = reflector::reflector(writer, stream);
+        let (reader, stream) = stream_of(api, cfg, strip);
         tasks.spawn(self.clone().drive(resource, stream).in_current_span());
         reader
+    }
+
+    /// Consumes the reflector stream of a resource that may not be served (a CRD not yet
+    /// installed): events poke the aggregator, errors are retried with backoff and never
+    /// mark the member lost.
+    async fn drive_optional<K>(
+        self: Arc<Self>,
+        resource: &'static str,
+        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    ) {
+        let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
+        let mut stream = std::pin::pin!(stream.backoff(backoff));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    self.settings.metrics.watch_event(&self.spec.name, resource);
+                    self.settings.notify.notify_one();
+                }
+                Err(e) => debug!(resource, error = %e, "optional watch failed"),
+            }
+        }
     }
 
     /// Consumes one reflector stream with reconnect backoff, reporting events and errors.
@@ -503,6 +553,20 @@ impl<K> Reflectable for K where
         + Sync
         + 'static
 {
+}
+
+/// A store of `K` and the reflector stream that fills it, each object stripped by `strip`.
+fn stream_of<K: Reflectable>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    strip: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, cfg).modify(strip);
+    (reader, reflector::reflector(writer, stream))
 }
 
 /// Starts cluster-wide reflectors of one member in its task set.

@@ -85,13 +85,34 @@ fn service_ports(spec: Option<ServiceSpec>) -> Option<ServiceSpec> {
 
 /// An exported Service: identity, the export label, Meridian's annotations, its ports.
 pub(crate) fn service(s: &mut Service) {
+    // The creation time orders MCS exports; type, headlessness and session affinity are
+    // what ServiceImports carry (see `crate::mcs`).
+    let created = s.metadata.creation_timestamp.take();
+    let spec = s.spec.take();
+    s.spec = service_ports(spec.clone()).map(|ports| ServiceSpec {
+        cluster_ip: spec
+            .as_ref()
+            .and_then(|sp| sp.cluster_ip.clone())
+            .filter(|ip| ip == "None"),
+        type_: spec.as_ref().and_then(|sp| sp.type_.clone()),
+        session_affinity: spec.as_ref().and_then(|sp| sp.session_affinity.clone()),
+        session_affinity_config: spec.and_then(|sp| sp.session_affinity_config),
+        ..ports
+    });
     meta(
         &mut s.metadata,
         |k| k == EXPORT_LABEL,
         |k| k.starts_with(ANNOTATION_PREFIX),
     );
-    s.spec = service_ports(s.spec.take());
+    s.metadata.creation_timestamp = created;
     s.status = None;
+}
+
+/// An MCS ServiceExport: its identity and creation time (the oldest export wins conflicts).
+pub(crate) fn service_export(s: &mut crate::mcs::ExportMeta) {
+    let created = s.metadata.creation_timestamp.take();
+    meta(&mut s.metadata, none, none);
+    s.metadata.creation_timestamp = created;
 }
 
 /// The member's gateway Service: its ports and LoadBalancer addresses.

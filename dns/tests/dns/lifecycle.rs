@@ -74,8 +74,10 @@ async fn metrics_count_queries_by_type_and_code_and_report_the_snapshot() {
         Some(1.0),
         "{text}"
     );
-    // SOA + NS + A + SRV + two pinned names.
-    assert_eq!(sample("meridian_dns_zone_records"), Some(6.0), "{text}");
+    // global.: SOA + NS + A + SRV + two pinned names; clusterset.local. (the default
+    // --clusterset-domain): SOA + NS + dns-version TXT + A + SRV; the VIP's reverse zone:
+    // SOA + NS + PTR.
+    assert_eq!(sample("meridian_dns_zone_records"), Some(14.0), "{text}");
     let age = sample("meridian_dns_snapshot_age_seconds").expect("age");
     assert!(age >= 0.0, "{text}");
 }

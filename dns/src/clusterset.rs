@@ -1,0 +1,363 @@
+//! The Multi-Cluster Services DNS names (specification 1.0.0) of the `--clusterset-domain`
+//! zone `Z` (default `clusterset.local.`), from the same snapshot as the `.global` names:
+//!
+//! | Name | Type | Data |
+//! |---|---|---|
+//! | `Z` | SOA, NS | as every zone |
+//! | `dns-version.Z` | TXT | `1.0.0` |
+//! | `svc.ns.svc.Z` | A or AAAA | ClusterSetIP: this cluster's VIP; headless: every ready endpoint |
+//! | `_port._tcp.svc.ns.svc.Z` | SRV | ClusterSetIP: `0 0 <port> svc.ns.svc.Z.`; headless: one per ready endpoint, to its name below |
+//! | `host.cluster.svc.ns.svc.Z` | A or AAAA | headless: a ready endpoint of `cluster` (`host`: its pod's name) |
+//! | `<reversed VIP>.in-addr.arpa` / `ip6.arpa` | PTR | `svc.ns.svc.Z.`, each its own one-name zone |
+//!
+//! A headless service with no ready endpoint has no name (NXDOMAIN). Every exported service
+//! has these names, whether exported by a ServiceExport or by Meridian's label. Entries
+//! that cannot be served are skipped and reported, as in [`crate::zone`].
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use hickory_server::proto::rr::rdata::{PTR, SRV, TXT};
+use hickory_server::proto::rr::{Name, RData};
+use meridian_api::proto::{GlobalService, Snapshot};
+
+use crate::zone::{Skipped, Zone, ZoneSettings, address, label};
+
+/// The MCS DNS specification version served at `dns-version.<zone>`.
+pub const DNS_VERSION: &str = "1.0.0";
+
+/// The clusterset zone and one reverse zone per ClusterSet IP.
+pub(crate) fn zones(
+    snapshot: &Snapshot,
+    origin: &Name,
+    settings: &ZoneSettings,
+    serial: u32,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Zone> {
+    let ttl = settings.ttl;
+    let mut zone = Zone::new(origin.clone(), settings, serial);
+    let mut reverse = Vec::new();
+    if let Ok(version) = Name::from_labels(["dns-version"]).and_then(|n| n.append_domain(origin)) {
+        zone.add(
+            version,
+            RData::TXT(TXT::new(vec![DNS_VERSION.to_owned()])),
+            ttl,
+        );
+    }
+    let mut vips = BTreeSet::new();
+    for service in &snapshot.services {
+        let id = format!("{}.{}", service.name, service.namespace);
+        match add_service(&mut zone, service, origin, ttl) {
+            Ok(Some(vip)) if vips.insert(vip) => {
+                let mut ptr = Zone::new(Name::from(vip), settings, serial);
+                if let Ok(target) = service_name(service, origin) {
+                    ptr.add(Name::from(vip), RData::PTR(PTR(target)), ttl);
+                    reverse.push(ptr);
+                }
+            }
+            Ok(Some(vip)) => skipped.push(Skipped {
+                service: id,
+                reason: format!("ClusterSet IP {vip} of another service too: no PTR"),
+            }),
+            Ok(None) => {}
+            Err(reason) => skipped.push(Skipped {
+                service: id,
+                reason: format!("{origin}: {reason}"),
+            }),
+        }
+    }
+    let mut out = vec![zone];
+    out.extend(reverse);
+    out
+}
+
+/// `svc.ns.svc.<origin>`.
+fn service_name(service: &GlobalService, origin: &Name) -> Result<Name, String> {
+    let name = label(&service.name)?;
+    let namespace = label(&service.namespace)?;
+    Name::from_labels([name.as_str(), namespace.as_str(), "svc"])
+        .and_then(|n| n.append_domain(origin))
+        .map_err(|e| format!("service name: {e}"))
+}
+
+/// `_port._tcp.<owner>` for each named port.
+fn srv_owners(service: &GlobalService, owner: &Name) -> Vec<(Name, u16)> {
+    service
+        .ports
+        .iter()
+        .filter(|p| !p.name.is_empty())
+        .filter_map(|p| {
+            let port_name = label(&p.name).ok().filter(|l| l.len() < 63)?;
+            let number = u16::try_from(p.port).ok().filter(|n| *n != 0)?;
+            let name = owner
+                .prepend_label("_tcp")
+                .and_then(|n| n.prepend_label(format!("_{port_name}").as_str()))
+                .ok()?;
+            Some((name, number))
+        })
+        .collect()
+}
+
+/// Adds one service's names; returns its ClusterSet IP (for a PTR) when it has one.
+fn add_service(
+    zone: &mut Zone,
+    service: &GlobalService,
+    origin: &Name,
+    ttl: u32,
+) -> Result<Option<IpAddr>, String> {
+    let owner = service_name(service, origin)?;
+    if !service.headless {
+        let Ok(vip) = service.vip.parse::<IpAddr>() else {
+            return Ok(None); // not allocated yet (or reported by the `.global` zone)
+        };
+        zone.add(owner.clone(), address(vip), ttl);
+        for (srv, port) in srv_owners(service, &owner) {
+            zone.add(srv, RData::SRV(SRV::new(0, 0, port, owner.clone())), ttl);
+        }
+        return Ok(Some(vip));
+    }
+    // Headless: the ready endpoints themselves (deduplicated: an address in two slices).
+    let mut seen = BTreeSet::new();
+    for e in service.endpoints.iter().filter(|e| e.ready) {
+        let Ok(ip) = e.address.parse::<IpAddr>() else {
+            continue;
+        };
+        if !seen.insert((e.cluster.clone(), ip)) {
+            continue;
+        }
+        zone.add(owner.clone(), address(ip), ttl);
+        let (Ok(host), Ok(cluster)) = (label(&e.pod), label(&e.cluster)) else {
+            continue; // no pod name: the address is in the service's set only
+        };
+        let Ok(host_name) = owner
+            .prepend_label(cluster.as_str())
+            .and_then(|n| n.prepend_label(host.as_str()))
+        else {
+            continue;
+        };
+        zone.add(host_name.clone(), address(ip), ttl);
+        for (srv, port) in srv_owners(service, &owner) {
+            zone.add(
+                srv,
+                RData::SRV(SRV::new(0, 0, port, host_name.clone())),
+                ttl,
+            );
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_server::proto::rr::RecordType;
+    use meridian_api::proto::{Endpoint, ServicePort};
+
+    use super::*;
+    use crate::zone::Zones;
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).expect("a name")
+    }
+
+    fn settings() -> ZoneSettings {
+        ZoneSettings {
+            origins: vec![name("global.")],
+            ttl: 5,
+            nameserver: name("meridian-dns.meridian-system.svc.cluster.local."),
+            clusterset: Some(name("clusterset.local.")),
+        }
+    }
+
+    fn service(name: &str, vip: &str, headless: bool, endpoints: Vec<Endpoint>) -> GlobalService {
+        GlobalService {
+            name: name.into(),
+            namespace: "demo".into(),
+            hostname: format!("{name}.demo.global"),
+            vip: vip.into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                ..ServicePort::default()
+            }],
+            endpoints,
+            headless,
+            ..GlobalService::default()
+        }
+    }
+
+    fn endpoint(cluster: &str, pod: &str, address: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            cluster: cluster.into(),
+            pod: pod.into(),
+            address: address.into(),
+            ready,
+            ..Endpoint::default()
+        }
+    }
+
+    fn data(zones: &Zones, zone: &str, owner: &str, t: RecordType) -> Vec<String> {
+        let Some(z) = zones.zone(&name(zone)) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = z
+            .get(&name(owner), t)
+            .map(|rs| {
+                rs.records_without_rrsigs()
+                    .map(|r| r.data.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn snapshot(services: Vec<GlobalService>) -> Snapshot {
+        Snapshot {
+            version: 7,
+            services,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn clusterset_ip_service_a_srv_ptr_and_version() {
+        let zones = Zones::build(
+            &snapshot(vec![
+                service("hello", "10.96.0.10", false, Vec::new()),
+                service("six", "fd00::10", false, Vec::new()),
+            ]),
+            &settings(),
+        );
+        let z = "clusterset.local.";
+        assert_eq!(
+            data(&zones, z, "hello.demo.svc.clusterset.local.", RecordType::A),
+            ["10.96.0.10"]
+        );
+        assert_eq!(
+            data(
+                &zones,
+                z,
+                "six.demo.svc.clusterset.local.",
+                RecordType::AAAA
+            ),
+            ["fd00::10"]
+        );
+        assert!(data(&zones, z, "six.demo.svc.clusterset.local.", RecordType::A).is_empty());
+        assert_eq!(
+            data(
+                &zones,
+                z,
+                "_http._tcp.hello.demo.svc.clusterset.local.",
+                RecordType::SRV
+            ),
+            ["0 0 80 hello.demo.svc.clusterset.local."]
+        );
+        assert_eq!(
+            data(&zones, z, "dns-version.clusterset.local.", RecordType::TXT),
+            ["1.0.0"]
+        );
+        assert_eq!(
+            data(
+                &zones,
+                "10.0.96.10.in-addr.arpa.",
+                "10.0.96.10.in-addr.arpa.",
+                RecordType::PTR
+            ),
+            ["hello.demo.svc.clusterset.local."]
+        );
+        // The `.global` names are untouched.
+        assert_eq!(
+            data(&zones, "global.", "hello.demo.global.", RecordType::A),
+            ["10.96.0.10"]
+        );
+    }
+
+    #[test]
+    fn headless_service_answers_its_ready_endpoints_and_their_host_names() {
+        let zones = Zones::build(
+            &snapshot(vec![service(
+                "db",
+                "10.96.0.20",
+                true,
+                vec![
+                    endpoint("east", "db-0", "10.1.0.1", true),
+                    endpoint("west", "db-0", "10.2.0.1", true),
+                    endpoint("west", "db-1", "10.2.0.2", false),
+                ],
+            )]),
+            &settings(),
+        );
+        let z = "clusterset.local.";
+        assert_eq!(
+            data(&zones, z, "db.demo.svc.clusterset.local.", RecordType::A),
+            ["10.1.0.1", "10.2.0.1"],
+            "one A per ready endpoint, never the VIP"
+        );
+        assert_eq!(
+            data(
+                &zones,
+                z,
+                "db-0.west.db.demo.svc.clusterset.local.",
+                RecordType::A
+            ),
+            ["10.2.0.1"]
+        );
+        assert!(
+            data(
+                &zones,
+                z,
+                "db-1.west.db.demo.svc.clusterset.local.",
+                RecordType::A
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            data(
+                &zones,
+                z,
+                "_http._tcp.db.demo.svc.clusterset.local.",
+                RecordType::SRV
+            ),
+            [
+                "0 0 80 db-0.east.db.demo.svc.clusterset.local.",
+                "0 0 80 db-0.west.db.demo.svc.clusterset.local."
+            ]
+        );
+        assert!(
+            zones.zone(&name("20.0.96.10.in-addr.arpa.")).is_none(),
+            "no PTR for a headless service"
+        );
+    }
+
+    #[test]
+    fn headless_service_without_ready_endpoints_has_no_name() {
+        let zones = Zones::build(
+            &snapshot(vec![service(
+                "db",
+                "10.96.0.20",
+                true,
+                vec![endpoint("east", "db-0", "10.1.0.1", false)],
+            )]),
+            &settings(),
+        );
+        let z = zones.zone(&name("clusterset.local.")).expect("zone");
+        for t in [RecordType::A, RecordType::AAAA, RecordType::SRV] {
+            assert!(z.get(&name("db.demo.svc.clusterset.local."), t).is_none());
+        }
+        // Nothing below it either, so the name does not exist (NXDOMAIN, not NODATA).
+        assert_eq!(z.record_count(), 3, "SOA, NS and dns-version only");
+    }
+
+    #[test]
+    fn no_clusterset_domain_no_mcs_names() {
+        let mut s = settings();
+        s.clusterset = None;
+        let zones = Zones::build(
+            &snapshot(vec![service("hello", "10.96.0.10", false, Vec::new())]),
+            &s,
+        );
+        assert_eq!(zones.zones().len(), 1);
+    }
+}
