@@ -424,7 +424,7 @@ impl Runner {
             stream_of(api, watcher::Config::default(), reflected::service_export);
         tasks.spawn(
             self.clone()
-                .drive_optional("ServiceExport", stream)
+                .drive("ServiceExport", Watch::Optional, stream)
                 .in_current_span(),
         );
         reader
@@ -472,35 +472,21 @@ impl Runner {
         strip: fn(&mut K),
     ) -> Store<K> {
         let (reader, stream) = stream_of(api, cfg, strip);
-        tasks.spawn(self.clone().drive(resource, stream).in_current_span());
+        tasks.spawn(
+            self.clone()
+                .drive(resource, Watch::Required, stream)
+                .in_current_span(),
+        );
         reader
     }
 
-    /// Consumes the reflector stream of a resource that may not be served (a CRD not yet
-    /// installed): events poke the aggregator, errors are retried with backoff and never
-    /// mark the member lost.
-    async fn drive_optional<K>(
-        self: Arc<Self>,
-        resource: &'static str,
-        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-    ) {
-        let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
-        let mut stream = std::pin::pin!(stream.backoff(backoff));
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => {
-                    self.settings.metrics.watch_event(&self.spec.name, resource);
-                    self.settings.notify.notify_one();
-                }
-                Err(e) => debug!(resource, error = %e, "optional watch failed"),
-            }
-        }
-    }
-
     /// Consumes one reflector stream with reconnect backoff, reporting events and errors.
+    /// Errors of an optional watch (a CRD that may not be installed) are retried but never
+    /// mark the member lost.
     async fn drive<K>(
         self: Arc<Self>,
         resource: &'static str,
+        watch: Watch,
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
     ) {
         let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
@@ -519,6 +505,9 @@ impl Runner {
                         });
                     }
                     self.settings.notify.notify_one();
+                }
+                Err(e) if watch == Watch::Optional => {
+                    debug!(resource, error = %e, "optional watch failed");
                 }
                 Err(e) => {
                     debug!(resource, error = %e, "watch failed");
@@ -553,6 +542,15 @@ impl<K> Reflectable for K where
         + Sync
         + 'static
 {
+}
+
+/// Whether a watch's failures say anything about the member's reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// A resource every member serves: failing to list it means trouble.
+    Required,
+    /// A resource that may not be served (the MCS CRDs).
+    Optional,
 }
 
 /// A store of `K` and the reflector stream that fills it, each object stripped by `strip`.
