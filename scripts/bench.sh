@@ -30,6 +30,8 @@ ROUNDS=${BENCH_ROUNDS:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
 PROFILE=${BENCH_PROFILE:-}
 export CARGO_INCREMENTAL=0
+# Line tables in the release build, for perf (BENCH_PROFILE); no effect on speed.
+export CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -274,7 +276,8 @@ record() { # name rate p99 cpu_us_per_request
 	p99[$1]+="$3 "
 	cpu[$1]+="$4 "
 }
-us_per() { awk -v t="$1" -v n="$2" -v hz="$TICK" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }'; }
+# Nothing counted (no process, or its CPU not seen): "—" rather than a misleading 0.
+us_per() { awk -v t="$1" -v n="$2" -v hz="$TICK" 'BEGIN { if (t > 0 && n > 0) printf "%.1f", t * 1e6 / hz / n; else print "—" }'; }
 
 # name|address|processes whose CPU counts (empty: none, the workload itself)
 haproxy_pid=$(pid_of_port "$HAPROXY_HTTP")
@@ -294,7 +297,10 @@ for tag in ${BENCH_BEFORE:+-before} ""; do
 	http_cases+=("two gateways + mTLS tunnel, HTTP port$label|$(listener tunnel-http "$tag")|$east $west")
 	http_cases+=("two gateways + mTLS tunnel, TCP port$label|$(listener tunnel-tcp "$tag")|$east $west")
 done
-nsd_pids="$(pgrep -d ' ' -P "$nsd_pid") $nsd_pid"
+# NSD answers in forked server processes: count the whole process tree.
+nsd_pids=$(ps -eo pid=,ppid= | awk -v root="$nsd_pid" '
+	{ parent[$1] = $2 }
+	END { for (p in parent) { q = p; while ((q in parent) && q != root) q = parent[q]; if (q == root) printf "%s ", p } }')
 dns_cases=("NSD|$NSD_ADDR:$NSD_PORT|$nsd_pids")
 for tag in ${BENCH_BEFORE:+-before} ""; do
 	addr=$(dns_addr "$tag")
@@ -305,9 +311,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	for c in "${http_cases[@]}"; do
 		IFS='|' read -r name addr procs <<<"$c"
 		read -ra procs <<<"$procs"
-		if [[ -n $PROFILE && $name == "Meridian gateway, HTTP port, local endpoint" ]]; then
+		if [[ -n $PROFILE && $name == "Meridian gateway, HTTP port, local endpoint"* ]]; then
 			mkdir -p "$PROFILE"
-			perf record -g -o "$PROFILE/gateway-http.data" -p "${procs[0]}" -- sleep "$DURATION" 2>/dev/null &
+			perf record -g -o "$PROFILE/gateway-http${name##*endpoint}.data" -p "${procs[0]}" \
+				-- sleep "$DURATION" 2>/dev/null &
 			perf_pid=$!
 		fi
 		before=$(cpu_ticks "${procs[@]}")
@@ -322,8 +329,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	for c in "${dns_cases[@]}"; do
 		IFS='|' read -r name addr procs <<<"$c"
 		read -ra procs <<<"$procs"
-		if [[ -n $PROFILE && $name == meridian-dns ]]; then
-			perf record -g -o "$PROFILE/dns.data" -p "${procs[0]}" -- sleep "$DURATION" 2>/dev/null &
+		if [[ -n $PROFILE && $name == meridian-dns* ]]; then
+			mkdir -p "$PROFILE"
+			perf record -g -o "$PROFILE/dns${name#meridian-dns}.data" -p "${procs[0]}" \
+				-- sleep "$DURATION" 2>/dev/null &
 			perf_pid=$!
 		fi
 		before=$(cpu_ticks "${procs[@]}")
