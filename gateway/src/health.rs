@@ -3,8 +3,9 @@
 //! it at once). The data plane turns this into healthy counts for the locality engine.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+use tokio::sync::Mutex;
 
 use crate::catalog::{Catalog, Service};
 use crate::outlier::{Detector, Ejected, Outcome};
@@ -21,9 +22,6 @@ pub struct PeerState {
 }
 
 /// Outlier detectors and peer liveness.
-///
-/// Blocking locks: every request records its outcome here, and each lock is held for a
-/// few map operations, never across an await, so a request never parks on it.
 #[derive(Debug, Default)]
 pub struct Health {
     detectors: Mutex<HashMap<String, Detector>>,
@@ -35,7 +33,7 @@ impl Health {
     /// changes, state of endpoints that left is dropped.
     pub async fn sync(&self, catalog: &Catalog) {
         let now = Instant::now();
-        let mut detectors = lock(&self.detectors);
+        let mut detectors = self.detectors.lock().await;
         detectors.retain(|name, _| catalog.services.contains_key(name));
         for (name, svc) in &catalog.services {
             let d = detectors
@@ -44,15 +42,15 @@ impl Health {
             d.set_settings(svc.outlier);
             d.retain(|k| svc.endpoints.iter().any(|e| &e.key == k));
         }
-        let mut peers = lock(&self.peers);
+        let mut peers = self.peers.lock().await;
         peers.retain(|c, _| catalog.peers.contains_key(c));
     }
 
     /// Health of each endpoint of `svc`: ready, not ejected (unless `minHealthPercent`
     /// suspends ejections), and local or behind a live peer gateway.
     pub async fn healthy(&self, own_cluster: &str, svc: &Service) -> Vec<bool> {
-        let detectors = lock(&self.detectors);
-        let peers = lock(&self.peers);
+        let detectors = self.detectors.lock().await;
+        let peers = self.peers.lock().await;
         let detector = detectors.get(&svc.hostname);
         let ready = svc.endpoints.iter().filter(|e| e.ready).count();
         let apply = detector.is_some_and(|d| d.ejections_apply(svc.endpoints.len(), ready));
@@ -73,7 +71,7 @@ impl Health {
             return false;
         };
         let ready = svc.endpoints.iter().filter(|e| e.ready).count();
-        let mut detectors = lock(&self.detectors);
+        let mut detectors = self.detectors.lock().await;
         let Some(d) = detectors.get_mut(&svc.hostname) else {
             return false;
         };
@@ -83,7 +81,7 @@ impl Health {
     /// Runs due interval sweeps; true when an ejection ended.
     pub async fn sweep(&self) -> bool {
         let now = Instant::now();
-        let mut detectors = lock(&self.detectors);
+        let mut detectors = self.detectors.lock().await;
         let mut changed = false;
         for d in detectors.values_mut() {
             changed |= d.sweep(now);
@@ -93,7 +91,7 @@ impl Health {
 
     /// Current ejections, by service.
     pub async fn ejections(&self) -> Vec<(String, Ejected)> {
-        let detectors = lock(&self.detectors);
+        let detectors = self.detectors.lock().await;
         let mut out = Vec::new();
         for (name, d) in detectors.iter() {
             out.extend(d.ejected().into_iter().map(|e| (name.clone(), e)));
@@ -104,14 +102,16 @@ impl Health {
 
     /// Number of ejected endpoints of a service.
     pub async fn ejected_count(&self, service: &str) -> usize {
-        lock(&self.detectors)
+        self.detectors
+            .lock()
+            .await
             .get(service)
             .map_or(0, Detector::ejected_count)
     }
 
     /// Sets a peer's liveness; true when it changed.
     pub async fn set_peer(&self, cluster: &str, up: bool, error: Option<String>) -> bool {
-        let mut peers = lock(&self.peers);
+        let mut peers = self.peers.lock().await;
         let changed = peers.get(cluster).is_none_or(|p| p.up != up);
         if changed {
             peers.insert(
@@ -130,12 +130,6 @@ impl Health {
 
     /// Known peer states.
     pub async fn peers(&self) -> BTreeMap<String, PeerState> {
-        lock(&self.peers).clone()
+        self.peers.lock().await.clone()
     }
-}
-
-/// The data, also after a panic elsewhere while it was held (each change is a single map
-/// operation, never left half-done).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -54,7 +54,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -202,9 +202,7 @@ struct State {
 /// Reusable upstream HTTP connections.
 pub struct Upstreams {
     settings: Settings,
-    // A blocking lock: it is only ever held for a few map operations, never across an
-    // await, so a request never parks on it or hands work to another task.
-    state: Arc<std::sync::Mutex<State>>,
+    state: Arc<Mutex<State>>,
     next_id: AtomicU64,
 }
 
@@ -229,10 +227,6 @@ impl Upstreams {
     /// The tunables in force.
     pub fn settings(&self) -> Settings {
         self.settings
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
     }
 
     /// A connection to `key`: an idle or shared one when the pool has one, else a new one
@@ -312,7 +306,7 @@ impl Upstreams {
     /// Keeps connections only for `live` keys (endpoints in the catalog and healthy) and
     /// drops the others; connections in use finish their request and are not kept.
     pub async fn retain(&self, live: HashSet<Key>) {
-        let mut st = self.lock();
+        let mut st = self.state.lock().await;
         st.idle.retain(|k, _| live.contains(k));
         // Dropping a slot drops its sender; a request opening it right now holds the
         // slot until it is done and then drops it too. Streams in flight carry on.
@@ -325,7 +319,7 @@ impl Upstreams {
         let timeout = self.settings.idle_timeout;
         let now = Instant::now();
         let slots: Vec<Slot> = {
-            let mut st = self.lock();
+            let mut st = self.state.lock().await;
             st.idle.retain(|_, list| {
                 list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
                 !list.is_empty()
@@ -346,7 +340,7 @@ impl Upstreams {
 
     /// Drops every pooled connection and keeps none from now on (shutdown).
     pub async fn clear(&self) {
-        let mut st = self.lock();
+        let mut st = self.state.lock().await;
         st.closed = true;
         st.live.clear();
         let idle: usize = st.idle.drain().map(|(_, l)| l.len()).sum();
@@ -361,7 +355,7 @@ impl Upstreams {
         loop {
             let mut idle = {
                 let now = Instant::now();
-                let mut st = self.lock();
+                let mut st = self.state.lock().await;
                 let list = st.idle.get_mut(key)?;
                 let mut found = None;
                 while let Some(idle) = list.pop() {
@@ -399,7 +393,7 @@ impl Upstreams {
         Fut: Future<Output = Result<Box<dyn Io>, DialError>>,
     {
         let slot = {
-            let mut st = self.lock();
+            let mut st = self.state.lock().await;
             if st.closed || !st.live.contains(key) {
                 None
             } else {
@@ -504,19 +498,13 @@ impl Upstreams {
     }
 }
 
-/// The pool state, also after a panic elsewhere while it was held (every change to it
-/// is a single map operation, so it is never left half-done).
-fn lock(state: &std::sync::Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Returns an HTTP/1.1 connection to the pool once its exchange is complete.
 struct Checkin {
     key: Key,
     id: u64,
     sender: http1::SendRequest<RequestBody>,
     // Weak: a response outliving the data plane must not keep its pool alive.
-    state: Weak<std::sync::Mutex<State>>,
+    state: Weak<Mutex<State>>,
     settings: Settings,
 }
 
@@ -526,9 +514,25 @@ impl Checkin {
             return;
         };
         // Returned at once, so that the client's next request finds it: hyper may still
-        // be finishing the exchange, which `take_idle` waits for.
-        let mut st = lock(&state);
-        self.put(&mut st);
+        // be finishing the exchange, which `take_idle` waits for. Only a contended lock
+        // defers the return to a task.
+        if let Ok(mut st) = state.try_lock() {
+            self.put(&mut st);
+            return;
+        }
+        // A body may be dropped while the runtime shuts down; the connection just
+        // closes then.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let id = self.id;
+        rt.spawn(
+            async move {
+                let mut st = state.lock().await;
+                self.put(&mut st);
+            }
+            .instrument(info_span!("upstream_checkin", id)),
+        );
     }
 
     fn put(self, st: &mut State) {
@@ -681,7 +685,7 @@ mod tests {
     }
 
     async fn idle(pool: &Upstreams, key: &Key) -> usize {
-        pool.lock().idle.get(key).map_or(0, Vec::len)
+        pool.state.lock().await.idle.get(key).map_or(0, Vec::len)
     }
 
     fn settings(max_idle: usize) -> Settings {
@@ -769,7 +773,7 @@ mod tests {
                 b.collect().await.unwrap();
             }
         }
-        let total: usize = pool.lock().idle.values().map(Vec::len).sum();
+        let total: usize = pool.state.lock().await.idle.values().map(Vec::len).sum();
         assert_eq!(total, MAX_IDLE_PER_PEER);
     }
 

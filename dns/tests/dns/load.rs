@@ -141,7 +141,7 @@ async fn a_burst_of_udp_queries_from_one_socket_is_answered_in_full() {
         let packet = query_bytes(id, RD, &[(name.as_str(), A, IN)]);
         socket.send_to(&packet, dns.addr).await.expect("send");
     }
-    let mut answered = vec![false; BURST];
+    let mut answered = [false; BURST];
     let mut buf = vec![0; 65_535];
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while answered.iter().any(|a| !a) {
