@@ -133,6 +133,17 @@ impl Detector {
         total: usize,
         ready: usize,
     ) -> bool {
+        // The common case, a success of a known endpoint without errors to reset, changes
+        // nothing: no key clone, no count of the ejected.
+        if !outcome.is_5xx()
+            && !outcome.is_gateway_error()
+            && self
+                .hosts
+                .get(key)
+                .is_some_and(|h| h.consecutive_5xx == 0 && h.consecutive_gateway == 0)
+        {
+            return false;
+        }
         let ejected = self.ejected_count();
         let host = self.hosts.entry(key.clone()).or_default();
         if host.ejected_at.is_some() {

@@ -217,6 +217,13 @@ async fn listeners_follow_snapshots_and_survive_the_controller() {
     // And it picks up again when the controller is back.
     east.controller.restart().await.unwrap();
     east.push(4, vec![raw_svc, web_svc], vec![]).await;
-    assert!(TcpStream::connect(east.listener(21090)).await.is_ok());
+    // The snapshot reaches the gateway after the reconnect's backoff: wait for the listener.
+    eventually("the listener of snapshot 4 opens", || async {
+        TcpStream::connect(east.listener(21090))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
     east.kill().await;
 }
