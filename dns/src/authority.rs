@@ -12,18 +12,50 @@
 //! the swap is one pointer store, and a query costs one reference-count increment, never
 //! a copy of the zone. The in-memory zone's internal lock is never written after the zone
 //! is built, so reads do not contend.
+//!
+//! One exception to "hickory answers": negative answers (a name the zone does not hold,
+//! or holds without the asked type) come from the hash index built with the catalog
+//! ([`crate::negative`]), because hickory finds them by walking the whole zone. The
+//! message is the one hickory builds for them, byte for byte (tested against it).
 
+use std::iter;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::{DNSClass, LowerName, Name};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::metrics::Metrics;
+use crate::negative::NegativeIndex;
+
+/// What one snapshot serves: hickory's catalog of the zones, and the index of the names
+/// they hold, for the negative answers. Built by [`crate::zone::Zones::into_catalog`].
+pub struct ServedZones {
+    catalog: Catalog,
+    negative: NegativeIndex,
+}
+
+impl ServedZones {
+    pub(crate) fn new(catalog: Catalog, negative: NegativeIndex) -> Self {
+        Self { catalog, negative }
+    }
+
+    /// The hickory catalog of the zones.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    #[cfg(test)]
+    pub(crate) fn negative(&self) -> &NegativeIndex {
+        &self.negative
+    }
+}
 
 /// The zones currently served, shared by the DNS server (reads) and the snapshot
 /// follower (swaps). Cheap to clone.
@@ -33,7 +65,7 @@ pub struct Authority {
 }
 
 struct Inner {
-    catalog: ArcSwapOption<Catalog>,
+    catalog: ArcSwapOption<ServedZones>,
     origins: Vec<LowerName>,
     metrics: Arc<Metrics>,
 }
@@ -53,8 +85,8 @@ impl Authority {
     }
 
     /// Atomically replaces the served zones.
-    pub fn replace(&self, catalog: Catalog) {
-        self.inner.catalog.store(Some(Arc::new(catalog)));
+    pub fn replace(&self, zones: ServedZones) {
+        self.inner.catalog.store(Some(Arc::new(zones)));
     }
 
     /// Whether zones have been loaded from a snapshot.
@@ -77,11 +109,17 @@ impl RequestHandler for Authority {
         let query = request.queries.queries().first();
         let info = match query.map(|query| query.query_class()) {
             Some(DNSClass::IN) | None => match self.inner.catalog.load_full() {
-                Some(catalog) => {
-                    catalog
-                        .handle_request::<R, T>(request, response_handle)
-                        .await
-                }
+                Some(served) => match negative_answer(request, &served.negative) {
+                    Some((code, soa)) => {
+                        respond_negative(request, code, soa, response_handle).await
+                    }
+                    None => {
+                        served
+                            .catalog
+                            .handle_request::<R, T>(request, response_handle)
+                            .await
+                    }
+                },
                 None => {
                     let code = match query {
                         None => ResponseCode::FormErr,
@@ -104,6 +142,68 @@ impl RequestHandler for Authority {
             request.protocol(),
         );
         info
+    }
+}
+
+/// The negative answer for `request` from the index, if it is an ordinary query (one
+/// question, EDNS version 0 or none) that has one; anything else goes to hickory.
+fn negative_answer<'a>(
+    request: &Request,
+    negative: &'a NegativeIndex,
+) -> Option<(ResponseCode, &'a [Record])> {
+    let metadata = &request.metadata;
+    if metadata.message_type != MessageType::Query || metadata.op_code != OpCode::Query {
+        return None;
+    }
+    if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+        return None; // BADVERS, from hickory
+    }
+    let [query] = request.queries.queries() else {
+        return None; // FORMERR, from hickory
+    };
+    negative.answer(query.name(), query.query_type())
+}
+
+/// Sends what hickory's catalog sends for a name or type its zone does not hold: AA
+/// set, `code`, no answer, the zone's SOA in the authority section, and an OPT record
+/// (version 0, the client's payload size but at least 512) when the query had one.
+async fn respond_negative<R: ResponseHandler>(
+    request: &Request,
+    code: ResponseCode,
+    soa: &[Record],
+    mut response_handle: R,
+) -> ResponseInfo {
+    let edns = request.edns.as_ref().map(|request_edns| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(request_edns.max_payload().max(512));
+        edns.set_version(0);
+        edns
+    });
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.authoritative = true;
+    metadata.response_code = code;
+    let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+        metadata,
+        iter::empty(),
+        soa.iter(),
+        iter::empty(),
+        iter::empty(),
+    );
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(send_error) => {
+            error!(error = %send_error, "error sending response");
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        }
     }
 }
 

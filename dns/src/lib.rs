@@ -24,6 +24,7 @@ pub mod zone;
 
 mod admin;
 mod error;
+mod negative;
 mod server;
 mod snapshot;
 

@@ -241,7 +241,7 @@ impl ResponseHandler for UdpResponder {
 /// What hickory's `MessageResponse::encode` (crate-private) does for UDP: the response
 /// fits the client's advertised payload size (512 bytes without EDNS), truncated if need
 /// be; one that cannot be encoded becomes an empty SERVFAIL.
-fn encode_udp<'a>(
+pub(crate) fn encode_udp<'a>(
     response: MessageResponse<
         '_,
         'a,

@@ -12,7 +12,8 @@
 //! Entries that cannot be served (a name that is not a DNS label, an unparsable VIP, a
 //! duplicate service) are skipped and reported, without disturbing the rest of the zone.
 //! The result is plain data; [`Zones::into_catalog`] turns it into the hickory
-//! [`Catalog`] the server answers from.
+//! [`Catalog`] the server answers from, with the index of names that answers the
+//! negative queries ([`ServedZones`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,6 +25,9 @@ use hickory_server::proto::rr::{LowerName, Name, RData, RecordSet, RecordType, R
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use meridian_api::proto::{GlobalService, Snapshot};
+
+use crate::authority::ServedZones;
+use crate::negative::NegativeIndex;
 
 /// SOA timers. Nothing transfers these zones (AXFR is refused), so they only need to be sane.
 const SOA_REFRESH: i32 = 60;
@@ -109,6 +113,10 @@ impl Zone {
     /// Number of records in the zone (not record sets).
     pub fn record_count(&self) -> usize {
         self.records.values().map(RecordSet::records_count).sum()
+    }
+
+    pub(crate) fn records(&self) -> &BTreeMap<RrKey, RecordSet> {
+        &self.records
     }
 }
 
@@ -217,8 +225,10 @@ impl Zones {
         self.zones.iter().map(Zone::record_count).sum()
     }
 
-    /// A hickory catalog with one authoritative in-memory zone per origin; AXFR is refused.
-    pub fn into_catalog(self) -> Result<Catalog, ZoneError> {
+    /// A hickory catalog with one authoritative in-memory zone per origin (AXFR is
+    /// refused), with the index of the names each zone holds.
+    pub fn into_catalog(self) -> Result<ServedZones, ZoneError> {
+        let negative = NegativeIndex::new(&self.zones);
         let mut catalog = Catalog::new();
         for zone in self.zones {
             let origin = zone.origin;
@@ -234,7 +244,7 @@ impl Zones {
             })?;
             catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
         }
-        Ok(catalog)
+        Ok(ServedZones::new(catalog, negative))
     }
 }
 
@@ -650,7 +660,8 @@ mod tests {
             &snapshot(vec![reviews()]),
             &settings(&["global.", "mesh.example.com."]),
         );
-        let catalog = zones.into_catalog().unwrap();
+        let served = zones.into_catalog().unwrap();
+        let catalog = served.catalog();
         assert!(catalog.contains(&LowerName::new(&name("global."))));
         assert!(catalog.contains(&LowerName::new(&name("mesh.example.com."))));
         assert!(
