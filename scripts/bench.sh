@@ -13,7 +13,9 @@
 # gateway under the local HTTP load and of meridian-dns under dnsperf, into DIR),
 # BENCH_BEFORE=DIR (DIR holds meridian-gateway and meridian-dns release binaries of an
 # earlier commit: they run beside the current ones, on other addresses, and get rows of
-# their own, so an optimisation is measured before and after in the same run).
+# their own, so an optimisation is measured before and after in the same run),
+# BENCH_ONLY=dns (only the DNS rows: no gateway build, no nginx/HAProxy/wrk; BENCH_BEFORE
+# then needs only meridian-dns).
 #
 # Besides req/s and p99 the table gives the CPU time the proxy (HAProxy, the gateways,
 # NSD, meridian-dns) spent per request: on a shared machine the rates move with the
@@ -29,6 +31,14 @@ DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
 PROFILE=${BENCH_PROFILE:-}
+case ${BENCH_ONLY:-} in
+'') GATEWAY=1 ;;
+dns) GATEWAY=0 ;;
+*)
+	echo "BENCH_ONLY must be empty or dns, not ${BENCH_ONLY}" >&2
+	exit 2
+	;;
+esac
 export CARGO_INCREMENTAL=0
 # Line tables in the release build, for perf (BENCH_PROFILE); no effect on speed.
 export CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only}
@@ -38,11 +48,12 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 # --- prerequisites -----------------------------------------------------------------------
 install_prereqs() {
 	local need=() fresh=()
-	command -v wrk >/dev/null || need+=(wrk)
+	((GATEWAY)) && ! command -v wrk >/dev/null && need+=(wrk)
 	command -v dnsperf >/dev/null || need+=(dnsperf)
 	# Daemons live in /usr/sbin, which a non-root PATH may lack.
-	local pkg bin
-	for pkg in haproxy:haproxy nginx:nginx nsd:nsd; do
+	local pkg bin daemons=(nsd:nsd)
+	((GATEWAY)) && daemons+=(haproxy:haproxy nginx:nginx)
+	for pkg in "${daemons[@]}"; do
 		bin=${pkg#*:}
 		if ! command -v "$bin" >/dev/null && [[ ! -x /usr/sbin/$bin ]]; then
 			need+=("${pkg%%:*}")
@@ -89,9 +100,10 @@ cleanup() {
 trap cleanup EXIT
 
 log "building (release; slow the first time), log: $work/build.log"
-gateway_bench=$(bench_exe meridian-gateway dataplane)
+gateway_bench=
+((GATEWAY)) && gateway_bench=$(bench_exe meridian-gateway dataplane)
 dns_bench=$(bench_exe meridian-dns serve)
-[[ -x $gateway_bench && -x $dns_bench ]] || {
+[[ (-x $gateway_bench || $GATEWAY == 0) && -x $dns_bench ]] || {
 	tail -n 30 "$work/build.log" >&2
 	exit 1
 }
@@ -114,6 +126,7 @@ REMOTE_POD=127.0.42.1:8080
 HAPROXY_HTTP=127.0.43.1:8081
 HAPROXY_TCP=127.0.43.1:8082
 
+start_http_baselines() {
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
 pid $work/nginx.pid;
@@ -167,20 +180,25 @@ backend pod_tcp
 EOF
 haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.log" &
 pids+=($!)
+}
+((GATEWAY)) && start_http_baselines
 
 # --- Meridian ----------------------------------------------------------------------------
 # start_meridian TAG GATEWAY_IP: both harnesses, with whatever binaries target/release has.
 start_meridian() {
 	mkdir -p "$work/dns$1"
-	MERIDIAN_BENCH_LOCAL=$LOCAL_POD MERIDIAN_BENCH_REMOTE=$REMOTE_POD MERIDIAN_BENCH_GATEWAY_IP=$2 \
-		"$gateway_bench" >"$work/gateways$1.out" 2>"$work/gateways$1.log" &
-	pids+=($!)
+	if ((GATEWAY)); then
+		MERIDIAN_BENCH_LOCAL=$LOCAL_POD MERIDIAN_BENCH_REMOTE=$REMOTE_POD MERIDIAN_BENCH_GATEWAY_IP=$2 \
+			"$gateway_bench" >"$work/gateways$1.out" 2>"$work/gateways$1.log" &
+		pids+=($!)
+	fi
 	MERIDIAN_BENCH_DIR=$work/dns$1 "$dns_bench" >"$work/dns$1.out" 2>"$work/dns$1.log" &
 	pids+=($!)
-	wait_ready "$work/gateways$1.out"
+	((GATEWAY)) && wait_ready "$work/gateways$1.out"
 	wait_ready "$work/dns$1.out"
 }
-bins=(target/release/meridian-gateway target/release/meridian-dns)
+bins=(target/release/meridian-dns)
+((GATEWAY)) && bins+=(target/release/meridian-gateway)
 if [[ -n ${BENCH_BEFORE:-} ]]; then
 	# The harnesses start target/release/<binary>: swap the earlier build in while they
 	# start (new inodes, so running processes keep theirs), then put the current one back.
@@ -280,8 +298,10 @@ record() { # name rate p99 cpu_us_per_request
 us_per() { awk -v t="$1" -v n="$2" -v hz="$TICK" 'BEGIN { if (t > 0 && n > 0) printf "%.1f", t * 1e6 / hz / n; else print "—" }'; }
 
 # name|address|processes whose CPU counts (empty: none, the workload itself)
+http_cases=()
+((GATEWAY)) && {
 haproxy_pid=$(pid_of_port "$HAPROXY_HTTP")
-http_cases=("direct to the pod|$LOCAL_POD|")
+http_cases+=("direct to the pod|$LOCAL_POD|")
 http_cases+=("HAProxy mode http, http-reuse always|$HAPROXY_HTTP|$haproxy_pid")
 http_cases+=("HAProxy mode tcp|$HAPROXY_TCP|$haproxy_pid")
 for tag in ${BENCH_BEFORE:+-before} ""; do
@@ -297,6 +317,7 @@ for tag in ${BENCH_BEFORE:+-before} ""; do
 	http_cases+=("two gateways + mTLS tunnel, HTTP port$label|$(listener tunnel-http "$tag")|$east $west")
 	http_cases+=("two gateways + mTLS tunnel, TCP port$label|$(listener tunnel-tcp "$tag")|$east $west")
 done
+}
 # NSD answers in forked server processes: count the whole process tree.
 nsd_pids=$(ps -eo pid=,ppid= | awk -v root="$nsd_pid" '
 	{ parent[$1] = $2 }
@@ -308,7 +329,7 @@ for tag in ${BENCH_BEFORE:+-before} ""; do
 done
 
 for ((round = 1; round <= ROUNDS; round++)); do
-	for c in "${http_cases[@]}"; do
+	for c in ${http_cases[@]+"${http_cases[@]}"}; do
 		IFS='|' read -r name addr procs <<<"$c"
 		read -ra procs <<<"$procs"
 		if [[ -n $PROFILE && $name == "Meridian gateway, HTTP port, local endpoint"* ]]; then
@@ -366,19 +387,21 @@ row() { # name [baseline target]
 
 echo
 echo "$(date -u '+%F %H:%M') UTC · $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo +dirty) · $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) · wrk -t1 -c$CONNECTIONS -d${DURATION}s, dnsperf -c 4 -q 100 -l $DURATION · $ROUNDS round(s): median ratio, ranges"
-echo
-echo "| path | req/s | p99 | proxy CPU µs/req | ratio | target |"
-echo "|---|---|---|---|---|---|"
-H="HAProxy mode http, http-reuse always" T="HAProxy mode tcp"
-row "direct to the pod"
-row "$H"
-row "$T"
-for label in ${BENCH_BEFORE:+" (before)"} ""; do
-	row "Meridian gateway, HTTP port, local endpoint$label" "$H" 1.0
-	row "Meridian gateway, TCP port, local endpoint$label" "$T" 1.1
-	row "two gateways + mTLS tunnel, HTTP port$label" "$H" 0.7
-	row "two gateways + mTLS tunnel, TCP port$label" "$T" 0.7
-done
+if ((GATEWAY)); then
+	echo
+	echo "| path | req/s | p99 | proxy CPU µs/req | ratio | target |"
+	echo "|---|---|---|---|---|---|"
+	H="HAProxy mode http, http-reuse always" T="HAProxy mode tcp"
+	row "direct to the pod"
+	row "$H"
+	row "$T"
+	for label in ${BENCH_BEFORE:+" (before)"} ""; do
+		row "Meridian gateway, HTTP port, local endpoint$label" "$H" 1.0
+		row "Meridian gateway, TCP port, local endpoint$label" "$T" 1.1
+		row "two gateways + mTLS tunnel, HTTP port$label" "$H" 0.7
+		row "two gateways + mTLS tunnel, TCP port$label" "$T" 0.7
+	done
+fi
 echo
 echo "| DNS (dnsperf: A, AAAA, SRV, NXDOMAIN) | qps | average latency | server CPU µs/query | lost | ratio | target |"
 echo "|---|---|---|---|---|---|---|"
