@@ -13,10 +13,11 @@
 //! a copy of the zone. The in-memory zone's internal lock is never written after the zone
 //! is built, so reads do not contend.
 //!
-//! One exception to "hickory answers": negative answers (a name the zone does not hold,
-//! or holds without the asked type) come from the hash index built with the catalog
-//! ([`crate::negative`]), because hickory finds them by walking the whole zone. The
-//! message is the one hickory builds for them, byte for byte (tested against it).
+//! One exception to "hickory answers": ordinary queries (one question, a plain record
+//! type) are answered from the hash index of names built with the catalog
+//! ([`crate::names`]), because hickory finds negative answers by walking the whole zone
+//! and spends more than a hash lookup on the others. The message is the one hickory
+//! builds, byte for byte (tested against it).
 
 use std::iter;
 use std::sync::Arc;
@@ -26,24 +27,24 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{DNSClass, LowerName, Name, Record};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
 use tracing::{error, warn};
 
 use crate::metrics::Metrics;
-use crate::negative::NegativeIndex;
+use crate::names::{Answer, NameIndex};
 
 /// What one snapshot serves: hickory's catalog of the zones, and the index of the names
-/// they hold, for the negative answers. Built by [`crate::zone::Zones::into_catalog`].
+/// they hold, for the ordinary queries. Built by [`crate::zone::Zones::into_catalog`].
 pub struct ServedZones {
     catalog: Catalog,
-    negative: NegativeIndex,
+    names: NameIndex,
 }
 
 impl ServedZones {
-    pub(crate) fn new(catalog: Catalog, negative: NegativeIndex) -> Self {
-        Self { catalog, negative }
+    pub(crate) fn new(catalog: Catalog, names: NameIndex) -> Self {
+        Self { catalog, names }
     }
 
     /// The hickory catalog of the zones.
@@ -52,8 +53,8 @@ impl ServedZones {
     }
 
     #[cfg(test)]
-    pub(crate) fn negative(&self) -> &NegativeIndex {
-        &self.negative
+    pub(crate) fn names(&self) -> &NameIndex {
+        &self.names
     }
 }
 
@@ -109,10 +110,8 @@ impl RequestHandler for Authority {
         let query = request.queries.queries().first();
         let info = match query.map(|query| query.query_class()) {
             Some(DNSClass::IN) | None => match self.inner.catalog.load_full() {
-                Some(served) => match negative_answer(request, &served.negative) {
-                    Some((code, soa)) => {
-                        respond_negative(request, code, soa, response_handle).await
-                    }
+                Some(served) => match indexed_answer(request, &served.names) {
+                    Some(answer) => respond_indexed(request, answer, response_handle).await,
                     None => {
                         served
                             .catalog
@@ -145,12 +144,9 @@ impl RequestHandler for Authority {
     }
 }
 
-/// The negative answer for `request` from the index, if it is an ordinary query (one
-/// question, EDNS version 0 or none) that has one; anything else goes to hickory.
-fn negative_answer<'a>(
-    request: &Request,
-    negative: &'a NegativeIndex,
-) -> Option<(ResponseCode, &'a [Record])> {
+/// The answer to `request` from the index, if it is an ordinary query (one question,
+/// EDNS version 0 or none) the index answers; anything else goes to hickory.
+fn indexed_answer<'a>(request: &Request, names: &'a NameIndex) -> Option<Answer<'a>> {
     let metadata = &request.metadata;
     if metadata.message_type != MessageType::Query || metadata.op_code != OpCode::Query {
         return None;
@@ -161,16 +157,15 @@ fn negative_answer<'a>(
     let [query] = request.queries.queries() else {
         return None; // FORMERR, from hickory
     };
-    negative.answer(query.name(), query.query_type())
+    names.answer(query.name(), query.query_type())
 }
 
-/// Sends what hickory's catalog sends for a name or type its zone does not hold: AA
-/// set, `code`, no answer, the zone's SOA in the authority section, and an OPT record
-/// (version 0, the client's payload size but at least 512) when the query had one.
-async fn respond_negative<R: ResponseHandler>(
+/// Sends `answer` as hickory's catalog sends an authoritative answer: AA set, the
+/// records of each section, and an OPT record (version 0, the client's payload size but
+/// at least 512) when the query had one.
+async fn respond_indexed<R: ResponseHandler>(
     request: &Request,
-    code: ResponseCode,
-    soa: &[Record],
+    answer: Answer<'_>,
     mut response_handle: R,
 ) -> ResponseInfo {
     let edns = request.edns.as_ref().map(|request_edns| {
@@ -181,13 +176,13 @@ async fn respond_negative<R: ResponseHandler>(
     });
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.authoritative = true;
-    metadata.response_code = code;
+    metadata.response_code = answer.code;
     let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
         metadata,
+        answer.answers.iter(),
+        answer.authorities.iter(),
         iter::empty(),
-        soa.iter(),
-        iter::empty(),
-        iter::empty(),
+        answer.additionals.iter(),
     );
     match response_handle.send_response(response).await {
         Ok(info) => info,

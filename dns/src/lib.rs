@@ -24,7 +24,7 @@ pub mod zone;
 
 mod admin;
 mod error;
-mod negative;
+mod names;
 mod server;
 mod snapshot;
 

@@ -13,7 +13,7 @@
 //! duplicate service) are skipped and reported, without disturbing the rest of the zone.
 //! The result is plain data; [`Zones::into_catalog`] turns it into the hickory
 //! [`Catalog`] the server answers from, with the index of names that answers the
-//! negative queries ([`ServedZones`]).
+//! ordinary queries ([`ServedZones`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use meridian_api::proto::{GlobalService, Snapshot};
 
 use crate::authority::ServedZones;
-use crate::negative::NegativeIndex;
+use crate::names::NameIndex;
 
 /// SOA timers. Nothing transfers these zones (AXFR is refused), so they only need to be sane.
 const SOA_REFRESH: i32 = 60;
@@ -228,7 +228,7 @@ impl Zones {
     /// A hickory catalog with one authoritative in-memory zone per origin (AXFR is
     /// refused), with the index of the names each zone holds.
     pub fn into_catalog(self) -> Result<ServedZones, ZoneError> {
-        let negative = NegativeIndex::new(&self.zones);
+        let names = NameIndex::new(&self.zones);
         let mut catalog = Catalog::new();
         for zone in self.zones {
             let origin = zone.origin;
@@ -244,7 +244,7 @@ impl Zones {
             })?;
             catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
         }
-        Ok(ServedZones::new(catalog, negative))
+        Ok(ServedZones::new(catalog, names))
     }
 }
 

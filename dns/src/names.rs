@@ -1,27 +1,32 @@
-//! Negative answers (NXDOMAIN, NODATA) from a hash index of the names each zone holds.
+//! Answers straight from a hash index of the names each zone holds, for the queries
+//! hickory's zone handler makes expensive.
 //!
 //! Why: hickory's in-memory zone handler tells NXDOMAIN from NODATA by walking every key
 //! of the zone (`records.keys().any(..)`), O(records) for each query of a name or type it
-//! does not hold. With 1,000 services and a quarter of the queries NXDOMAIN that walk was
-//! two thirds of the server's CPU (docs/benchmarks.md). So with each snapshot the names of
-//! every zone go into a hash map, with the types held at each and the empty non-terminals
-//! (every ancestor of an owner name up to the origin, holding no type), and the authority
-//! answers those queries from it with the message hickory would build: AA set, no
-//! answer, the zone's SOA in the authority section. Queries for a type a name holds, and
-//! every query into a zone this index cannot vouch for (one with a CNAME, ANAME, wildcard
-//! or delegation, which change hickory's answer), still go to hickory.
+//! does not hold; with 1,000 services and a quarter of the queries NXDOMAIN that walk was
+//! two thirds of the server's CPU (docs/benchmarks.md). Its positive answers are
+//! O(log records) but pay, per query, ordered name comparisons at every label (its
+//! delegation check), a lock, and its generic lookup machinery. So with each snapshot the
+//! names of every zone go into a hash map: every owner name with its record sets, and
+//! every ancestor of one up to the origin (the empty non-terminals, holding nothing). The
+//! authority answers from it with the message hickory would build: AA set; NXDOMAIN for a
+//! name not in the map and NODATA for a name without the asked type, each with the zone's
+//! SOA in the authority section; else the record set, and for SRV the A and AAAA sets of
+//! the first record's target as additional records. SOA, NS, ANY, AXFR and IXFR queries,
+//! and every query into a zone this index cannot vouch for (one with a CNAME, ANAME,
+//! wildcard or delegation, which change hickory's answer), still go to hickory.
 
 use std::collections::HashMap;
 
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::{LowerName, Record, RecordType};
+use hickory_server::proto::rr::{LowerName, RData, Record, RecordSet, RecordType, RrKey};
 
 use crate::zone::Zone;
 
 /// The names of every served zone, keyed by origin.
 #[derive(Debug, Default)]
-pub(crate) struct NegativeIndex {
-    /// `None`: a zone whose negative answers are left to hickory.
+pub(crate) struct NameIndex {
+    /// `None`: a zone whose answers are all left to hickory.
     zones: HashMap<LowerName, Option<ZoneNames>>,
 }
 
@@ -29,13 +34,31 @@ pub(crate) struct NegativeIndex {
 #[derive(Debug)]
 struct ZoneNames {
     /// Every owner name and every ancestor of one up to the origin, with the record
-    /// types at that name (none for an empty non-terminal).
-    names: HashMap<LowerName, Vec<RecordType>>,
+    /// sets at that name (none for an empty non-terminal).
+    names: HashMap<LowerName, Vec<Held>>,
     /// The apex SOA, as hickory puts it in the authority section.
     soa: Vec<Record>,
 }
 
-impl NegativeIndex {
+/// One record set of a name, as hickory answers a query for its type.
+#[derive(Debug)]
+struct Held {
+    record_type: RecordType,
+    records: Vec<Record>,
+    /// SRV: the A and AAAA records of the first record's target, if in the zone.
+    additionals: Vec<Record>,
+}
+
+/// What the index answers: the response code and the records of each section.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Answer<'a> {
+    pub(crate) code: ResponseCode,
+    pub(crate) answers: &'a [Record],
+    pub(crate) authorities: &'a [Record],
+    pub(crate) additionals: &'a [Record],
+}
+
+impl NameIndex {
     /// Indexes `zones`; like hickory's `Catalog::upsert`, a later zone with the same
     /// origin replaces an earlier one.
     pub(crate) fn new(zones: &[Zone]) -> Self {
@@ -50,28 +73,35 @@ impl NegativeIndex {
         Self { zones }
     }
 
-    /// The response code and authority records of a negative answer for `name` and
-    /// `query_type`, or `None` when hickory must answer (the name holds the type, the
-    /// name is in no zone, or its zone is not indexed). AXFR is never answered here.
-    pub(crate) fn answer(
-        &self,
-        name: &LowerName,
-        query_type: RecordType,
-    ) -> Option<(ResponseCode, &[Record])> {
-        if query_type == RecordType::AXFR {
+    /// The answer to `name` and `query_type`, or `None` when hickory must answer (SOA,
+    /// NS, ANY, AXFR, IXFR, a name in no zone, or one whose zone is not indexed).
+    pub(crate) fn answer(&self, name: &LowerName, query_type: RecordType) -> Option<Answer<'_>> {
+        if matches!(
+            query_type,
+            RecordType::AXFR | RecordType::IXFR | RecordType::ANY
+        ) {
             return None;
         }
         let zone = self.zone_of(name)?.as_ref()?;
-        match zone.names.get(name) {
-            None => Some((ResponseCode::NXDomain, &zone.soa)),
-            // ANY and IXFR are not plain type lookups in hickory: leave them to it.
-            Some(types)
-                if !matches!(query_type, RecordType::ANY | RecordType::IXFR)
-                    && !types.contains(&query_type) =>
-            {
-                Some((ResponseCode::NoError, &zone.soa))
-            }
-            Some(_) => None,
+        let negative = |code| Answer {
+            code,
+            answers: &[],
+            authorities: &zone.soa,
+            additionals: &[],
+        };
+        let Some(held) = zone.names.get(name) else {
+            return Some(negative(ResponseCode::NXDomain));
+        };
+        match held.iter().find(|set| set.record_type == query_type) {
+            None => Some(negative(ResponseCode::NoError)),
+            // hickory adds the NS records to an SOA answer, and NS targets as additionals.
+            Some(_) if matches!(query_type, RecordType::SOA | RecordType::NS) => None,
+            Some(set) => Some(Answer {
+                code: ResponseCode::NoError,
+                answers: &set.records,
+                authorities: &[],
+                additionals: &set.additionals,
+            }),
         }
     }
 
@@ -91,13 +121,14 @@ impl NegativeIndex {
 }
 
 impl ZoneNames {
-    /// `None` when the zone holds what makes hickory's negative answer differ from "no
-    /// such name / no such type": a CNAME or ANAME (chased), a wildcard (synthesised),
-    /// an NS below the apex (a referral), or no SOA.
+    /// `None` when the zone holds what makes hickory's answers differ from plain record
+    /// sets: a CNAME or ANAME (chased), a wildcard (synthesised), an NS below the apex (a
+    /// referral), a name outside the zone, or no SOA.
     fn new(origin: &LowerName, zone: &Zone) -> Option<Self> {
-        let mut names: HashMap<LowerName, Vec<RecordType>> = HashMap::new();
+        let records = zone.records();
+        let mut names: HashMap<LowerName, Vec<Held>> = HashMap::new();
         let mut soa = None;
-        for (key, set) in zone.records() {
+        for (key, set) in records {
             let owner = key.name();
             let record_type = key.record_type;
             let delegation = record_type == RecordType::NS && owner != origin;
@@ -108,10 +139,15 @@ impl ZoneNames {
             {
                 return None;
             }
+            let held = Held {
+                record_type,
+                records: set.records_without_rrsigs().cloned().collect(),
+                additionals: additionals(records, set),
+            };
             if record_type == RecordType::SOA && owner == origin {
-                soa = Some(set.records_without_rrsigs().cloned().collect());
+                soa = Some(held.records.clone());
             }
-            names.entry(owner.clone()).or_default().push(record_type);
+            names.entry(owner.clone()).or_default().push(held);
             // Empty non-terminals: every ancestor up to the origin exists too.
             let mut ancestor = owner.clone();
             while ancestor != *origin && !ancestor.is_root() {
@@ -121,6 +157,26 @@ impl ZoneNames {
         }
         Some(Self { names, soa: soa? })
     }
+}
+
+/// What hickory adds to an SRV answer: the A, then the AAAA set of the first record's
+/// target, when the zone holds them.
+fn additionals(
+    records: &std::collections::BTreeMap<RrKey, RecordSet>,
+    set: &RecordSet,
+) -> Vec<Record> {
+    if set.record_type() != RecordType::SRV {
+        return Vec::new();
+    }
+    let Some(RData::SRV(srv)) = set.records_without_rrsigs().next().map(|r| &r.data) else {
+        return Vec::new();
+    };
+    let target = LowerName::new(&srv.target);
+    [RecordType::A, RecordType::AAAA]
+        .into_iter()
+        .filter_map(|record_type| records.get(&RrKey::new(target.clone(), record_type)))
+        .flat_map(|set| set.records_without_rrsigs().cloned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -193,13 +249,17 @@ mod tests {
                     _ => String::new(),
                 },
                 headless: i % 5 == 4,
-                endpoints: vec![Endpoint {
-                    cluster: "east".into(),
-                    pod: format!("pod-{i}"),
-                    address: format!("10.1.{}.{}", i / 256, i % 256),
-                    ready: true,
-                    ..Endpoint::default()
-                }],
+                endpoints: ["a", "b"]
+                    .iter()
+                    .enumerate()
+                    .map(|(n, pod)| Endpoint {
+                        cluster: "east".into(),
+                        pod: format!("pod-{i}-{pod}"),
+                        address: format!("10.{}.{}.{}", n + 1, i / 256, i % 256),
+                        ready: true,
+                        ..Endpoint::default()
+                    })
+                    .collect(),
                 cluster_vips: vec![
                     ClusterVip {
                         cluster: "east".into(),
@@ -361,6 +421,30 @@ mod tests {
         assert_eq!(soa_owner(&message), ["0.0.96.10.in-addr.arpa."]);
     }
 
+    #[tokio::test]
+    async fn srv_answer_carries_its_targets_addresses() {
+        let (_zones, authority, _) = served(8);
+        let message = answer(&authority, "_http._tcp.svc-0.ns-0.global.", RecordType::SRV).await;
+        assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+        assert!(message.metadata.authoritative);
+        assert_eq!(message.answers.len(), 1);
+        let additionals: Vec<String> = message
+            .additionals
+            .iter()
+            .map(|r| format!("{} {}", r.name, r.data))
+            .collect();
+        assert_eq!(additionals, ["svc-0.ns-0.global. 10.96.0.0"]);
+        // Headless: one SRV per endpoint; hickory adds the first target's addresses.
+        let message = answer(
+            &authority,
+            "_http._tcp.svc-4.ns-1.svc.clusterset.local.",
+            RecordType::SRV,
+        )
+        .await;
+        assert_eq!(message.answers.len(), 2);
+        assert_eq!(message.additionals.len(), 1);
+    }
+
     /// Flips the case of every other letter, deterministically.
     fn mixed_case(name: &Name) -> Name {
         let flipped: String = name
@@ -416,19 +500,17 @@ mod tests {
             RecordType::DS,
             RecordType::ANY,
         ];
-        let (mut compared, mut negative, mut indexed) = (0, 0, 0);
+        let (mut compared, mut negative, mut indexed, mut positive) = (0, 0, 0, 0);
         for qname in &names {
             for (i, query_type) in types.iter().enumerate() {
                 // EDNS on some queries, and a version hickory refuses (BADVERS) on a few.
                 let edns = [None, Some(0), None, Some(1)][(compared + i) % 4];
                 let request = request(qname, *query_type, edns);
                 let (new, old) = both(&authority, &hickory, &request).await;
-                if hickory
-                    .negative()
-                    .answer(&LowerName::new(qname), *query_type)
-                    .is_some()
-                {
-                    indexed += 1;
+                match hickory.names().answer(&LowerName::new(qname), *query_type) {
+                    Some(answer) if !answer.answers.is_empty() => positive += 1,
+                    Some(_) => indexed += 1,
+                    None => {}
                 }
                 assert_eq!(new, old, "{qname} {query_type} edns {edns:?}");
                 let message = Message::from_vec(&new).unwrap();
@@ -445,8 +527,10 @@ mod tests {
         }
         assert!(compared > 3000, "{compared}");
         assert!(negative > compared / 2, "{negative} of {compared}");
-        // Most negative answers came from the index (not those to ANY, or BADVERS).
+        // Most negative answers came from the index (not those to ANY, or BADVERS), and
+        // some positive ones (A, AAAA, SRV with additionals, TXT, PTR).
         assert!(indexed > negative / 2, "{indexed} of {negative}");
+        assert!(positive > 200, "{positive}");
     }
 
     #[test]
@@ -459,16 +543,16 @@ mod tests {
             RData::A(hickory_server::proto::rr::rdata::A::new(10, 0, 0, 1)),
             5,
         );
-        let index = NegativeIndex::new(std::slice::from_ref(&zone));
+        let index = NameIndex::new(std::slice::from_ref(&zone));
         assert_eq!(
             index.answer(&LowerName::new(&name("x.ns-0.global.")), RecordType::A),
             None
         );
-        let plain = NegativeIndex::new(&zones.zones()[..1]);
+        let plain = NameIndex::new(&zones.zones()[..1]);
         assert_eq!(
             plain
                 .answer(&LowerName::new(&name("x.ns-0.global.")), RecordType::A)
-                .map(|(code, _)| code),
+                .map(|answer| answer.code),
             Some(ResponseCode::NXDomain)
         );
     }
