@@ -15,7 +15,7 @@
 //! off while the Secret propagates.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -143,9 +143,21 @@ pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> a
     }
 }
 
-async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
+/// The member cluster (`target`) and the host cluster (`--host-kubeconfig`,
+/// `--host-context`) that `add` and `rotate` work on, loaded in that order.
+fn member_and_host(
+    target: &ClusterArgs,
+    host_kubeconfig: Option<&Path>,
+    host_context: Option<&str>,
+) -> anyhow::Result<(Target, Target)> {
     let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
-    let host = Target::load(
+    let host = Target::load(host_kubeconfig, host_context)?;
+    Ok((member, host))
+}
+
+async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
+    let (member, host) = member_and_host(
+        target,
         args.host_kubeconfig.as_deref(),
         args.host_context.as_deref(),
     )?;
@@ -224,8 +236,8 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
 /// Replaces the reader token in every registration Secret of `args.name` in the host with
 /// a new one from the member, keeping server, CA and annotations.
 async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
-    let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
-    let host = Target::load(
+    let (member, host) = member_and_host(
+        target,
         args.host_kubeconfig.as_deref(),
         args.host_context.as_deref(),
     )?;

@@ -16,6 +16,37 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+/// Runs a writer of the views `rx` carries while this replica leads: each time leadership
+/// is gained, `start` makes a fresh writer (what exists may have changed under another
+/// leader, so it starts from the API; a failure, logged as `what`, is retried every 2 s),
+/// then `work` runs it on the latest view and those after, until leadership is lost.
+/// Returns when `work` does or `leader`'s sender is dropped.
+pub(crate) async fn while_leader<T, W, S, SF, R, RF>(
+    mut leader: watch::Receiver<bool>,
+    mut rx: watch::Receiver<T>,
+    what: &str,
+    mut start: S,
+    mut work: R,
+) where
+    S: FnMut() -> SF,
+    SF: Future<Output = crate::Result<W>>,
+    R: FnMut(W, watch::Receiver<T>) -> RF,
+    RF: Future<Output = ()>,
+{
+    loop {
+        if leader.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let every_2s = std::iter::repeat(Duration::from_secs(2));
+        let writer = crate::tasks::retry_after(what, every_2s, &mut start).await;
+        rx.mark_changed();
+        tokio::select! {
+            () = work(writer, rx.clone()) => return,
+            lost = leader.wait_for(|l| !*l) => if lost.is_err() { return },
+        }
+    }
+}
+
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
 pub(crate) struct ElectionSettings {

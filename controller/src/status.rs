@@ -461,29 +461,18 @@ impl StatusWriter {
     pub(crate) async fn run_while_leader(
         client: Client,
         metrics: Arc<Metrics>,
-        mut rx: watch::Receiver<Option<Arc<StatusView>>>,
-        mut leader: watch::Receiver<bool>,
+        rx: watch::Receiver<Option<Arc<StatusView>>>,
+        leader: watch::Receiver<bool>,
     ) {
-        loop {
-            if leader.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            // What exists may have changed under another leader: start from the API.
-            let writer = loop {
-                match StatusWriter::start(client.clone(), metrics.clone()).await {
-                    Ok(w) => break w,
-                    Err(e) => {
-                        warn!(error = %e, "listing managed status objects failed, retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
-            };
-            rx.mark_changed();
-            tokio::select! {
-                () = writer.run(rx.clone()) => return,
-                lost = leader.wait_for(|l| !*l) => if lost.is_err() { return },
-            }
-        }
+        let start = || StatusWriter::start(client.clone(), metrics.clone());
+        crate::leader::while_leader(
+            leader,
+            rx,
+            "listing managed status objects",
+            start,
+            Self::run,
+        )
+        .await;
     }
 
     /// Writes every view it is sent, newest first, retrying failures. Runs until the sender
