@@ -456,25 +456,6 @@ impl StatusWriter {
         }
     }
 
-    /// While this replica leads: (re)reads the managed objects, then writes every view it is
-    /// sent. Runs until either sender is dropped.
-    pub(crate) async fn run_while_leader(
-        client: Client,
-        metrics: Arc<Metrics>,
-        rx: watch::Receiver<Option<Arc<StatusView>>>,
-        leader: watch::Receiver<bool>,
-    ) {
-        let start = || StatusWriter::start(client.clone(), metrics.clone());
-        crate::leader::while_leader(
-            leader,
-            rx,
-            "listing managed status objects",
-            start,
-            Self::run,
-        )
-        .await;
-    }
-
     /// Writes every view it is sent, newest first, retrying failures. Runs until the sender
     /// is dropped.
     pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {

@@ -386,27 +386,8 @@ impl McsWriter {
         Ok(())
     }
 
-    /// While this replica leads: writes every view it is sent, retrying failures. Runs
-    /// until either sender is dropped.
-    pub(crate) async fn run_while_leader(
-        client: Client,
-        cluster: String,
-        rx: watch::Receiver<Option<Arc<StatusView>>>,
-        leader: watch::Receiver<bool>,
-    ) {
-        let start = || McsWriter::start(client.clone(), cluster.clone());
-        crate::leader::while_leader(
-            leader,
-            rx,
-            "listing managed ServiceImports",
-            start,
-            Self::run,
-        )
-        .await;
-    }
-
     /// Writes every view it is sent, retrying failures. Runs until the sender is dropped.
-    async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
+    pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
         loop {
             let view = rx.borrow_and_update().clone();
             if let Some(view) = view
