@@ -563,7 +563,16 @@ async fn start_member(
     wait_ready(&format!("DNS server of {name}"), dns_admin).await?;
     let resolver = if options.resolvers {
         let ip = cluster.allocate_address()?;
-        Some(Resolver::start(&name, ip, "global.", dns_addr, &dir.join("unbound")).await?)
+        Some(
+            Resolver::start(
+                &name,
+                ip,
+                &["global.", "clusterset.local."],
+                dns_addr,
+                &dir.join("unbound"),
+            )
+            .await?,
+        )
     } else {
         None
     };
