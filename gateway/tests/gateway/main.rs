@@ -10,6 +10,7 @@ mod locality;
 mod mtls;
 mod outlier;
 mod pinned;
+mod reset;
 mod reuse;
 mod rotation;
 mod timeout;
