@@ -12,6 +12,7 @@ mod cli;
 mod dns;
 mod endpoint_apis;
 mod failover;
+mod faults;
 mod pinned;
 mod policy;
 mod resilience;
