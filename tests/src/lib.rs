@@ -39,6 +39,7 @@ mod error;
 mod etcd;
 mod kubeconfig;
 pub mod mesh;
+pub mod netns;
 mod network;
 mod node;
 mod pki;

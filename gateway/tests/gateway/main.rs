@@ -9,6 +9,7 @@ mod limits;
 mod locality;
 mod mtls;
 mod outlier;
+mod partition;
 mod pinned;
 mod reset;
 mod reuse;
