@@ -163,6 +163,16 @@ impl Member {
             .map_err(|e| Error::InvalidSpec(format!("config_dump of {}: {e}", self.name)))
     }
 
+    /// Process ids of the controller, the gateway (`None` while killed) and the DNS
+    /// server, for resource figures (`/proc/<pid>`).
+    pub fn pids(&self) -> [(&'static str, Option<u32>); 3] {
+        [
+            ("controller", Some(self.controller.pid())),
+            ("gateway", self.gateway.as_ref().map(ChildProcess::pid)),
+            ("dns", Some(self.dns.pid())),
+        ]
+    }
+
     /// Kills the gateway process (SIGKILL), as a lost node or cluster would.
     pub fn kill_gateway(&mut self) {
         if let Some(mut g) = self.gateway.take() {

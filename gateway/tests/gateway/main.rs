@@ -4,6 +4,7 @@
 mod support;
 
 mod admission;
+mod blackhole;
 mod e2e;
 mod limits;
 mod locality;
