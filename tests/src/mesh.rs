@@ -110,6 +110,8 @@ pub struct Member {
     gateway_pod: PodHandle,
     dns: ChildProcess,
     dns_addr: SocketAddr,
+    dns_admin: SocketAddr,
+    dns_args: Vec<String>,
     resolver: Option<Resolver>,
     dir: PathBuf,
 }
@@ -209,6 +211,19 @@ impl Member {
             self.controller_metrics,
         )
         .await
+    }
+
+    /// Kills the DNS server (SIGKILL) and starts it again with the same flags; returns
+    /// once it is ready (it has its first snapshot).
+    pub async fn restart_dns(&mut self) -> Result<()> {
+        self.dns.kill();
+        self.dns = ChildProcess::spawn(
+            format!("{}/meridian-dns", self.name),
+            &meridian_binary("meridian-dns")?,
+            &self.dns_args,
+            &self.dir.join("dns.log"),
+        )?;
+        wait_ready(&format!("DNS server of {}", self.name), self.dns_admin).await
     }
 
     /// Fails with the process's log if the controller or DNS server died.
@@ -555,18 +570,19 @@ async fn start_member(
     let [dns_port, dns_admin_port] = free_ports(dns_ip)?;
     let dns_addr = SocketAddr::new(IpAddr::V4(dns_ip), dns_port);
     let dns_admin = SocketAddr::new(IpAddr::V4(dns_ip), dns_admin_port);
+    let dns_args = vec![
+        format!("--cluster={name}"),
+        format!("--controller={controller_url}"),
+        controller_tls[0].clone(),
+        controller_tls[1].clone(),
+        format!("--token-file={}", path(&dns_token_file)),
+        format!("--listen={dns_addr}"),
+        format!("--admin={dns_admin}"),
+    ];
     let dns = ChildProcess::spawn(
         format!("{name}/meridian-dns"),
         &meridian_binary("meridian-dns")?,
-        &[
-            format!("--cluster={name}"),
-            format!("--controller={controller_url}"),
-            controller_tls[0].clone(),
-            controller_tls[1].clone(),
-            format!("--token-file={}", path(&dns_token_file)),
-            format!("--listen={dns_addr}"),
-            format!("--admin={dns_admin}"),
-        ],
+        &dns_args,
         &dir.join("dns.log"),
     )?;
     wait_ready(&format!("DNS server of {name}"), dns_admin).await?;
@@ -588,6 +604,8 @@ async fn start_member(
         gateway_pod,
         dns,
         dns_addr,
+        dns_admin,
+        dns_args,
         resolver,
         dir: dir.to_path_buf(),
     })

@@ -111,3 +111,47 @@ async fn controller_sigkill_and_restart_fails_no_request() {
     );
     assert_eq!(world.addr("east", "user").await, addr);
 }
+
+/// East's DNS server is SIGKILLed and restarted: answers resume once the new process has
+/// its first snapshot; the gap (kill → first right answer) is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_server_restart_resumes_answers_from_the_next_snapshot() {
+    let mut world = World::start().await;
+    world.deploy("user", [1, 1, 1]).await;
+    world.converge("east", "user", 3, 3).await;
+    let host = format!("user.{NS}.global");
+    let dump = world.config_dump("east").await;
+    let vip = find_service(&dump, &host).unwrap()["vip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = world.mesh.member("east").unwrap().dns_addr();
+    crate::dns::resolves_to(server, &host, &vip).await;
+
+    let killed = Instant::now();
+    world
+        .mesh
+        .member_mut("east")
+        .unwrap()
+        .restart_dns()
+        .await
+        .unwrap();
+    let ready = killed.elapsed();
+    let (mut queries, mut wrong) = (0, 0);
+    let gap = loop {
+        queries += 1;
+        let answer = crate::dns::dig(server, &["+short", "+time=1", "+tries=1", &host, "A"]);
+        if answer == vip {
+            break killed.elapsed();
+        }
+        wrong += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no answer after the restart: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "DNS server restart: ready after {ready:?}; first right answer {gap:?} after the kill ({wrong} of {queries} queries after readiness unanswered or wrong)"
+    );
+}
