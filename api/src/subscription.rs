@@ -332,8 +332,9 @@ fn publish(
     }
 }
 
-/// Formats an error with its sources: tonic's transport errors hide the cause otherwise.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// Formats an error with its sources: tonic's and hyper's transport errors hide the cause
+/// otherwise (a refused TLS certificate shows as "client error (Connect)").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -302,7 +302,8 @@ impl Aggregator {
                         "{}; endpoints withdrawn after the stale grace",
                         message.unwrap_or_else(|| "unreachable".into())
                     ));
-                } else if state.lost_since.is_some() {
+                } else if state.lost_since.is_some() && state.last_sync.is_some() {
+                    // Only a member that synced once has endpoints to keep.
                     message = Some(format!(
                         "{}; last endpoints kept as stale",
                         message.unwrap_or_else(|| "unreachable".into())

@@ -8,6 +8,7 @@
 mod support;
 
 mod admission;
+mod bad_input;
 mod cli;
 mod dns;
 mod endpoint_apis;
