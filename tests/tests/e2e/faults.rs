@@ -155,3 +155,79 @@ async fn dns_server_restart_resumes_answers_from_the_next_snapshot() {
         "DNS server restart: ready after {ready:?}; first right answer {gap:?} after the kill ({wrong} of {queries} queries after readiness unanswered or wrong)"
     );
 }
+
+/// West's API server is down for 30 s while east sends requests that west serves: east's
+/// controller keeps west's endpoints (stale) for the grace, gateways keep routing to them
+/// (they still answer), the snapshot does not flap, and west resyncs after the restart.
+/// Failed requests, snapshot versions seen during the outage and the resync time are
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_api_server_down_30s_keeps_its_endpoints_and_resyncs() {
+    let world = World::start().await;
+    world.deploy("user", [0, 2, 2]).await;
+    world.converge("east", "user", 4, 4).await;
+    let addr = world.addr("east", "user").await;
+    let version = |d: &serde_json::Value| d["snapshot"]["version"].to_string();
+    let phase = || {
+        let out = crate::support::kubectl(
+            world.cluster("east"),
+            &[
+                "get",
+                "membercluster",
+                "west",
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        );
+        out.trim().to_owned()
+    };
+    assert_eq!(phase(), "Synced");
+
+    let west = world.cluster("west");
+    west.stop_api_server().await;
+    let down = Instant::now();
+    let (mut sent, mut failed, mut from_west) = (0usize, 0usize, 0usize);
+    let mut versions = std::collections::BTreeSet::new();
+    while down.elapsed() < Duration::from_secs(30) {
+        sent += 1;
+        match get_cluster(addr).await.as_deref() {
+            Some("west") => from_west += 1,
+            Some(_) => {}
+            None => failed += 1,
+        }
+        versions.insert(version(&world.config_dump("east").await));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage_phase = phase();
+    west.start_api_server().await.unwrap();
+    let up = Instant::now();
+    let resync = loop {
+        if phase() == "Synced" {
+            break up.elapsed();
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "west never resynced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    world.converge("east", "user", 4, 4).await;
+    let t = meridian_testbed::traffic::http_tally(addr, 50, &[]).await;
+    println!(
+        "member API server down 30 s: {failed} of {sent} requests failed, {from_west} answered by west; west {outage_phase} during the outage; {} snapshot versions seen by east's gateway during it; resynced {resync:?} after the restart",
+        versions.len()
+    );
+    assert_eq!(
+        failed, 0,
+        "requests failed while west's API server was down"
+    );
+    assert!(
+        from_west > 0,
+        "west's endpoints kept serving during the grace"
+    );
+    assert!(
+        versions.len() <= 3,
+        "the snapshot flapped during the outage: {versions:?}"
+    );
+    assert_eq!(t.failed, 0, "after the resync: {t:?}");
+}
