@@ -93,6 +93,13 @@ async fn a_blackholed_endpoint_is_ejected_after_consecutive_timeouts() {
     println!(
         "blackhole: {timed_out} of {sent} requests failed (504 after the 500 ms response timeout); last failure {last_timeout:?} after the start"
     );
-    assert_eq!(timed_out, 3, "one 504 per consecutive error before ejection");
-    assert_eq!(accepted.load(Ordering::SeqCst), 3, "nothing sent to it after");
+    assert_eq!(
+        timed_out, 3,
+        "one 504 per consecutive error before ejection"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "nothing sent to it after"
+    );
 }
