@@ -200,6 +200,17 @@ impl Member {
     /// Kills and restarts the controller with the same flags.
     pub async fn restart_controller(&mut self) -> Result<()> {
         self.controller.kill();
+        self.start_controller().await
+    }
+
+    /// Kills the controller (SIGKILL) and leaves it down, as losing every replica would;
+    /// [`Member::start_controller`] brings it back.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Starts the controller with the same flags (after [`Member::kill_controller`]).
+    pub async fn start_controller(&mut self) -> Result<()> {
         self.controller = ChildProcess::spawn(
             format!("{}/meridian-controller", self.name),
             &meridian_binary("meridian-controller")?,
