@@ -32,6 +32,7 @@
 mod apiserver;
 mod binaries;
 mod cluster;
+pub mod delay;
 mod echo;
 mod endpoint_slices;
 mod endpoints;

@@ -1,13 +1,15 @@
 //! Network partitions with Linux network namespaces: a [`Netns`] is an empty network
 //! stack, a [`Link`] a veth pair joining it to the root namespace, which a test can cut
-//! ([`Link::cut`]), heal ([`Link::heal`]) or impair with `tc netem` ([`Link::impair`]).
+//! ([`Link::cut`]), heal ([`Link::heal`]) or make lossy ([`Link::lose`], nftables).
+//! Latency is added by a userspace relay, [`crate::delay::DelayRelay`]: the kernels
+//! this runs on (CI's included) have no `tc netem` and no other qdisc that delays.
 //!
 //! Addresses come from the project's own test subnet [`TEST_SUBNET`] (`198.18.0.0/15`,
 //! reserved for benchmarking by RFC 2544, so never a real network): each link gets a
 //! `/30`, root side `.1`, namespace side `.2`. Namespaces and links are deleted on drop.
 //!
-//! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2 (`ip`, `tc`); CI runs as
-//! root. Without them creation fails with an error naming what is missing: partition
+//! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), iproute2 (`ip`) and, for loss,
+//! nftables (`nft`); CI runs as root. Without them creation fails with an error naming what is missing: partition
 //! tests fail, they are never skipped.
 
 use std::fs::File;
@@ -23,9 +25,16 @@ use crate::error::{Error, Result};
 /// The project's test subnet for namespace links, as CIDR text.
 pub const TEST_SUBNET: &str = "198.18.0.0/15";
 
+/// The nftables table holding a link's packet loss (one per namespace).
+const LOSS_TABLE: &str = "meridian_loss";
+
+/// What packet loss needs, named in its errors.
+const NFT_NEEDS: &str = "packet loss needs nftables (`nft`; scripts/prereqs.sh installs it) \
+     and a kernel with nf_tables and CONFIG_NFT_NUMGEN";
+
 /// What partition tests need, named in every setup error.
 const NEEDS: &str = "network namespaces need root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and iproute2 \
-     (`ip`, `tc`; scripts/prereqs.sh installs it)";
+     (`ip`; scripts/prereqs.sh installs it)";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -212,42 +221,68 @@ impl Link {
         )
     }
 
-    /// Adds `delay_ms` of latency and `loss_percent` packet loss to traffic leaving the
-    /// root side (`tc netem`), replacing earlier impairment.
-    /// Fails naming `CONFIG_NET_SCH_NETEM` when the kernel has no netem qdisc.
-    pub fn impair(&self, delay_ms: u32, loss_percent: f64) -> Result<()> {
-        let result = run(
-            "tc",
-            &[
-                "qdisc",
-                "replace",
-                "dev",
-                &self.root_if,
-                "root",
-                "netem",
-                "delay",
-                &format!("{delay_ms}ms"),
-                "loss",
-                &format!("{loss_percent}%"),
-            ],
+    /// Drops `percent` % of the packets crossing the link, in each direction, chosen at
+    /// random per packet: an nftables table in the namespace (`numgen random mod 100 <
+    /// percent drop` on the namespace's end, input and output), replacing earlier loss.
+    /// Loss is real packet loss, so TCP retransmits. nftables, not `tc netem`, because
+    /// kernels without netem (`CONFIG_NET_SCH_NETEM` unset, as CI's) have it. Fails naming
+    /// `nft` and `CONFIG_NFT_NUMGEN` when either is missing.
+    pub fn lose(&self, percent: u8) -> Result<()> {
+        let _ = self.clear();
+        let (t, i) = (LOSS_TABLE, &self.ns_if);
+        let script = format!(
+            "add table inet {t}; \
+             add chain inet {t} input {{ type filter hook input priority 0; }}; \
+             add chain inet {t} output {{ type filter hook output priority 0; }}; \
+             add rule inet {t} input iifname \"{i}\" numgen random mod 100 < {percent} counter drop; \
+             add rule inet {t} output oifname \"{i}\" numgen random mod 100 < {percent} counter drop"
         );
-        match result {
-            Err(Error::Io { context, source }) if source.to_string().contains("unknown") => {
-                Err(Error::Io {
-                    context: format!(
-                        "{context}: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM, \
-                         module sch_netem)"
-                    ),
-                    source,
-                })
-            }
-            other => other,
-        }
+        self.nft(&script)
     }
 
-    /// Removes the impairment.
+    /// Packets dropped by [`Link::lose`] so far (both directions), read from its counters.
+    pub fn dropped(&self) -> Result<u64> {
+        let context = format!("reading the loss counters in network namespace {}", self.ns);
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "inet", LOSS_TABLE,
+            ])
+            .output()
+            .map_err(|e| Error::Io {
+                context: format!("{context} ({NFT_NEEDS})"),
+                source: e,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Io {
+                context: format!("{context} ({NFT_NEEDS})"),
+                source: std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                ),
+            });
+        }
+        // `... counter packets N bytes M drop`
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// Removes the loss added by [`Link::lose`].
     pub fn clear(&self) -> Result<()> {
-        run("tc", &["qdisc", "del", "dev", &self.root_if, "root"])
+        self.nft(&format!("delete table inet {LOSS_TABLE}"))
+    }
+
+    /// Runs an nftables script inside the namespace (its tables go with it).
+    fn nft(&self, script: &str) -> Result<()> {
+        run("ip", &["netns", "exec", &self.ns, "nft", script]).map_err(|e| match e {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{context} ({NFT_NEEDS})"),
+                source,
+            },
+            other => other,
+        })
     }
 }
 

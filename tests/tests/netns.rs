@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use meridian_testbed::delay::DelayRelay;
 use meridian_testbed::netns::{Link, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,4 +65,29 @@ async fn a_cut_link_partitions_and_healing_restores_it() {
     assert!(cut.is_err(), "the cut link still carried traffic: {cut:?}");
     link.heal().unwrap();
     roundtrip(addr, Duration::from_secs(5)).await.unwrap();
+}
+
+/// 5% packet loss (nftables) and 200 ms delay (a relay at the root end) on a link: every
+/// echo still arrives (TCP retransmits what was dropped), and the loss rule counted drops.
+#[tokio::test]
+async fn a_lossy_delayed_link_still_delivers() {
+    let (_ns, link, addr) = echo_in_namespace().await;
+    let relay = DelayRelay::start(
+        SocketAddr::from((link.root_ip, 0)),
+        addr,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    link.lose(5).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..40 {
+        roundtrip(relay.addr(), Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    assert_eq!(relay.accepted(), 40);
+    let dropped = link.dropped().unwrap();
+    link.clear().unwrap();
+    println!("40 of 40 echoes through 200 ms delay + 5% loss; {dropped} packets dropped");
+    assert!(dropped > 0, "the loss rule dropped no packet");
 }
