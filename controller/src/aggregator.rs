@@ -223,7 +223,10 @@ impl Aggregator {
             return deadline;
         }
         let catalog = Arc::new(Catalog::build(&inputs));
-        let policies = crate::policy::in_force(&self.policies.state());
+        let all_policies = self.policies.state();
+        let policies = crate::policy::in_force(&all_policies);
+        self.metrics
+            .set_policy_rejections(crate::policy::rejections(&all_policies));
         let (vip::Reconciled { vips, refused }, vip_result) = self.vips(&catalog).await;
         if let Err(e) = vip_result {
             warn!(error = %e, "VIP reconcile incomplete, retrying");

@@ -128,6 +128,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// VIPs currently without (all of) their listener ports or Service, per reason.
     pub vip_refusals: Family<ReasonLabels, Gauge>,
+    /// GlobalTrafficPolicies whose current generation is not in force, per reason
+    /// (`Invalid`, `Conflicted`).
+    pub policies_rejected: Family<ReasonLabels, Gauge>,
     /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
     /// reason.
     pub skipped_endpoints: Family<ReasonLabels, Gauge>,
@@ -157,6 +160,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
             vip_refusals: Family::default(),
+            policies_rejected: Family::default(),
             skipped_endpoints: Family::default(),
             admin: meridian_api::admin::AdminMetrics::default(),
         };
@@ -239,6 +243,11 @@ impl Default for Metrics {
             m.vip_refusals.clone(),
         );
         r.register(
+            "policies_rejected",
+            "GlobalTrafficPolicies whose current generation is not in force (Accepted=False), per reason",
+            m.policies_rejected.clone(),
+        );
+        r.register(
             "catalog_skipped_endpoints",
             "Endpoints of exported Services left out of the catalog, per reason",
             m.skipped_endpoints.clone(),
@@ -253,6 +262,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records how many policies are rejected per reason (every known reason reported,
+    /// zero included, so a fixed policy brings its count back down).
+    pub fn set_policy_rejections<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        let mut counts: BTreeMap<&str, i64> = crate::policy::Verdict::REJECTIONS
+            .iter()
+            .map(|r| (*r, 0))
+            .collect();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            self.policies_rejected
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .set(n);
+        }
+    }
+
     /// Sets the refused VIPs per reason (every known reason, zero when none).
     pub fn set_vip_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
         let mut counts: BTreeMap<&str, i64> = crate::vip::Refusal::REASONS

@@ -16,7 +16,7 @@ use meridian_testbed::traffic::http_get;
 use meridian_testbed::{Cluster, SYSTEM_NAMESPACE};
 use serde_json::Value;
 
-use crate::support::{World, eventually, kubectl};
+use crate::support::{NS, World, eventually, kubectl, kubectl_apply};
 
 /// Creates a registration Secret in `own`: `kubeconfig` under the `kubeconfig` key (none
 /// when `None`), `cluster` as the claimed cluster name (the Secret's name when `None`).
@@ -176,6 +176,191 @@ async fn bad_registrations_get_a_phase_and_a_metric_and_disturb_nothing_else() {
     for name in ["east", "west", "far"] {
         assert_eq!(all[name]["status"]["phase"], "Synced", "{name} undisturbed");
     }
+    assert_eq!(
+        entries(&world).await,
+        before,
+        "the snapshot entries of every service and peer are byte-identical"
+    );
+}
+
+/// A GlobalTrafficPolicy `name` for Service `service` in the demo namespace.
+fn traffic_policy(name: &str, service: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
+        spec.trim_start_matches('\n')
+    )
+}
+
+/// The `Accepted` condition of GlobalTrafficPolicy `name` on `own`: (status, reason,
+/// message).
+fn accepted(own: &Cluster, name: &str) -> Option<(String, String, String)> {
+    let out = kubectl(own, &["get", "gtp", name, "-n", NS, "-o", "json"]);
+    let gtp: Value = serde_json::from_str(&out).ok()?;
+    let c = gtp["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Accepted")?
+        .clone();
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+/// Bad policy input, nothing else disturbed: overlapping `distribute` rules, weights that
+/// do not sum to 100, an unknown subset, bad locality syntax (one policy each, for
+/// Services of their own; validation does not need the Service) and a second policy for a
+/// Service that has one. Each gets `Accepted=False` with its reason and a message naming
+/// the field, and counts in `meridian_policies_rejected{reason}`; the first policy of that
+/// Service stays in force, and the snapshot entries of every service and peer stay
+/// byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_policies_get_a_condition_and_a_metric_and_disturb_nothing_else() {
+    let world = World::start().await;
+    world.deploy("user", [1, 1, 1]).await;
+    world.converge("east", "user", 3, 3).await;
+    let good = traffic_policy(
+        "user",
+        "user",
+        r#"
+  localityLbSetting:
+    distribute:
+      - from: sh/2000400001/*
+        to: {"sh/2000400001/*": 50, "sh/200002/*": 50}
+"#,
+    );
+    world.apply_everywhere(&good);
+    world
+        .converge_policy("east", "user", |p| {
+            !p["localityLbSetting"]["distribute"].is_null()
+        })
+        .await;
+    let east = world.cluster("east");
+    let before = {
+        let mut last = entries(&world).await;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = entries(&world).await;
+            if now == last {
+                break now;
+            }
+            last = now;
+        }
+    };
+
+    let bad = [
+        (
+            "overlap",
+            "ghost-a",
+            r#"
+  localityLbSetting:
+    distribute:
+      - {from: "sh/*", to: {"sh/*": 100}}
+      - {from: "*/z1", to: {"bj/*": 100}}
+"#,
+        ),
+        (
+            "weights",
+            "ghost-b",
+            r#"
+  localityLbSetting:
+    distribute:
+      - {from: "sh/*", to: {"sh/*": 70, "bj/*": 20}}
+"#,
+        ),
+        (
+            "subset",
+            "ghost-c",
+            r#"
+  subsets: [{name: blue, labels: {version: blue}}]
+  http:
+    - route: [{subset: green}]
+"#,
+        ),
+        (
+            "locality",
+            "ghost-d",
+            r#"
+  localityLbSetting:
+    distribute:
+      - {from: "sh/z1/s1/extra", to: {"sh/*": 100}}
+"#,
+        ),
+        (
+            "user-again",
+            "user",
+            r#"
+  panicThreshold: 10
+"#,
+        ),
+    ];
+    for (name, service, spec) in bad {
+        kubectl_apply(east, &traffic_policy(name, service, spec));
+    }
+    // (policy, reason, what its message says)
+    let want = [
+        (
+            "overlap",
+            "Invalid",
+            "localityLbSetting.distribute[1].from: */z1 overlaps distribute[0].from sh/*, which comes first",
+        ),
+        (
+            "weights",
+            "Invalid",
+            "localityLbSetting.distribute[0].to: weights sum to 90, not 100",
+        ),
+        (
+            "subset",
+            "Invalid",
+            "http[0].route[0].subset: unknown subset \"green\"",
+        ),
+        (
+            "locality",
+            "Invalid",
+            "localityLbSetting.distribute[0].from: locality \"sh/z1/s1/extra\" has more than three parts",
+        ),
+        (
+            "user-again",
+            "Conflicted",
+            "GlobalTrafficPolicy \"user\" already targets Service \"user\"",
+        ),
+    ];
+    for (name, reason, says) in want {
+        let (status, got, message) = eventually(&format!("{name}: Accepted=False"), || {
+            accepted(east, name).filter(|(s, _, _)| s == "False")
+        })
+        .await;
+        println!("{name}: Accepted={status} {got}: {message}");
+        assert_eq!(got, reason, "{name}");
+        assert!(
+            message.contains(says),
+            "{name}: {message:?} should say {says:?}"
+        );
+    }
+    // The aggregator counts on its next pass after the policies changed.
+    let counted = [
+        r#"meridian_policies_rejected{reason="Invalid"} 4"#,
+        r#"meridian_policies_rejected{reason="Conflicted"} 1"#,
+    ];
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        metrics = controller_metrics(&world, "east").await;
+        if counted
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for line in counted {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
+    let (status, reason, _) = accepted(east, "user").expect("user's policy has a status");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Accepted"),
+        "the first policy of Service user stays in force"
+    );
     assert_eq!(
         entries(&world).await,
         before,

@@ -269,7 +269,14 @@ async fn http_one(addr: SocketAddr) -> Option<String> {
 }
 
 async fn tcp_one(addr: SocketAddr) -> Option<String> {
-    tcp_hello(addr).await.err().map(|e| short(&e.to_string()))
+    match tcp_hello(addr).await {
+        Ok(_) => None,
+        // An empty line: the connection closed before the pod's greeting arrived.
+        Err(meridian_testbed::Error::InvalidSpec(m)) if m.ends_with(": \"\"") => {
+            Some("greeting missing (connection closed)".to_owned())
+        }
+        Err(e) => Some(short(&e.to_string())),
+    }
 }
 
 /// The first words of an error, so equal causes group together.
