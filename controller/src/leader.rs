@@ -9,11 +9,13 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
@@ -140,21 +142,57 @@ async fn run(
     // The manager's task renews while a receiver lives and releases the Lease when the
     // last one is dropped.
     let (mut state, task) = manager.watch().await;
+    // The manager keeps saying "leader" while its renewals fail (it only logs and retries),
+    // so a replica cut off from its API server would go on leading after the Lease expired
+    // and another replica took it, and write again the moment it reconnects. As client-go's
+    // renew deadline: leadership also needs the Lease read back with this replica as the
+    // holder within `duration - grace`; otherwise this replica steps down.
+    let leases: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let deadline = Duration::from_secs(duration - grace);
+    let mut check = tokio::time::interval(Duration::from_millis(grace * 500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut elected, mut confirmed) = (false, Instant::now());
     loop {
         tokio::select! {
             changed = state.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let leads = *state.borrow_and_update();
-                if leads {
-                    info!(identity = %settings.identity, "became the leader: writing to the API");
-                } else {
-                    info!(identity = %settings.identity, "not the leader: serving snapshots only");
-                }
-                leader.send_replace(leads);
+                let now_elected = *state.borrow_and_update();
+                elected = now_elected;
+                // The manager has just written the Lease.
+                confirmed = Instant::now();
             }
-            _ = stop.wait_for(|s| *s) => break,
+            _ = check.tick(), if elected => {
+                let read = tokio::time::timeout(deadline, leases.get(&settings.lease_name)).await;
+                match read {
+                    Ok(Ok(lease)) => {
+                        let holder = lease.spec.and_then(|s| s.holder_identity);
+                        if holder.as_deref() == Some(settings.identity.as_str()) {
+                            confirmed = Instant::now();
+                        } else {
+                            // Another replica holds it: not leading, whatever the manager says.
+                            confirmed = Instant::now() - deadline;
+                        }
+                    }
+                    Ok(Err(e)) => debug!(error = %e, "reading the leader Lease failed"),
+                    Err(_) => debug!("reading the leader Lease timed out"),
+                }
+            }
+            // The guard wait_for returns is not Send: dropped inside, not held by select.
+            () = async { drop(stop.wait_for(|s| *s).await) } => break,
+        }
+        let leads = elected && confirmed.elapsed() < deadline;
+        let published = *leader.borrow();
+        if leads != published {
+            if leads {
+                info!(identity = %settings.identity, "became the leader: writing to the API");
+            } else if elected {
+                warn!(identity = %settings.identity, deadline_s = deadline.as_secs(), "the leader Lease was not confirmed within the renew deadline: stepping down, serving snapshots only");
+            } else {
+                info!(identity = %settings.identity, "not the leader: serving snapshots only");
+            }
+            leader.send_replace(leads);
         }
     }
     leader.send_replace(false);
