@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::sync::watch;
@@ -167,11 +168,18 @@ async fn run(
                 let read = tokio::time::timeout(deadline, leases.get(&settings.lease_name)).await;
                 match read {
                     Ok(Ok(lease)) => {
-                        let holder = lease.spec.and_then(|s| s.holder_identity);
-                        if holder.as_deref() == Some(settings.identity.as_str()) {
+                        let spec = lease.spec.unwrap_or_default();
+                        let mine = spec.holder_identity.as_deref() == Some(settings.identity.as_str());
+                        // Renewed within the lease duration (by this replica's clock; the
+                        // grace absorbs skew): readable but no longer renewed is not leading.
+                        let renewed = spec.renew_time.is_none_or(|t| {
+                            Timestamp::now().duration_since(t.0).as_secs() < duration as i64
+                        });
+                        if mine && renewed {
                             confirmed = Instant::now();
                         } else {
-                            // Another replica holds it: not leading, whatever the manager says.
+                            // Another replica holds it, or it lapsed: not leading, whatever
+                            // the manager says.
                             confirmed = Instant::now() - deadline;
                         }
                     }
