@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
+use meridian_crd::registration::Registration;
 use meridian_testbed::traffic::http_get;
 use meridian_testbed::{Cluster, SYSTEM_NAMESPACE};
 use serde_json::Value;
@@ -21,15 +21,14 @@ use super::support::{NS, World, eventually, kubectl, kubectl_apply};
 /// Creates a registration Secret in `own`: `kubeconfig` under the `kubeconfig` key (none
 /// when `None`), `cluster` as the claimed cluster name (the Secret's name when `None`).
 async fn register(own: &Cluster, secret: &str, cluster: Option<&str>, kubeconfig: Option<&str>) {
-    let mut s = Secret::default();
-    s.metadata.name = Some(secret.into());
-    s.metadata.labels = Some([("meridian.io/cluster".to_owned(), "true".to_owned())].into());
+    let mut registration = Registration::new(secret, kubeconfig.unwrap_or_default());
     if let Some(c) = cluster {
-        s.metadata.annotations =
-            Some([("meridian.io/cluster-name".to_owned(), c.to_owned())].into());
+        registration = registration.cluster_name(c);
     }
-    s.data =
-        kubeconfig.map(|k| [("kubeconfig".to_owned(), ByteString(k.as_bytes().to_vec()))].into());
+    let mut s = registration.secret();
+    if kubeconfig.is_none() {
+        s.data = None;
+    }
     Api::<Secret>::namespaced(own.client(), SYSTEM_NAMESPACE)
         .create(&PostParams::default(), &s)
         .await
