@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Meridian's tests need on Debian (idempotent): Debian packages (kubectl,
-# dig, shellcheck, iproute2, unbound), then the
+# dig, shellcheck, iproute2, nftables, unbound), then the
 # Kubernetes v1.20.2 API server, controller manager and etcd for the hermetic testbed
 # (built from Debian's sources once and cached; see tests/scripts/provision-k8s.sh).
 # Prints `export KUBEBUILDER_ASSETS=...` on stdout for `eval "$(scripts/prereqs.sh)"`.
@@ -14,6 +14,8 @@ command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v ip >/dev/null || need+=(iproute2)
+# Partition tests drop packets on a link with nftables (kernels without netem: docs/reliability.md).
+command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need+=(nftables)
 # The e2e suite resolves .global through Unbound, as pods do through their cluster DNS.
 # Tests run their own unprivileged instances (own config, loopback ports); the package's
 # system service is not wanted (see below).

@@ -17,6 +17,8 @@ pub mod proto {
     tonic::include_proto!("meridian.v1");
 }
 
+#[cfg(feature = "runtime")]
+pub mod accept;
 pub mod admin;
 pub mod channel;
 pub mod locality;

@@ -138,6 +138,17 @@ impl LocalityPattern {
             .count()
     }
 
+    /// Whether some locality is matched by both this pattern and `other`.
+    pub fn overlaps(&self, other: &LocalityPattern) -> bool {
+        self.parts
+            .iter()
+            .zip(&other.parts)
+            .all(|(a, b)| match (a, b) {
+                (Part::Exact(x), Part::Exact(y)) => x == y,
+                _ => true,
+            })
+    }
+
     /// The region, when the pattern names exactly one region.
     pub fn region(&self) -> Option<&str> {
         match &self.parts[0] {

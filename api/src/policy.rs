@@ -384,13 +384,31 @@ impl LocalityLbSetting {
                 "distribute and failoverPriority cannot be combined",
             ));
         }
+        let mut froms: Vec<LocalityPattern> = Vec::new();
         for (i, d) in self.distribute.iter().enumerate() {
-            d.from.parse::<LocalityPattern>().map_err(|e| {
+            let from = d.from.parse::<LocalityPattern>().map_err(|e| {
                 invalid(
                     format!("localityLbSetting.distribute[{i}].from"),
                     e.to_string(),
                 )
             })?;
+            // The first matching rule applies (`split`): a rule overlapping an earlier one
+            // is only meaningful as a fallback, less specific than it. Otherwise which
+            // rule a caller gets hangs on the order (equal specificity) or the rule is
+            // partly or wholly dead (more specific than an earlier, broader one).
+            if let Some((j, earlier)) = froms
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.overlaps(&from) && f.specificity() <= from.specificity())
+            {
+                return Err(invalid(
+                    format!("localityLbSetting.distribute[{i}].from"),
+                    format!(
+                        "{from} overlaps distribute[{j}].from {earlier}, which comes first and is not more specific; put the more specific rule first"
+                    ),
+                ));
+            }
+            froms.push(from);
             if d.to.is_empty() {
                 return Err(invalid(
                     format!("localityLbSetting.distribute[{i}].to"),
@@ -496,6 +514,30 @@ mod tests {
 
     fn policy(json: &str) -> TrafficPolicy {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// The first matching `distribute` rule applies: a rule that can match a caller an
+    /// earlier rule matches is refused unless the earlier one is more specific (the later
+    /// one is then a fallback).
+    #[test]
+    fn overlapping_distribute_rules_are_refused() {
+        let rules = |a: &str, b: &str| {
+            policy(&format!(
+                r#"{{"localityLbSetting":{{"distribute":[{{"from":"{a}","to":{{"sh/*":100}}}},{{"from":"{b}","to":{{"sh/*":100}}}}]}}}}"#
+            ))
+            .validate()
+        };
+        assert_eq!(
+            rules("sh/*", "sh/*").unwrap_err().to_string(),
+            "localityLbSetting.distribute[1].from: sh/* overlaps distribute[0].from sh/*, which comes first and is not more specific; put the more specific rule first"
+        );
+        assert!(rules("sh/*", "*/z1").is_err(), "sh/z1 matches both");
+        assert!(rules("sh/*", "sh/z1").is_err(), "sh/z1 would never apply");
+        assert!(
+            rules("sh/z1", "sh/*").is_ok(),
+            "a fallback after the specific rule"
+        );
+        assert!(rules("sh/*", "bj/*").is_ok(), "disjoint");
     }
 
     #[test]

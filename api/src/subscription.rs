@@ -169,6 +169,24 @@ impl Subscription {
         })
     }
 
+    /// Starts following the controller that the shared `--controller*` flags name, with
+    /// the production defaults, as `role` (`"gateway"`, `"dns"`) instance `instance` of
+    /// `cluster`.
+    #[cfg(feature = "clap")]
+    pub fn follow(
+        args: &crate::channel::ControllerArgs,
+        cluster: &str,
+        role: &str,
+        instance: &str,
+    ) -> Result<Self, Error> {
+        let subscriber = Subscriber {
+            cluster: cluster.to_owned(),
+            role: role.to_owned(),
+            instance: instance.to_owned(),
+        };
+        Self::spawn(SubscriptionConfig::from_args(args, subscriber))
+    }
+
     /// A receiver of the latest snapshot (`None` until the first one arrives).
     pub fn snapshots(&self) -> SnapshotReceiver {
         self.snapshots.clone()

@@ -15,7 +15,7 @@
 //! off while the Secret propagates.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -82,6 +82,11 @@ pub(crate) struct AddArgs {
     /// `meridianctl cluster rotate-credentials`.
     #[arg(long, default_value = DEFAULT_TOKEN_TTL, value_parser = parse_token_ttl)]
     token_ttl: Duration,
+    /// Also record the member name as the member's cluster id for the Multi-Cluster
+    /// Services API: the ClusterProperty `cluster.clusterset.k8s.io` (KEP-2149). Needs
+    /// `manifests/mcs` installed in the member; an existing, different id is never changed.
+    #[arg(long)]
+    cluster_property: bool,
 }
 
 /// Arguments of `cluster rotate-credentials`.
@@ -143,9 +148,21 @@ pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> a
     }
 }
 
-async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
+/// The member cluster (`target`) and the host cluster (`--host-kubeconfig`,
+/// `--host-context`) that `add` and `rotate` work on, loaded in that order.
+fn member_and_host(
+    target: &ClusterArgs,
+    host_kubeconfig: Option<&Path>,
+    host_context: Option<&str>,
+) -> anyhow::Result<(Target, Target)> {
     let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
-    let host = Target::load(
+    let host = Target::load(host_kubeconfig, host_context)?;
+    Ok((member, host))
+}
+
+async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
+    let (member, host) = member_and_host(
+        target,
         args.host_kubeconfig.as_deref(),
         args.host_context.as_deref(),
     )?;
@@ -181,6 +198,14 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
 
     let client = member.client().await?;
+    if args.cluster_property {
+        write_cluster_id(&client, &name).await.with_context(|| {
+            format!(
+                "recording the cluster id in cluster {name:?} (context {:?})",
+                member.context
+            )
+        })?;
+    }
     let (token, expires) = mint_reader(&client, args.token_ttl)
         .await
         .with_context(|| {
@@ -224,8 +249,8 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
 /// Replaces the reader token in every registration Secret of `args.name` in the host with
 /// a new one from the member, keeping server, CA and annotations.
 async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
-    let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
-    let host = Target::load(
+    let (member, host) = member_and_host(
+        target,
         args.host_kubeconfig.as_deref(),
         args.host_context.as_deref(),
     )?;
@@ -367,6 +392,44 @@ where
     )
     .await
     .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
+/// The KEP-2149 property holding a cluster's id within its ClusterSet.
+const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
+
+/// Creates the ClusterProperty naming the cluster `name`, unless it already says so. A
+/// different id is refused, not overwritten: MCS consumers key exported endpoints by it.
+async fn write_cluster_id(client: &Client, name: &str) -> anyhow::Result<()> {
+    let gvk = kube::api::GroupVersionKind::gvk("about.k8s.io", "v1alpha1", "ClusterProperty");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "clusterproperties");
+    // `get` cannot tell a missing object from a missing CRD (both 404): ask discovery first.
+    let served = client
+        .list_api_group_resources(&resource.api_version)
+        .await
+        .ok()
+        .is_some_and(|list| list.resources.iter().any(|r| r.name == resource.plural));
+    if !served {
+        bail!(
+            "ClusterProperty ({}) is not served; install the MCS CRDs first: \
+             kubectl apply -k manifests/mcs",
+            resource.api_version
+        );
+    }
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    if let Some(existing) = api.get_opt(CLUSTER_ID_PROPERTY).await? {
+        let id = existing.data["spec"]["value"].as_str().unwrap_or_default();
+        if id == name {
+            return Ok(());
+        }
+        bail!(
+            "the cluster id is already {id:?}; an id must not change while the cluster is in a \
+             ClusterSet (delete clusterproperty {CLUSTER_ID_PROPERTY} first to change it)"
+        );
+    }
+    let property = kube::api::DynamicObject::new(CLUSTER_ID_PROPERTY, &resource)
+        .data(serde_json::json!({ "spec": { "value": name } }));
+    api.create(&PostParams::default(), &property).await?;
     Ok(())
 }
 

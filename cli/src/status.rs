@@ -9,6 +9,21 @@ use serde::Serialize;
 use crate::cluster::{member_header, member_row};
 use crate::render::{self, Output};
 
+/// Every object of the cluster-scoped kind `K`, sorted by name; a failure is reported as `what`.
+async fn list_sorted<K>(client: &Client, what: &'static str) -> anyhow::Result<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let mut items = Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context(what)?
+        .items;
+    items.sort_by_key(|o| o.name_any());
+    Ok(items)
+}
+
 #[derive(Serialize)]
 struct Status {
     members: Vec<MemberCluster>,
@@ -17,18 +32,12 @@ struct Status {
 
 /// Runs `meridianctl status`.
 pub(crate) async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
-    let mut members = Api::<MemberCluster>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing MemberClusters (is Meridian installed in this cluster?)")?
-        .items;
-    members.sort_by_key(|m| m.name_any());
-    let mut services = Api::<GlobalService>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing GlobalServices")?
-        .items;
-    services.sort_by_key(|s| s.name_any());
+    let members: Vec<MemberCluster> = list_sorted(
+        client,
+        "listing MemberClusters (is Meridian installed in this cluster?)",
+    )
+    .await?;
+    let services: Vec<GlobalService> = list_sorted(client, "listing GlobalServices").await?;
     if output != Output::Table {
         return render::print_structured(&Status { members, services }, output);
     }

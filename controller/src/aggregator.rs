@@ -173,7 +173,11 @@ impl Aggregator {
         ));
         mcs.apply_ports(&mut catalog);
         let catalog = Arc::new(catalog);
-        let policies = crate::policy::in_force(&self.ctx.policies.state());
+        let all_policies = self.ctx.policies.state();
+        let policies = crate::policy::in_force(&all_policies);
+        self.ctx
+            .metrics
+            .set_policy_rejections(crate::policy::rejections(&all_policies));
         let reconciled = self.reconcile_vips(&catalog, &mut next).await;
         self.record(&catalog, &reconciled);
         let peers = std::mem::take(&mut observed.peers);
@@ -465,7 +469,8 @@ fn member_message(state: &MemberState, withdrawn: bool) -> Option<String> {
     };
     if withdrawn {
         lost("endpoints withdrawn after the stale grace")
-    } else if state.lost_since.is_some() {
+    } else if state.lost_since.is_some() && state.last_sync.is_some() {
+        // Only a member that synced once has endpoints to keep.
         lost("last endpoints kept as stale")
     } else {
         state.message.clone()

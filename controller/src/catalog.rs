@@ -249,11 +249,12 @@ pub(crate) fn node_locality(node: &Node) -> Locality {
 
 /// Whether a Service is labelled for export.
 pub(crate) fn is_exported(svc: &Service) -> bool {
-    svc.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(EXPORT_LABEL))
-        .is_some_and(|v| v == "true")
+    is_true(svc.metadata.labels.as_ref(), EXPORT_LABEL)
+}
+
+/// Whether the label or annotation `key` among `values` is `"true"`.
+pub(crate) fn is_true(values: Option<&BTreeMap<String, String>>, key: &str) -> bool {
+    values.and_then(|v| v.get(key)).is_some_and(|v| v == "true")
 }
 
 /// Per-member lookups used while walking its endpoint objects.

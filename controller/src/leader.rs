@@ -9,12 +9,46 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Runs a writer of the views `rx` carries while this replica leads: each time leadership
+/// is gained, `start` makes a fresh writer (what exists may have changed under another
+/// leader, so it starts from the API; a failure, logged as `what`, is retried every 2 s),
+/// then `work` runs it on the latest view and those after, until leadership is lost.
+/// Returns when `work` does or `leader`'s sender is dropped.
+pub(crate) async fn while_leader<T, W, S, SF, R, RF>(
+    mut leader: watch::Receiver<bool>,
+    mut rx: watch::Receiver<T>,
+    what: &str,
+    mut start: S,
+    mut work: R,
+) where
+    S: FnMut() -> SF,
+    SF: Future<Output = crate::Result<W>>,
+    R: FnMut(W, watch::Receiver<T>) -> RF,
+    RF: Future<Output = ()>,
+{
+    loop {
+        if leader.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let every_2s = std::iter::repeat(Duration::from_secs(2));
+        let writer = crate::tasks::retry_after(what, every_2s, &mut start).await;
+        rx.mark_changed();
+        tokio::select! {
+            () = work(writer, rx.clone()) => return,
+            lost = leader.wait_for(|l| !*l) => if lost.is_err() { return },
+        }
+    }
+}
 
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
@@ -141,23 +175,8 @@ async fn run(
     // The manager's task renews while a receiver lives and releases the Lease when the
     // last one is dropped.
     let (mut state, task) = manager.watch().await;
-    loop {
-        tokio::select! {
-            changed = state.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let leads = *state.borrow_and_update();
-                if leads {
-                    info!(identity = %settings.identity, "became the leader: writing to the API");
-                } else {
-                    info!(identity = %settings.identity, "not the leader: serving snapshots only");
-                }
-                leader.send_replace(leads);
-            }
-            () = stop.cancelled() => break,
-        }
-    }
+    let leases: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    follow(&mut state, &leases, &settings, &leader, &stop).await;
     leader.send_replace(false);
     drop(state);
     match task.await {
@@ -167,6 +186,85 @@ async fn run(
         Ok(Err(e)) => warn!(error = %e, "releasing the leader Lease failed"),
         Err(e) => warn!(error = %e, "leader election task failed"),
     }
+}
+
+/// Publishes leadership until the manager ends or `stop`.
+///
+/// The manager keeps saying "leader" while its renewals fail (it only logs and retries), so
+/// a replica cut off from its API server would go on leading after the Lease expired and
+/// another replica took it, and write again the moment it reconnects. As client-go's renew
+/// deadline: leadership also needs the Lease read back with this replica as the holder
+/// within `duration - grace`; otherwise this replica steps down.
+async fn follow(
+    state: &mut watch::Receiver<bool>,
+    leases: &Api<Lease>,
+    settings: &ElectionSettings,
+    leader: &watch::Sender<bool>,
+    stop: &CancellationToken,
+) {
+    let (duration, grace) = settings.seconds();
+    let deadline = Duration::from_secs(duration - grace);
+    let mut check = tokio::time::interval(Duration::from_millis(grace * 500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the Lease was last known to be this replica's (`None`: known not to be).
+    let (mut elected, mut confirmed) = (false, Some(Instant::now()));
+    loop {
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                elected = *state.borrow_and_update();
+                // The manager has just written the Lease.
+                confirmed = Some(Instant::now());
+            }
+            _ = check.tick(), if elected => {
+                match tokio::time::timeout(deadline, holds_lease(leases, settings, duration)).await {
+                    Ok(Ok(true)) => confirmed = Some(Instant::now()),
+                    Ok(Ok(false)) => confirmed = None,
+                    Ok(Err(e)) => debug!(error = %e, "reading the leader Lease failed"),
+                    Err(_) => debug!("reading the leader Lease timed out"),
+                }
+            }
+            () = stop.cancelled() => break,
+        }
+        let leads = elected && confirmed.is_some_and(|t| t.elapsed() < deadline);
+        if leads == *leader.borrow() {
+            continue;
+        }
+        if leads {
+            info!(identity = %settings.identity, "became the leader: writing to the API");
+        } else if elected {
+            warn!(
+                identity = %settings.identity,
+                deadline_s = deadline.as_secs(),
+                "the leader Lease was not confirmed within the renew deadline: stepping down, serving snapshots only"
+            );
+        } else {
+            info!(identity = %settings.identity, "not the leader: serving snapshots only");
+        }
+        leader.send_replace(leads);
+    }
+}
+
+/// Whether the Lease names this replica as holder and was renewed within `duration`
+/// seconds (by this replica's clock; the grace absorbs skew): readable but no longer
+/// renewed is not leading.
+async fn holds_lease(
+    leases: &Api<Lease>,
+    settings: &ElectionSettings,
+    duration: u64,
+) -> kube::Result<bool> {
+    let spec = leases
+        .get(&settings.lease_name)
+        .await?
+        .spec
+        .unwrap_or_default();
+    let mine = spec.holder_identity.as_deref() == Some(settings.identity.as_str());
+    let renewed = spec.renew_time.is_none_or(|t| {
+        Timestamp::now().duration_since(t.0).as_secs() < i64::try_from(duration).unwrap_or(i64::MAX)
+    });
+    Ok(mine && renewed)
 }
 
 #[cfg(test)]

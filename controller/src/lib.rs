@@ -36,7 +36,3 @@ pub use config::{AuthMode, Config};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use run::run;
-
-// The paths `meridianctl` and the fuzz targets use.
-pub use grpc::{ca_root, certificates};
-pub use members::{kubeconfig, registry};

@@ -129,6 +129,9 @@ pub struct Metrics {
     pub(crate) leader: Gauge,
     /// VIPs currently without (all of) their listener ports or Service, per reason.
     pub(crate) vip_refusals: Family<ReasonLabels, Gauge>,
+    /// GlobalTrafficPolicies whose current generation is not in force, per reason
+    /// (`Invalid`, `Conflicted`).
+    pub(crate) policies_rejected: Family<ReasonLabels, Gauge>,
     /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
     /// reason.
     pub(crate) skipped_endpoints: Family<ReasonLabels, Gauge>,
@@ -158,6 +161,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
             vip_refusals: Family::default(),
+            policies_rejected: Family::default(),
             skipped_endpoints: Family::default(),
             admin: meridian_api::admin::AdminMetrics::default(),
         };
@@ -240,6 +244,11 @@ impl Default for Metrics {
             m.vip_refusals.clone(),
         );
         r.register(
+            "policies_rejected",
+            "GlobalTrafficPolicies whose current generation is not in force (Accepted=False), per reason",
+            m.policies_rejected.clone(),
+        );
+        r.register(
             "catalog_skipped_endpoints",
             "Endpoints of exported Services left out of the catalog, per reason",
             m.skipped_endpoints.clone(),
@@ -253,23 +262,40 @@ impl Default for Metrics {
     }
 }
 
+/// Sets `family` to the number of `reasons` per reason; every `known` reason is reported,
+/// zero when absent.
+fn set_per_reason<'a>(
+    family: &Family<ReasonLabels, Gauge>,
+    known: &[&'a str],
+    reasons: impl IntoIterator<Item = &'a str>,
+) {
+    let mut counts: BTreeMap<&str, i64> = known.iter().map(|r| (*r, 0)).collect();
+    for r in reasons {
+        *counts.entry(r).or_default() += 1;
+    }
+    for (reason, n) in counts {
+        family
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .set(n);
+    }
+}
+
 impl Metrics {
     /// Sets the refused VIPs per reason (every known reason, zero when none).
     pub(crate) fn set_vip_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
-        let mut counts: BTreeMap<&str, i64> = crate::vip::Refusal::REASONS
-            .iter()
-            .map(|r| (*r, 0))
-            .collect();
-        for r in reasons {
-            *counts.entry(r).or_default() += 1;
-        }
-        for (reason, n) in counts {
-            self.vip_refusals
-                .get_or_create(&ReasonLabels {
-                    reason: reason.to_owned(),
-                })
-                .set(n);
-        }
+        set_per_reason(&self.vip_refusals, &crate::vip::Refusal::REASONS, reasons);
+    }
+
+    /// Sets the rejected policies per reason (every known reason, zero included, so a
+    /// fixed policy brings its count back down).
+    pub(crate) fn set_policy_rejections<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        set_per_reason(
+            &self.policies_rejected,
+            &crate::policy::Verdict::REJECTIONS,
+            reasons,
+        );
     }
 
     /// Counts a refused gRPC call.

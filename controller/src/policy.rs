@@ -51,6 +51,27 @@ pub(crate) enum Verdict {
     Conflicted(String),
 }
 
+impl Verdict {
+    /// The condition reasons of a rejected policy (metric labels).
+    pub(crate) const REJECTIONS: [&'static str; 2] = ["Invalid", "Conflicted"];
+
+    /// Its `Accepted` condition's reason when rejected.
+    pub(crate) fn rejection(&self) -> Option<&'static str> {
+        match self {
+            Verdict::Accepted => None,
+            Verdict::Invalid(_) => Some(Self::REJECTIONS[0]),
+            Verdict::Conflicted(_) => Some(Self::REJECTIONS[1]),
+        }
+    }
+}
+
+/// The rejection reason of every policy in `all` that is not in force as written.
+pub fn rejections(all: &[Arc<GlobalTrafficPolicy>]) -> Vec<&'static str> {
+    all.iter()
+        .filter_map(|gtp| verdict(gtp, all).rejection())
+        .collect()
+}
+
 fn key_of(gtp: &GlobalTrafficPolicy) -> ServiceKey {
     ServiceKey::new(
         gtp.namespace().unwrap_or_default(),

@@ -25,6 +25,7 @@ use crate::grpc::discovery::{DiscoveryService, SnapshotPublisher};
 use crate::grpc::tls::{self, ServingCert, ServingSettings, Transport};
 use crate::grpc::{self, Keepalive, ca_root};
 use crate::leader::{self, Election, ElectionSettings};
+use crate::mcs::writer::McsWriter;
 use crate::members::member::{Credentials, MemberSettings, MemberSpec, reconnect_backoff};
 use crate::members::registry::Registry;
 use crate::metrics::{self, Metrics};
@@ -201,18 +202,23 @@ impl Controller {
     /// The status writer (active while leading); returns where views go.
     fn start_status_writer(&mut self) -> watch::Sender<Option<Arc<StatusView>>> {
         let (status, views) = watch::channel(None);
-        let mcs = crate::mcs::writer::McsWriter::run_while_leader(
-            self.client.clone(),
-            self.config.cluster_name.clone(),
-            views.clone(),
+        // Both writers (re)read what they manage each time this replica gains leadership.
+        let (client, cluster) = (self.client.clone(), self.config.cluster_name.clone());
+        let mcs = leader::while_leader(
             self.election.subscribe(),
+            views.clone(),
+            "listing managed ServiceImports",
+            move || McsWriter::start(client.clone(), cluster.clone()),
+            McsWriter::run,
         );
         self.tasks.spawn(info_span!("mcs-writer"), mcs);
-        let writer = StatusWriter::run_while_leader(
-            self.client.clone(),
-            self.metrics.clone(),
-            views,
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
+        let writer = leader::while_leader(
             self.election.subscribe(),
+            views,
+            "listing managed status objects",
+            move || StatusWriter::start(client.clone(), metrics.clone()),
+            StatusWriter::run,
         );
         self.tasks.spawn(info_span!("status-writer"), writer);
         status

@@ -201,10 +201,59 @@ fn managed_labels() -> BTreeMap<String, String> {
 pub(crate) struct StatusWriter {
     client: Client,
     metrics: Arc<Metrics>,
-    services: BTreeMap<String, GlobalServiceStatus>,
-    members: BTreeMap<String, (MemberClusterStatus, SystemTime)>,
-    known_services: BTreeSet<String>,
-    known_members: BTreeSet<String>,
+    services: Managed<GlobalServiceStatus>,
+    members: Managed<(MemberClusterStatus, SystemTime)>,
+}
+
+/// The objects of one kind the writer manages: the names that exist, and the status last
+/// written to each.
+struct Managed<S> {
+    kind: &'static str,
+    known: BTreeSet<String>,
+    written: BTreeMap<String, S>,
+}
+
+impl<S> Managed<S> {
+    /// Creates the object `name` with `spec`; returns whether that succeeded.
+    async fn create<K>(
+        &mut self,
+        api: &Api<K>,
+        name: &str,
+        spec: &impl Serialize,
+        errors: &mut FirstError,
+    ) -> bool
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let r = apply(api, name, self.kind, spec).await;
+        if !errors.note(r, name) {
+            return false;
+        }
+        self.known.insert(name.to_owned());
+        true
+    }
+
+    /// Deletes the objects not in `wanted` and forgets them; returns the names deleted.
+    async fn collect<K>(
+        &mut self,
+        api: &Api<K>,
+        wanted: &BTreeSet<String>,
+        errors: &mut FirstError,
+    ) -> Vec<String>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let mut deleted = Vec::new();
+        for name in self.known.clone().difference(wanted) {
+            let r = delete(api, name).await;
+            if errors.note(r, name) {
+                self.known.remove(name);
+                self.written.remove(name);
+                deleted.push(name.clone());
+            }
+        }
+        deleted
+    }
 }
 
 /// A member status older than this is rewritten even if only `lastSyncTime` moved.
@@ -237,87 +286,43 @@ impl StatusWriter {
         let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let gs: Api<GlobalService> = Api::all(client.clone());
         let mc: Api<MemberCluster> = Api::all(client.clone());
-        let mut w = StatusWriter {
-            known_services: gs
-                .list(&lp)
-                .await?
-                .items
-                .iter()
-                .map(|o| o.name_any())
-                .collect(),
-            known_members: mc
-                .list(&lp)
-                .await?
-                .items
-                .iter()
-                .map(|o| o.name_any())
-                .collect(),
-            // Existing statuses are taken over so transition times survive restarts.
-            services: gs
-                .list(&lp)
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|o| Some((o.name_any(), o.status?)))
-                .collect(),
-            members: BTreeMap::new(),
+        let known_services = gs
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| o.name_any())
+            .collect();
+        let known_members = mc
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(|o| o.name_any())
+            .collect();
+        // Existing statuses are taken over so transition times survive restarts.
+        let mut services: BTreeMap<_, _> = gs
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|o| Some((o.name_any(), o.status?)))
+            .collect();
+        services.retain(|_, s: &mut GlobalServiceStatus| !s.conditions.is_empty());
+        Ok(StatusWriter {
+            services: Managed {
+                kind: "GlobalService",
+                known: known_services,
+                written: services,
+            },
+            members: Managed {
+                kind: "MemberCluster",
+                known: known_members,
+                written: BTreeMap::new(),
+            },
             client,
             metrics,
-        };
-        w.services.retain(|_, s| !s.conditions.is_empty());
-        Ok(w)
-    }
-
-    async fn apply<K>(
-        &self,
-        api: &Api<K>,
-        name: &str,
-        kind: &str,
-        spec: &impl Serialize,
-    ) -> Result<()>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-    {
-        let patch = Patch::Apply(serde_json::json!({
-            "apiVersion": "meridian.io/v1alpha1",
-            "kind": kind,
-            "metadata": {"name": name, "labels": managed_labels()},
-            "spec": spec,
-        }));
-        api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
-            .await?;
-        Ok(())
-    }
-
-    async fn apply_status<K>(
-        &self,
-        api: &Api<K>,
-        name: &str,
-        kind: &str,
-        status: &impl Serialize,
-    ) -> Result<()>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-    {
-        let patch = Patch::Apply(serde_json::json!({
-            "apiVersion": "meridian.io/v1alpha1",
-            "kind": kind,
-            "status": status,
-        }));
-        api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete<K>(&self, api: &Api<K>, name: &str) -> Result<()>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-    {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(Error::Kube(e)),
-        }
+        })
     }
 
     /// Writes everything that changed since the last call; the first error is returned
@@ -335,18 +340,12 @@ impl StatusWriter {
     /// The GlobalService of every catalog entry; those of entries gone are deleted.
     async fn write_services(&mut self, view: &StatusView, errors: &mut FirstError) {
         let api: Api<GlobalService> = Api::all(self.client.clone());
-        let mut wanted = BTreeSet::new();
         for key in view.catalog.services.keys() {
-            wanted.insert(key.to_string());
             self.write_service(&api, view, key, errors).await;
         }
-        for name in self.known_services.clone().difference(&wanted) {
-            let r = self.delete(&api, name).await;
-            if errors.note(r, name) {
-                info!(global_service = %name, "GlobalService deleted");
-                self.known_services.remove(name);
-                self.services.remove(name);
-            }
+        let wanted = view.catalog.services.keys().map(ToString::to_string);
+        for name in self.services.collect(&api, &wanted.collect(), errors).await {
+            info!(global_service = %name, "GlobalService deleted");
         }
     }
 
@@ -364,6 +363,7 @@ impl StatusWriter {
         let name = key.to_string();
         let previous = self
             .services
+            .written
             .get(&name)
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
@@ -380,25 +380,21 @@ impl StatusWriter {
             &view.zone,
             &previous,
         );
-        if !self.known_services.contains(&name) {
+        if !self.services.known.contains(&name) {
             let spec = crate::crd::GlobalServiceSpec {
                 service: key.name.clone(),
                 namespace: key.namespace.clone(),
             };
-            let r = self.apply(api, &name, "GlobalService", &spec).await;
-            if !errors.note(r, &name) {
+            if !self.services.create(api, &name, &spec, errors).await {
                 return;
             }
             info!(global_service = %name, "GlobalService created");
-            self.known_services.insert(name.clone());
         }
-        if self.services.get(&name) != Some(&status) {
-            let r = self
-                .apply_status(api, &name, "GlobalService", &status)
-                .await;
+        if self.services.written.get(&name) != Some(&status) {
+            let r = apply_status(api, &name, "GlobalService", &status).await;
             if errors.note(r, &name) {
                 debug!(global_service = %name, ready = %status.ready_summary, "status written");
-                self.services.insert(name, status);
+                self.services.written.insert(name, status);
             }
         }
     }
@@ -406,19 +402,13 @@ impl StatusWriter {
     /// The MemberCluster of every member and rejected registration; those gone are deleted.
     async fn write_members(&mut self, view: &StatusView, errors: &mut FirstError) {
         let api: Api<MemberCluster> = Api::all(self.client.clone());
-        let mut wanted = BTreeSet::new();
         let now = SystemTime::now();
         for m in &view.members {
-            wanted.insert(m.name.clone());
             self.write_member(&api, m, now, errors).await;
         }
-        for name in self.known_members.clone().difference(&wanted) {
-            let r = self.delete(&api, name).await;
-            if errors.note(r, name) {
-                info!(cluster = %name, "MemberCluster deleted");
-                self.known_members.remove(name);
-                self.members.remove(name);
-            }
+        let wanted = view.members.iter().map(|m| m.name.clone());
+        for name in self.members.collect(&api, &wanted.collect(), errors).await {
+            info!(cluster = %name, "MemberCluster deleted");
         }
     }
 
@@ -431,18 +421,16 @@ impl StatusWriter {
         now: SystemTime,
         errors: &mut FirstError,
     ) {
-        if !self.known_members.contains(&m.name) {
+        if !self.members.known.contains(&m.name) {
             let spec = crate::crd::MemberClusterSpec {
                 local: m.local,
                 secret: m.secret.clone(),
             };
-            let r = self.apply(api, &m.name, "MemberCluster", &spec).await;
-            if !errors.note(r, &m.name) {
+            if !self.members.create(api, &m.name, &spec, errors).await {
                 return;
             }
-            self.known_members.insert(m.name.clone());
         }
-        let fresh = match self.members.get(&m.name) {
+        let fresh = match self.members.written.get(&m.name) {
             Some((old, at)) => {
                 let mut a = old.clone();
                 let mut b = m.status.clone();
@@ -457,44 +445,14 @@ impl StatusWriter {
         if fresh {
             return;
         }
-        let r = self
-            .apply_status(api, &m.name, "MemberCluster", &m.status)
-            .await;
+        let r = apply_status(api, &m.name, "MemberCluster", &m.status).await;
         if errors.note(r, &m.name) {
             if m.status.phase != Phase::Synced {
                 debug!(cluster = %m.name, phase = %m.status.phase, "member status written");
             }
-            self.members.insert(m.name.clone(), (m.status.clone(), now));
-        }
-    }
-
-    /// While this replica leads: (re)reads the managed objects, then writes every view it is
-    /// sent. Runs until either sender is dropped.
-    pub(crate) async fn run_while_leader(
-        client: Client,
-        metrics: Arc<Metrics>,
-        mut rx: watch::Receiver<Option<Arc<StatusView>>>,
-        mut leader: watch::Receiver<bool>,
-    ) {
-        loop {
-            if leader.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            // What exists may have changed under another leader: start from the API.
-            let writer = loop {
-                match StatusWriter::start(client.clone(), metrics.clone()).await {
-                    Ok(w) => break w,
-                    Err(e) => {
-                        warn!(error = %e, "listing managed status objects failed, retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
-            };
-            rx.mark_changed();
-            tokio::select! {
-                () = writer.run(rx.clone()) => return,
-                lost = leader.wait_for(|l| !*l) => if lost.is_err() { return },
-            }
+            self.members
+                .written
+                .insert(m.name.clone(), (m.status.clone(), now));
         }
     }
 
@@ -519,6 +477,54 @@ impl StatusWriter {
             // Status is for humans: at most a few writes a second.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Creates or updates the object `name` of `kind` with `spec` (server-side apply).
+async fn apply<K>(api: &Api<K>, name: &str, kind: &str, spec: &impl Serialize) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = Patch::Apply(serde_json::json!({
+        "apiVersion": "meridian.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "labels": managed_labels()},
+        "spec": spec,
+    }));
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
+        .await?;
+    Ok(())
+}
+
+/// Writes the status of the object `name` of `kind` (server-side apply).
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    status: &impl Serialize,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = Patch::Apply(serde_json::json!({
+        "apiVersion": "meridian.io/v1alpha1",
+        "kind": kind,
+        "status": status,
+    }));
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &patch)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the object `name`; one already gone counts as deleted.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
     }
 }
 

@@ -64,11 +64,10 @@ impl Skip {
 
 /// Whether `svc` admits endpoints that are not Pods of its namespace.
 pub(crate) fn allows_external(svc: &Service) -> bool {
-    svc.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION))
-        .is_some_and(|v| v == "true")
+    crate::catalog::is_true(
+        svc.metadata.annotations.as_ref(),
+        ALLOW_EXTERNAL_ENDPOINTS_ANNOTATION,
+    )
 }
 
 /// The IPs of a Pod: `status.podIPs`, and `status.podIP` (the first of them, or all there is

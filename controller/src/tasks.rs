@@ -50,18 +50,34 @@ impl Tasks {
 }
 
 /// Retries `f` with backoff until it succeeds (the own API server may start after us).
-pub(crate) async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn retry<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut backoff = reconnect_backoff().build();
+    let backoff = reconnect_backoff().build();
+    let delays = backoff.chain(std::iter::repeat(Duration::from_secs(10)));
+    retry_after(what, delays, f).await
+}
+
+/// Retries `f` until it succeeds, sleeping the next of `delays` after each failure, which
+/// is logged as `what`.
+pub(crate) async fn retry_after<T, F, Fut>(
+    what: &str,
+    mut delays: impl Iterator<Item = Duration>,
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     loop {
         match f().await {
             Ok(v) => return v,
             Err(e) => {
                 warn!(error = %e, "{what} failed, retrying");
-                tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tokio::time::sleep(delay).await;
             }
         }
     }

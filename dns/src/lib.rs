@@ -30,9 +30,8 @@ mod snapshot;
 
 use std::sync::Arc;
 
-use meridian_api::proto::Subscriber;
 use meridian_api::signal::Shutdown;
-use meridian_api::subscription::{Subscription, SubscriptionConfig};
+use meridian_api::subscription::Subscription;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span};
@@ -97,16 +96,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
 /// Starts following the controller's snapshots for this cluster.
 fn subscribe(config: &Config) -> Result<Subscription> {
-    let subscriber = Subscriber {
-        cluster: config.cluster.clone(),
-        role: "dns".into(),
-        instance: config.instance.clone(),
-    };
-    Subscription::spawn(SubscriptionConfig::from_args(
-        &config.controller,
-        subscriber,
-    ))
-    .map_err(Error::Subscription)
+    Subscription::follow(&config.controller, &config.cluster, "dns", &config.instance)
+        .map_err(Error::Subscription)
 }
 
 /// Binds the admin listener and logs the server's settings.

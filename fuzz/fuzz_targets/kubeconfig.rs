@@ -1,5 +1,5 @@
 //! Registration kubeconfigs: what a Secret writer controls, read by
-//! `meridian_controller::kubeconfig::accept` (the allow-list in front of every member client).
+//! `meridian_crd::kubeconfig::accept` (the allow-list in front of every member client).
 //!
 //! Input: the first line, if it starts with `@`, names the context (as the
 //! `meridian.io/context` annotation would); the rest is the kubeconfig text.
@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meridian_controller::kubeconfig::accept;
+use meridian_crd::kubeconfig::accept;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

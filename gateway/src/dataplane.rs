@@ -230,6 +230,37 @@ impl Dataplane {
         }
     }
 
+    /// Whether the tunnel to `cluster`'s gateway is gone after a request through it
+    /// failed. If so, the peer is marked down now, as the pool's own event will shortly
+    /// do, so that the failed request's retries route by the rebuilt split (another
+    /// cluster) instead of trying the lost peer's other endpoints.
+    pub async fn peer_lost(&self, cluster: &str) -> bool {
+        if cluster == self.cluster || self.pool.is_connected(cluster).await {
+            return false;
+        }
+        self.peer_event(PeerEvent {
+            cluster: cluster.to_owned(),
+            up: false,
+            error: Some("tunnel connection lost".to_owned()),
+        })
+        .await;
+        // The pool's own event may be rebuilding the routing right now: wait for that
+        // rebuild, so the caller's next look at the routing is without the peer.
+        drop(self.rebuild_lock.lock().await);
+        // A reconnect that raced with the check above sent its "up" event before our
+        // "down": restore it, or the peer would stay down while connected (the prober
+        // only reconnects peers without a connection).
+        if self.pool.is_connected(cluster).await {
+            self.peer_event(PeerEvent {
+                cluster: cluster.to_owned(),
+                up: true,
+                error: None,
+            })
+            .await;
+        }
+        true
+    }
+
     /// Connects to every peer gateway that has no live connection; successes mark the peer
     /// up (failures are reported by the pool).
     pub async fn probe_peers(&self) {

@@ -42,9 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meridian_api::channel::ControllerEndpoint;
-use meridian_api::proto::{Snapshot, Subscriber};
+use meridian_api::proto::Snapshot;
 use meridian_api::signal::Shutdown;
-use meridian_api::subscription::{SnapshotReceiver, Subscription, SubscriptionConfig};
+use meridian_api::subscription::{SnapshotReceiver, Subscription};
 use meridian_identity::tls::CredentialReceiver;
 use meridian_identity::{Identity, tls};
 use prometheus_client::registry::Registry;
@@ -336,15 +336,12 @@ fn signer(config: &Config) -> Result<ControllerEndpoint> {
 
 /// Starts following the controller's snapshots as this gateway.
 fn subscribe(config: &Config) -> Result<Subscription> {
-    let subscriber = Subscriber {
-        cluster: config.cluster.clone(),
-        role: "gateway".into(),
-        instance: config.instance.clone(),
-    };
-    Subscription::spawn(SubscriptionConfig::from_args(
+    Subscription::follow(
         &config.controller,
-        subscriber,
-    ))
+        &config.cluster,
+        "gateway",
+        &config.instance,
+    )
     .map_err(Error::Subscription)
 }
 

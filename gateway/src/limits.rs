@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_api::accept::accept_until;
 use meridian_api::signal::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::Metrics;
 
@@ -61,17 +62,9 @@ impl Slots {
         shutdown: &Shutdown,
     ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
         loop {
-            let (tcp, remote) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.cancelled() => return None,
-            };
+            let pause = Duration::from_millis(50);
+            let (tcp, remote) =
+                accept_until(listener, shutdown.cancelled(), pause, "accept").await?;
             match self.try_acquire() {
                 Some(slot) => return Some((tcp, remote, slot)),
                 None => {

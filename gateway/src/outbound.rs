@@ -134,14 +134,16 @@ async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, s
 async fn tcp_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane>) {
     let _drain = dp.drain_guard();
     let routing = dp.routing();
-    let Some(routes) = routing.services.get(&spec.hostname).cloned() else {
+    let Some(mut routes) = routing.services.get(&spec.hostname).cloned() else {
         return;
     };
-    let mut tried = Vec::new();
+    let mut tries = Tries::default();
     let budget = dp.settings.max_retries as usize + 1;
+    let port = &spec.port;
     let Some((idx, upstream)) =
-        connect_within(&dp, &routes, 0, &spec.port, &mut tried, budget, |idx| {
-            dp.dial(&routes, idx, &spec.port)
+        connect_within(&dp, &mut routes, 0, port, &mut tries, budget, |r, idx| {
+            let dp = &dp;
+            async move { dp.dial(&r, idx, port).await }
         })
         .await
     else {
@@ -325,7 +327,7 @@ async fn proxy(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let routing = dp.routing();
-    let Some(routes) = routing.services.get(&spec.hostname).cloned() else {
+    let Some(mut routes) = routing.services.get(&spec.hostname).cloned() else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "unknown service\n"));
     };
     let port = &spec.port;
@@ -352,23 +354,29 @@ async fn proxy(
     } else {
         1
     };
-    let mut tried = Vec::new();
+    let mut tries = Tries::default();
     let mut last: Option<Response<ProxyBody>> = None;
     let http2 = port.is_http2();
-    let routes_ref: &ServiceRoutes = &routes;
     let replay = |b: &Bytes| upstream_request(&parts, full(b.clone()), http2, &spec.hostname);
-    while tried.len() < max_attempts {
-        let remaining = max_attempts - tried.len();
+    while tries.attempts < max_attempts {
         // Connect failures move on to the next choice within the same budget.
-        let Some((idx, conn)) =
-            connect_within(&dp, &routes, dest, port, &mut tried, remaining, |idx| {
-                dp.connect_upstream(routes_ref, idx, port)
-            })
-            .await
+        let Some((idx, conn)) = connect_within(
+            &dp,
+            &mut routes,
+            dest,
+            port,
+            &mut tries,
+            max_attempts,
+            |r, idx| {
+                let dp = &dp;
+                async move { dp.connect_upstream(&r, idx, port).await }
+            },
+        )
+        .await
         else {
             break;
         };
-        let ep = &routes.service.endpoints[idx];
+        let ep = &routes.service.endpoints[idx].clone();
         let labels = dp.destination(&spec.hostname, port, ep);
         dp.metrics.requests.get_or_create(&labels).inc();
         let body: ProxyBody = match (&buffered, streaming.take()) {
@@ -395,7 +403,7 @@ async fn proxy(
                 strip_hop_by_hop(resp.headers_mut());
                 *resp.version_mut() = inbound_version;
                 let resp = resp.map(|b| b.boxed());
-                if code == 503 && buffered.is_some() && tried.len() < max_attempts {
+                if code == 503 && buffered.is_some() && tries.attempts < max_attempts {
                     debug!(endpoint = %ep.key.address, "503: retrying on the next choice");
                     last = Some(resp);
                     continue;
@@ -411,6 +419,7 @@ async fn proxy(
                 if buffered.is_none() {
                     return Ok(text(StatusCode::BAD_GATEWAY, "upstream request failed\n"));
                 }
+                reroute_if_peer_lost(&dp, &mut routes, &ep.cluster, &mut tries).await;
             }
             Err(Failure::Timeout) => {
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, "upstream response timed out");
@@ -430,6 +439,10 @@ async fn proxy(
                 if buffered.is_none() {
                     return Ok(text(StatusCode::BAD_GATEWAY, "upstream request failed\n"));
                 }
+                // The connection or tunnel stream was reset before response headers: an
+                // idempotent request goes to the next choice (Envoy's `retry_on: reset`),
+                // in another cluster if the reset was the peer gateway going away.
+                reroute_if_peer_lost(&dp, &mut routes, &ep.cluster, &mut tries).await;
             }
         }
     }
@@ -449,25 +462,35 @@ async fn proxy(
     ))
 }
 
+/// The choices one request (or TCP connection) has used up.
+#[derive(Debug, Default)]
+struct Tries {
+    /// Attempts made, the first included; bounded by `--max-retries` + 1.
+    attempts: usize,
+    /// Endpoints tried, as indices into the service of the routes in use (not tried
+    /// again: a retry goes to the next choice).
+    tried: Vec<usize>,
+}
+
 /// Picks endpoints and opens a connection with `open`, moving to the next choice on
-/// failure, for at most `budget` attempts. Returns the endpoint index and the connection,
-/// or `None` when all failed.
+/// failure, until `tries` reaches `limit` attempts. Returns the endpoint index (into
+/// `routes`, which a lost peer may have replaced) and the connection, or `None` when all
+/// failed.
 async fn connect_within<T, Fut>(
     dp: &Dataplane,
-    routes: &ServiceRoutes,
+    routes: &mut Arc<ServiceRoutes>,
     dest: usize,
     port: &Port,
-    tried: &mut Vec<usize>,
-    budget: usize,
-    mut open: impl FnMut(usize) -> Fut,
+    tries: &mut Tries,
+    limit: usize,
+    mut open: impl FnMut(Arc<ServiceRoutes>, usize) -> Fut,
 ) -> Option<(usize, T)>
 where
     Fut: Future<Output = Result<T, DialError>>,
 {
-    let limit = tried.len() + budget;
-    while tried.len() < limit {
-        let idx = routes.pick(dest, &mut rand::rng(), tried)?;
-        if !tried.is_empty() {
+    while tries.attempts < limit {
+        let idx = routes.pick(dest, &mut rand::rng(), &tries.tried)?;
+        if tries.attempts > 0 {
             dp.metrics
                 .retries
                 .get_or_create(&metrics::ServicePort {
@@ -476,23 +499,50 @@ where
                 })
                 .inc();
         }
-        tried.push(idx);
-        match open(idx).await {
+        tries.attempts += 1;
+        tries.tried.push(idx);
+        match open(routes.clone(), idx).await {
             Ok(conn) => return Some((idx, conn)),
             Err(e) => {
-                let ep = &routes.service.endpoints[idx];
+                let ep = routes.service.endpoints[idx].clone();
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "dial failed");
                 dp.metrics
                     .connect_failures
-                    .get_or_create(&dp.destination(&routes.service.hostname, port, ep))
+                    .get_or_create(&dp.destination(&routes.service.hostname, port, &ep))
                     .inc();
                 if e.blames_endpoint() {
                     dp.report(routes, idx, Outcome::ConnectFailure).await;
+                } else {
+                    reroute_if_peer_lost(dp, routes, &ep.cluster, tries).await;
                 }
             }
         }
     }
     None
+}
+
+/// After a failure through `cluster`'s gateway: when its tunnel is gone, the rest of the
+/// attempts use the routes rebuilt without it. Otherwise the split the request started
+/// with would keep choosing that cluster's other endpoints (every one of them behind the
+/// same dead tunnel) until the retries ran out, while the clusters it fails over to may
+/// not be in that split at all.
+async fn reroute_if_peer_lost(
+    dp: &Dataplane,
+    routes: &mut Arc<ServiceRoutes>,
+    cluster: &str,
+    tries: &mut Tries,
+) {
+    if !dp.peer_lost(cluster).await {
+        return;
+    }
+    let Some(fresh) = dp.routing().services.get(&routes.service.hostname).cloned() else {
+        return;
+    };
+    if !Arc::ptr_eq(&fresh.service, &routes.service) {
+        // A new snapshot arrived meanwhile: its indices mean other endpoints.
+        tries.tried.clear();
+    }
+    *routes = fresh;
 }
 
 /// `send` bounded by the response `timeout` (zero: unbounded). Both attempts of

@@ -469,25 +469,11 @@ impl Upstreams {
                 .handshake(io)
                 .await
                 .map_err(handshake)?;
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream h2 connection ended");
-                    }
-                }
-                .instrument(span),
-            );
+            drive(conn, "upstream h2 connection ended", span);
             Sender::Http2(sender)
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream connection ended");
-                    }
-                }
-                .instrument(span),
-            );
+            drive(conn, "upstream connection ended", span);
             Sender::Http1(sender)
         };
         Ok(Conn {
@@ -614,6 +600,23 @@ impl Drop for UpstreamBody {
             self.release();
         }
     }
+}
+
+/// Drives an upstream connection in its own task, inside `span`, until it ends; an error
+/// ending it is logged at debug with the message `ended`.
+fn drive(
+    conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    ended: &'static str,
+    span: tracing::Span,
+) {
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "{ended}");
+            }
+        }
+        .instrument(span),
+    );
 }
 
 #[cfg(test)]

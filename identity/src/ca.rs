@@ -145,21 +145,13 @@ impl RootCa {
             source,
         };
         let key = KeyPair::generate().map_err(cert_err)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Meridian");
-        dn.push(DnType::CommonName, format!("Meridian mesh root {name}"));
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
         let now = SystemTime::now();
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ROOT_TTL).into();
-        params.serial_number = Some(random_serial());
+        let params = ca_params(
+            format!("Meridian mesh root {name}"),
+            BasicConstraints::Unconstrained,
+            now - CLOCK_SKEW,
+            now + ROOT_TTL,
+        );
         let cert = params.self_signed(&key).map_err(cert_err)?;
         Ok(Self {
             cert_pem: cert.pem(),
@@ -227,27 +219,16 @@ impl RootCa {
         let scope = Identity::gateway(trust_domain, cluster)?;
         let uri = cluster_ca_spiffe_id(trust_domain, cluster)?;
         let key = KeyPair::generate().map_err(err)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Meridian");
-        dn.push(
-            DnType::CommonName,
-            format!("Meridian cluster CA {trust_domain}/{cluster}"),
-        );
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(err)?)];
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
         let not_after = truncate_to_seconds(now + ttl).min(not_after_of(&self.cert_der)?);
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = not_after.into();
-        params.serial_number = Some(random_serial());
+        let mut params = ca_params(
+            format!("Meridian cluster CA {trust_domain}/{cluster}"),
+            BasicConstraints::Constrained(0),
+            now - CLOCK_SKEW,
+            not_after,
+        );
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(err)?)];
+        params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         Ok(ClusterCa {
             scope,
@@ -644,6 +625,31 @@ fn leaf_params(
     params.not_after = not_after.into();
     params.serial_number = Some(random_serial());
     Ok(params)
+}
+
+/// What both CA tiers share: a Meridian CA certificate named `common_name` that signs
+/// certificates and CRLs, valid from `not_before` to `not_after`, with a fresh serial.
+fn ca_params(
+    common_name: String,
+    constraints: BasicConstraints,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Meridian");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(constraints);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(random_serial());
+    params
 }
 
 fn random_serial() -> SerialNumber {

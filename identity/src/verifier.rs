@@ -116,17 +116,17 @@ impl ClientCertVerifier for TrustDomainVerifier {
             intermediates,
             now,
         };
-        let in_trust_domain = |ids: &[Identity]| {
-            if ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
-                return Ok(());
-            }
-            Err(PeerIdentityError::TrustDomain {
+        check_peer(
+            &self.roots,
+            &self.provider,
+            &chain,
+            webpki::KeyUsage::client_auth(),
+            |ids| ids.iter().any(|id| id.trust_domain() == self.trust_domain),
+            |found| PeerIdentityError::TrustDomain {
                 expected: self.trust_domain.clone(),
-                found: found(end_entity),
-            })
-        };
-        let usage = webpki::KeyUsage::client_auth();
-        check_peer(&self.roots, &self.provider, &chain, usage, in_trust_domain)?;
+                found,
+            },
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -199,17 +199,17 @@ impl ServerCertVerifier for IdentityVerifier {
             intermediates,
             now,
         };
-        let is_expected = |ids: &[Identity]| {
-            if ids.contains(&self.expected) {
-                return Ok(());
-            }
-            Err(PeerIdentityError::Identity {
+        check_peer(
+            &self.roots,
+            &self.provider,
+            &chain,
+            webpki::KeyUsage::server_auth(),
+            |ids| ids.contains(&self.expected),
+            |found| PeerIdentityError::Identity {
                 expected: self.expected.to_string(),
-                found: found(end_entity),
-            })
-        };
-        let usage = webpki::KeyUsage::server_auth();
-        check_peer(&self.roots, &self.provider, &chain, usage, is_expected)?;
+                found,
+            },
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -249,17 +249,21 @@ impl ServerCertVerifier for IdentityVerifier {
 }
 
 /// The checks after WebPKI accepted the chain: the leaf's gateway identities must satisfy
-/// `wanted` (the trust domain, or the expected gateway), then the issuer check.
+/// `wanted` (the trust domain, or the expected gateway), else `refusal` (given the URI SANs
+/// the peer presented) says why; then the issuer check.
 fn check_peer(
     roots: &RootCertStore,
     provider: &CryptoProvider,
     chain: &Chain<'_, '_>,
     usage: webpki::KeyUsage,
-    wanted: impl FnOnce(&[Identity]) -> Result<(), PeerIdentityError>,
+    wanted: impl FnOnce(&[Identity]) -> bool,
+    refusal: impl FnOnce(String) -> PeerIdentityError,
 ) -> Result<(), rustls::Error> {
     let ids = identities_in(chain.end_entity)
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-    wanted(&ids).map_err(reject)?;
+    if !wanted(&ids) {
+        return Err(reject(refusal(found(chain.end_entity))));
+    }
     check_issuer(roots, provider, chain, usage, &ids).map_err(reject)
 }
 

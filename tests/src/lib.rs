@@ -30,6 +30,7 @@
 mod apiserver;
 mod binaries;
 mod cluster;
+pub mod delay;
 mod echo;
 mod endpoint_slices;
 mod endpoints;
@@ -38,6 +39,7 @@ mod etcd;
 mod kubeconfig;
 pub mod mesh;
 pub mod metrics;
+pub mod netns;
 mod network;
 mod node;
 mod pki;

@@ -111,6 +111,8 @@ pub struct Member {
     gateway_pod: PodHandle,
     dns: ChildProcess,
     dns_addr: SocketAddr,
+    dns_admin: SocketAddr,
+    dns_args: Vec<String>,
     resolver: Option<Resolver>,
     dir: PathBuf,
 }
@@ -164,6 +166,16 @@ impl Member {
             .map_err(|e| Error::InvalidSpec(format!("config_dump of {}: {e}", self.name)))
     }
 
+    /// Process ids of the controller, the gateway (`None` while killed) and the DNS
+    /// server, for resource figures (`/proc/<pid>`).
+    pub fn pids(&self) -> [(&'static str, Option<u32>); 3] {
+        [
+            ("controller", Some(self.controller.pid())),
+            ("gateway", self.gateway.as_ref().map(ChildProcess::pid)),
+            ("dns", Some(self.dns.pid())),
+        ]
+    }
+
     /// Kills the gateway process (SIGKILL), as a lost node or cluster would.
     pub fn kill_gateway(&mut self) {
         if let Some(mut g) = self.gateway.take() {
@@ -189,6 +201,17 @@ impl Member {
     /// Kills and restarts the controller with the same flags.
     pub async fn restart_controller(&mut self) -> Result<()> {
         self.controller.kill();
+        self.start_controller().await
+    }
+
+    /// Kills the controller (SIGKILL) and leaves it down, as losing every replica would;
+    /// [`Member::start_controller`] brings it back.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Starts the controller with the same flags (after [`Member::kill_controller`]).
+    pub async fn start_controller(&mut self) -> Result<()> {
         self.controller = ChildProcess::spawn(
             format!("{}/meridian-controller", self.name),
             &meridian_binary("meridian-controller")?,
@@ -200,6 +223,19 @@ impl Member {
             self.controller_metrics,
         )
         .await
+    }
+
+    /// Kills the DNS server (SIGKILL) and starts it again with the same flags; returns
+    /// once it is ready (it has its first snapshot).
+    pub async fn restart_dns(&mut self) -> Result<()> {
+        self.dns.kill();
+        self.dns = ChildProcess::spawn(
+            format!("{}/meridian-dns", self.name),
+            &meridian_binary("meridian-dns")?,
+            &self.dns_args,
+            &self.dir.join("dns.log"),
+        )?;
+        wait_ready(&format!("DNS server of {}", self.name), self.dns_admin).await
     }
 
     /// Fails with the process's log if the controller or DNS server died.
@@ -546,24 +582,34 @@ async fn start_member(
     let [dns_port, dns_admin_port] = free_ports(dns_ip)?;
     let dns_addr = SocketAddr::new(IpAddr::V4(dns_ip), dns_port);
     let dns_admin = SocketAddr::new(IpAddr::V4(dns_ip), dns_admin_port);
+    let dns_args = vec![
+        format!("--cluster={name}"),
+        format!("--controller={controller_url}"),
+        controller_tls[0].clone(),
+        controller_tls[1].clone(),
+        format!("--token-file={}", path(&dns_token_file)),
+        format!("--listen={dns_addr}"),
+        format!("--admin={dns_admin}"),
+    ];
     let dns = ChildProcess::spawn(
         format!("{name}/meridian-dns"),
         &meridian_binary("meridian-dns")?,
-        &[
-            format!("--cluster={name}"),
-            format!("--controller={controller_url}"),
-            controller_tls[0].clone(),
-            controller_tls[1].clone(),
-            format!("--token-file={}", path(&dns_token_file)),
-            format!("--listen={dns_addr}"),
-            format!("--admin={dns_admin}"),
-        ],
+        &dns_args,
         &dir.join("dns.log"),
     )?;
     wait_ready(&format!("DNS server of {name}"), dns_admin).await?;
     let resolver = if options.resolvers {
         let ip = cluster.allocate_address()?;
-        Some(Resolver::start(&name, ip, "global.", dns_addr, &dir.join("unbound")).await?)
+        Some(
+            Resolver::start(
+                &name,
+                ip,
+                &["global.", "clusterset.local."],
+                dns_addr,
+                &dir.join("unbound"),
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -579,6 +625,8 @@ async fn start_member(
         gateway_pod,
         dns,
         dns_addr,
+        dns_admin,
+        dns_args,
         resolver,
         dir: dir.to_path_buf(),
     })

@@ -29,20 +29,20 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Starts an Unbound named `name` on `ip` (a fresh port) that resolves `zone` (e.g.
-    /// `global.`) by asking `stub` (a `meridian-dns` address), with its configuration and
-    /// log in `dir`. Returns once it accepts TCP connections.
+    /// Starts an Unbound named `name` on `ip` (a fresh port) that resolves `zones` (e.g.
+    /// `global.` and `clusterset.local.`) by asking `stub` (a `meridian-dns` address), with
+    /// its configuration and log in `dir`. Returns once it accepts TCP connections.
     pub async fn start(
         name: &str,
         ip: Ipv4Addr,
-        zone: &str,
+        zones: &[&str],
         stub: SocketAddr,
         dir: &Path,
     ) -> Result<Resolver> {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let addr = SocketAddr::new(IpAddr::V4(ip), free_port(ip)?);
         let config = dir.join("unbound.conf");
-        std::fs::write(&config, render_config(addr, zone, stub, dir))
+        std::fs::write(&config, render_config(addr, zones, stub, dir))
             .map_err(Error::io(format!("writing {}", config.display())))?;
         let mut process = ChildProcess::spawn(
             format!("{name}/unbound"),
@@ -110,10 +110,20 @@ pub fn unbound_binary() -> Result<PathBuf> {
 }
 
 /// The configuration of one instance.
-fn render_config(listen: SocketAddr, zone: &str, stub: SocketAddr, dir: &Path) -> String {
-    let zone = format!("{}.", zone.trim_end_matches('.'));
+fn render_config(listen: SocketAddr, zones: &[&str], stub: SocketAddr, dir: &Path) -> String {
+    let stubs: String = zones
+        .iter()
+        .map(|zone| {
+            format!(
+                "stub-zone:\n    name: \"{}.\"\n    stub-addr: {}@{}\n",
+                zone.trim_end_matches('.'),
+                stub.ip(),
+                stub.port()
+            )
+        })
+        .collect();
     format!(
-        r#"# Written by the Meridian testbed: the .global resolver of one simulated cluster.
+        r#"# Written by the Meridian testbed: the .global and clusterset.local resolver of one simulated cluster.
 server:
     interface: {ip}
     port: {port}
@@ -136,15 +146,10 @@ server:
     module-config: "iterator"
 remote-control:
     control-enable: no
-stub-zone:
-    name: "{zone}"
-    stub-addr: {stub_ip}@{stub_port}
-"#,
+{stubs}"#,
         ip = listen.ip(),
         port = listen.port(),
         dir = dir.display(),
-        stub_ip = stub.ip(),
-        stub_port = stub.port(),
     )
 }
 
@@ -156,12 +161,13 @@ mod tests {
     fn the_config_stubs_the_zone_to_meridian_dns() {
         let conf = render_config(
             "127.9.0.2:5300".parse().unwrap(),
-            "global",
+            &["global", "clusterset.local."],
             "127.9.0.3:5353".parse().unwrap(),
             Path::new("/tmp/r"),
         );
         assert!(conf.contains("interface: 127.9.0.2\n    port: 5300\n"));
         assert!(conf.contains("name: \"global.\"\n    stub-addr: 127.9.0.3@5353\n"));
+        assert!(conf.contains("name: \"clusterset.local.\"\n    stub-addr: 127.9.0.3@5353\n"));
         assert!(conf.contains("username: \"\""));
     }
 }

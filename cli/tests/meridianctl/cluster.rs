@@ -333,3 +333,86 @@ async fn bad_input_is_refused_clearly() {
             .is_empty()
     );
 }
+
+/// `cluster add --cluster-property` records the member name as the member's MCS cluster id
+/// (KEP-2149 ClusterProperty `cluster.clusterset.k8s.io`): a clear error while the CRD is
+/// not installed, written once it is, harmless again, and a different existing id is never
+/// overwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_id_is_written_when_asked_and_never_changed() {
+    let tb = Testbed::start(&[
+        ClusterSpec::new("east", "sh", ["2000400001"]),
+        ClusterSpec::new("west", "sh", ["200002"]),
+    ])
+    .await
+    .unwrap();
+    let (east, west) = (tb.cluster("east").unwrap(), tb.cluster("west").unwrap());
+    let (host, member) = (
+        east.kubeconfig_path().to_str().unwrap(),
+        west.kubeconfig_path().to_str().unwrap(),
+    );
+    let add = |name: &'static str| {
+        [
+            "cluster",
+            "add",
+            "--kubeconfig",
+            member,
+            "--context",
+            "west",
+            "--host-kubeconfig",
+            host,
+            "--name",
+            name,
+            "--cluster-property",
+        ]
+    };
+    let id = || {
+        west.kubectl(&[
+            "get",
+            "clusterproperty",
+            "cluster.clusterset.k8s.io",
+            "-o",
+            "jsonpath={.spec.value}",
+        ])
+    };
+
+    let out = meridianctl(&add("west"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no CRD yet: {stderr}");
+    assert!(
+        stderr.contains("ClusterProperty (about.k8s.io/v1alpha1) is not served")
+            && stderr.contains("kubectl apply -k manifests/mcs"),
+        "{stderr}"
+    );
+    assert!(
+        registrations(east.client()).await.is_empty(),
+        "nothing is registered when the id cannot be recorded"
+    );
+
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/mcs/clusterproperties.yaml"
+    );
+    west.kubectl(&["apply", "-f", crd]).unwrap();
+    let served = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = meridianctl(&add("west"));
+        if out.status.success() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < served, "CRD never served");
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(id().unwrap(), "west");
+    ok(&add("west"));
+    assert_eq!(id().unwrap(), "west", "again is harmless");
+
+    let out = meridianctl(&add("west-2"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the cluster id is already \"west\""),
+        "{stderr}"
+    );
+    assert_eq!(id().unwrap(), "west", "a different id is never written");
+}

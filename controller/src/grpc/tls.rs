@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use meridian_api::accept::accept_until;
 use meridian_identity::ClusterCa;
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
@@ -378,17 +379,11 @@ pub(crate) fn incoming(
     tokio::spawn(
         async move {
             loop {
-                let (tcp, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, do not spin.
-                            warn!(error = %e, "accepting a gRPC connection failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    () = tx.closed() => return,
+                let pause = Duration::from_millis(100);
+                let what = "accepting a gRPC connection";
+                let Some((tcp, peer)) = accept_until(&listener, tx.closed(), pause, what).await
+                else {
+                    return;
                 };
                 let _ = tcp.set_nodelay(true);
                 let tx = tx.clone();

@@ -386,46 +386,19 @@ impl McsWriter {
         Ok(())
     }
 
-    /// While this replica leads: writes every view it is sent, retrying failures. Runs
-    /// until either sender is dropped.
-    pub(crate) async fn run_while_leader(
-        client: Client,
-        cluster: String,
-        mut rx: watch::Receiver<Option<Arc<StatusView>>>,
-        mut leader: watch::Receiver<bool>,
-    ) {
+    /// Writes every view it is sent, retrying failures. Runs until the sender is dropped.
+    pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Arc<StatusView>>>) {
         loop {
-            if leader.wait_for(|l| *l).await.is_err() {
-                return;
+            let view = rx.borrow_and_update().clone();
+            if let Some(view) = view
+                && self.write(&view.mcs, &view.vips).await.is_err()
+            {
+                // Retry soon, or at the next view.
+                let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+                continue;
             }
-            let mut writer = loop {
-                match McsWriter::start(client.clone(), cluster.clone()).await {
-                    Ok(w) => break w,
-                    Err(e) => {
-                        warn!(error = %e, "listing managed ServiceImports failed, retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
-            };
-            rx.mark_changed();
-            let work = async {
-                loop {
-                    let view = rx.borrow_and_update().clone();
-                    if let Some(view) = view
-                        && writer.write(&view.mcs, &view.vips).await.is_err()
-                    {
-                        // Retry soon, or at the next view.
-                        let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
-                        continue;
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                () = work => return,
-                lost = leader.wait_for(|l| !*l) => if lost.is_err() { return },
+            if rx.changed().await.is_err() {
+                return;
             }
         }
     }

@@ -288,7 +288,9 @@ impl Runner {
             }
             s.phase = phase;
             s.lost_since.get_or_insert_with(Instant::now);
-            s.message = Some(e.to_string());
+            // With the causes: "client error (Connect)" alone does not say that the
+            // member's certificate was refused, or that the connection was.
+            s.message = Some(meridian_api::error_chain(e));
         });
     }
 

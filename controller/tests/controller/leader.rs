@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -34,6 +35,156 @@ async fn managed_services(east1: &meridian_testbed::Cluster) -> usize {
         .unwrap()
         .items
         .len()
+}
+
+/// A TCP relay to `cluster`'s API server on the server's own address (so its
+/// certificate still matches), and a kubeconfig pointing at it.
+async fn api_relay(
+    cluster: &meridian_testbed::Cluster,
+    port: u16,
+) -> (meridian_testbed::delay::DelayRelay, String) {
+    let mut kubeconfig: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(cluster.kubeconfig()).unwrap();
+    let server = kubeconfig["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api: std::net::SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+    let relay = eventually("the API relay listening", || async move {
+        meridian_testbed::delay::DelayRelay::start(
+            std::net::SocketAddr::new(api.ip(), port),
+            api,
+            Duration::ZERO,
+        )
+        .await
+        .ok()
+    })
+    .await;
+    kubeconfig["clusters"][0]["cluster"]["server"] = format!("https://{}", relay.addr()).into();
+    (relay, serde_yaml_ng::to_string(&kubeconfig).unwrap())
+}
+
+/// Managed VIP Services by (global service, pinned cluster or ""), with their names: a
+/// duplicate would list two names under one key.
+async fn vip_services(
+    east1: &meridian_testbed::Cluster,
+) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<_, Vec<String>> = BTreeMap::new();
+    for s in Api::<Service>::namespaced(east1.client(), SYSTEM_NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meridian"))
+        .await
+        .unwrap()
+        .items
+    {
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        let of = |k: &str| annotations.get(k).cloned().unwrap_or_default();
+        out.entry((
+            of("meridian.io/global-service"),
+            of("meridian.io/pinned-cluster"),
+        ))
+        .or_default()
+        .push(s.metadata.name.unwrap_or_default());
+    }
+    out
+}
+
+/// The leader's own API server cut off (its connections through a relay closed and
+/// refused): it steps down, the follower takes the Lease once it expires and writes
+/// for a service that appears meanwhile; after healing, the old leader follows — one
+/// leader, and one VIP Service per global service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_api_server_steps_down_and_no_vip_service_is_doubled() {
+    let testbed = testbed().await;
+    let east1 = testbed.cluster("east1").unwrap();
+    let http = ServicePortSpec::http("http", 80).target(8080);
+    east1
+        .create_service(&ServiceSpec::new("alpha").port(http.clone()))
+        .await
+        .unwrap();
+    east1
+        .add_pod(PodSpec::new("alpha-1").app("alpha"))
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(east1.client(), SYSTEM_NAMESPACE);
+    let lease_args = |id: &'static str| ["--leader-identity", id, "--lease-duration", "6s"];
+
+    // a reaches the API server only through the relay; it starts first and leads.
+    let (relay, kubeconfig) = api_relay(east1, 0).await;
+    let port = relay.addr().port();
+    let dir = std::env::temp_dir().join(format!("meridian-cutoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, kubeconfig).unwrap();
+    let a_ip = testbed.allocate_address().unwrap();
+    let a = Controller::start_with_kubeconfig(&testbed, east1, a_ip, &path, &lease_args("a")).await;
+    eventually("a leads", || {
+        let leases = leases.clone();
+        let a = &a;
+        async move {
+            (holder(&leases).await.as_deref() == Some("a") && leads(a).await == Some(true))
+                .then_some(())
+        }
+    })
+    .await;
+    let b_ip = testbed.allocate_address().unwrap();
+    let b = Controller::start(&testbed, east1, b_ip, &lease_args("b")).await;
+    // alpha's VIP Services: the global one and the one pinned to east1.
+    let before = eventually("alpha's VIP Services written by a", || async {
+        let s = vip_services(east1).await;
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(leads(&b).await, Some(false), "b follows");
+
+    // Cut a off its API server.
+    drop(relay);
+    let cut = tokio::time::Instant::now();
+    eventually("b takes the Lease", || {
+        let leases = leases.clone();
+        let b = &b;
+        async move {
+            (holder(&leases).await.as_deref() == Some("b") && leads(b).await == Some(true))
+                .then_some(())
+        }
+    })
+    .await;
+    let took_over = cut.elapsed();
+    eventually("a stepped down", || async {
+        (leads(&a).await == Some(false)).then_some(())
+    })
+    .await;
+    east1
+        .create_service(&ServiceSpec::new("beta").port(http))
+        .await
+        .unwrap();
+    eventually("beta's VIP Services written by b", || async {
+        (vip_services(east1).await.len() == 4).then_some(())
+    })
+    .await;
+
+    // Heal: the relay is back on the same port; a reconnects and follows.
+    let (_healed, _) = api_relay(east1, port).await;
+    let mut a_sub = a.subscribe().await;
+    a_sub
+        .wait_for("a serves beta with the VIP b allocated", |s| {
+            service(s, "beta.default.global").is_some_and(|g| !g.vip.is_empty())
+        })
+        .await;
+    let (la, lb) = (leads(&a).await, leads(&b).await);
+    let services = vip_services(east1).await;
+    println!(
+        "leader cut off: b led {took_over:?} after the cut (lease 6 s); after healing a leads {la:?}, b leads {lb:?}, VIP Services {services:?}"
+    );
+    assert_eq!((la, lb), (Some(false), Some(true)), "one leader: b");
+    assert_eq!(holder(&leases).await.as_deref(), Some("b"));
+    assert!(
+        services.len() == 4 && services.values().all(|names| names.len() == 1),
+        "one VIP Service per global service and pin: {services:?}"
+    );
+    for (key, names) in &before {
+        assert_eq!(services.get(key), Some(names), "alpha's VIP Services kept");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,18 @@ impl Controller {
         ip: Ipv4Addr,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_kubeconfig(testbed, cluster, ip, cluster.kubeconfig_path(), extra).await
+    }
+
+    /// [`Controller::start`] reaching its own cluster through `kubeconfig` (a path through a
+    /// proxy the test can cut).
+    pub(crate) async fn start_with_kubeconfig(
+        testbed: &Testbed,
+        cluster: &Cluster,
+        ip: Ipv4Addr,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
         let grpc = SocketAddr::from((ip, 15010));
         let metrics = SocketAddr::from((ip, 15014));
         // Outside the testbed directory, so it survives a failed test.
@@ -87,7 +99,7 @@ impl Controller {
             .arg("--cluster-name")
             .arg(cluster.name())
             .arg("--kubeconfig")
-            .arg(cluster.kubeconfig_path())
+            .arg(kubeconfig)
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--metrics-addr", &metrics.to_string()])
             // The probe's timeout is max(interval, 2 s): a member whose API server is

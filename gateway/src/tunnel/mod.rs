@@ -8,6 +8,7 @@
 
 pub mod pool;
 pub mod server;
+mod watched;
 
 pub use pool::{PeerEvent, Pool};
 

@@ -4,12 +4,15 @@
 mod support;
 
 mod admission;
+mod blackhole;
 mod e2e;
 mod limits;
 mod locality;
 mod mtls;
 mod outlier;
+mod partition;
 mod pinned;
+mod reset;
 mod reuse;
 mod rotation;
 mod timeout;

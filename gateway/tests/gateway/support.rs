@@ -393,15 +393,56 @@ impl Gateway {
         extra: &[&str],
     ) -> Self {
         let controller = FakeDiscovery::start().await.unwrap();
+        let ports = meridian_testbed::free_ports(ip).unwrap();
+        let cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
+        Self::spawn(cmd, controller, ports, cluster, ip, locality, certs, extra).await
+    }
+
+    /// A gateway whose process runs inside network namespace `netns` (`ip netns exec`) on
+    /// `ip` there, with tunnel, admin and config-dump ports `ports` (free there); its fake
+    /// controller listens on `controller_ip`, which the namespace must reach.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_in_netns(
+        netns: &str,
+        controller_ip: Ipv4Addr,
+        ports: [u16; 3],
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        certs: Certs,
+        extra: &[&str],
+    ) -> Self {
+        let controller = FakeDiscovery::start_on(SocketAddr::from((controller_ip, 0)))
+            .await
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            netns,
+            env!("CARGO_BIN_EXE_meridian-gateway"),
+        ]);
+        Self::spawn(cmd, controller, ports, cluster, ip, locality, certs, extra).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn(
+        mut cmd: Command,
+        controller: FakeDiscovery,
+        [tunnel_port, admin_port, dump_port]: [u16; 3],
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+        certs: Certs,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("meridian-gw-{cluster}-"))
             .tempdir()
             .unwrap();
-        let [tunnel_port, admin_port, dump_port] = meridian_testbed::free_ports(ip).unwrap();
         let tunnel = SocketAddr::from((ip, tunnel_port));
         let admin = SocketAddr::from((ip, admin_port));
         let dump = SocketAddr::from((ip, dump_port));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
         cmd.arg("--cluster")
             .arg(cluster)
             .arg("--controller")

@@ -8,10 +8,12 @@
 mod support;
 
 mod admission;
+mod bad_input;
 mod cli;
 mod dns;
 mod endpoint_apis;
 mod failover;
+mod faults;
 mod mcs;
 mod pinned;
 mod policy;

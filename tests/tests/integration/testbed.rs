@@ -8,6 +8,7 @@ mod support;
 mod apiserver;
 mod binary;
 mod endpoint_slices;
+mod netns;
 mod pods;
 mod startup;
 mod teardown;

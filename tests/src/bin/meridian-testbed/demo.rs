@@ -370,7 +370,7 @@ fn print_flush(text: &str) {
 mod tests {
     use super::*;
 
-    /// The seed figures of DESIGN §4 (factor 1.4): 10/14 → 100% local, 5/14 → 50/50,
+    /// The worked example of docs/concepts.md (factor 1.4): 10/14 → 100% local, 5/14 → 50/50,
     /// 0/14 → 100% remote (and nothing to the other region).
     #[test]
     fn seed_figures() {

@@ -10,6 +10,7 @@
 
 mod demo;
 mod load;
+mod soak;
 mod table;
 mod up;
 
@@ -44,6 +45,10 @@ enum Command {
     /// Zone failover, live: degrade `east` 14 → 10 → 5 → 0 healthy and heal it while a
     /// request stream from `east` shows where traffic lands. Exits 0 when done.
     Demo(demo::DemoArgs),
+    /// Soak: the three clusters under steady HTTP and TCP traffic and a random fault every
+    /// few seconds for a bounded time; prints failures, recovery, RSS and FDs. Exits 0
+    /// when the pass criteria hold (`scripts/soak.sh`).
+    Soak(soak::SoakArgs),
 }
 
 /// The signal that ended a run early.
@@ -78,7 +83,7 @@ async fn main() -> Result<ExitCode> {
     let default_filter = match cli.command {
         // The demo's table is the output; only problems go to stderr. kube's client logs
         // every 500 of an API server still starting up, which the testbed waits out.
-        Some(Command::Demo(_)) => "warn,kube_client=off",
+        Some(Command::Demo(_) | Command::Soak(_)) => "warn,kube_client=off",
         _ => "meridian_testbed=info",
     };
     meridian_api::telemetry::init(LogFormat::Text, default_filter);
@@ -101,6 +106,18 @@ async fn main() -> Result<ExitCode> {
             }
             None => Ok(ExitCode::SUCCESS),
         },
+        Command::Soak(args) => {
+            let mut passed = false;
+            let work = async {
+                passed = soak::run(args).await?;
+                Ok(())
+            };
+            match until_signal(work).await? {
+                Some(stop) => Ok(ExitCode::from(stop.exit_code())),
+                None if passed => Ok(ExitCode::SUCCESS),
+                None => Ok(ExitCode::FAILURE),
+            }
+        }
     }
 }
 

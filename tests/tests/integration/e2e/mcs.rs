@@ -13,7 +13,7 @@ use meridian_testbed::traffic::http_tally;
 use meridian_testbed::{Cluster, PodHandle, PodSpec, SYSTEM_NAMESPACE};
 use serde_json::Value;
 
-use super::dns::query;
+use super::dns::{query, resolver};
 use super::support::{NS, World, kubectl_apply};
 
 /// How long anything may take to converge (a member's ServiceExport watch retries with
@@ -291,6 +291,15 @@ async fn mcs_clusterset_ip_import_dns_and_failover() {
     let name = format!("hello.{NS}.svc.clusterset.local");
     let east_vip = vip(&world, "east", "hello").await;
     answers(&world, "east", &name, "A", &[&east_vip]).await;
+    // And the way a pod asks: through the cluster's resolver, whose stub zone
+    // `clusterset.local.` points at meridian-dns.
+    let through_resolver = resolver(&world, "east");
+    until(&format!("{name} A through east's resolver"), || {
+        let a = query(through_resolver, &name, "A");
+        (a.status == "NOERROR" && a.records.iter().any(|r| r.1 == "A" && r.2 == east_vip))
+            .then_some(())
+    })
+    .await;
     answers(
         &world,
         "east",
