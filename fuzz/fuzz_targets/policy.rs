@@ -19,8 +19,8 @@ use meridian_api::proto::{self, GlobalService, Protocol, ServicePort, Snapshot};
 use meridian_api::split::Caller;
 use meridian_controller::crd::{GlobalTrafficPolicy, GlobalTrafficPolicySpec};
 use meridian_controller::policy;
-use meridian_gateway::routing::RoutingTable;
 use meridian_gateway::route::ServiceRoutes;
+use meridian_gateway::routing::RoutingTable;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
