@@ -38,45 +38,26 @@ async fn request(addr: SocketAddr, method: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// An HTTP endpoint on `ip` that reads each request's head and then holds it without
-/// answering (until the connection goes); counts the requests it holds.
-async fn holding(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let held = Arc::new(AtomicUsize::new(0));
-    let h = held.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let h = h.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                h.fetch_add(1, Ordering::SeqCst);
-                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    (addr, held)
+/// What a test endpoint does with a request once it has read its head.
+#[derive(Clone, Copy)]
+enum AfterHead {
+    /// Holds it without answering, until the connection goes.
+    Hold,
+    /// Resets the connection (RST, no response).
+    Reset,
 }
 
-/// An HTTP endpoint on `ip` that reads each request's head and resets the connection
-/// (RST, no response); counts the requests it reset.
-async fn resetting(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
+/// An HTTP endpoint on `ip` that reads each request's head and then does `after`; counts
+/// the requests it read.
+async fn head_reader(ip: Ipv4Addr, after: AfterHead) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let resets = Arc::new(AtomicUsize::new(0));
-    let r = resets.clone();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let r = r.clone();
+            let c = c.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -86,16 +67,21 @@ async fn resetting(ip: Ipv4Addr) -> (SocketAddr, Arc<AtomicUsize>) {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                r.fetch_add(1, Ordering::SeqCst);
-                // Linger zero: closing sends RST instead of FIN (and never blocks, which
-                // is what the deprecation warns of).
-                #[allow(deprecated)]
-                let _ = tcp.set_linger(Some(Duration::ZERO));
-                drop(tcp);
+                c.fetch_add(1, Ordering::SeqCst);
+                match after {
+                    AfterHead::Hold => while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {},
+                    AfterHead::Reset => {
+                        // Linger zero: closing sends RST instead of FIN (and never blocks,
+                        // which is what the deprecation warns of).
+                        #[allow(deprecated)]
+                        let _ = tcp.set_linger(Some(Duration::ZERO));
+                        drop(tcp);
+                    }
+                }
             });
         }
     });
-    (addr, resets)
+    (addr, count)
 }
 
 /// The serving cluster's gateway dies (SIGKILL) while a GET and a POST wait for their
@@ -109,7 +95,7 @@ async fn a_get_in_flight_when_the_peer_gateway_dies_is_answered_by_the_next_clus
     let mesh = Mesh::new();
     let mut west_pods = Vec::new();
     for i in 1..=3 {
-        west_pods.push(holding(Ipv4Addr::new(127, 0, 60, i)).await);
+        west_pods.push(head_reader(Ipv4Addr::new(127, 0, 60, i), AfterHead::Hold).await);
     }
     let north_pod = Backend::http(Ipv4Addr::new(127, 0, 61, 1), "north", "n0").await;
     let (east, mut west, north) = tokio::join!(
@@ -175,7 +161,7 @@ async fn a_get_in_flight_when_the_peer_gateway_dies_is_answered_by_the_next_clus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_reset_retries_a_get_on_the_next_choice_but_not_a_post() {
     let mesh = Mesh::new();
-    let (bad, resets) = resetting(Ipv4Addr::new(127, 0, 63, 1)).await;
+    let (bad, resets) = head_reader(Ipv4Addr::new(127, 0, 63, 1), AfterHead::Reset).await;
     let good = Backend::http(Ipv4Addr::new(127, 0, 63, 2), "east", "e1").await;
     let east = mesh
         .gateway("east", Ipv4Addr::new(127, 0, 63, 3), ("r1", "z1"))

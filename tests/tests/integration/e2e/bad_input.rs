@@ -16,7 +16,7 @@ use meridian_testbed::traffic::http_get;
 use meridian_testbed::{Cluster, SYSTEM_NAMESPACE};
 use serde_json::Value;
 
-use super::support::{NS, World, eventually, kubectl, kubectl_apply};
+use super::support::{NS, World, eventually, kubectl, kubectl_apply, traffic_policy};
 
 /// Creates a registration Secret in `own`: `kubeconfig` under the `kubeconfig` key (none
 /// when `None`), `cluster` as the claimed cluster name (the Secret's name when `None`).
@@ -180,14 +180,6 @@ async fn bad_registrations_get_a_phase_and_a_metric_and_disturb_nothing_else() {
         before,
         "the snapshot entries of every service and peer are byte-identical"
     );
-}
-
-/// A GlobalTrafficPolicy `name` for Service `service` in the demo namespace.
-fn traffic_policy(name: &str, service: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
-        spec.trim_start_matches('\n')
-    )
 }
 
 /// The `Accepted` condition of GlobalTrafficPolicy `name` on `own`: (status, reason,

@@ -201,8 +201,13 @@ pub(super) async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<
 /// A GlobalTrafficPolicy named after `service`, in the demo namespace; `spec` holds the
 /// fields under `spec:` besides `service`, indented by two spaces.
 pub(super) fn policy(service: &str, spec: &str) -> String {
+    traffic_policy(service, service, spec)
+}
+
+/// A GlobalTrafficPolicy `name` for Service `service` in the demo namespace.
+pub(super) fn traffic_policy(name: &str, service: &str, spec: &str) -> String {
     format!(
-        "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {service}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
+        "apiVersion: meridian.io/v1alpha1\nkind: GlobalTrafficPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  service: {service}\n{}",
         spec.trim_start_matches('\n')
     )
 }
