@@ -347,6 +347,20 @@ impl Resources {
         out
     }
 
+    /// What changed from `older` to `self`, for a consumer that rebuilds only that: the
+    /// gateway and the DNS server keep the value they last applied and ask this of the
+    /// newest one. O(changes · log n) when `self` was derived from `older`.
+    pub fn touched_since(&self, older: &Resources) -> Touched {
+        let mut touched = Touched::default();
+        for item in older.map.diff(&self.map) {
+            let (imbl::ordmap::DiffItem::Add(name, _)
+            | imbl::ordmap::DiffItem::Update { new: (name, _), .. }
+            | imbl::ordmap::DiffItem::Remove(name, _)) = item;
+            touched.note(name);
+        }
+        touched
+    }
+
     /// The delta from what a client says it holds (`known`: name → version) to `self`:
     /// what a reconnecting client needs. O(n).
     pub fn delta_from_versions(&self, known: &BTreeMap<String, u64>) -> DeltaResponse {
