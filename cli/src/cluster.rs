@@ -783,6 +783,93 @@ mod tests {
         );
     }
 
+    /// One wrong registration per reason `mesh connect` fixes, and the right one accepted.
+    #[test]
+    fn drift_names_what_is_wrong() {
+        // Real PEM, as the controller parses it.
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let cert = meridian_identity::testing::TestCa::new("meridian.local").issue("west");
+        let ca = b64(&cert.root_pem);
+        let wanted = WantedRegistration {
+            name: "west".into(),
+            server: "https://10.0.0.2:6443".into(),
+            ca_data: Some(ca.clone()),
+            gateway_address: Some("192.0.2.7:15008".into()),
+        };
+        let right = wanted.secret("cluster-west", "tok").unwrap();
+        assert_eq!(wanted.drift(&right).unwrap().token, "tok");
+
+        let drift = |w: &WantedRegistration, s: &Secret| w.drift(s).err().unwrap();
+        let mut unnamed = right.clone();
+        unnamed
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(CLUSTER_NAME_ANNOTATION);
+        assert_eq!(
+            drift(&wanted, &unnamed),
+            "no meridian.io/cluster-name annotation"
+        );
+        let other_gateway = WantedRegistration {
+            gateway_address: None,
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_gateway, &right),
+            "gateway address 192.0.2.7:15008 instead of (none)"
+        );
+        let other_server = WantedRegistration {
+            server: "https://10.0.0.3:6443".into(),
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_server, &right),
+            "server https://10.0.0.2:6443 instead of https://10.0.0.3:6443"
+        );
+        let other_ca = WantedRegistration {
+            ca_data: Some(b64(&cert.chain_pem)),
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_ca, &right),
+            "a different certificate-authority-data"
+        );
+
+        let with_kubeconfig = |text: String| {
+            let mut s = right.clone();
+            s.data = Some(BTreeMap::from([(
+                KUBECONFIG_KEY.to_owned(),
+                ByteString(text.into_bytes()),
+            )]));
+            s
+        };
+        let kc =
+            registration_kubeconfig("west", "https://10.0.0.2:6443", Some(&ca), "tok").unwrap();
+        let cert_user = with_kubeconfig(kc.replace(
+            "token: tok",
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&cert.chain_pem),
+                b64(&cert.key_pem)
+            ),
+        ));
+        assert_eq!(
+            drift(&wanted, &cert_user),
+            "its user has no token (a client certificate)"
+        );
+        let exec = with_kubeconfig(kc.replace("token: tok", "exec: {command: sh}"));
+        assert_eq!(
+            drift(&wanted, &exec),
+            "the controller refuses its kubeconfig: users[0].user.exec: exec credential \
+             plugins are refused (the controller runs no commands); use token or \
+             client-certificate-data and client-key-data"
+        );
+        let mut no_key = right.clone();
+        no_key.data = None;
+        assert_eq!(drift(&wanted, &no_key), "no UTF-8 key kubeconfig");
+    }
+
     #[test]
     fn reader_is_read_only() {
         for rule in reader_rules() {

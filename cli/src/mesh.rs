@@ -100,7 +100,7 @@ pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> a
         Command::Connect(args) => connect(args, target, output).await,
         Command::Status => {
             let nodes = nodes(target, 1).await?;
-            print_matrix(&nodes, &Report::new(&nodes).await?, &[], output)
+            print_matrix(&nodes, &Report::new(&nodes).await?, &[], output, true)
         }
         Command::Disconnect(args) => disconnect(args, target).await,
     }
@@ -345,7 +345,8 @@ async fn connect(args: ConnectArgs, target: &ClusterArgs, output: Output) -> any
         }
         tokio::time::sleep(POLL).await;
     };
-    print_matrix(&nodes, &report, &done, output)?;
+    // The pairs not Synced are named by the error.
+    print_matrix(&nodes, &report, &done, output, false)?;
     let lagging = report.lagging();
     if !lagging.is_empty() {
         bail!(
@@ -496,11 +497,13 @@ struct MatrixJson<'a> {
     matrix: &'a [Cell],
 }
 
+/// Prints the matrix; in a table, with a line per pair not Synced when `lagging`.
 fn print_matrix(
     nodes: &[Node],
     report: &Report,
     done: &[Done],
     output: Output,
+    lagging: bool,
 ) -> anyhow::Result<()> {
     if output != Output::Table {
         return render::print_structured(
@@ -531,8 +534,10 @@ fn print_matrix(
         })
         .collect();
     print!("{}", render::table(&header, rows));
-    for line in report.lagging() {
-        println!("{line}");
+    if lagging {
+        for line in report.lagging() {
+            println!("{line}");
+        }
     }
     Ok(())
 }

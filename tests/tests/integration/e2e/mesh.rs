@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use meridian_crd::MemberCluster;
 use meridian_testbed::mesh::{Mesh, MeshOptions, meridianctl};
 use meridian_testbed::{ClusterSpec, Testbed};
 use serde_json::Value;
 
-use super::support::{NS, deploy};
+use super::support::{NS, deploy, eventually};
 
 const CLUSTERS: [&str; 4] = ["east", "west", "far", "north"];
 
@@ -190,6 +190,34 @@ async fn one_command_joins_four_clusters_and_disconnect_drops_one_live() {
     let out = ctl(&kc, &["mesh", "connect"], &CLUSTERS).unwrap();
     assert_eq!(out.matches(": unchanged").count(), 12, "{out}");
     assert_eq!(registration_versions(&testbed).await, before);
+
+    // A registration whose token the member no longer accepts (its reader was deleted) is
+    // renewed; the other nine stay as they are.
+    let far = testbed.cluster("far").unwrap();
+    Api::<ServiceAccount>::namespaced(far.client(), "meridian-system")
+        .delete("meridian-reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The API server may accept the token a moment longer: count the renewals over runs.
+    let mut renewed = 0;
+    eventually("far's three registrations renewed", || {
+        let out = ctl(&kc, &["mesh", "connect"], &CLUSTERS).ok()?;
+        renewed += out
+            .matches(": fixed (the member no longer accepts its token)")
+            .count();
+        assert!(
+            out.lines()
+                .filter(|l| l.contains(": fixed"))
+                .all(|l| l.starts_with("far in ")),
+            "{out}"
+        );
+        (renewed == 3).then_some(())
+    })
+    .await;
+    let after = registration_versions(&testbed).await;
+    for (key, version) in &after {
+        assert_eq!(version == &before[key], key.1 != "cluster-far", "{key:?}");
+    }
 
     // `status` prints the same matrix.
     let status = ctl(&kc, &["mesh", "status"], &CLUSTERS).unwrap();
