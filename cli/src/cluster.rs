@@ -28,7 +28,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use meridian_crd::registration::{
-    self, CLUSTER_NAME_ANNOTATION, KUBECONFIG_KEY, Registration, is_dns_label,
+    self, CLUSTER_NAME_ANNOTATION, CONTEXT_ANNOTATION, GATEWAY_ADDRESS_ANNOTATION, KUBECONFIG_KEY,
+    Registration, is_dns_label,
 };
 use meridian_crd::{MANAGED_BY_LABEL, MemberCluster};
 use serde::Serialize;
@@ -111,7 +112,7 @@ pub(crate) const DEFAULT_TOKEN_TTL: &str = "720h";
 /// The shortest lifetime the TokenRequest API grants.
 const MIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
-fn parse_token_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_token_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_duration(s)?;
     if ttl < MIN_TOKEN_TTL {
         return Err(format!(
@@ -134,7 +135,7 @@ pub(crate) struct RemoveArgs {
     host_context: Option<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     meridian_api::policy::parse_duration(s)
 }
 
@@ -155,7 +156,7 @@ fn member_and_host(
     host_kubeconfig: Option<&Path>,
     host_context: Option<&str>,
 ) -> anyhow::Result<(Target, Target)> {
-    let member = Target::load(target.kubeconfig.as_deref(), target.context.as_deref())?;
+    let member = Target::load(target.kubeconfig.as_deref(), target.context()?)?;
     let host = Target::load(host_kubeconfig, host_context)?;
     Ok((member, host))
 }
@@ -166,40 +167,17 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
         args.host_kubeconfig.as_deref(),
         args.host_context.as_deref(),
     )?;
-    let (cluster_name, cluster) = member.cluster()?;
-    let name = args.name.clone().unwrap_or(cluster_name);
-    if !is_dns_label(&name) {
-        bail!(
-            "cluster name {name:?} is not a DNS label (lower-case letters, digits, '-'); pass --name"
-        );
-    }
-    let server = args
-        .server
-        .clone()
-        .or(cluster.server.clone())
-        .ok_or_else(|| anyhow!("the member's kubeconfig has no server URL; pass --server"))?;
-    let ca_data = match (
-        &cluster.certificate_authority_data,
-        &cluster.certificate_authority,
-    ) {
-        (Some(data), _) => Some(data.clone()),
-        (None, Some(path)) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading the member's CA file {path}"))?;
-            Some(base64::engine::general_purpose::STANDARD.encode(pem))
-        }
-        (None, None) => None,
-    };
-
-    // The host's controller accepts only kubeconfigs that pass this check (an https://
-    // server, an inline CA): fail before creating anything.
-    let probe = registration_kubeconfig(&name, &server, ca_data.as_deref(), "placeholder")?;
-    meridian_crd::kubeconfig::accept(&probe, None)
-        .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
+    let wanted = WantedRegistration::of(
+        &member,
+        args.name.clone(),
+        args.server.clone(),
+        args.gateway_address.clone(),
+    )?;
+    let name = &wanted.name;
 
     let client = member.client().await?;
     if args.cluster_property {
-        write_cluster_id(&client, &name).await.with_context(|| {
+        write_cluster_id(&client, name).await.with_context(|| {
             format!(
                 "recording the cluster id in cluster {name:?} (context {:?})",
                 member.context
@@ -214,36 +192,191 @@ async fn add(args: AddArgs, target: &ClusterArgs) -> anyhow::Result<()> {
                 member.context
             )
         })?;
-    let kubeconfig = registration_kubeconfig(&name, &server, ca_data.as_deref(), &token)?;
-
-    let host_client = host.client().await?;
-    ensure_namespace(&host_client).await?;
-    let mut registration = Registration::new(secret_name(&name), kubeconfig)
-        .namespace(SYSTEM_NAMESPACE)
-        .cluster_name(&name)
-        .label(MANAGED_BY_LABEL, FIELD_MANAGER);
-    if let Some(gw) = &args.gateway_address {
-        registration = registration.gateway_address(gw);
-    }
-    let secret = registration.secret();
-    apply(
-        &Api::<Secret>::namespaced(host_client, SYSTEM_NAMESPACE),
-        &secret,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "writing the registration Secret into the host cluster (context {:?})",
-            host.context
-        )
-    })?;
+    let secret = wanted.secret(&secret_name(name), &token)?;
+    write_registration(&host.client().await?, &secret)
+        .await
+        .with_context(|| {
+            format!(
+                "writing the registration Secret into the host cluster (context {:?})",
+                host.context
+            )
+        })?;
     println!(
-        "cluster {name:?} registered: Secret {SYSTEM_NAMESPACE}/{} in context {:?} (server {server}); \
+        "cluster {name:?} registered: Secret {SYSTEM_NAMESPACE}/{} in context {:?} (server {}); \
          the token expires {expires}: run `meridianctl cluster rotate-credentials {name}` before",
-        secret_name(&name),
-        host.context
+        secret_name(name),
+        host.context,
+        wanted.server,
     );
     Ok(())
+}
+
+/// What the registration of one member says apart from its token: the member's name, its
+/// API server as hosts reach it, its CA and its gateway address. `cluster add` and `mesh
+/// connect` both build their Secrets from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WantedRegistration {
+    /// Member name (a DNS label).
+    pub(crate) name: String,
+    /// API server URL for the hosts' controllers.
+    pub(crate) server: String,
+    /// The member's CA, base64 as in a kubeconfig.
+    pub(crate) ca_data: Option<String>,
+    /// `host:port` of the member's gateway, when given.
+    pub(crate) gateway_address: Option<String>,
+}
+
+impl WantedRegistration {
+    /// The registration of the cluster of `member`'s context: `name` defaults to the
+    /// kubeconfig's cluster name, `server` to its server URL. Checked against what the
+    /// host's controller accepts before anything is created.
+    pub(crate) fn of(
+        member: &Target,
+        name: Option<String>,
+        server: Option<String>,
+        gateway_address: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let (cluster_name, cluster) = member.cluster()?;
+        let name = name.unwrap_or(cluster_name);
+        if !is_dns_label(&name) {
+            bail!(
+                "cluster name {name:?} is not a DNS label (lower-case letters, digits, '-'); pass --name"
+            );
+        }
+        let server = server
+            .or(cluster.server.clone())
+            .ok_or_else(|| anyhow!("the member's kubeconfig has no server URL; pass --server"))?;
+        let ca_data = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(data), _) => Some(data.clone()),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the member's CA file {path}"))?;
+                Some(base64::engine::general_purpose::STANDARD.encode(pem))
+            }
+            (None, None) => None,
+        };
+        let wanted = Self {
+            name,
+            server,
+            ca_data,
+            gateway_address,
+        };
+        // The host's controller accepts only kubeconfigs that pass this check (an https://
+        // server, an inline CA): fail before creating anything.
+        let probe = wanted.kubeconfig("placeholder")?;
+        meridian_crd::kubeconfig::accept(&probe, None)
+            .map_err(|e| anyhow!("the host's controller would refuse this registration: {e}"))?;
+        Ok(wanted)
+    }
+
+    /// The registration kubeconfig carrying `token`.
+    fn kubeconfig(&self, token: &str) -> anyhow::Result<String> {
+        registration_kubeconfig(&self.name, &self.server, self.ca_data.as_deref(), token)
+    }
+
+    /// The registration Secret `secret` (in [`SYSTEM_NAMESPACE`]) carrying `token`.
+    pub(crate) fn secret(&self, secret: &str, token: &str) -> anyhow::Result<Secret> {
+        let mut registration = Registration::new(secret, self.kubeconfig(token)?)
+            .namespace(SYSTEM_NAMESPACE)
+            .cluster_name(&self.name)
+            .label(MANAGED_BY_LABEL, FIELD_MANAGER);
+        if let Some(gw) = &self.gateway_address {
+            registration = registration.gateway_address(gw);
+        }
+        Ok(registration.secret())
+    }
+
+    /// What the registration Secret `existing` (one for this member) says, or why it is not
+    /// this registration; its token is checked apart ([`Registered::token`]). A reason never
+    /// carries a credential.
+    pub(crate) fn drift(&self, existing: &Secret) -> Result<Registered, String> {
+        let annotations = existing.annotations();
+        if annotations.get(CLUSTER_NAME_ANNOTATION) != Some(&self.name) {
+            return Err(format!("no {CLUSTER_NAME_ANNOTATION} annotation"));
+        }
+        let gateway = annotations.get(GATEWAY_ADDRESS_ANNOTATION);
+        if gateway != self.gateway_address.as_ref() {
+            return Err(format!(
+                "gateway address {} instead of {}",
+                gateway.map_or("(none)", String::as_str),
+                self.gateway_address.as_deref().unwrap_or("(none)")
+            ));
+        }
+        let registered = Registered::read(existing)?;
+        if registered.server != self.server {
+            return Err(format!(
+                "server {} instead of {}",
+                registered.server, self.server
+            ));
+        }
+        if registered.ca_data != self.ca_data {
+            return Err("a different certificate-authority-data".into());
+        }
+        Ok(registered)
+    }
+}
+
+/// What an existing registration Secret says, as the controller reads it.
+pub(crate) struct Registered {
+    server: String,
+    ca_data: Option<String>,
+    /// The reader token (a credential: never print it).
+    pub(crate) token: String,
+}
+
+impl Registered {
+    /// The server, CA and token of the context the controller uses, when the controller
+    /// accepts the kubeconfig and it is a token user's (what `cluster add` writes).
+    fn read(existing: &Secret) -> Result<Self, String> {
+        let text = registration::kubeconfig(existing)
+            .ok_or_else(|| format!("no UTF-8 key {KUBECONFIG_KEY}"))?;
+        let context = existing
+            .annotations()
+            .get(CONTEXT_ANNOTATION)
+            .map(String::as_str);
+        let accepted = meridian_crd::kubeconfig::accept(&text, context)
+            .map_err(|e| format!("the controller refuses its kubeconfig: {e}"))?;
+        let kc: serde_json::Value =
+            serde_yaml_ng::from_str(&text).map_err(|_| "its kubeconfig is not YAML".to_owned())?;
+        let named = |list: &str, name: &str, body: &str| {
+            kc[list]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["name"] == name))
+                .map(|e| e[body].clone())
+                .unwrap_or_default()
+        };
+        let ctx = named("contexts", accepted.context(), "context");
+        let cluster = named(
+            "clusters",
+            ctx["cluster"].as_str().unwrap_or_default(),
+            "cluster",
+        );
+        let user = named("users", ctx["user"].as_str().unwrap_or_default(), "user");
+        let token = user["token"]
+            .as_str()
+            .ok_or_else(|| "its user has no token (a client certificate)".to_owned())?;
+        Ok(Self {
+            server: cluster["server"].as_str().unwrap_or_default().to_owned(),
+            ca_data: cluster["certificate-authority-data"]
+                .as_str()
+                .map(str::to_owned),
+            token: token.to_owned(),
+        })
+    }
+}
+
+/// Writes a registration Secret into the host cluster of `client` (server-side apply, as
+/// `cluster add` always has).
+pub(crate) async fn write_registration(client: &Client, secret: &Secret) -> anyhow::Result<()> {
+    ensure_namespace(client).await?;
+    apply(
+        &Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE),
+        secret,
+    )
+    .await
 }
 
 /// Replaces the reader token in every registration Secret of `args.name` in the host with
@@ -306,7 +439,7 @@ async fn rotate(args: RotateArgs, target: &ClusterArgs) -> anyhow::Result<()> {
 }
 
 /// The member name a registration Secret is for.
-fn registered_name(s: &Secret) -> String {
+pub(crate) fn registered_name(s: &Secret) -> String {
     s.annotations()
         .get(CLUSTER_NAME_ANNOTATION)
         .cloned()
@@ -334,7 +467,7 @@ fn with_token(kubeconfig: &str, token: &str) -> anyhow::Result<String> {
     serde_yaml_ng::to_string(&kc).context("encoding the kubeconfig")
 }
 
-fn secret_name(cluster: &str) -> String {
+pub(crate) fn secret_name(cluster: &str) -> String {
     format!("cluster-{cluster}")
 }
 
@@ -436,7 +569,10 @@ async fn write_cluster_id(client: &Client, name: &str) -> anyhow::Result<()> {
 /// Creates the reader ServiceAccount, ClusterRole and binding, and returns a token for it
 /// from the TokenRequest API, valid for `ttl` (or less, if the API server caps it), and
 /// its expiry.
-async fn mint_reader(client: &Client, ttl: Duration) -> anyhow::Result<(String, String)> {
+pub(crate) async fn mint_reader(
+    client: &Client,
+    ttl: Duration,
+) -> anyhow::Result<(String, String)> {
     ensure_namespace(client).await?;
     let meta = |ns: Option<&str>| ObjectMeta {
         name: Some(READER.into()),
@@ -548,7 +684,7 @@ async fn remove(args: RemoveArgs, target: &ClusterArgs) -> anyhow::Result<()> {
             host.context
         );
     }
-    if target.kubeconfig.is_some() || target.context.is_some() {
+    if target.kubeconfig.is_some() || target.context()?.is_some() {
         let client = target.client().await?;
         // The long-lived token Secret earlier versions created; deleting the
         // ServiceAccount below invalidates the bound tokens too.
@@ -645,6 +781,93 @@ mod tests {
             parse_token_ttl(DEFAULT_TOKEN_TTL).unwrap(),
             Duration::from_secs(30 * 24 * 3600)
         );
+    }
+
+    /// One wrong registration per reason `mesh connect` fixes, and the right one accepted.
+    #[test]
+    fn drift_names_what_is_wrong() {
+        // Real PEM, as the controller parses it.
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let cert = meridian_identity::testing::TestCa::new("meridian.local").issue("west");
+        let ca = b64(&cert.root_pem);
+        let wanted = WantedRegistration {
+            name: "west".into(),
+            server: "https://10.0.0.2:6443".into(),
+            ca_data: Some(ca.clone()),
+            gateway_address: Some("192.0.2.7:15008".into()),
+        };
+        let right = wanted.secret("cluster-west", "tok").unwrap();
+        assert_eq!(wanted.drift(&right).unwrap().token, "tok");
+
+        let drift = |w: &WantedRegistration, s: &Secret| w.drift(s).err().unwrap();
+        let mut unnamed = right.clone();
+        unnamed
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(CLUSTER_NAME_ANNOTATION);
+        assert_eq!(
+            drift(&wanted, &unnamed),
+            "no meridian.io/cluster-name annotation"
+        );
+        let other_gateway = WantedRegistration {
+            gateway_address: None,
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_gateway, &right),
+            "gateway address 192.0.2.7:15008 instead of (none)"
+        );
+        let other_server = WantedRegistration {
+            server: "https://10.0.0.3:6443".into(),
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_server, &right),
+            "server https://10.0.0.2:6443 instead of https://10.0.0.3:6443"
+        );
+        let other_ca = WantedRegistration {
+            ca_data: Some(b64(&cert.chain_pem)),
+            ..wanted.clone()
+        };
+        assert_eq!(
+            drift(&other_ca, &right),
+            "a different certificate-authority-data"
+        );
+
+        let with_kubeconfig = |text: String| {
+            let mut s = right.clone();
+            s.data = Some(BTreeMap::from([(
+                KUBECONFIG_KEY.to_owned(),
+                ByteString(text.into_bytes()),
+            )]));
+            s
+        };
+        let kc =
+            registration_kubeconfig("west", "https://10.0.0.2:6443", Some(&ca), "tok").unwrap();
+        let cert_user = with_kubeconfig(kc.replace(
+            "token: tok",
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&cert.chain_pem),
+                b64(&cert.key_pem)
+            ),
+        ));
+        assert_eq!(
+            drift(&wanted, &cert_user),
+            "its user has no token (a client certificate)"
+        );
+        let exec = with_kubeconfig(kc.replace("token: tok", "exec: {command: sh}"));
+        assert_eq!(
+            drift(&wanted, &exec),
+            "the controller refuses its kubeconfig: users[0].user.exec: exec credential \
+             plugins are refused (the controller runs no commands); use token or \
+             client-certificate-data and client-key-data"
+        );
+        let mut no_key = right.clone();
+        no_key.data = None;
+        assert_eq!(drift(&wanted, &no_key), "no UTF-8 key kubeconfig");
     }
 
     #[test]

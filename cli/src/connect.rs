@@ -12,9 +12,10 @@ pub(crate) struct ClusterArgs {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
-    /// Context in the kubeconfig (default: its current context).
-    #[arg(long, global = true)]
-    pub context: Option<String>,
+    /// Context in the kubeconfig (default: its current context); `mesh` commands take it
+    /// once per cluster.
+    #[arg(long = "context", global = true, action = clap::ArgAction::Append)]
+    pub contexts: Vec<String>,
 }
 
 /// A loaded kubeconfig with the context chosen.
@@ -93,9 +94,21 @@ impl Target {
 }
 
 impl ClusterArgs {
+    /// The one context of a single-cluster command, if given.
+    pub(crate) fn context(&self) -> anyhow::Result<Option<&str>> {
+        match self.contexts.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => Err(anyhow!(
+                "--context given {} times; only `mesh` commands take several",
+                self.contexts.len()
+            )),
+        }
+    }
+
     /// A client for the cluster named by the flags.
     pub(crate) async fn client(&self) -> anyhow::Result<Client> {
-        Target::load(self.kubeconfig.as_deref(), self.context.as_deref())?
+        Target::load(self.kubeconfig.as_deref(), self.context()?)?
             .client()
             .await
     }

@@ -6,6 +6,7 @@ mod ca;
 mod cluster;
 mod connect;
 mod explain;
+mod mesh;
 mod render;
 mod simulate;
 mod status;
@@ -41,6 +42,9 @@ enum Command {
     /// Register, remove and list member clusters.
     #[command(subcommand)]
     Cluster(cluster::Command),
+    /// Join clusters into a multi-primary mesh in one command, and see or undo it.
+    #[command(subcommand)]
+    Mesh(mesh::Command),
     /// Manage the mesh CA: the root and the per-cluster intermediates.
     #[command(subcommand)]
     Ca(ca::Command),
@@ -89,6 +93,7 @@ async fn run(command: Command, cluster: &ClusterArgs, output: Output) -> anyhow:
     let _ = rustls::crypto::ring::default_provider().install_default();
     match command {
         Command::Cluster(cmd) => cluster::run(cmd, cluster, output).await,
+        Command::Mesh(cmd) => mesh::run(cmd, cluster, output).await,
         Command::Ca(cmd) => ca::run(cmd, cluster).await,
         Command::Status => status::run(&cluster.client().await?, output).await,
         Command::Explain(args) => explain::run(&cluster.client().await?, &args, output).await,

@@ -61,6 +61,9 @@ pub struct MeshOptions {
     /// Run a cluster resolver per member: Unbound with a `global.` stub zone pointing at
     /// the member's `meridian-dns` ([`crate::Resolver`]), as pods resolve `.global`.
     pub resolvers: bool,
+    /// Register every cluster into every other with `meridianctl cluster add` before the
+    /// controllers start; off for tests that join the mesh themselves (`mesh connect`).
+    pub register: bool,
 }
 
 impl Default for MeshOptions {
@@ -69,6 +72,7 @@ impl Default for MeshOptions {
             stale_endpoint_grace: Duration::from_secs(60),
             peer_probe_interval: Duration::from_millis(500),
             resolvers: false,
+            register: true,
         }
     }
 }
@@ -256,8 +260,9 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Installs and starts Meridian in every cluster of `testbed` and registers every
-    /// cluster into every other. Returns once each gateway and DNS server is ready.
+    /// Installs and starts Meridian in every cluster of `testbed` and (unless
+    /// [`MeshOptions::register`] is off) registers every cluster into every other. Returns
+    /// once each gateway and DNS server is ready.
     pub async fn start(testbed: &Testbed, options: MeshOptions) -> Result<Mesh> {
         let dir = testbed.dir().join("meridian");
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -284,6 +289,7 @@ impl Mesh {
         let pairs: Vec<(&Cluster, &Cluster)> = testbed
             .clusters()
             .iter()
+            .filter(|_| options.register)
             .flat_map(|host| {
                 testbed
                     .clusters()

@@ -15,6 +15,7 @@ mod endpoint_apis;
 mod failover;
 mod faults;
 mod mcs;
+mod mesh;
 mod pinned;
 mod policy;
 mod resilience;

@@ -57,26 +57,7 @@ impl World {
     /// Exports `name` (HTTP port 80 → 8080) in every cluster and adds `pods[i]` echo pods
     /// to cluster `i` (east, west, far), all with `version`.
     pub(super) async fn deploy(&self, name: &str, pods: [usize; 3]) -> Vec<Vec<PodHandle>> {
-        let mut out = Vec::new();
-        for (c, count) in self.testbed.clusters().iter().zip(pods) {
-            c.create_service(
-                &ServiceSpec::new(name)
-                    .namespace(NS)
-                    .port(ServicePortSpec::http("http", 80).target(8080)),
-            )
-            .await
-            .unwrap();
-            let mut handles = Vec::new();
-            for i in 0..count {
-                let spec = PodSpec::new(format!("{name}-{}-{i}", c.name()))
-                    .namespace(NS)
-                    .app(name)
-                    .port("http", 8080);
-                handles.push(c.add_pod(spec).await.unwrap());
-            }
-            out.push(handles);
-        }
-        out
+        deploy(&self.testbed, name, &pods).await
     }
 
     /// Where a client in `cluster` reaches `<name>.demo.global:80`.
@@ -112,6 +93,31 @@ impl World {
             c.set_pod_ready(p, i >= n).await.unwrap();
         }
     }
+}
+
+/// Exports `name` (HTTP port 80 → 8080, namespace [`NS`], which must exist) in every
+/// cluster of `testbed` and adds `pods[i]` echo pods to its cluster `i`.
+pub(super) async fn deploy(testbed: &Testbed, name: &str, pods: &[usize]) -> Vec<Vec<PodHandle>> {
+    let mut out = Vec::new();
+    for (c, &count) in testbed.clusters().iter().zip(pods) {
+        c.create_service(
+            &ServiceSpec::new(name)
+                .namespace(NS)
+                .port(ServicePortSpec::http("http", 80).target(8080)),
+        )
+        .await
+        .unwrap();
+        let mut handles = Vec::new();
+        for i in 0..count {
+            let spec = PodSpec::new(format!("{name}-{}-{i}", c.name()))
+                .namespace(NS)
+                .app(name)
+                .port("http", 8080);
+            handles.push(c.add_pod(spec).await.unwrap());
+        }
+        out.push(handles);
+    }
+    out
 }
 
 /// Whether `k` of `n` Bernoulli(p) trials is within 4.5 standard deviations of `n·p`.
