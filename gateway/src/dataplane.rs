@@ -153,6 +153,8 @@ impl Dataplane {
         let _guard = self.rebuild_lock.lock().await;
         let mut services = HashMap::new();
         let mut live = HashSet::new();
+        // Localities and services that left must not keep their last share.
+        self.metrics.split.clear();
         for (name, svc) in &table.services {
             let healthy = self.health.healthy(&table.cluster, svc).await;
             let routes = ServiceRoutes::build(svc.clone(), &table.caller, healthy);
@@ -168,11 +170,33 @@ impl Dataplane {
                     service: name.clone(),
                 })
                 .set(ejected);
+            self.record_split(&routes);
             services.insert(name.clone(), Arc::new(routes));
         }
         self.routing.store(Arc::new(Routing { table, services }));
         // Connections to endpoints that left or turned unhealthy are not worth keeping.
         self.upstreams.retain(live).await;
+    }
+
+    /// Publishes the split of every endpoint of `routes` (destination 0) per locality.
+    fn record_split(&self, routes: &ServiceRoutes) {
+        let Some(all) = routes.destinations.first() else {
+            return;
+        };
+        let mut percents: HashMap<String, f64> = HashMap::new();
+        for (g, share) in all.balance.groups.iter().zip(&all.balance.split.groups) {
+            *percents.entry(g.locality.to_string()).or_default() += share.percent;
+        }
+        for (locality, percent) in percents {
+            self.metrics
+                .split
+                .get_or_create(&metrics::SplitShare {
+                    service: routes.service.label.clone(),
+                    source_cluster: self.cluster_label.clone(),
+                    locality,
+                })
+                .set(percent);
+        }
     }
 
     /// Metric labels for traffic from this gateway to endpoint `ep` of a service port:

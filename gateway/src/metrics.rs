@@ -1,6 +1,7 @@
 //! Prometheus metrics of the gateway (served on the admin listener at `/metrics`).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -137,6 +138,17 @@ impl Durations {
     }
 }
 
+/// A locality's share of a service's traffic as the engine computes it at this gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SplitShare {
+    /// Global service hostname.
+    pub service: Label,
+    /// This gateway's cluster (the caller the split is computed for).
+    pub source_cluster: Label,
+    /// The destination locality.
+    pub locality: String,
+}
+
 /// A service port.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServicePort {
@@ -213,6 +225,9 @@ pub struct Metrics {
     pub responses: Family<Response, Counter>,
     /// HTTP request durations per destination.
     pub durations: Durations,
+    /// Percent of each service's traffic the engine sends to each locality (every
+    /// endpoint's split, before subset routes).
+    pub split: Family<SplitShare, Gauge<f64, AtomicU64>>,
     /// Bytes spliced per flow and direction (TCP ports and tunnel streams).
     pub bytes: Family<Bytes, Counter>,
     /// Upstream HTTP connections opened (direct or through the tunnel), per service.
@@ -280,6 +295,11 @@ impl Metrics {
             "HTTP request duration (sent upstream to response headers) per source and destination",
             Unit::Seconds,
             self.durations.0.clone(),
+        );
+        r.register(
+            "split_percent",
+            "Percent of a service's traffic the engine sends to each locality from this gateway",
+            self.split.clone(),
         );
         r.register(
             "bytes",

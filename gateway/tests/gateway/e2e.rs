@@ -179,6 +179,19 @@ async fn tcp_and_http_through_two_gateways() {
         (sent >= 34.0).then_some(())
     })
     .await;
+    // The engine's split at east, published beside the traffic: all of web to r2/z2.
+    assert_eq!(
+        east.metric(
+            "meridian_gateway_split_percent",
+            &[
+                ("service", "web.default.global"),
+                ("source_cluster", "east"),
+                ("locality", "r2/z2"),
+            ]
+        )
+        .await,
+        100.0
+    );
     // Bounded cardinality: no traffic series names a pod or an address.
     for text in [east.metrics().await, west.metrics().await] {
         for line in text.lines().filter(|l| {
