@@ -319,7 +319,8 @@ fn rows(before: &Scrape, after: &Scrape, filter: &Filter) -> Vec<Row> {
     // Localities the engine gives traffic to but that saw none are shown too.
     let services: Vec<String> = rows.iter().map(|r| r.service.clone()).collect();
     for (service, percents) in &after.splits {
-        if !filter.matches(service) || (filter.hostname.is_none() && !services.contains(service)) {
+        // Those of a service with traffic, or of the service asked for (not its pinned VIPs).
+        if !services.contains(service) && filter.hostname.as_ref() != Some(service) {
             continue;
         }
         for (locality, percent) in percents {
