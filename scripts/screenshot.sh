@@ -65,7 +65,10 @@ wait_for() {
 wait_for '^prometheus: http://' 300
 prometheus=$(sed -n 's|^prometheus: \(http://[^/]*\)/.*|\1|p' "$work/demo.log" | head -1)
 log "Prometheus at $prometheus; waiting for the failover to finish"
+started=$SECONDS
 wait_for '^holding for' 900
+# The graph spans the demo's traffic, from Prometheus' start to now.
+range=$((SECONDS - started + 5))
 
 # Requests per second from east's gateway, per destination cluster, over the demo.
 query='sum by (cluster) (rate(meridian_gateway_requests_total{source_cluster="east", service="user.demo.global"}[5s]))'
@@ -77,8 +80,7 @@ for ((i = 0; i < ${#query}; i++)); do
 	*) printf -v c '%%%02X' "'$c" && encoded+=$c ;;
 	esac
 done
-minutes=$(((step_seconds * 5 + 90) / 60 + 1))
-url="$prometheus/graph?g0.expr=$encoded&g0.tab=0&g0.stacked=0&g0.show_exemplars=0&g0.range_input=${minutes}m"
+url="$prometheus/graph?g0.expr=$encoded&g0.tab=0&g0.stacked=0&g0.show_exemplars=0&g0.range_input=${range}s"
 log "shooting $url"
 "$chromium" --headless --no-sandbox --disable-gpu --hide-scrollbars \
 	--window-size=1400,900 --virtual-time-budget=15000 \
