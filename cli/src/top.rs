@@ -491,8 +491,8 @@ pub(crate) async fn run(args: &Args, output: Output) -> anyhow::Result<()> {
             Output::Table if args.once => print!("{}", table(&view)),
             Output::Table => {
                 // Clear the screen and home the cursor: a refreshing view, as top(1).
-                print!(
-                    "\x1b[2J\x1b[H{}every {}s, Ctrl-C to quit\n",
+                println!(
+                    "\x1b[2J\x1b[H{}every {}s, Ctrl-C to quit",
                     table(&view),
                     args.interval
                 );
