@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Meridian's tests need on Debian (idempotent): Debian packages (kubectl,
-# dig, shellcheck, iproute2, nftables, unbound), then the
+# dig, shellcheck, iproute2, nftables, unbound, prometheus), then the
 # Kubernetes v1.20.2 API server, controller manager and etcd for the hermetic testbed
 # (built from Debian's sources once and cached; see tests/scripts/provision-k8s.sh).
 # Prints `export KUBEBUILDER_ASSETS=...` on stdout for `eval "$(scripts/prereqs.sh)"`.
@@ -43,6 +43,26 @@ if ((${#need[@]})); then
 		elif [[ -x /etc/init.d/unbound ]]; then
 			$sudo /etc/init.d/unbound stop >&2 || true
 		fi
+	fi
+fi
+
+# The dashboard's queries are tested against a real Prometheus scraping the testbed. Tests
+# run their own instances (own config, 127.0.0.1); the package's system service is not
+# wanted, nor its recommends (node-exporter and its service).
+if ! command -v prometheus >/dev/null; then
+	if [[ $(id -u) -ne 0 ]]; then
+		sudo=sudo
+	else
+		sudo=
+	fi
+	log "installing Debian package: prometheus"
+	$sudo apt-get update -qq >&2
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >&2
+	if [[ -d /run/systemd/system ]]; then
+		log "disabling the prometheus system service (the tests run their own instances)"
+		$sudo systemctl disable --now prometheus.service >&2 || true
+	elif [[ -x /etc/init.d/prometheus ]]; then
+		$sudo /etc/init.d/prometheus stop >&2 || true
 	fi
 fi
 

@@ -1,4 +1,5 @@
-//! Reading a Meridian component's admin endpoint (`/config_dump`) over plain HTTP/1.1.
+//! Reading a Meridian component's admin endpoints (`/config_dump`, `/metrics`) over plain
+//! HTTP/1.1.
 
 use anyhow::{Context as _, anyhow, bail};
 use http_body_util::{BodyExt, Empty};
@@ -6,8 +7,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// GETs `base` + `path` (`base` is `http://host:port`) and parses the JSON body.
-pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+/// GETs `base` + `path` (`base` is `http://host:port`) and returns the body.
+async fn get(base: &str, path: &str) -> anyhow::Result<Bytes> {
     let authority = base
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("{base:?}: only http:// admin URLs are supported"))?
@@ -27,6 +28,17 @@ pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_jso
     if !resp.status().is_success() {
         bail!("GET {base}{path}: {}", resp.status());
     }
-    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+/// GETs `base` + `path` (`base` is `http://host:port`) and parses the JSON body.
+pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let body = get(base, path).await?;
     serde_json::from_slice(&body).with_context(|| format!("parsing {base}{path}"))
+}
+
+/// GETs `base` + `path` as UTF-8 text (the Prometheus exposition of `/metrics`).
+pub(crate) async fn get_text(base: &str, path: &str) -> anyhow::Result<String> {
+    let body = get(base, path).await?;
+    String::from_utf8(body.to_vec()).with_context(|| format!("{base}{path} is not UTF-8"))
 }

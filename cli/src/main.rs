@@ -6,10 +6,12 @@ mod ca;
 mod cluster;
 mod connect;
 mod explain;
+mod exposition;
 mod mesh;
 mod render;
 mod simulate;
 mod status;
+mod top;
 
 use std::process::ExitCode;
 
@@ -54,6 +56,9 @@ enum Command {
     Explain(explain::Args),
     /// Compute the traffic split for a hypothetical health state (no cluster needed).
     Simulate(simulate::Args),
+    /// Where traffic goes now: rates from each gateway per destination cluster and
+    /// locality, errors and p99, beside the split the engine computes.
+    Top(top::Args),
 }
 
 /// Exit code for bad input (usage or file contents), as distinct from runtime failures.
@@ -97,6 +102,7 @@ async fn run(command: Command, cluster: &ClusterArgs, output: Output) -> anyhow:
         Command::Ca(cmd) => ca::run(cmd, cluster).await,
         Command::Status => status::run(&cluster.client().await?, output).await,
         Command::Explain(args) => explain::run(&cluster.client().await?, &args, output).await,
+        Command::Top(args) => top::run(&args, output).await,
         Command::Simulate(_) => unreachable!("simulate runs without a cluster"),
     }
 }

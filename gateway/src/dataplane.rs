@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
-use crate::routing::{Endpoint, Port, RoutingTable};
+use crate::routing::{Endpoint, Port, RoutingTable, Service};
 use crate::tunnel::{PeerEvent, Pool, TunnelError};
 use crate::upstream::{self, Conn, Upstreams};
 
@@ -81,6 +81,8 @@ impl DrainGuard {
 pub struct Dataplane {
     /// This gateway's cluster.
     pub cluster: String,
+    /// `cluster` as a metric label.
+    pub cluster_label: metrics::Label,
     /// Tunables.
     pub settings: Settings,
     /// Metrics.
@@ -101,6 +103,7 @@ impl Dataplane {
     pub fn new(cluster: &str, settings: Settings, metrics: Arc<Metrics>, pool: Pool) -> Self {
         Self {
             cluster: cluster.to_owned(),
+            cluster_label: metrics::Label::from(cluster),
             upstreams: Upstreams::new(settings.upstream),
             settings,
             metrics,
@@ -150,6 +153,8 @@ impl Dataplane {
         let _guard = self.rebuild_lock.lock().await;
         let mut services = HashMap::new();
         let mut live = HashSet::new();
+        // Localities and services that left must not keep their last share.
+        self.metrics.split.clear();
         for (name, svc) in &table.services {
             let healthy = self.health.healthy(&table.cluster, svc).await;
             let routes = ServiceRoutes::build(svc.clone(), &table.caller, healthy);
@@ -165,6 +170,7 @@ impl Dataplane {
                     service: name.clone(),
                 })
                 .set(ejected);
+            self.record_split(&routes);
             services.insert(name.clone(), Arc::new(routes));
         }
         self.routing.store(Arc::new(Routing { table, services }));
@@ -172,12 +178,40 @@ impl Dataplane {
         self.upstreams.retain(live).await;
     }
 
-    /// Metric labels for endpoint `ep` of a service port.
-    pub fn destination(&self, hostname: &str, port: &Port, ep: &Endpoint) -> metrics::Destination {
+    /// Publishes the split of every endpoint of `routes` (destination 0) per locality.
+    fn record_split(&self, routes: &ServiceRoutes) {
+        let Some(all) = routes.destinations.first() else {
+            return;
+        };
+        let mut percents: HashMap<String, f64> = HashMap::new();
+        for (g, share) in all.balance.groups.iter().zip(&all.balance.split.groups) {
+            *percents.entry(g.locality.to_string()).or_default() += share.percent;
+        }
+        for (locality, percent) in percents {
+            self.metrics
+                .split
+                .get_or_create(&metrics::SplitShare {
+                    service: routes.service.label.clone(),
+                    source_cluster: self.cluster_label.clone(),
+                    locality,
+                })
+                .set(percent);
+        }
+    }
+
+    /// Metric labels for traffic from this gateway to endpoint `ep` of a service port:
+    /// shared label values only, no allocation (this runs per request).
+    pub fn destination(
+        &self,
+        service: &Service,
+        port: &Port,
+        ep: &Endpoint,
+    ) -> metrics::Destination {
         metrics::Destination {
-            service: hostname.to_owned(),
+            service: service.label.clone(),
             port: port.port,
-            cluster: ep.cluster.clone(),
+            source_cluster: self.cluster_label.clone(),
+            cluster: ep.cluster_label.clone(),
             locality: ep.locality_label.clone(),
         }
     }
@@ -193,7 +227,7 @@ impl Dataplane {
                 .get_or_create(&metrics::Ejection {
                     service: routes.service.hostname.clone(),
                     cluster: ep.cluster.clone(),
-                    locality: ep.locality_label.clone(),
+                    locality: ep.locality_label.to_string(),
                 })
                 .inc();
             self.rebuild().await;

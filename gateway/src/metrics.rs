@@ -1,65 +1,152 @@
 //! Prometheus metrics of the gateway (served on the admin listener at `/metrics`).
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
-/// A destination of traffic: the service port and where the chosen endpoint runs.
+/// A label value shared by every label set that carries it: cloning one is a reference
+/// count bump, so the hot path builds label sets without allocating. The routing table
+/// makes one per service, endpoint cluster and locality when a snapshot is installed.
+pub type Label = Arc<str>;
+
+/// Which gateway reports a flow, as Istio's `reporter` label: the `source` gateway (an
+/// outbound listener of the caller's cluster) or the `destination` gateway (the tunnel
+/// server in the endpoint's cluster). A cross-cluster TCP connection is counted by both,
+/// so sums select one reporter.
+pub const SOURCE: &str = "source";
+/// See [`SOURCE`].
+pub const DESTINATION: &str = "destination";
+
+/// A flow of traffic: the service port, the cluster it comes from and where the chosen
+/// endpoint runs. Every value is a cluster, a locality or a service: the cardinality is
+/// bounded by the mesh's shape, never by its pods or client addresses.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Destination {
     /// Global service hostname.
-    pub service: String,
+    pub service: Label,
     /// Service port.
     pub port: u32,
+    /// Cluster the traffic comes from: the gateway's own for outbound listeners, the
+    /// peer's verified identity for tunnel streams.
+    pub source_cluster: Label,
     /// Cluster of the endpoint.
-    pub cluster: String,
+    pub cluster: Label,
     /// Locality of the endpoint, `region/zone/subzone`.
-    pub locality: String,
+    pub locality: Label,
 }
 
 impl Destination {
     /// The labels of a response with `code` from this destination.
     pub fn response(&self, code: u16) -> Response {
         Response {
-            service: self.service.clone(),
-            port: self.port,
-            cluster: self.cluster.clone(),
-            locality: self.locality.clone(),
+            destination: self.clone(),
+            class: class(code),
             code,
         }
+    }
+
+    /// The labels of a TCP flow (connections) reported by `reporter`.
+    pub fn flow(&self, reporter: &'static str) -> Flow {
+        Flow {
+            destination: self.clone(),
+            reporter,
+        }
+    }
+
+    /// The labels of the bytes moved in `direction` of a flow reported by `reporter`.
+    pub fn bytes(&self, reporter: &'static str, direction: &'static str) -> Bytes {
+        Bytes {
+            destination: self.clone(),
+            reporter,
+            direction,
+        }
+    }
+}
+
+/// The response class of an HTTP status code (`2xx`, ...), for error-rate sums that do
+/// not enumerate codes.
+pub fn class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 
 /// A response to a request sent to a destination.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Response {
-    /// Global service hostname.
-    pub service: String,
-    /// Service port.
-    pub port: u32,
-    /// Cluster of the endpoint.
-    pub cluster: String,
-    /// Locality of the endpoint.
-    pub locality: String,
+    /// Where the request went.
+    #[prometheus(flatten)]
+    pub destination: Destination,
+    /// `1xx` to `5xx`.
+    pub class: &'static str,
     /// HTTP status code.
     pub code: u16,
 }
 
-/// Bytes moved for a destination, by direction.
+/// A TCP flow as seen by one of the two gateways it crosses.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Flow {
+    /// Where the flow goes.
+    #[prometheus(flatten)]
+    pub destination: Destination,
+    /// [`SOURCE`] or [`DESTINATION`].
+    pub reporter: &'static str,
+}
+
+/// Bytes moved for a flow, by direction.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Bytes {
-    /// Global service hostname.
-    pub service: String,
-    /// Service port.
-    pub port: u32,
-    /// Cluster of the endpoint.
-    pub cluster: String,
-    /// Locality of the endpoint.
-    pub locality: String,
+    /// Where the flow goes.
+    #[prometheus(flatten)]
+    pub destination: Destination,
+    /// [`SOURCE`] or [`DESTINATION`].
+    pub reporter: &'static str,
     /// `sent` (client to endpoint) or `received`.
     pub direction: &'static str,
+}
+
+/// Upper bounds of the request duration buckets: 1 ms doubling to about 33 s, enough
+/// resolution for a p99 from two scrapes' bucket deltas.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Request durations (request sent upstream to response headers) per destination.
+#[derive(Debug)]
+pub struct Durations(pub Family<Destination, Histogram, fn() -> Histogram>);
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(duration_histogram))
+    }
+}
+
+impl Durations {
+    /// Records one request to `destination` that took `seconds`.
+    pub fn observe(&self, destination: &Destination, seconds: f64) {
+        self.0.get_or_create(destination).observe(seconds);
+    }
+}
+
+/// A locality's share of a service's traffic as the engine computes it at this gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SplitShare {
+    /// Global service hostname.
+    pub service: Label,
+    /// This gateway's cluster (the caller the split is computed for).
+    pub source_cluster: Label,
+    /// The destination locality.
+    pub locality: String,
 }
 
 /// A service port.
@@ -130,13 +217,18 @@ pub struct Peer {
 /// Every metric of the gateway.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// TCP connections (outbound listeners) per destination.
-    pub connections: Family<Destination, Counter>,
+    /// TCP connections (outbound listeners) and tunnel streams (tunnel server) per flow.
+    pub connections: Family<Flow, Counter>,
     /// HTTP requests (attempts, retries included) per destination.
     pub requests: Family<Destination, Counter>,
-    /// HTTP responses per destination and status code.
+    /// HTTP responses per destination, class and status code.
     pub responses: Family<Response, Counter>,
-    /// Bytes spliced per destination and direction (TCP ports).
+    /// HTTP request durations per destination.
+    pub durations: Durations,
+    /// Percent of each service's traffic the engine sends to each locality (every
+    /// endpoint's split, before subset routes).
+    pub split: Family<SplitShare, Gauge<f64, AtomicU64>>,
+    /// Bytes spliced per flow and direction (TCP ports and tunnel streams).
     pub bytes: Family<Bytes, Counter>,
     /// Upstream HTTP connections opened (direct or through the tunnel), per service.
     pub upstream_connections: Family<Service, Counter>,
@@ -185,7 +277,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("meridian_gateway");
         r.register(
             "connections",
-            "TCP connections per destination",
+            "TCP connections and tunnel streams per source, destination and reporter",
             self.connections.clone(),
         );
         r.register(
@@ -195,12 +287,23 @@ impl Metrics {
         );
         r.register(
             "responses",
-            "HTTP responses per destination and code",
+            "HTTP responses per source, destination, class and code",
             self.responses.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "HTTP request duration (sent upstream to response headers) per source and destination",
+            Unit::Seconds,
+            self.durations.0.clone(),
+        );
+        r.register(
+            "split_percent",
+            "Percent of a service's traffic the engine sends to each locality from this gateway",
+            self.split.clone(),
         );
         r.register(
             "bytes",
-            "Bytes spliced per destination and direction",
+            "Bytes spliced per source, destination, reporter and direction",
             self.bytes.clone(),
         );
         r.register(

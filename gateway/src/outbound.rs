@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use meridian_api::signal::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::dataplane::Dataplane;
@@ -158,8 +159,11 @@ async fn tcp_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane
         return;
     };
     let ep = &routes.service.endpoints[idx];
-    let labels = dp.destination(&spec.hostname, &spec.port, ep);
-    dp.metrics.connections.get_or_create(&labels).inc();
+    let labels = dp.destination(&routes.service, &spec.port, ep);
+    dp.metrics
+        .connections
+        .get_or_create(&labels.flow(metrics::SOURCE))
+        .inc();
     dp.report(&routes, idx, Outcome::Success).await;
     let spliced = splice(client, upstream, dp.settings.limits.idle_timeout).await;
     match spliced.end {
@@ -173,13 +177,7 @@ async fn tcp_connection(client: TcpStream, spec: ListenerSpec, dp: Arc<Dataplane
     for (direction, n) in [("sent", spliced.sent), ("received", spliced.received)] {
         dp.metrics
             .bytes
-            .get_or_create(&metrics::Bytes {
-                service: labels.service.clone(),
-                port: labels.port,
-                cluster: labels.cluster.clone(),
-                locality: labels.locality.clone(),
-                direction,
-            })
+            .get_or_create(&labels.bytes(metrics::SOURCE, direction))
             .inc_by(n);
     }
 }
@@ -377,7 +375,7 @@ async fn proxy(
             break;
         };
         let ep = &routes.service.endpoints[idx].clone();
-        let labels = dp.destination(&spec.hostname, port, ep);
+        let labels = dp.destination(&routes.service, port, ep);
         dp.metrics.requests.get_or_create(&labels).inc();
         let body: ProxyBody = match (&buffered, streaming.take()) {
             (Some(b), _) => full(b.clone()),
@@ -387,6 +385,7 @@ async fn proxy(
         let upstream = upstream_request(&parts, body, http2, &spec.hostname);
         let replayable = buffered.as_ref().map(|b| move || replay(b));
         let send = send_upstream(&dp, &routes, idx, port, conn, upstream, replayable);
+        let sent = Instant::now();
         match within(timeout, send).await {
             Ok(mut resp) => {
                 let code = resp.status().as_u16();
@@ -394,6 +393,9 @@ async fn proxy(
                     .responses
                     .get_or_create(&labels.response(code))
                     .inc();
+                dp.metrics
+                    .durations
+                    .observe(&labels, sent.elapsed().as_secs_f64());
                 let outcome = if code >= 500 {
                     Outcome::Status(code)
                 } else {
@@ -427,6 +429,9 @@ async fn proxy(
                     .responses
                     .get_or_create(&labels.response(504))
                     .inc();
+                dp.metrics
+                    .durations
+                    .observe(&labels, sent.elapsed().as_secs_f64());
                 dp.report(&routes, idx, Outcome::Status(504)).await;
                 // Not retried (as Envoy's default retry policy): the request may have
                 // been processed, and another attempt would double the wait.
@@ -508,7 +513,7 @@ where
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "dial failed");
                 dp.metrics
                     .connect_failures
-                    .get_or_create(&dp.destination(&routes.service.hostname, port, &ep))
+                    .get_or_create(&dp.destination(&routes.service, port, &ep))
                     .inc();
                 if e.blames_endpoint() {
                     dp.report(routes, idx, Outcome::ConnectFailure).await;

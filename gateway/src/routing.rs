@@ -20,6 +20,7 @@ use meridian_api::{Locality, TrafficPolicy};
 use meridian_identity::Identity;
 use tracing::warn;
 
+use crate::metrics::Label;
 use crate::outlier::EndpointKey;
 
 /// One port of a global service.
@@ -61,7 +62,9 @@ pub struct Endpoint {
     /// Where it runs.
     pub locality: Locality,
     /// `locality` as text, for metrics.
-    pub locality_label: String,
+    pub locality_label: Label,
+    /// `cluster` as a metric label (shared, so label sets are built without allocating).
+    pub cluster_label: Label,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
     /// Ready according to its cluster.
@@ -93,6 +96,8 @@ impl Endpoint {
 pub struct Service {
     /// `<name>.<namespace>.global`, or `<cluster>.<name>.<namespace>.global` when pinned.
     pub hostname: String,
+    /// `hostname` as a metric label.
+    pub label: Label,
     /// The global service's hostname: what the tunnel names (equal to `hostname` unless
     /// pinned).
     pub global_hostname: String,
@@ -263,8 +268,10 @@ fn pinned_service(global: &Service, cv: &proto::ClusterVip) -> Service {
         .iter()
         .map(|p| (p.name.as_str(), p.listener_port))
         .collect();
+    let hostname = format!("{}.{}", cv.cluster, global.global_hostname);
     Service {
-        hostname: format!("{}.{}", cv.cluster, global.global_hostname),
+        label: Label::from(hostname.as_str()),
+        hostname,
         global_hostname: global.global_hostname.clone(),
         pinned: Some(cv.cluster.clone()),
         policy: global.policy.clone(),
@@ -333,7 +340,8 @@ fn service(s: &proto::GlobalService) -> Service {
                 cluster: e.cluster.clone(),
                 ip,
                 ports: e.ports.clone().into_iter().collect(),
-                locality_label: locality.to_string(),
+                locality_label: Label::from(locality.to_string()),
+                cluster_label: Label::from(e.cluster.as_str()),
                 locality,
                 labels: e.labels.clone().into_iter().collect(),
                 ready: e.ready,
@@ -343,6 +351,7 @@ fn service(s: &proto::GlobalService) -> Service {
         .collect();
     Service {
         hostname: s.hostname.clone(),
+        label: Label::from(s.hostname.as_str()),
         global_hostname: s.hostname.clone(),
         pinned: None,
         policy,

@@ -45,6 +45,7 @@ mod node;
 mod pki;
 mod pod;
 mod process;
+pub mod prometheus;
 mod proxy;
 mod resolver;
 mod service;

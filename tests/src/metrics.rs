@@ -24,9 +24,11 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            // Anchored on `{` or `,`, so `cluster` does not match `source_cluster`.
+            labels.iter().all(|(k, v)| {
+                let pair = format!("{k}=\"{v}\"");
+                l.contains(&format!("{{{pair}")) || l.contains(&format!(",{pair}"))
+            })
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -41,14 +43,21 @@ mod tests {
 requests_total{code="200",cluster="east"} 3
 requests_total{code="200",cluster="west"} 4
 requests_total{code="503",cluster="west"} 1
+requests_total{code="200",source_cluster="west",cluster="east"} 5
 requests_total_other 9
 up 1
 "#;
 
     #[test]
     fn sums_matching_series() {
-        assert_eq!(sum(TEXT, "requests_total", &[]), 8.0);
-        assert_eq!(sum(TEXT, "requests_total", &[("code", "200")]), 7.0);
+        assert_eq!(sum(TEXT, "requests_total", &[]), 13.0);
+        assert_eq!(sum(TEXT, "requests_total", &[("code", "200")]), 12.0);
+        // A label is matched whole: `cluster` is not `source_cluster`.
+        assert_eq!(sum(TEXT, "requests_total", &[("cluster", "west")]), 5.0);
+        assert_eq!(
+            sum(TEXT, "requests_total", &[("source_cluster", "west")]),
+            5.0
+        );
         assert_eq!(
             sum(
                 TEXT,

@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span};
 use super::{ERROR_HEADER, SERVICE_HEADER};
 use crate::dataplane::Dataplane;
 use crate::limits::{PeerSlots, Slots};
-use crate::metrics::Handshake;
+use crate::metrics::{self, Destination, Handshake, Label};
 use crate::splice::{End, splice};
 
 /// The first byte of a TLS record carrying a handshake message.
@@ -142,7 +142,10 @@ async fn connection(
     // Ends this connection's spliced streams when the peer stops being a member.
     let (revoke, revoked) = watch::channel(false);
     let svc_dp = dp.clone();
-    let service = service_fn(move |req| stream(svc_dp.clone(), revoked.clone(), req));
+    // The verified identity's cluster: the source of everything this connection carries.
+    let source = Label::from(peer.cluster());
+    let service =
+        service_fn(move |req| stream(svc_dp.clone(), source.clone(), revoked.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -220,8 +223,34 @@ fn reply(status: StatusCode, error: &'static str) -> Response<Empty<Bytes>> {
         .expect("valid response")
 }
 
+/// The labels of a stream from cluster `source` to local endpoint `target` of
+/// `hostname:port`, made of the routing table's shared values.
+fn inbound(
+    dp: &Dataplane,
+    source: &Label,
+    hostname: &str,
+    port: u32,
+    target: SocketAddr,
+) -> Destination {
+    let routing = dp.routing();
+    let service = routing.services.get(hostname).map(|r| &r.service);
+    let ep = service.and_then(|s| {
+        s.endpoints
+            .iter()
+            .find(|e| e.cluster == dp.cluster && e.ip == target.ip())
+    });
+    Destination {
+        service: service.map_or_else(|| Label::from(hostname), |s| s.label.clone()),
+        port,
+        source_cluster: source.clone(),
+        cluster: dp.cluster_label.clone(),
+        locality: ep.map_or_else(|| Label::from(""), |e| e.locality_label.clone()),
+    }
+}
+
 async fn stream(
     dp: Arc<Dataplane>,
+    source: Label,
     mut revoked: watch::Receiver<bool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
@@ -251,6 +280,11 @@ async fn stream(
         }
     };
     dp.metrics.tunnel_streams.inc();
+    let labels = inbound(&dp, &source, &hostname, port, target);
+    dp.metrics
+        .connections
+        .get_or_create(&labels.flow(metrics::DESTINATION))
+        .inc();
     let guard = dp.drain_guard();
     tokio::spawn(
         async move {
@@ -267,6 +301,12 @@ async fn stream(
                     tokio::select! {
                         spliced = splice(TokioIo::new(upgraded), upstream, idle) => {
                             let (up, down) = (spliced.sent, spliced.received);
+                            for (direction, n) in [("sent", up), ("received", down)] {
+                                dp.metrics
+                                    .bytes
+                                    .get_or_create(&labels.bytes(metrics::DESTINATION, direction))
+                                    .inc_by(n);
+                            }
                             match spliced.end {
                                 End::Closed => debug!(up, down, "tunnel stream done"),
                                 End::Idle => {

@@ -112,6 +112,105 @@ async fn tcp_and_http_through_two_gateways() {
         (sent >= 34.0).then_some(())
     })
     .await;
+    // Where traffic goes: east reports the requests it sent (source cluster east) by
+    // response class, with a duration per request; west's tunnel server reports the same
+    // flows as the destination, the source cluster taken from east's verified identity.
+    let east_to_west = [("source_cluster", "east"), ("cluster", "west")];
+    assert_eq!(
+        east.metric("meridian_gateway_requests_total", &east_to_west)
+            .await,
+        6.0
+    );
+    assert_eq!(
+        east.metric(
+            "meridian_gateway_responses_total",
+            &[("source_cluster", "east"), ("class", "2xx")]
+        )
+        .await,
+        6.0
+    );
+    assert_eq!(
+        east.metric(
+            "meridian_gateway_request_duration_seconds_count",
+            &[
+                ("service", "web.default.global"),
+                ("source_cluster", "east"),
+                ("cluster", "west"),
+                ("locality", "r2/z2"),
+            ]
+        )
+        .await,
+        6.0
+    );
+    assert_eq!(
+        east.metric(
+            "meridian_gateway_connections_total",
+            &[("source_cluster", "east"), ("reporter", "source")]
+        )
+        .await,
+        1.0
+    );
+    // Two tunnel streams: the TCP connection and the pooled upstream HTTP connection.
+    assert_eq!(
+        west.metric(
+            "meridian_gateway_connections_total",
+            &[
+                ("source_cluster", "east"),
+                ("cluster", "west"),
+                ("locality", "r2/z2"),
+                ("reporter", "destination"),
+            ]
+        )
+        .await,
+        2.0
+    );
+    eventually("bytes from east counted by west", || async {
+        let sent = west
+            .metric(
+                "meridian_gateway_bytes_total",
+                &[
+                    ("service", "raw.default.global"),
+                    ("source_cluster", "east"),
+                    ("reporter", "destination"),
+                    ("direction", "sent"),
+                ],
+            )
+            .await;
+        (sent >= 34.0).then_some(())
+    })
+    .await;
+    // The engine's split at east, published beside the traffic: all of web to r2/z2.
+    assert_eq!(
+        east.metric(
+            "meridian_gateway_split_percent",
+            &[
+                ("service", "web.default.global"),
+                ("source_cluster", "east"),
+                ("locality", "r2/z2"),
+            ]
+        )
+        .await,
+        100.0
+    );
+    // Bounded cardinality: no traffic series names a pod or an address.
+    for text in [east.metrics().await, west.metrics().await] {
+        for line in text.lines().filter(|l| {
+            [
+                "requests",
+                "responses",
+                "request_duration",
+                "connections",
+                "bytes",
+            ]
+            .iter()
+            .any(|m| l.starts_with(&format!("meridian_gateway_{m}")))
+        }) {
+            assert!(
+                !line.contains("web-0") && !line.contains("127.0."),
+                "{line}"
+            );
+        }
+    }
     // One pooled tunnel connection carried every stream: the TCP connection's, and one
     // for all six HTTP requests, which reuse the same upstream HTTP/1.1 connection.
     assert_eq!(

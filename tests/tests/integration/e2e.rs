@@ -20,3 +20,4 @@ mod pinned;
 mod policy;
 mod resilience;
 mod routing;
+mod where_traffic_goes;

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use futures::future::try_join_all;
 use meridian_testbed::mesh::{Mesh, MeshOptions};
+use meridian_testbed::prometheus::Prometheus;
 use meridian_testbed::{
     Cluster, ClusterSpec, PodHandle, PodSpec, ServicePortSpec, ServiceSpec, Testbed,
 };
@@ -54,6 +55,16 @@ pub(crate) struct DemoArgs {
     /// Short steps (2 s of steady traffic each) for a quick look; same as --step-seconds 2.
     #[arg(long, conflicts_with = "step_seconds")]
     quick: bool,
+
+    /// Also run a Prometheus (Debian `prometheus`) on 127.0.0.1 scraping every gateway
+    /// each second, and print its address (its graphs: scripts/screenshot.sh).
+    #[arg(long)]
+    prometheus: bool,
+
+    /// Seconds to keep everything up after the last step (e.g. to look at Prometheus).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    hold_seconds: u64,
 }
 
 /// Meridian on a testbed. Fields drop in order: the Meridian processes before the clusters
@@ -119,6 +130,25 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .context("starting Meridian on the testbed")?;
     println!("ready ({:.1} s)", t.elapsed().as_secs_f64());
     let world = World { mesh, testbed };
+    // Declared after the world, so it stops before the testbed directory goes.
+    let _prometheus = if args.prometheus {
+        let gateways: Vec<_> = world
+            .mesh
+            .members()
+            .iter()
+            .map(|m| m.gateway_admin())
+            .collect();
+        let p = Prometheus::start(&gateways, &world.testbed.dir().join("prometheus"))
+            .await
+            .context("starting Prometheus (Debian: apt-get install prometheus)")?;
+        println!(
+            "prometheus: http://{}/ (scraping every gateway each second)",
+            p.addr()
+        );
+        Some(p)
+    } else {
+        None
+    };
 
     print_flush(&format!(
         "deploying {SERVICE}.{NAMESPACE}: {PODS} pods in east, {PODS} in west, {far_pods} in far … "
@@ -220,6 +250,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             tally.answered() + tally.failed,
             table.describe(&tally)
         );
+    }
+    if args.hold_seconds > 0 {
+        println!();
+        println!("holding for {} s", args.hold_seconds);
+        tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
     }
     drop(stream);
     println!();
