@@ -5,6 +5,7 @@ mod admin;
 mod ca;
 mod cluster;
 mod connect;
+mod drain;
 mod explain;
 mod render;
 mod simulate;
@@ -38,7 +39,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Register, remove and list member clusters.
+    /// Register, remove, list, drain and undrain member clusters.
     #[command(subcommand)]
     Cluster(cluster::Command),
     /// Manage the mesh CA: the root and the per-cluster intermediates.
