@@ -98,7 +98,7 @@ fn not_above(a: Bucket, b: Bucket) -> bool {
 /// `undrain` brings east back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_traffic_away_gradually_and_undrain_brings_it_back() {
-    let world = World::start().await;
+    let mut world = World::start().await;
     world.deploy("user", [4, 4, 0]).await;
     world.converge("far", "user", 8, 8).await;
     world.converge("east", "user", 8, 8).await;
@@ -196,6 +196,45 @@ async fn drain_moves_traffic_away_gradually_and_undrain_brings_it_back() {
         .find(|l| l.starts_with("east "))
         .unwrap_or_else(|| panic!("{status}"));
     assert!(row.contains("Drained"), "{status}");
+
+    // A restarted controller reads the drain back from the spec (its own writes never
+    // dropped it): far's gateway stays away from east.
+    world
+        .mesh
+        .member_mut("far")
+        .unwrap()
+        .restart_controller()
+        .await
+        .unwrap();
+    let drained_in_far = |d: &serde_json::Value| {
+        d["controllerConnected"] == true
+            && d["snapshot"]["drains"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["cluster"] == "east" && x["permille"] == 1000)
+            })
+    };
+    world
+        .mesh
+        .wait_for("far", "east drained after the restart", drained_in_far)
+        .await
+        .unwrap();
+    let spec = super::support::kubectl(
+        world.cluster("far"),
+        &[
+            "get",
+            "membercluster",
+            "east",
+            "-o",
+            "jsonpath={.spec.drain.overSeconds}",
+        ],
+    );
+    assert_eq!(spec.trim(), "10", "spec.drain kept");
+    let t = http_tally(addr, 100, &[]).await;
+    assert_eq!(
+        (t.from("east"), t.failed),
+        (0, 0),
+        "after the restart: {t:?}"
+    );
 
     let out = ok(&meridianctl_with(
         &everywhere,
