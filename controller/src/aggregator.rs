@@ -130,6 +130,8 @@ struct Observed {
     seen: Vec<Seen>,
     /// The locality of the own cluster's gateway endpoints.
     local_gateway_locality: Option<Locality>,
+    /// The members' drains (from their MemberCluster specs) at this pass.
+    drains: Drains,
     /// Nodes per member.
     node_counts: BTreeMap<String, u32>,
 }
@@ -183,26 +185,16 @@ impl Aggregator {
             .set_policy_rejections(crate::policy::rejections(&all_policies));
         let reconciled = self.reconcile_vips(&catalog, &mut next).await;
         self.record(&catalog, &reconciled);
-        let drains = Drains::of(
+        observed.drains = Drains::of(
             &self.ctx.member_objects,
             self.ctx.registry.local_name(),
             std::time::SystemTime::now(),
         );
-        if let Some(step) = drains.next_step {
+        if let Some(step) = observed.drains.next_step {
             next.at(Instant::now() + step);
         }
-        let peers = std::mem::take(&mut observed.peers);
-        let gateway_locality = observed.local_gateway_locality.take();
-        self.publish_snapshot(
-            &catalog,
-            &reconciled.vips,
-            &policies,
-            &mcs,
-            peers,
-            gateway_locality,
-            &drains.for_snapshot,
-        );
-        let members = self.member_reports(observed, &catalog, &members, &drains);
+        self.publish_snapshot(&catalog, &reconciled.vips, &policies, &mcs, &mut observed);
+        let members = self.member_reports(observed, &catalog, &members);
         let _ = self.ctx.status.send(Some(Arc::new(StatusView {
             catalog,
             vips: reconciled.vips,
@@ -348,16 +340,15 @@ impl Aggregator {
         }
     }
 
-    /// Builds the snapshot and publishes it when its version is new.
+    /// Builds the snapshot (taking the peers and the gateway locality out of `observed`)
+    /// and publishes it when its version is new.
     fn publish_snapshot(
         &mut self,
         catalog: &Catalog,
         vips: &BTreeMap<ServiceKey, VipInfo>,
         policies: &BTreeMap<ServiceKey, PolicyInForce>,
         mcs: &crate::mcs::McsView,
-        peers: Vec<PeerInfo>,
-        local_gateway_locality: Option<Locality>,
-        drains: &BTreeMap<String, u32>,
+        observed: &mut Observed,
     ) {
         let config = &self.ctx.config;
         let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies
@@ -368,7 +359,7 @@ impl Aggregator {
             cluster: self.ctx.registry.local_name(),
             locality: config
                 .locality()
-                .or(local_gateway_locality)
+                .or(observed.local_gateway_locality.take())
                 .unwrap_or_default(),
             trust_domain: &config.trust_domain,
             zone: &config.zone,
@@ -376,8 +367,8 @@ impl Aggregator {
             vips: Some(vips),
             policies: Some(&policy_specs),
             mcs: Some(mcs),
-            peers,
-            drains: drains.clone(),
+            peers: std::mem::take(&mut observed.peers),
+            drains: observed.drains.for_snapshot.clone(),
         });
         let version = snap.version;
         if self.ctx.publisher.publish(snap) {
@@ -399,14 +390,13 @@ impl Aggregator {
         observed: Observed,
         catalog: &Catalog,
         members: &Members,
-        drains: &Drains,
     ) -> Vec<MemberReport> {
         let local_name = self.ctx.registry.local_name();
         let mut reports: Vec<MemberReport> = observed
             .seen
             .into_iter()
             .map(|seen| {
-                let drain = drains.members.get(&seen.name);
+                let drain = observed.drains.members.get(&seen.name);
                 member_report(
                     seen,
                     catalog,
