@@ -193,6 +193,7 @@ impl Aggregator {
         if let Some(step) = observed.drains.next_step {
             next.at(Instant::now() + step);
         }
+        self.ctx.metrics.set_drains(&observed.drains);
         self.publish_snapshot(&catalog, &reconciled.vips, &policies, &mcs, &mut observed);
         let members = self.member_reports(observed, &catalog, &members);
         let _ = self.ctx.status.send(Some(Arc::new(StatusView {
