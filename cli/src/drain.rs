@@ -243,3 +243,56 @@ async fn wait_drained(hosts: &[Host], name: &str, limit: Duration) -> anyhow::Re
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kubeconfig with one context per name (no server is contacted).
+    fn kubeconfig(names: &[&str]) -> tempfile::NamedTempFile {
+        let mut yaml = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+        for n in names {
+            yaml.push_str(&format!(
+                "- name: {n}\n  cluster: {{server: \"https://127.0.0.1:1\"}}\n"
+            ));
+        }
+        yaml.push_str("users:\n- name: u\n  user: {token: t}\ncontexts:\n");
+        for n in names {
+            yaml.push_str(&format!(
+                "- name: {n}\n  context: {{cluster: {n}, user: u}}\n"
+            ));
+        }
+        yaml.push_str(&format!("current-context: {}\n", names[0]));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        f
+    }
+
+    fn chosen(target: &ClusterArgs, hosts: &[&str]) -> anyhow::Result<Vec<String>> {
+        let hosts = Hosts {
+            host_contexts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        };
+        Ok(contexts(target, &hosts)?
+            .into_iter()
+            .map(|t| t.context)
+            .collect())
+    }
+
+    #[test]
+    fn reaches_every_context_unless_told_otherwise() {
+        let f = kubeconfig(&["east", "west", "far"]);
+        let mut target = ClusterArgs {
+            kubeconfig: Some(f.path().to_owned()),
+            context: None,
+        };
+        assert_eq!(chosen(&target, &[]).unwrap(), ["east", "west", "far"]);
+        assert_eq!(chosen(&target, &["far", "west"]).unwrap(), ["far", "west"]);
+        target.context = Some("west".into());
+        assert_eq!(chosen(&target, &[]).unwrap(), ["west"]);
+        let e = chosen(&target, &["nope"]).unwrap_err().to_string();
+        assert!(
+            e.contains("context \"nope\" not found in the kubeconfig (have: east, west, far)"),
+            "{e}"
+        );
+    }
+}
