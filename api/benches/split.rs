@@ -27,6 +27,7 @@ fn bench(c: &mut Criterion) {
             locality: &locs[i % 50],
             labels: &labels,
             healthy: i % 3 != 0,
+            drain: 0,
         })
         .collect();
     let caller = Caller::at(locs[0].clone());

@@ -22,6 +22,8 @@ pub struct EndpointView<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// Ready and not ejected.
     pub healthy: bool,
+    /// Drain progress of its cluster in permille ([`Group::drain`]); 0 when not drained.
+    pub drain: u32,
 }
 
 /// One group's slice of [`Picker::ids`].
@@ -124,22 +126,22 @@ pub struct Balance {
 }
 
 impl Balance {
-    /// Groups `endpoints` by locality (and by the values of `failoverPriority` labels),
-    /// computes the split for `caller` and builds the picker. Picked ids index `endpoints`.
+    /// Groups `endpoints` by locality (and by the values of `failoverPriority` labels, and
+    /// by drain progress, so a drained cluster's endpoints never share a group), computes the split for `caller` and builds the picker. Picked ids index `endpoints`.
     pub fn new(caller: &Caller, policy: &TrafficPolicy, endpoints: &[EndpointView<'_>]) -> Self {
         let keys: Vec<String> = policy
             .locality_lb_setting
             .as_ref()
             .map(|lb| lb.failover_priority.clone())
             .unwrap_or_default();
-        let mut index: BTreeMap<(Locality, Vec<Option<String>>), usize> = BTreeMap::new();
+        let mut index: BTreeMap<(Locality, Vec<Option<String>>, u32), usize> = BTreeMap::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut members: Vec<Vec<(u32, bool)>> = Vec::new();
         for (id, ep) in endpoints.iter().enumerate() {
             let values: Vec<Option<String>> =
                 keys.iter().map(|k| ep.labels.get(k).cloned()).collect();
             let g = *index
-                .entry((ep.locality.clone(), values))
+                .entry((ep.locality.clone(), values, ep.drain))
                 .or_insert_with(|| {
                     let labels = keys
                         .iter()
@@ -148,6 +150,7 @@ impl Balance {
                     groups.push(Group {
                         locality: ep.locality.clone(),
                         labels,
+                        drain: ep.drain,
                         ..Group::default()
                     });
                     members.push(Vec::new());

@@ -2,7 +2,7 @@
 //! diffs, sends and applies, as Envoy's incremental xDS does.
 //!
 //! A [`Snapshot`] splits into one `header` resource (cluster, locality, trust domain,
-//! peers), one `service/<hostname>` resource per global service (without its endpoints)
+//! peers, member drains), one `service/<hostname>` resource per global service (without its endpoints)
 //! and one `endpoints/<hostname>/<cluster>` resource per member cluster that has
 //! endpoints of the service. A one-endpoint change therefore touches one small resource,
 //! whatever the mesh size. Each resource's version is a hash of its encoding, so equal
@@ -100,7 +100,7 @@ pub enum DeltaError {
 /// What a delta changed, so that a client rebuilds only that.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Touched {
-    /// The header changed (cluster, locality, trust domain or peers).
+    /// The header changed (cluster, locality, trust domain, peers or drains).
     pub header: bool,
     /// Hostnames whose service or endpoints changed, were added or were removed.
     pub services: BTreeSet<String>,
@@ -276,6 +276,7 @@ impl Resources {
             locality: snap.locality.clone(),
             trust_domain: snap.trust_domain.clone(),
             peers: snap.peers.clone(),
+            drains: snap.drains.clone(),
         });
         for svc in &snap.services {
             r.set_service(svc);
@@ -325,6 +326,7 @@ impl Resources {
             trust_domain: header.trust_domain,
             services: self.hostnames().filter_map(|h| self.service(h)).collect(),
             peers: header.peers,
+            drains: header.drains,
         }
     }
 
@@ -422,7 +424,7 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Endpoint, Locality, Peer};
+    use crate::proto::{ClusterDrain, Endpoint, Locality, Peer};
     use proptest::prelude::*;
 
     fn endpoint(cluster: &str, address: &str, ready: bool) -> Endpoint {
@@ -468,6 +470,10 @@ mod tests {
                 address: "127.0.0.2:15443".into(),
                 identity: "spiffe://mesh.local/cluster/west/gateway".into(),
                 locality: None,
+            }],
+            drains: vec![ClusterDrain {
+                cluster: "west".into(),
+                permille: 400,
             }],
         }
     }
@@ -638,6 +644,9 @@ mod tests {
         Peer {
             n: u8,
         },
+        Drain {
+            permille: u32,
+        },
     }
 
     fn edit() -> impl Strategy<Value = Edit> {
@@ -654,6 +663,7 @@ mod tests {
             (0..8usize).prop_map(|service| Edit::RemoveService { service }),
             any::<u8>().prop_map(|n| Edit::AddService { n }),
             any::<u8>().prop_map(|n| Edit::Peer { n }),
+            (0..=1000u32).prop_map(|permille| Edit::Drain { permille }),
         ]
     }
 
@@ -698,6 +708,7 @@ mod tests {
                 }
             }
             Edit::Peer { n: k } => snap.peers[0].address = format!("127.0.0.{k}:15443"),
+            Edit::Drain { permille } => snap.drains[0].permille = permille,
             _ => {}
         }
     }

@@ -16,6 +16,13 @@
 //! panic and balances across all its hosts; when every priority is, load splits by host
 //! count. Inside a priority, `effective(L) = weight(L) * min(100, factor * healthy(L) /
 //! total(L))` and a locality's share is `effective / Σ effective`.
+//!
+//! A drained cluster's groups (progress `p`, [`Group::drain`] in permille) take part with
+//! `(1 - p)` of their weight, as if their locality `load_balancing_weight` were scaled:
+//! `effective(L) *= 1 - p` inside the priority, and the priority's health is scaled by the
+//! share of its healthy endpoints left undrained, so a priority that is being drained
+//! spills to the next one at the same rate. At `p = 1` the groups are left out entirely,
+//! as if empty: they receive nothing, not even in panic.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,6 +67,24 @@ pub struct Group {
     pub healthy: u32,
     /// Locality weight; by default the endpoint count, as Istio sets it.
     pub weight: Option<f64>,
+    /// Drain progress of the group's cluster in permille: 0 (default) is not drained,
+    /// [`DRAINED`] receives nothing.
+    pub drain: u32,
+}
+
+/// [`Group::drain`] of a fully drained group.
+pub const DRAINED: u32 = 1000;
+
+impl Group {
+    /// Permille of the group left after its drain (1000 when not drained).
+    fn undrained(&self) -> u64 {
+        u64::from(DRAINED - self.drain.min(DRAINED))
+    }
+
+    /// Whether the group takes part at all: it has endpoints and is not fully drained.
+    fn live(&self) -> bool {
+        self.total > 0 && self.drain < DRAINED
+    }
 }
 
 /// Why a group landed in its priority.
@@ -170,7 +195,7 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
     let mut levels: Vec<u32> = plan
         .iter()
         .zip(groups)
-        .filter(|(_, g)| g.total > 0)
+        .filter(|(_, g)| g.live())
         .map(|(p, _)| p.level)
         .collect();
     levels.sort_unstable();
@@ -187,14 +212,29 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
             healthy: 0,
         })
         .collect();
+    // Per priority, Σ healthy · undrained‰ and Σ total · undrained‰: the drain's scale.
+    let mut undrained = vec![(0u64, 0u64); levels.len()];
     for (p, g) in plan.iter().zip(groups) {
+        if !g.live() {
+            continue;
+        }
         if let Some(i) = priority_of(p.level) {
-            priorities[i as usize].total += g.total;
-            priorities[i as usize].healthy += g.healthy.min(g.total);
+            let i = i as usize;
+            let healthy = g.healthy.min(g.total);
+            priorities[i].total += g.total;
+            priorities[i].healthy += healthy;
+            undrained[i].0 += u64::from(healthy) * g.undrained();
+            undrained[i].1 += u64::from(g.total) * g.undrained();
         }
     }
-    for p in &mut priorities {
+    for (p, (healthy_left, _)) in priorities.iter_mut().zip(&undrained) {
         p.health = health(factor, p.healthy, p.total);
+        if p.healthy > 0 {
+            // Exact when nothing is drained: healthy_left = healthy · 1000.
+            let scaled =
+                u64::from(p.health) * healthy_left / (u64::from(p.healthy) * u64::from(DRAINED));
+            p.health = scaled as u32;
+        }
     }
     let nth = priorities.iter().map(|p| p.health).sum::<u32>().min(100);
 
@@ -210,11 +250,12 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
     let total_panic = !priorities.is_empty() && priorities.iter().all(|p| p.panic);
 
     if total_panic {
-        // recalculateLoadInTotalPanic: by host count, rest to the first non-empty priority.
-        let hosts: u32 = priorities.iter().map(|p| p.total).sum();
+        // recalculateLoadInTotalPanic: by host count (drained hosts count 1 - p), rest to
+        // the first non-empty priority.
+        let hosts: u64 = undrained.iter().map(|u| u.1).sum();
         let mut rest = 100u32;
-        for p in &mut priorities {
-            p.load = (100 * u64::from(p.total) / u64::from(hosts)) as u32;
+        for (p, u) in priorities.iter_mut().zip(&undrained) {
+            p.load = (100 * u.1).checked_div(hosts).unwrap_or(0) as u32;
             rest -= p.load;
         }
         if let Some(first) = priorities.iter_mut().find(|p| p.total > 0) {
@@ -251,7 +292,7 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
             continue;
         }
         let members: Vec<usize> = (0..groups.len())
-            .filter(|&g| shares[g].priority == i as u32 && groups[g].total > 0)
+            .filter(|&g| shares[g].priority == i as u32 && groups[g].live())
             .collect();
         // In panic every host counts as available; otherwise scale by locality health.
         // Envoy falls back to host-level balancing when every locality weight is zero.
@@ -259,7 +300,7 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
             .iter()
             .map(|&g| {
                 let health = if prio.panic { 100 } else { shares[g].health };
-                shares[g].weight * f64::from(health)
+                shares[g].weight * f64::from(health) * drain_scale(&groups[g])
             })
             .collect();
         let parts: Vec<f64> = if weighted.iter().sum::<f64>() > 0.0 {
@@ -272,7 +313,7 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
                         groups[g].total
                     } else {
                         groups[g].healthy
-                    })
+                    }) * drain_scale(&groups[g])
                 })
                 .collect()
         };
@@ -291,6 +332,11 @@ pub fn compute(caller: &Caller, groups: &[Group], policy: &TrafficPolicy) -> Spl
         total_panic,
         normalized_total_health: nth,
     }
+}
+
+/// The weight multiplier `1 - p` of a group's drain.
+fn drain_scale(g: &Group) -> f64 {
+    g.undrained() as f64 / f64::from(DRAINED)
 }
 
 /// `min(100, factor * healthy / total)` with Envoy's integer division; 0 for an empty set.

@@ -298,6 +298,7 @@ fn picker_follows_the_split() {
             locality: &locs[i / 14],
             labels: &labels,
             healthy: i % 14 < 5 || i >= 14,
+            drain: 0,
         })
         .collect();
     let b = Balance::new(&caller("sh/2000400001"), &TrafficPolicy::default(), &eps);
@@ -321,6 +322,7 @@ fn picker_excludes_tried_endpoints() {
             locality: &locs[0],
             labels: &labels,
             healthy: true,
+            drain: 0,
         })
         .collect();
     let b = Balance::new(&caller("a/a"), &TrafficPolicy::default(), &eps);
@@ -328,6 +330,93 @@ fn picker_excludes_tried_endpoints() {
     assert_eq!(b.picker.pick_excluding(&mut rng, &[0, 1]), Some(2));
     assert_eq!(b.picker.pick_excluding(&mut rng, &[0, 1, 2]), None);
     assert!(Picker::default().pick(&mut rng).is_none());
+}
+
+fn drained(mut g: Group, permille: u32) -> Group {
+    g.drain = permille;
+    g
+}
+
+/// docs/concepts.md, "Draining a cluster": a caller in bj sees east and west in one
+/// priority (other region); east drained 40% keeps 0.6 of its weight: 240 / (240 + 400).
+#[test]
+fn drain_scales_the_weight_inside_a_priority() {
+    let at = |p: u32| {
+        percents(&compute(
+            &caller("bj/bj-1"),
+            &[
+                drained(group("sh/2000400001", 4, 4), p),
+                group("sh/200002", 4, 4),
+            ],
+            &TrafficPolicy::default(),
+        ))
+    };
+    assert_eq!(at(0), [50.0, 50.0]);
+    assert_eq!(at(400), [37.5, 62.5]);
+    assert_eq!(at(900), [9.1, 90.9]);
+    assert_eq!(at(1000), [0.0, 100.0]);
+}
+
+/// docs/concepts.md: the caller's own zone (east) is priority 0; drained 40% its health
+/// 100 becomes 100 · 0.6 = 60, so 40% spills to west (priority 1), linearly in p.
+#[test]
+fn drain_spills_a_priority_linearly() {
+    let at = |p: u32| {
+        percents(&compute(
+            &caller("sh/2000400001"),
+            &[
+                drained(group("sh/2000400001", 14, 14), p),
+                group("sh/200002", 14, 14),
+            ],
+            &TrafficPolicy::default(),
+        ))
+    };
+    assert_eq!(at(0), [100.0, 0.0]);
+    assert_eq!(at(400), [60.0, 40.0]);
+    assert_eq!(at(750), [25.0, 75.0]);
+    assert_eq!(at(1000), [0.0, 100.0]);
+}
+
+#[test]
+fn a_drained_group_gets_nothing_even_in_panic() {
+    // Every group unhealthy: total panic balances over all hosts, but not drained ones.
+    let s = compute(
+        &caller("a/a"),
+        &[drained(group("a/a", 3, 0), 1000), group("a/b", 3, 0)],
+        &TrafficPolicy::default(),
+    );
+    assert!(s.total_panic);
+    assert_eq!(percents(&s), [0.0, 100.0]);
+    // Only drained endpoints left: nothing is routable.
+    let s = compute(
+        &caller("a/a"),
+        &[drained(group("a/a", 3, 3), 1000)],
+        &TrafficPolicy::default(),
+    );
+    assert!(!s.routable());
+}
+
+#[test]
+fn drained_endpoints_form_their_own_group_in_a_shared_locality() {
+    // Two clusters with nodes in one locality: only the drained cluster's endpoints lose
+    // weight.
+    let locs = [loc("a/a")];
+    let labels = BTreeMap::new();
+    let eps: Vec<EndpointView<'_>> = (0..4)
+        .map(|i| EndpointView {
+            locality: &locs[0],
+            labels: &labels,
+            healthy: true,
+            drain: if i < 2 { 1000 } else { 0 },
+        })
+        .collect();
+    let b = Balance::new(&caller("a/a"), &TrafficPolicy::default(), &eps);
+    assert_eq!(b.groups.len(), 2);
+    assert_eq!(percents(&b.split), [0.0, 100.0]);
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..1_000 {
+        assert!(b.picker.pick(&mut rng).unwrap() >= 2);
+    }
 }
 
 fn arb_groups() -> impl Strategy<Value = Vec<Group>> {
@@ -396,6 +485,24 @@ proptest! {
         if before.total_panic == after.total_panic && before.groups[i].panic == after.groups[i].panic && !after.groups[i].panic {
             prop_assert!(after.groups[i].percent + 1e-9 >= before.groups[i].percent,
                 "share of group {} fell from {} to {}", i, before.groups[i].percent, after.groups[i].percent);
+        }
+    }
+
+    #[test]
+    fn draining_further_never_raises_the_share(groups in arb_groups(), p in arb_policy(), pick in 0usize..7, d in 0u32..1000, more in 1u32..=1000) {
+        let i = pick % groups.len();
+        let mut less = groups.clone();
+        less[i].drain = d;
+        let mut further = groups;
+        further[i].drain = (d + more).min(1000);
+        let before = compute(&caller("r1/z1"), &less, &p);
+        let after = compute(&caller("r1/z1"), &further, &p);
+        if before.total_panic == after.total_panic && before.groups[i].panic == after.groups[i].panic {
+            prop_assert!(after.groups[i].percent <= before.groups[i].percent + 1e-9,
+                "share of group {} rose from {} to {}", i, before.groups[i].percent, after.groups[i].percent);
+        }
+        if further[i].drain == 1000 {
+            prop_assert_eq!(after.groups[i].percent, 0.0);
         }
     }
 

@@ -1,4 +1,5 @@
-//! `meridianctl cluster add|rotate-credentials|remove|list`: registering member clusters.
+//! `meridianctl cluster add|rotate-credentials|remove|list`: registering member clusters
+//! (`drain` and `undrain` are in [`crate::drain`]).
 //!
 //! `add` mints a least-privilege reader identity in the cluster being added and writes a
 //! registration Secret (label `meridian.io/cluster: "true"`, key `kubeconfig`, annotation
@@ -56,6 +57,11 @@ pub(crate) enum Command {
     Remove(RemoveArgs),
     /// List member clusters as the host cluster's controller sees them.
     List,
+    /// Drain NAME for maintenance: its endpoints lose weight linearly over --over until
+    /// no other cluster sends it new connections or requests.
+    Drain(crate::drain::DrainArgs),
+    /// End the drain of NAME: its endpoints get their full weight back at once.
+    Undrain(crate::drain::UndrainArgs),
 }
 
 /// Arguments of `cluster add`.
@@ -146,6 +152,8 @@ pub(crate) async fn run(cmd: Command, target: &ClusterArgs, output: Output) -> a
         Command::RotateCredentials(args) => rotate(args, target).await,
         Command::Remove(args) => remove(args, target).await,
         Command::List => list(&target.client().await?, output).await,
+        Command::Drain(args) => crate::drain::drain(args, target).await,
+        Command::Undrain(args) => crate::drain::undrain(args, target).await,
     }
 }
 
@@ -734,7 +742,7 @@ async fn list(client: &Client, output: Output) -> anyhow::Result<()> {
 }
 
 /// Columns of the member table, shared with `status`.
-pub(crate) fn member_header() -> [&'static str; 7] {
+pub(crate) fn member_header() -> [&'static str; 8] {
     [
         "NAME",
         "PHASE",
@@ -742,6 +750,7 @@ pub(crate) fn member_header() -> [&'static str; 7] {
         "ENDPOINT-API",
         "SERVICES",
         "ENDPOINTS",
+        "DRAIN",
         "MESSAGE",
     ]
 }
@@ -756,6 +765,7 @@ pub(crate) fn member_row(m: &MemberCluster) -> Vec<String> {
         s.endpoint_api.unwrap_or_default(),
         s.services.to_string(),
         s.endpoints.to_string(),
+        s.drain.unwrap_or_else(|| "-".to_owned()),
         s.message.unwrap_or_default(),
     ]
 }

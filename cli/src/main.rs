@@ -5,6 +5,7 @@ mod admin;
 mod ca;
 mod cluster;
 mod connect;
+mod drain;
 mod explain;
 mod exposition;
 mod mesh;
@@ -41,7 +42,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Register, remove and list member clusters.
+    /// Register, remove, list, drain and undrain member clusters.
     #[command(subcommand)]
     Cluster(cluster::Command),
     /// Join clusters into a multi-primary mesh in one command, and see or undo it.

@@ -124,6 +124,9 @@ pub(crate) fn split_table(groups: &[Group], split: &Split) -> String {
             let labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             locality = format!("{locality} {{{}}}", labels.join(","));
         }
+        if g.drain > 0 {
+            locality = format!("{locality} (drained {}%)", f64::from(g.drain) / 10.0);
+        }
         rows.push(vec![
             locality,
             format!("P{}", s.priority),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use meridian_api::Locality;
 use meridian_api::policy::{LocalityLbSetting, TrafficPolicy};
-use meridian_api::split::{Caller, Group, compute};
+use meridian_api::split::{Caller, DRAINED, Group, compute};
 use serde::Deserialize;
 
 use crate::CliError;
@@ -58,6 +58,10 @@ pub(crate) struct ScenarioLocality {
     /// Labels shared by these endpoints, for `failoverPriority`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Drain progress `p` of the cluster these endpoints run in, 0 to 1 (default 0): their
+    /// weight is multiplied by `1 - p`, at 1 they get nothing (`meridianctl cluster drain`).
+    #[serde(default)]
+    pub drain: Option<f64>,
 }
 
 /// A scenario checked and turned into engine input.
@@ -125,7 +129,17 @@ impl Scenario {
                     format!("{w} must be a non-negative number"),
                 ));
             }
-            if !seen.insert((loc.clone(), l.labels.clone())) {
+            let drain = match l.drain {
+                None => 0,
+                Some(p) if p.is_finite() && (0.0..=1.0).contains(&p) => {
+                    (p * f64::from(DRAINED)).round() as u32
+                }
+                Some(p) => {
+                    return Err(bad(field("drain"), format!("{p} must be between 0 and 1")));
+                }
+            };
+            // The same locality may appear once per drain state (e.g. two clusters).
+            if !seen.insert((loc.clone(), l.labels.clone(), drain)) {
                 return Err(bad(
                     field("locality"),
                     format!("{loc} is listed twice with the same labels"),
@@ -137,6 +151,7 @@ impl Scenario {
                 total: l.total,
                 healthy: l.healthy,
                 weight: l.weight,
+                drain,
             });
         }
         Ok(Checked {

@@ -19,7 +19,8 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::catalog::{self, Catalog, MemberInput, ServiceKey};
 use crate::config::Config;
-use crate::crd::{GlobalTrafficPolicy, MemberClusterStatus, Phase};
+use crate::crd::{GlobalTrafficPolicy, MemberCluster, MemberClusterStatus, Phase};
+use crate::drain::{DrainState, Drains};
 use crate::grpc::discovery::SnapshotPublisher;
 use crate::members::member::{Member, MemberSpec, MemberState};
 use crate::members::registry::Registry;
@@ -76,6 +77,8 @@ pub(crate) struct Context {
     pub(crate) policies: Store<GlobalTrafficPolicy>,
     /// The managed VIP Services as the API server has them (what followers serve).
     pub(crate) managed: Store<Service>,
+    /// The MemberCluster objects, for the drains in their specs.
+    pub(crate) member_objects: Store<MemberCluster>,
     /// Whether this replica leads (writes VIP Services).
     pub(crate) leader: watch::Receiver<bool>,
     /// Where snapshots go to the Discovery service.
@@ -127,6 +130,8 @@ struct Observed {
     seen: Vec<Seen>,
     /// The locality of the own cluster's gateway endpoints.
     local_gateway_locality: Option<Locality>,
+    /// The members' drains (from their MemberCluster specs) at this pass.
+    drains: Drains,
     /// Nodes per member.
     node_counts: BTreeMap<String, u32>,
 }
@@ -180,16 +185,16 @@ impl Aggregator {
             .set_policy_rejections(crate::policy::rejections(&all_policies));
         let reconciled = self.reconcile_vips(&catalog, &mut next).await;
         self.record(&catalog, &reconciled);
-        let peers = std::mem::take(&mut observed.peers);
-        let gateway_locality = observed.local_gateway_locality.take();
-        self.publish_snapshot(
-            &catalog,
-            &reconciled.vips,
-            &policies,
-            &mcs,
-            peers,
-            gateway_locality,
+        observed.drains = Drains::of(
+            &self.ctx.member_objects,
+            self.ctx.registry.local_name(),
+            std::time::SystemTime::now(),
         );
+        if let Some(step) = observed.drains.next_step {
+            next.at(Instant::now() + step);
+        }
+        self.ctx.metrics.set_drains(&observed.drains);
+        self.publish_snapshot(&catalog, &reconciled.vips, &policies, &mcs, &mut observed);
         let members = self.member_reports(observed, &catalog, &members);
         let _ = self.ctx.status.send(Some(Arc::new(StatusView {
             catalog,
@@ -336,15 +341,15 @@ impl Aggregator {
         }
     }
 
-    /// Builds the snapshot and publishes it when its version is new.
+    /// Builds the snapshot (taking the peers and the gateway locality out of `observed`)
+    /// and publishes it when its version is new.
     fn publish_snapshot(
         &mut self,
         catalog: &Catalog,
         vips: &BTreeMap<ServiceKey, VipInfo>,
         policies: &BTreeMap<ServiceKey, PolicyInForce>,
         mcs: &crate::mcs::McsView,
-        peers: Vec<PeerInfo>,
-        local_gateway_locality: Option<Locality>,
+        observed: &mut Observed,
     ) {
         let config = &self.ctx.config;
         let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies
@@ -355,7 +360,7 @@ impl Aggregator {
             cluster: self.ctx.registry.local_name(),
             locality: config
                 .locality()
-                .or(local_gateway_locality)
+                .or(observed.local_gateway_locality.take())
                 .unwrap_or_default(),
             trust_domain: &config.trust_domain,
             zone: &config.zone,
@@ -363,7 +368,8 @@ impl Aggregator {
             vips: Some(vips),
             policies: Some(&policy_specs),
             mcs: Some(mcs),
-            peers,
+            peers: std::mem::take(&mut observed.peers),
+            drains: observed.drains.for_snapshot.clone(),
         });
         let version = snap.version;
         if self.ctx.publisher.publish(snap) {
@@ -390,7 +396,17 @@ impl Aggregator {
         let mut reports: Vec<MemberReport> = observed
             .seen
             .into_iter()
-            .map(|seen| member_report(seen, catalog, &observed.node_counts, members, local_name))
+            .map(|seen| {
+                let drain = observed.drains.members.get(&seen.name);
+                member_report(
+                    seen,
+                    catalog,
+                    &observed.node_counts,
+                    members,
+                    local_name,
+                    drain,
+                )
+            })
             .collect();
         for r in self.ctx.registry.rejected().iter() {
             if reports.iter().any(|m| m.name == r.report_as) {
@@ -421,6 +437,7 @@ fn member_report(
     node_counts: &BTreeMap<String, u32>,
     members: &Members,
     local_name: &str,
+    drain: Option<&DrainState>,
 ) -> MemberReport {
     let Seen {
         name,
@@ -439,6 +456,7 @@ fn member_report(
         .flat_map(|s| s.endpoints.iter())
         .filter(|e| e.cluster == name)
         .count() as u32;
+    let (drain_text, drain_permille) = drain.map(DrainState::status).unzip();
     let status = MemberClusterStatus {
         phase: state.phase,
         server: state.server.clone(),
@@ -449,6 +467,8 @@ fn member_report(
         nodes: node_counts.get(&name).copied().unwrap_or_default(),
         gateway_address: snapshot_peer_address(&name, members, local_name),
         message: member_message(&state, withdrawn),
+        drain: drain_text,
+        drain_permille: drain_permille.flatten(),
     };
     MemberReport {
         local: name == local_name,

@@ -14,6 +14,7 @@ mod aggregator;
 pub mod catalog;
 mod config;
 pub mod crd;
+mod drain;
 mod error;
 pub mod grpc;
 mod leader;

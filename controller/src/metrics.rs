@@ -135,6 +135,10 @@ pub struct Metrics {
     /// Endpoints of exported Services left out of the catalog (not tunnel targets), per
     /// reason.
     pub(crate) skipped_endpoints: Family<ReasonLabels, Gauge>,
+    /// Drain progress in permille per drained member (absent when not drained).
+    pub(crate) member_drain_permille: Family<ClusterLabels, Gauge>,
+    /// MemberClusters whose `spec.drain` is refused (not applied).
+    pub(crate) drains_invalid: Gauge,
     /// Connections the metrics server closed.
     pub(crate) admin: meridian_api::admin::AdminMetrics,
 }
@@ -163,6 +167,8 @@ impl Default for Metrics {
             vip_refusals: Family::default(),
             policies_rejected: Family::default(),
             skipped_endpoints: Family::default(),
+            member_drain_permille: Family::default(),
+            drains_invalid: Gauge::default(),
             admin: meridian_api::admin::AdminMetrics::default(),
         };
         let r = &mut m.registry;
@@ -183,6 +189,16 @@ impl Default for Metrics {
             m.watch_events.clone(),
         );
         r.register("members", "Registered member clusters", m.members.clone());
+        r.register(
+            "member_drain_permille",
+            "Drain progress of each drained member cluster, 0 to 1000 (1000 = drained)",
+            m.member_drain_permille.clone(),
+        );
+        r.register(
+            "drains_invalid",
+            "MemberClusters whose spec.drain is refused (see their status.drain)",
+            m.drains_invalid.clone(),
+        );
         r.register(
             "registrations_rejected",
             "Registration Secrets refused (bad name or kubeconfig, or a cluster name owned by an older Secret), per phase",
@@ -306,6 +322,25 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Records the drains of one pass: progress per drained member, refused drains.
+    pub(crate) fn set_drains(&self, drains: &crate::drain::Drains) {
+        self.member_drain_permille.clear();
+        let mut invalid = 0;
+        for (cluster, state) in &drains.members {
+            match state {
+                crate::drain::DrainState::Progress(p) => {
+                    self.member_drain_permille
+                        .get_or_create(&ClusterLabels {
+                            cluster: cluster.clone(),
+                        })
+                        .set(i64::from(*p));
+                }
+                crate::drain::DrainState::Invalid(_) => invalid += 1,
+            }
+        }
+        self.drains_invalid.set(invalid);
     }
 
     /// Records a member's phase.
@@ -461,6 +496,30 @@ mod tests {
         );
         assert!(text.contains(r#"meridian_watch_events_total{cluster="a",resource="Service"} 1"#));
         assert!(text.contains("meridian_snapshot_version 42"));
+        let drains = crate::drain::Drains {
+            members: BTreeMap::from([
+                ("b".to_owned(), crate::drain::DrainState::Progress(400)),
+                (
+                    "c".to_owned(),
+                    crate::drain::DrainState::Invalid("x".into()),
+                ),
+            ]),
+            ..Default::default()
+        };
+        m.set_drains(&drains);
+        let text = m.render();
+        assert!(
+            text.contains(r#"meridian_member_drain_permille{cluster="b"} 400"#),
+            "{text}"
+        );
+        assert!(text.contains("meridian_drains_invalid 1"), "{text}");
+        m.set_drains(&crate::drain::Drains::default());
+        let text = m.render();
+        assert!(
+            !text.contains(r#"meridian_member_drain_permille{cluster="b"}"#),
+            "{text}"
+        );
+        assert!(text.contains("meridian_drains_invalid 0"), "{text}");
         assert!(text.contains(
             r#"meridian_reconcile_errors_total{controller="policy",error="invalid_object"} 1"#
         ));

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::aggregator::{self, Aggregator};
 use crate::config::AuthMode;
-use crate::crd::GlobalTrafficPolicy;
+use crate::crd::{GlobalTrafficPolicy, MemberCluster};
 use crate::grpc::auth::CallerAuth;
 use crate::grpc::certificates::{CaCache, CaSource, CertificatesService};
 use crate::grpc::discovery::{DiscoveryService, SnapshotPublisher};
@@ -57,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         registry: controller.start_registry(server_url),
         policies: controller.start_policy_controller(),
         managed: controller.reflect_managed_vips(),
+        member_objects: controller.reflect_member_objects(),
         status: controller.start_status_writer(),
         leader: controller.election.subscribe(),
         publisher: publisher.clone(),
@@ -197,6 +198,38 @@ impl Controller {
         });
         self.tasks.spawn(info_span!("vip-services"), task);
         managed
+    }
+
+    /// The MemberCluster objects, for their `spec.drain` ([`crate::drain`]). Only spec
+    /// changes (a new generation) or deletions wake the aggregator, not its own status writes.
+    fn reflect_member_objects(&mut self) -> Store<MemberCluster> {
+        let (objects, writer) = reflector::store::<MemberCluster>();
+        let api: Api<MemberCluster> = Api::all(self.client.clone());
+        let backoff = watcher::ExponentialBackoff::from(reconnect_backoff());
+        let stream = watcher(api, watcher::Config::default()).backoff(backoff);
+        let notify = self.notify.clone();
+        let mut generations = std::collections::HashMap::new();
+        let task = reflector(writer, stream).for_each(move |event| {
+            let changed = match &event {
+                Ok(watcher::Event::Apply(mc) | watcher::Event::InitApply(mc)) => {
+                    let generation = mc.metadata.generation;
+                    generations.insert(kube::ResourceExt::name_any(mc), generation)
+                        != Some(generation)
+                }
+                Ok(watcher::Event::Delete(mc)) => {
+                    generations.remove(&kube::ResourceExt::name_any(mc));
+                    true
+                }
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init) | Err(_) => false,
+            };
+            if changed {
+                notify.notify_one();
+            }
+            futures::future::ready(())
+        });
+        self.tasks.spawn(info_span!("member-objects"), task);
+        objects
     }
 
     /// The status writer (active while leading); returns where views go.

@@ -59,6 +59,9 @@ pub struct SnapshotInput<'a> {
     pub peers: Vec<PeerInfo>,
     /// The MCS view: which services resolve as headless under `clusterset.local`.
     pub mcs: Option<&'a crate::mcs::McsView>,
+    /// Drain progress in permille per drained cluster, as it applies to this cluster's
+    /// callers.
+    pub drains: BTreeMap<String, u32>,
 }
 
 /// The SPIFFE identity of a cluster's gateway.
@@ -93,6 +96,14 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
         trust_domain: input.trust_domain.to_owned(),
         services,
         peers: peers(input),
+        drains: input
+            .drains
+            .iter()
+            .map(|(cluster, permille)| proto::ClusterDrain {
+                cluster: cluster.clone(),
+                permille: *permille,
+            })
+            .collect(),
     };
     snap.version = content_version(&snap);
     snap
@@ -311,6 +322,7 @@ mod tests {
                     locality: Locality::default(),
                 },
             ],
+            drains: BTreeMap::from([("c".to_owned(), 400), ("b".to_owned(), 1000)]),
         })
     }
 
@@ -324,6 +336,13 @@ mod tests {
         assert_ne!(s1.version, 0);
         let s3 = snap(&catalog(false));
         assert_ne!(s1.version, s3.version, "readiness is content");
+        let mut s4 = s1.clone();
+        s4.drains[1].permille = 500;
+        assert_ne!(
+            content_version(&s4),
+            s1.version,
+            "each ramp step is a new version"
+        );
     }
 
     #[test]
@@ -340,6 +359,12 @@ mod tests {
             s.peers[0].identity,
             "spiffe://meridian.local/cluster/b/gateway"
         );
+        let drains: Vec<(&str, u32)> = s
+            .drains
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.permille))
+            .collect();
+        assert_eq!(drains, [("b", 1000), ("c", 400)], "sorted by cluster");
         let svc = &s.services[0];
         assert_eq!(svc.hostname, "echo.demo.global");
         assert_eq!(svc.vip, "10.96.0.10");

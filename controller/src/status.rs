@@ -422,9 +422,12 @@ impl StatusWriter {
         errors: &mut FirstError,
     ) {
         if !self.members.known.contains(&m.name) {
+            // Without `drain`: server-side apply then never owns `spec.drain`, so the
+            // user's drain survives every apply by this field manager.
             let spec = crate::crd::MemberClusterSpec {
                 local: m.local,
                 secret: m.secret.clone(),
+                drain: None,
             };
             if !self.members.create(api, &m.name, &spec, errors).await {
                 return;

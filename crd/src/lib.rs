@@ -7,9 +7,11 @@
 //!   key) and its one builder;
 //! - [`kubeconfig`]: the allow-list every registration kubeconfig passes before anything
 //!   connects with it;
-//! - [`ca`]: the mesh CA Secret and the root ConfigMap.
+//! - [`ca`]: the mesh CA Secret and the root ConfigMap;
+//! - [`drain`]: a member's maintenance drain (`MemberCluster.spec.drain`) and its ramp.
 
 pub mod ca;
+pub mod drain;
 pub mod kubeconfig;
 pub mod registration;
 mod resources;

@@ -13,6 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use meridian_api::TrafficPolicy;
+
+use crate::drain::Drain;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +200,7 @@ pub struct LocalityEndpoints {
     printcolumn = r#"{"name":"Services","type":"integer","jsonPath":".status.services"}"#,
     printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.endpoints"}"#,
     printcolumn = r#"{"name":"Last-Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Drain","type":"string","jsonPath":".status.drain"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -208,6 +211,10 @@ pub struct MemberClusterSpec {
     /// The registration Secret (`<namespace>/<name>`), for remote members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Maintenance drain, set by `meridianctl cluster drain` (absent: not drained). The
+    /// controller never writes this field: it applies only `local` and `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
 
 /// Connection phase of a member cluster.
@@ -272,6 +279,13 @@ pub struct MemberClusterStatus {
     /// Human-readable detail, e.g. the last connection error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The drain in force: `Draining 40%` or `Drained`, or why `spec.drain` is refused
+    /// (`Invalid: ...`); absent when not drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+    /// Drain progress in permille (0..=1000), while drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_permille: Option<u32>,
 }
 
 /// Every Meridian CRD, in a stable order.

@@ -163,6 +163,9 @@ fn snapshot_json(s: &proto::Snapshot) -> Value {
             "cluster": p.cluster, "address": p.address, "identity": p.identity,
             "locality": locality(p.locality.as_ref()),
         })).collect::<Vec<_>>(),
+        "drains": s.drains.iter().map(|d| json!({
+            "cluster": d.cluster, "permille": d.permille,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -214,6 +217,7 @@ async fn config_dump(state: &AdminState) -> Value {
                             "labels": g.labels,
                             "total": g.total,
                             "healthy": g.healthy,
+                            "drainPermille": g.drain,
                             "priority": s.priority,
                             "tier": s.tier.to_string(),
                             "health": s.health,

@@ -186,6 +186,7 @@ fn destination(
             locality: &service.endpoints[i].locality,
             labels: &service.endpoints[i].labels,
             healthy: healthy[i],
+            drain: service.endpoints[i].drain,
         })
         .collect();
     let balance = Balance::new(caller, &service.policy, &views);

@@ -71,6 +71,9 @@ pub struct Endpoint {
     pub ready: bool,
     /// Pod name.
     pub pod: String,
+    /// Drain progress of its cluster in permille (the snapshot's `drains`); 0 when not
+    /// drained.
+    pub drain: u32,
 }
 
 impl Endpoint {
@@ -169,8 +172,13 @@ impl RoutingTable {
         let mut services = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         let mut local_targets = HashSet::new();
+        let drains: HashMap<&str, u32> = snapshot
+            .drains
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.permille))
+            .collect();
         let all = snapshot.services.iter().flat_map(|s| {
-            let global = service(s);
+            let global = service(s, &drains);
             let pinned: Vec<Service> = s
                 .cluster_vips
                 .iter()
@@ -285,16 +293,21 @@ fn pinned_service(global: &Service, cv: &proto::ClusterVip) -> Service {
                 ..p.clone()
             })
             .collect(),
+        // A pinned VIP names its cluster explicitly: a drain does not apply to it (it would
+        // only turn its requests into failures).
         endpoints: global
             .endpoints
             .iter()
             .filter(|e| e.cluster == cv.cluster)
-            .cloned()
+            .map(|e| Endpoint {
+                drain: 0,
+                ..e.clone()
+            })
             .collect(),
     }
 }
 
-fn service(s: &proto::GlobalService) -> Service {
+fn service(s: &proto::GlobalService, drains: &HashMap<&str, u32>) -> Service {
     let (policy, policy_error) = if s.policy_json.is_empty() {
         (TrafficPolicy::default(), None)
     } else {
@@ -346,6 +359,7 @@ fn service(s: &proto::GlobalService) -> Service {
                 labels: e.labels.clone().into_iter().collect(),
                 ready: e.ready,
                 pod: e.pod.clone(),
+                drain: drains.get(e.cluster.as_str()).copied().unwrap_or(0),
             })
         })
         .collect();
@@ -465,6 +479,24 @@ mod tests {
         assert!(west.authorizes("reviews.default.global", 9080, target));
         assert!(!west.authorizes("west.reviews.default.global", 9080, target));
     }
+    #[test]
+    fn drains_mark_their_clusters_endpoints_but_not_a_pinned_vip() {
+        let mut snap = snapshot();
+        snap.drains = vec![proto::ClusterDrain {
+            cluster: "west".into(),
+            permille: 400,
+        }];
+        let c = RoutingTable::build("east", Arc::new(snap));
+        let drains: Vec<(&str, u32)> = c.services["reviews.default.global"]
+            .endpoints
+            .iter()
+            .map(|e| (e.cluster.as_str(), e.drain))
+            .collect();
+        assert_eq!(drains, [("east", 0), ("west", 400)]);
+        let pinned = &c.services["west.reviews.default.global"];
+        assert!(pinned.endpoints.iter().all(|e| e.drain == 0));
+    }
+
     /// Issue 11 §5: a local endpoint that is not ready is no tunnel target.
     #[test]
     fn a_not_ready_local_endpoint_is_no_tunnel_target() {

@@ -59,6 +59,7 @@ fn seed_scenarios() {
     assert_eq!(p("05-health-20-30-panic.yaml"), [50.0, 50.0]);
     assert_eq!(p("06-distribute-50-50.yaml"), [50.0, 50.0]);
     assert_eq!(p("07-failover-three-regions.yaml"), [0.0, 100.0, 0.0]);
+    assert_eq!(p("08-drain-40-percent.yaml"), [37.5, 62.5]);
 }
 
 #[test]
@@ -133,6 +134,10 @@ fn bad_input_is_one_clear_line() {
         (
             "caller: sh/a\nlocalityLbSetting: {distribute: [{from: sh, to: {sh/a: 10}}]}\nlocalities:\n  - {locality: sh/a, total: 1, healthy: 1}\n",
             "localityLbSetting.distribute[0].to",
+        ),
+        (
+            "caller: sh/a\nlocalities:\n  - {locality: sh/a, total: 1, healthy: 1, drain: 1.5}\n",
+            "localities[0].drain",
         ),
         ("caller: sh/a\nlocalities: [\n", ""),
         ("caller: sh/a\n", "localities"),

@@ -526,6 +526,7 @@ impl Gateway {
             trust_domain: TD.into(),
             services,
             peers,
+            drains: Vec::new(),
         });
         self.wait_ready().await;
         // The version gauge moves once the snapshot's listeners are reconciled and its

@@ -11,6 +11,7 @@ mod admission;
 mod bad_input;
 mod cli;
 mod dns;
+mod drain;
 mod endpoint_apis;
 mod failover;
 mod faults;
