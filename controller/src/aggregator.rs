@@ -1,9 +1,13 @@
 //! The aggregator: the loop that turns what the members' reflectors hold into the catalog,
 //! the VIP Services, the snapshot and the status view.
 //!
-//! It is level-triggered: any change anywhere pokes one `Notify`; the loop waits a short
-//! coalescing delay, then recomputes everything from the current stores. Stale-endpoint
-//! grace is a deadline the loop also wakes for.
+//! Any change anywhere pokes one `Notify`; the members' reflector events also mark what
+//! changed ([`crate::dirty`]). A pass rebuilds only the catalog entries of the marked
+//! services ([`crate::incremental`]); the first pass, and one every [`PERIOD`], rebuild
+//! everything (and say when that found a change no mark had announced). Passes are
+//! coalesced ([`crate::coalesce`]): the first change after a quiet period is processed at
+//! once, a burst at most once per [`SETTLE`]. Stale-endpoint grace is a deadline the loop
+//! also wakes for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,11 +21,14 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
-use crate::catalog::{self, Catalog, MemberInput, ServiceKey};
+use crate::catalog::{self, Catalog, ServiceKey};
+use crate::coalesce::Coalescer;
 use crate::config::Config;
+use crate::dirty::{Dirty, DirtyKeys};
+use crate::incremental::{self, IncrementalCatalog, MemberObjects};
 use crate::crd::{GlobalTrafficPolicy, MemberClusterStatus, Phase};
 use crate::grpc::discovery::SnapshotPublisher;
-use crate::members::member::{Member, MemberSpec, MemberState};
+use crate::members::member::{Member, MemberSpec, MemberState, StoreObjects};
 use crate::members::registry::Registry;
 use crate::metrics::Metrics;
 use crate::policy::PolicyInForce;
@@ -29,9 +36,10 @@ use crate::snapshot::{self, PeerInfo, SnapshotInput, VipInfo};
 use crate::status::{MemberReport, StatusView, rfc3339};
 use crate::vip::{self, VipManager};
 
-/// Delay after a change before recomputing, so bursts of watch events make one pass.
+/// During a burst of watch events, at most one pass per this window.
 const SETTLE: Duration = Duration::from_millis(25);
-/// Recompute at least this often (refreshes member status and retries).
+/// Recompute at least this often (refreshes member status and retries), rebuilding the
+/// whole catalog as a consistency check.
 const PERIOD: Duration = Duration::from_secs(10);
 /// Retry delay after a failed VIP reconcile.
 const VIP_RETRY: Duration = Duration::from_secs(2);
@@ -84,6 +92,8 @@ pub(crate) struct Context {
     pub(crate) status: watch::Sender<Option<Arc<StatusView>>>,
     /// Poked on every change anywhere.
     pub(crate) notify: Arc<Notify>,
+    /// What the members' reflector events marked changed since the last pass.
+    pub(crate) dirty: DirtyKeys,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -96,6 +106,14 @@ pub(crate) struct Aggregator {
     vips_current: bool,
     started: Instant,
     published: bool,
+    /// The catalog and MCS view, rebuilt per marked service.
+    incremental: IncrementalCatalog,
+    /// When everything was last rebuilt.
+    last_full: Option<Instant>,
+    /// The members whose endpoints counted in the last pass, and whether stale: a change
+    /// marks the member.
+    counted: BTreeMap<String, bool>,
+    coalescer: Coalescer,
 }
 
 /// When the next pass is due at the latest: the soonest of the deadlines seen.
@@ -119,8 +137,8 @@ struct Seen {
 /// What one pass gathers from the members.
 #[derive(Default)]
 struct Observed {
-    /// Catalog inputs of the members whose endpoints count.
-    inputs: Vec<MemberInput>,
+    /// The members whose endpoints count, looked up by name.
+    inputs: Vec<StoreObjects>,
     /// The other members' gateways.
     peers: Vec<PeerInfo>,
     /// Every member, for status.
@@ -140,6 +158,10 @@ impl Aggregator {
             vips_current: true,
             started: Instant::now(),
             published: false,
+            incremental: IncrementalCatalog::new(),
+            last_full: None,
+            counted: BTreeMap::new(),
+            coalescer: Coalescer::new(SETTLE),
         }
     }
 
@@ -147,12 +169,13 @@ impl Aggregator {
     pub(crate) async fn run(mut self) {
         loop {
             let wake = self.pass().await;
+            self.coalescer.passed(Instant::now());
             tokio::select! {
                 _ = self.ctx.notify.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 changed = self.ctx.leader.changed() => if changed.is_err() { return },
             }
-            tokio::time::sleep(SETTLE).await;
+            self.coalescer.settle().await;
         }
     }
 
@@ -161,18 +184,17 @@ impl Aggregator {
     async fn pass(&mut self) -> Instant {
         let now = Instant::now();
         let mut next = Deadline(now + PERIOD);
+        // Taken before the stores are read: a change after this is marked for the next pass.
+        let mut dirty = self.ctx.dirty.take();
         let members = self.ctx.registry.members();
         let mut observed = self.observe(&members, now, &mut next);
         if !self.ready_to_act(&members, now, &mut next) {
             return next.0;
         }
-        let mut catalog = Catalog::build(&observed.inputs);
-        let mcs = Arc::new(crate::mcs::McsView::build(
-            &observed.inputs,
-            self.ctx.registry.local_name(),
-        ));
-        mcs.apply_ports(&mut catalog);
-        let catalog = Arc::new(catalog);
+        let dirty = dirty_members(&mut dirty, &mut self.counted, &observed);
+        self.rebuild(&observed, dirty, now);
+        let catalog = Arc::new(self.incremental.catalog().clone());
+        let mcs = Arc::new(self.incremental.mcs().clone());
         let all_policies = self.ctx.policies.state();
         let policies = crate::policy::in_force(&all_policies);
         self.ctx
@@ -190,7 +212,7 @@ impl Aggregator {
             peers,
             gateway_locality,
         );
-        let members = self.member_reports(observed, &catalog, &members);
+        let members = self.member_reports(observed, &members);
         let _ = self.ctx.status.send(Some(Arc::new(StatusView {
             catalog,
             vips: reconciled.vips,
@@ -201,6 +223,33 @@ impl Aggregator {
             mcs,
         })));
         next.0
+    }
+
+    /// Rebuilds the catalog entries of the services `dirty` resolves to, or of all
+    /// services on the first pass and every [`PERIOD`].
+    fn rebuild(&mut self, observed: &Observed, dirty: Dirty, now: Instant) {
+        let members: Vec<&dyn MemberObjects> = observed
+            .inputs
+            .iter()
+            .map(|m| m as &dyn MemberObjects)
+            .collect();
+        let local = self.ctx.registry.local_name();
+        let full = self
+            .last_full
+            .is_none_or(|at| now.duration_since(at) >= PERIOD);
+        if full {
+            let changed = self.incremental.rebuild_all(&members, local);
+            if self.last_full.is_some() && !changed.is_empty() && dirty.is_empty() {
+                // Only a change between the take and this rebuild (marked for the next
+                // pass) or a missed mark can do this.
+                debug!(services = changed.len(), "full rebuild changed services no mark announced");
+            }
+            self.last_full = Some(now);
+        } else {
+            let keys = dirty.resolve(&self.incremental, &members);
+            let changed = self.incremental.rebuild(&members, local, &keys);
+            debug!(marked = keys.len(), changed = changed.len(), "services rebuilt");
+        }
     }
 
     /// Reads every member's state and stores; a member lost for less than the grace is kept
@@ -251,13 +300,21 @@ impl Aggregator {
             }
             return;
         };
-        let input = stores.input(name, state.lost_since.is_some());
         observed
             .node_counts
-            .insert(name.to_owned(), input.nodes.len() as u32);
+            .insert(name.to_owned(), stores.node_count() as u32);
+        let input = StoreObjects {
+            cluster: name.to_owned(),
+            stale: state.lost_since.is_some(),
+            stores: stores.clone(),
+        };
         let config = &self.ctx.config;
-        let gw_locality =
-            catalog::service_locality(&input, &config.namespace, &config.gateway_service);
+        let gateway = ServiceKey::new(config.namespace.as_str(), config.gateway_service.as_str());
+        let gw_locality = catalog::service_locality(
+            &incremental::objects_of(&input, &gateway),
+            &config.namespace,
+            &config.gateway_service,
+        );
         if local {
             observed.local_gateway_locality = gw_locality;
         } else if let Some(address) = gateway_address(
@@ -380,17 +437,15 @@ impl Aggregator {
 
     /// The status of every member, then of every rejected registration that does not hide
     /// a member.
-    fn member_reports(
-        &self,
-        observed: Observed,
-        catalog: &Catalog,
-        members: &Members,
-    ) -> Vec<MemberReport> {
+    fn member_reports(&self, observed: Observed, members: &Members) -> Vec<MemberReport> {
         let local_name = self.ctx.registry.local_name();
         let mut reports: Vec<MemberReport> = observed
             .seen
             .into_iter()
-            .map(|seen| member_report(seen, catalog, &observed.node_counts, members, local_name))
+            .map(|seen| {
+                let counts = self.incremental.member_counts(&seen.name);
+                member_report(seen, counts, &observed.node_counts, members, local_name)
+            })
             .collect();
         for r in self.ctx.registry.rejected().iter() {
             if reports.iter().any(|m| m.name == r.report_as) {
@@ -411,13 +466,34 @@ impl Aggregator {
     }
 }
 
+/// Marks every member that joined or left the counted ones, or turned stale or back,
+/// since the last pass, and records this pass's; returns the marks.
+fn dirty_members(
+    dirty: &mut Dirty,
+    counted: &mut BTreeMap<String, bool>,
+    observed: &Observed,
+) -> Dirty {
+    let now: BTreeMap<String, bool> = observed
+        .inputs
+        .iter()
+        .map(|m| (m.cluster.clone(), m.stale))
+        .collect();
+    for name in counted.keys().chain(now.keys()) {
+        if counted.get(name) != now.get(name) {
+            dirty.member(name);
+        }
+    }
+    *counted = now;
+    std::mem::take(dirty)
+}
+
 /// The members by name, as the registry hands them out.
 type Members = BTreeMap<String, Arc<Member>>;
 
 /// One member's status: its connection, what it contributes to the catalog, its gateway.
 fn member_report(
     seen: Seen,
-    catalog: &Catalog,
+    counts: incremental::MemberCounts,
     node_counts: &BTreeMap<String, u32>,
     members: &Members,
     local_name: &str,
@@ -428,17 +504,10 @@ fn member_report(
         state,
         withdrawn,
     } = seen;
-    let services = catalog
-        .services
-        .values()
-        .filter(|s| s.clusters.contains(&name))
-        .count() as u32;
-    let endpoints = catalog
-        .services
-        .values()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.cluster == name)
-        .count() as u32;
+    let incremental::MemberCounts {
+        services,
+        endpoints,
+    } = counts;
     let status = MemberClusterStatus {
         phase: state.phase,
         server: state.server.clone(),

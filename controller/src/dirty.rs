@@ -32,6 +32,11 @@ impl Dirty {
         self.services.insert(key);
     }
 
+    /// The services `keys` changed.
+    pub fn extend_services(&mut self, keys: impl IntoIterator<Item = ServiceKey>) {
+        self.services.extend(keys);
+    }
+
     /// The Pod `namespace/name` of `cluster` changed.
     pub fn pod(&mut self, cluster: &str, namespace: &str, name: &str) {
         self.pods

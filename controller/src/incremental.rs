@@ -47,8 +47,18 @@ struct Reads {
     nodes: BTreeSet<String>,
 }
 
+/// A member's objects of one Service (whether exported or not), e.g. of the gateway
+/// Service for its locality ([`crate::catalog::service_locality`]).
+pub fn objects_of(m: &dyn MemberObjects, key: &ServiceKey) -> MemberInput {
+    gather(m, key, false).0
+}
+
 /// A member's input restricted to one service: everything [`Catalog::build`] reads for it.
 fn restricted(m: &dyn MemberObjects, key: &ServiceKey) -> (MemberInput, Reads) {
+    gather(m, key, true)
+}
+
+fn gather(m: &dyn MemberObjects, key: &ServiceKey, exported_only: bool) -> (MemberInput, Reads) {
     let mut input = MemberInput {
         cluster: m.cluster().to_owned(),
         stale: m.stale(),
@@ -57,7 +67,7 @@ fn restricted(m: &dyn MemberObjects, key: &ServiceKey) -> (MemberInput, Reads) {
     let mut reads = Reads::default();
     input.services.extend(m.service(key));
     input.service_exports.extend(m.service_export(key));
-    if input.services.is_empty() {
+    if exported_only && input.services.is_empty() {
         // Nothing exported here: its endpoints cannot count.
         return (input, reads);
     }
@@ -110,6 +120,17 @@ pub struct IncrementalCatalog {
     pod_users: HashMap<(String, String, String), BTreeSet<ServiceKey>>,
     /// (member, node) → the services with endpoints on that Node.
     node_users: HashMap<(String, String), BTreeSet<ServiceKey>>,
+    /// Per member: the services it exports, and its endpoints in the catalog.
+    member_counts: HashMap<String, MemberCounts>,
+}
+
+/// What one member contributes to the catalog, for its status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemberCounts {
+    /// Global services it exports.
+    pub services: u32,
+    /// Its endpoints over every global service.
+    pub endpoints: u32,
 }
 
 impl IncrementalCatalog {
@@ -174,8 +195,10 @@ impl IncrementalCatalog {
         let mut one = Catalog::build(&inputs);
         let mcs = McsView::build(&inputs, local);
         mcs.apply_ports(&mut one);
-        let mut changed = false;
-        changed |= set(&mut self.catalog.services, key, one.services.remove(key));
+        let entry = one.services.remove(key);
+        self.count(key, false);
+        let mut changed = set(&mut self.catalog.services, key, entry);
+        self.count(key, true);
         let McsView {
             mut imports,
             mut exports,
@@ -183,6 +206,27 @@ impl IncrementalCatalog {
         changed |= set(&mut self.mcs.imports, key, imports.remove(key));
         changed |= set(&mut self.mcs.exports, key, exports.remove(key));
         changed
+    }
+
+    /// Adds (or takes away) the entry of `key` to (from) its members' counts.
+    fn count(&mut self, key: &ServiceKey, add: bool) {
+        let Some(entry) = self.catalog.services.get(key) else {
+            return;
+        };
+        let step = |n: &mut u32, by: u32| {
+            *n = if add { n.saturating_add(by) } else { n.saturating_sub(by) };
+        };
+        for c in &entry.clusters {
+            step(&mut self.member_counts.entry(c.clone()).or_default().services, 1);
+        }
+        for e in &entry.endpoints {
+            step(&mut self.member_counts.entry(e.cluster.clone()).or_default().endpoints, 1);
+        }
+    }
+
+    /// What `cluster` contributes to the catalog.
+    pub fn member_counts(&self, cluster: &str) -> MemberCounts {
+        self.member_counts.get(cluster).copied().unwrap_or_default()
     }
 
     /// Replaces what `key` read, in the backward indexes.
@@ -266,6 +310,45 @@ fn unindex<K: std::hash::Hash + Eq>(
     }
 }
 
+/// Which EndpointSlices belong to which Service: reflector stores are keyed by the
+/// slice's own name, the catalog looks slices up by their Service.
+#[derive(Debug, Clone, Default)]
+pub struct SliceOwners {
+    owner: HashMap<(String, String), ServiceKey>,
+    names: HashMap<ServiceKey, BTreeSet<String>>,
+}
+
+impl SliceOwners {
+    /// Records that slice `namespace/name` belongs to `owner`; returns the Service it
+    /// belonged to before when that was another one.
+    pub fn put(&mut self, namespace: &str, name: &str, owner: Option<ServiceKey>) -> Option<ServiceKey> {
+        let before = self.delete(namespace, name);
+        if let Some(o) = &owner {
+            self.names.entry(o.clone()).or_default().insert(name.to_owned());
+            self.owner
+                .insert((namespace.to_owned(), name.to_owned()), o.clone());
+        }
+        before.filter(|b| Some(b) != owner.as_ref())
+    }
+
+    /// Forgets slice `namespace/name`; returns the Service it belonged to.
+    pub fn delete(&mut self, namespace: &str, name: &str) -> Option<ServiceKey> {
+        let owner = self.owner.remove(&(namespace.to_owned(), name.to_owned()))?;
+        if let Some(set) = self.names.get_mut(&owner) {
+            set.remove(name);
+            if set.is_empty() {
+                self.names.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    /// The names of the slices of `key` (in its namespace).
+    pub fn names(&self, key: &ServiceKey) -> impl Iterator<Item = &String> {
+        self.names.get(key).into_iter().flatten()
+    }
+}
+
 /// A member's objects in hash maps, looked up by name: the [`MemberObjects`] of tests and
 /// benches (the controller's are its reflector stores).
 #[derive(Debug, Clone, Default)]
@@ -278,7 +361,7 @@ pub struct IndexedMember {
     exports: HashMap<ServiceKey, Arc<ExportMeta>>,
     /// Slices by (namespace, slice name), and their names per Service.
     slices: HashMap<(String, String), Arc<EndpointSlice>>,
-    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+    slices_of: SliceOwners,
     /// Whether the member serves core/v1 Endpoints rather than slices.
     uses_endpoints: bool,
     endpoints: HashMap<ServiceKey, Arc<Endpoints>>,
@@ -350,26 +433,15 @@ impl IndexedMember {
         else {
             return None;
         };
-        let before = self.delete_slice(&ns, &name);
-        if let Some(owner) = slice_owner(&s) {
-            self.slices_of.entry(owner).or_default().insert(name.clone());
-        }
-        let now = slice_owner(&s);
+        let before = self.slices_of.put(&ns, &name, slice_owner(&s));
         self.slices.insert((ns, name), s);
-        before.filter(|b| Some(b) != now.as_ref())
+        before
     }
 
     /// Removes an EndpointSlice; returns the Service it belonged to.
     pub fn delete_slice(&mut self, namespace: &str, name: &str) -> Option<ServiceKey> {
-        let old = self.slices.remove(&(namespace.to_owned(), name.to_owned()))?;
-        let owner = slice_owner(&old)?;
-        if let Some(set) = self.slices_of.get_mut(&owner) {
-            set.remove(name);
-            if set.is_empty() {
-                self.slices_of.remove(&owner);
-            }
-        }
-        Some(owner)
+        self.slices.remove(&(namespace.to_owned(), name.to_owned()));
+        self.slices_of.delete(namespace, name)
     }
 
     /// Adds or replaces a core/v1 Endpoints.
@@ -452,9 +524,7 @@ impl MemberObjects for IndexedMember {
         }
         EndpointObjects::Slices(
             self.slices_of
-                .get(key)
-                .into_iter()
-                .flatten()
+                .names(key)
                 .filter_map(|name| self.slice(&key.namespace, name))
                 .collect(),
         )
@@ -688,6 +758,17 @@ mod tests {
                 let (catalog, mcs) = full(&counted);
                 assert_eq!(inc.catalog(), &catalog, "seed {seed} step {step}");
                 assert_eq!(inc.mcs(), &mcs, "seed {seed} step {step}");
+                for m in &members {
+                    let services = catalog.services.values();
+                    let want = MemberCounts {
+                        services: services.clone().filter(|s| s.clusters.contains(&m.cluster)).count() as u32,
+                        endpoints: services
+                            .flat_map(|s| &s.endpoints)
+                            .filter(|e| e.cluster == m.cluster)
+                            .count() as u32,
+                    };
+                    assert_eq!(inc.member_counts(&m.cluster), want, "seed {seed} step {step}");
+                }
             }
             let (catalog, _) = full(&members);
             assert!(

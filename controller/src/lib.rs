@@ -12,6 +12,7 @@
 
 mod aggregator;
 pub mod catalog;
+mod coalesce;
 mod config;
 pub mod crd;
 pub mod dirty;

@@ -26,6 +26,7 @@ use crate::grpc::tls::{self, ServingCert, ServingSettings, Transport};
 use crate::grpc::{self, Keepalive, ca_root};
 use crate::leader::{self, Election, ElectionSettings};
 use crate::mcs::writer::McsWriter;
+use crate::dirty::DirtyKeys;
 use crate::members::member::{Credentials, MemberSettings, MemberSpec, reconnect_backoff};
 use crate::members::registry::Registry;
 use crate::metrics::{self, Metrics};
@@ -62,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         publisher: publisher.clone(),
         config: controller.config.clone(),
         notify: controller.notify.clone(),
+        dirty: controller.dirty.clone(),
         metrics: controller.metrics.clone(),
     };
     controller.start_aggregator(context);
@@ -106,6 +108,8 @@ struct Controller {
     metrics: Arc<Metrics>,
     /// Poked on every change the aggregator must see.
     notify: Arc<Notify>,
+    /// What the members' reflector events mark changed, for the aggregator.
+    dirty: DirtyKeys,
     election: Election,
     tasks: Tasks,
 }
@@ -123,6 +127,7 @@ impl Controller {
             client,
             metrics: Arc::new(Metrics::default()),
             notify: Arc::new(Notify::new()),
+            dirty: DirtyKeys::default(),
             election,
             tasks: Tasks::new(shutdown),
         }
@@ -155,6 +160,7 @@ impl Controller {
             probe_interval: config.probe_interval,
             metrics: self.metrics.clone(),
             notify: self.notify.clone(),
+            dirty: self.dirty.clone(),
         };
         let local = MemberSpec {
             name: config.cluster_name.clone(),
