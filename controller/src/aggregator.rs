@@ -17,14 +17,14 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use meridian_api::Locality;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
 use crate::catalog::{self, Catalog, ServiceKey};
 use crate::coalesce::Coalescer;
 use crate::config::Config;
-use crate::dirty::{Dirty, DirtyKeys};
+use crate::dirty::{Dirty, Mark, SliceTable};
 use crate::incremental::{self, IncrementalCatalog, MemberObjects};
 use crate::crd::{GlobalTrafficPolicy, MemberClusterStatus, Phase};
 use crate::grpc::discovery::SnapshotPublisher;
@@ -92,8 +92,9 @@ pub(crate) struct Context {
     pub(crate) status: watch::Sender<Option<Arc<StatusView>>>,
     /// Poked on every change anywhere.
     pub(crate) notify: Arc<Notify>,
-    /// What the members' reflector events marked changed since the last pass.
-    pub(crate) dirty: DirtyKeys,
+    /// What the members' reflector events marked changed (the receiving end; `None` only
+    /// when it was taken already).
+    pub(crate) marks: Option<mpsc::UnboundedReceiver<(String, Mark)>>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -114,6 +115,10 @@ pub(crate) struct Aggregator {
     /// marks the member.
     counted: BTreeMap<String, bool>,
     coalescer: Coalescer,
+    /// The members' marks.
+    marks: mpsc::UnboundedReceiver<(String, Mark)>,
+    /// Each member's EndpointSlices per Service, from its slice events.
+    slices: BTreeMap<String, SliceTable>,
 }
 
 /// When the next pass is due at the latest: the soonest of the deadlines seen.
@@ -151,8 +156,14 @@ struct Observed {
 
 impl Aggregator {
     /// Assembles the aggregator; `vips` holds the allocation read back at start.
-    pub(crate) fn new(ctx: Context, vips: VipManager) -> Self {
+    pub(crate) fn new(mut ctx: Context, vips: VipManager) -> Self {
+        let marks = ctx
+            .marks
+            .take()
+            .unwrap_or_else(|| crate::dirty::Marks::channel().1);
         Self {
+            marks,
+            slices: BTreeMap::new(),
             ctx,
             vips,
             vips_current: true,
@@ -184,9 +195,9 @@ impl Aggregator {
     async fn pass(&mut self) -> Instant {
         let now = Instant::now();
         let mut next = Deadline(now + PERIOD);
-        // Taken before the stores are read: a change after this is marked for the next pass.
-        let mut dirty = self.ctx.dirty.take();
         let members = self.ctx.registry.members();
+        // Taken before the stores are read: a change after this is marked for the next pass.
+        let mut dirty = self.take_marks(&members);
         let mut observed = self.observe(&members, now, &mut next);
         if !self.ready_to_act(&members, now, &mut next) {
             return next.0;
@@ -223,6 +234,27 @@ impl Aggregator {
             mcs,
         })));
         next.0
+    }
+
+    /// Every mark received so far (slice events applied to the slice index), and forgets
+    /// the slice index of members no longer registered.
+    fn take_marks(&mut self, members: &Members) -> Dirty {
+        let mut dirty = Dirty::default();
+        while let Ok((cluster, mark)) = self.marks.try_recv() {
+            match mark {
+                Mark::Service(key) => dirty.service(key),
+                Mark::Pod(ns, name) => dirty.pod(&cluster, &ns, &name),
+                Mark::Node(name) => dirty.node(&cluster, &name),
+                Mark::Member => dirty.member(&cluster),
+                Mark::Peers => dirty.peers(),
+                Mark::Slice(event) => {
+                    let table = self.slices.entry(cluster.clone()).or_default();
+                    table.apply(&cluster, event, &mut dirty);
+                }
+            }
+        }
+        self.slices.retain(|name, _| members.contains_key(name));
+        dirty
     }
 
     /// Rebuilds the catalog entries of the services `dirty` resolves to, or of all
@@ -307,6 +339,11 @@ impl Aggregator {
             cluster: name.to_owned(),
             stale: state.lost_since.is_some(),
             stores: stores.clone(),
+            slices: self
+                .slices
+                .get(name)
+                .map(|t| t.current.clone())
+                .unwrap_or_default(),
         };
         let config = &self.ctx.config;
         let gateway = ServiceKey::new(config.namespace.as_str(), config.gateway_service.as_str());

@@ -9,10 +9,12 @@
 //! contributed; its gateway Service marks the peers (the snapshot header).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::catalog::ServiceKey;
-use crate::incremental::{IncrementalCatalog, MemberObjects};
+use crate::incremental::{IncrementalCatalog, MemberObjects, SliceOwners};
 
 /// Marks gathered between two passes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -102,18 +104,88 @@ impl Dirty {
     }
 }
 
-/// The marks shared between the reflectors (writers) and the aggregator (which takes them).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct DirtyKeys(Arc<Mutex<Dirty>>);
+/// What one reflector event of a member marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// A Service, core/v1 Endpoints or ServiceExport of this namespace/name.
+    Service(ServiceKey),
+    /// A Pod (namespace, name).
+    Pod(String, String),
+    /// A Node.
+    Node(String),
+    /// Everything of the member (a relist, a state change).
+    Member,
+    /// The member's gateway Service.
+    Peers,
+    /// An EndpointSlice event, for the slice index ([`SliceTable`]).
+    Slice(SliceEvent),
+}
 
-impl DirtyKeys {
-    /// Adds marks.
-    pub(crate) fn mark(&self, f: impl FnOnce(&mut Dirty)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+/// What an EndpointSlice event says about which slices a Service has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SliceEvent {
+    /// A relist begins.
+    Relist,
+    /// A relisted slice (namespace, name, its Service).
+    Listed(String, String, Option<ServiceKey>),
+    /// The relist is complete: the store now holds exactly the listed slices.
+    Relisted,
+    /// A slice was added or changed (namespace, name, its Service).
+    Applied(String, String, Option<ServiceKey>),
+    /// A slice was deleted (namespace, name).
+    Deleted(String, String),
+}
+
+/// One member's slice index as the aggregator keeps it from the member's slice events: the
+/// current one, and during a relist the one being listed (the store swaps its contents
+/// only when the relist is complete, and so does this).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SliceTable {
+    /// What the store holds.
+    pub(crate) current: Arc<SliceOwners>,
+    listing: Option<SliceOwners>,
+}
+
+impl SliceTable {
+    /// Applies one event; marks the Services it changed (and the one a slice left).
+    pub(crate) fn apply(&mut self, cluster: &str, event: SliceEvent, dirty: &mut Dirty) {
+        match event {
+            SliceEvent::Relist => self.listing = Some(SliceOwners::default()),
+            SliceEvent::Listed(ns, name, owner) => {
+                self.listing
+                    .get_or_insert_with(SliceOwners::default)
+                    .put(&ns, &name, owner);
+            }
+            SliceEvent::Relisted => {
+                self.current = Arc::new(self.listing.take().unwrap_or_default());
+                dirty.member(cluster);
+            }
+            SliceEvent::Applied(ns, name, owner) => {
+                let left = Arc::make_mut(&mut self.current).put(&ns, &name, owner.clone());
+                dirty.extend_services(owner.into_iter().chain(left));
+            }
+            SliceEvent::Deleted(ns, name) => {
+                let left = Arc::make_mut(&mut self.current).delete(&ns, &name);
+                dirty.extend_services(left);
+            }
+        }
+    }
+}
+
+/// Where the members' reflectors send their marks (the aggregator receives them). A
+/// channel rather than a shared set: no lock between the reflectors and the aggregator.
+#[derive(Debug, Clone)]
+pub(crate) struct Marks(mpsc::UnboundedSender<(String, Mark)>);
+
+impl Marks {
+    /// A sender and the aggregator's receiving end.
+    pub(crate) fn channel() -> (Marks, mpsc::UnboundedReceiver<(String, Mark)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Marks(tx), rx)
     }
 
-    /// Takes every mark so far.
-    pub(crate) fn take(&self) -> Dirty {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Sends a mark of member `cluster` (dropped when no aggregator runs).
+    pub(crate) fn send(&self, cluster: &str, mark: Mark) {
+        let _ = self.0.send((cluster.to_owned(), mark));
     }
 }

@@ -11,7 +11,7 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -26,7 +26,7 @@ use crate::grpc::tls::{self, ServingCert, ServingSettings, Transport};
 use crate::grpc::{self, Keepalive, ca_root};
 use crate::leader::{self, Election, ElectionSettings};
 use crate::mcs::writer::McsWriter;
-use crate::dirty::DirtyKeys;
+use crate::dirty::{Mark, Marks};
 use crate::members::member::{Credentials, MemberSettings, MemberSpec, reconnect_backoff};
 use crate::members::registry::Registry;
 use crate::metrics::{self, Metrics};
@@ -63,7 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         publisher: publisher.clone(),
         config: controller.config.clone(),
         notify: controller.notify.clone(),
-        dirty: controller.dirty.clone(),
+        marks: controller.marks.1.take(),
         metrics: controller.metrics.clone(),
     };
     controller.start_aggregator(context);
@@ -108,8 +108,9 @@ struct Controller {
     metrics: Arc<Metrics>,
     /// Poked on every change the aggregator must see.
     notify: Arc<Notify>,
-    /// What the members' reflector events mark changed, for the aggregator.
-    dirty: DirtyKeys,
+    /// Where the members' reflector events send what they changed, and the aggregator's
+    /// end (taken when it starts).
+    marks: (Marks, Option<mpsc::UnboundedReceiver<(String, Mark)>>),
     election: Election,
     tasks: Tasks,
 }
@@ -127,7 +128,10 @@ impl Controller {
             client,
             metrics: Arc::new(Metrics::default()),
             notify: Arc::new(Notify::new()),
-            dirty: DirtyKeys::default(),
+            marks: {
+                let (tx, rx) = Marks::channel();
+                (tx, Some(rx))
+            },
             election,
             tasks: Tasks::new(shutdown),
         }
@@ -160,7 +164,7 @@ impl Controller {
             probe_interval: config.probe_interval,
             metrics: self.metrics.clone(),
             notify: self.notify.clone(),
-            dirty: self.dirty.clone(),
+            marks: self.marks.0.clone(),
         };
         let local = MemberSpec {
             name: config.cluster_name.clone(),

@@ -98,8 +98,9 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
     snap
 }
 
-/// One global service with its VIPs, ports, endpoints and policy.
-fn global_service(
+/// One global service with its VIPs, ports, endpoints and policy, as the snapshot (and
+/// its `service/<hostname>` and `endpoints/…` resources) carry it.
+pub fn global_service(
     svc: &GlobalServiceEntry,
     vip: Option<&VipInfo>,
     policy: Option<&TrafficPolicy>,

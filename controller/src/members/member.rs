@@ -5,7 +5,7 @@
 //! changes. What it sees is published in its [`MemberState`] (a `watch` channel) and its
 //! reflector stores; every change pokes the aggregator's `Notify`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::catalog::{EndpointObjects, ServiceKey};
 use crate::crd::Phase;
-use crate::dirty::{Dirty, DirtyKeys};
+use crate::dirty::{Mark, Marks, SliceEvent};
 use crate::incremental::{MemberObjects, SliceOwners, slice_owner};
 use crate::members::kubeconfig::AcceptedKubeconfig;
 use crate::members::reflected;
@@ -122,8 +122,6 @@ pub(crate) struct MemberStores {
     pods: Store<Pod>,
     gateway: Store<Service>,
     service_exports: Store<crate::mcs::ExportMeta>,
-    /// The slices of each Service (kept by the slice reflector's events).
-    slice_owners: Arc<Mutex<SliceOwners>>,
     /// The MCS CRDs were served when the member connected: only then is the ServiceExport
     /// store waited for.
     mcs_served: bool,
@@ -137,6 +135,8 @@ pub(crate) struct StoreObjects {
     pub(crate) stale: bool,
     /// Its stores.
     pub(crate) stores: MemberStores,
+    /// Its slices per Service, as the aggregator keeps them from the slice events.
+    pub(crate) slices: Arc<SliceOwners>,
 }
 
 /// `namespace/name` as a store key.
@@ -161,19 +161,12 @@ impl MemberObjects for StoreObjects {
     }
     fn endpoint_objects(&self, key: &ServiceKey) -> EndpointObjects {
         match (&self.stores.slices, &self.stores.endpoints) {
-            (Some(store), _) => {
-                let owners = self
-                    .stores
-                    .slice_owners
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                EndpointObjects::Slices(
-                    owners
-                        .names(key)
-                        .filter_map(|n| store.get(&by_name(&key.namespace, n)))
-                        .collect(),
-                )
-            }
+            (Some(store), _) => EndpointObjects::Slices(
+                self.slices
+                    .names(key)
+                    .filter_map(|n| store.get(&by_name(&key.namespace, n)))
+                    .collect(),
+            ),
             (None, Some(store)) => EndpointObjects::Endpoints(
                 store
                     .get(&by_name(&key.namespace, &key.name))
@@ -245,7 +238,7 @@ pub(crate) struct MemberSettings {
     /// Poked on every change.
     pub notify: Arc<Notify>,
     /// Where reflector events mark what changed.
-    pub dirty: DirtyKeys,
+    pub marks: Marks,
 }
 
 /// A running member.
@@ -339,7 +332,7 @@ impl Runner {
             if let Some(at) = s.last_sync {
                 self.settings.metrics.set_synced(&self.spec.name, at);
             }
-            self.settings.dirty.mark(|d| d.member(&self.spec.name));
+            self.settings.marks.send(&self.spec.name, Mark::Member);
             self.settings.notify.notify_one();
         }
     }
@@ -447,14 +440,17 @@ impl Runner {
             tasks,
             client,
         };
-        let slice_owners = Arc::new(Mutex::new(SliceOwners::default()));
         // Every Service, not only labelled ones: a ServiceExport exports the Service of its
         // name whatever its labels (stripped by `reflected::service` to a few fields).
         let services = r.all("Service", cfg(), reflected::service, self.marker(mark_named));
         let (slices, endpoints) = match api {
             EndpointApi::EndpointSliceV1 => {
-                let mark = self.slice_marker(slice_owners.clone());
-                let slices = r.all("EndpointSlice", cfg(), reflected::endpoint_slice, mark);
+                let slices = r.all(
+                    "EndpointSlice",
+                    cfg(),
+                    reflected::endpoint_slice,
+                    Box::new(slice_mark),
+                );
                 (Some(slices), None)
             }
             EndpointApi::EndpointsV1 => {
@@ -466,7 +462,6 @@ impl Runner {
             services,
             slices,
             endpoints,
-            slice_owners,
             nodes: r.all("Node", cfg(), reflected::node, self.marker(mark_node)),
             // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
             // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not
@@ -485,7 +480,7 @@ impl Runner {
                 gateway_api,
                 gateway,
                 reflected::gateway_service,
-                self.marker(|_, _, d| d.peers()),
+                self.marker(|_| Some(Mark::Peers)),
             ),
             service_exports: self.reflect_service_exports(r.tasks, client),
             mcs_served: false,
@@ -513,64 +508,11 @@ impl Runner {
 
     /// Marks what an event of a `K` reflector changed: `object` marks per object; a
     /// (re)list, which may have dropped objects without a deletion event, marks the member.
-    fn marker<K: Send + Sync + 'static>(&self, object: fn(&str, &K, &mut Dirty)) -> Mark<K> {
-        let dirty = self.settings.dirty.clone();
-        let cluster = self.spec.name.clone();
+    fn marker<K: Send + Sync + 'static>(&self, object: fn(&K) -> Option<Mark>) -> MarkOf<K> {
         Box::new(move |ev| match ev {
-            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                dirty.mark(|d| object(&cluster, o, d));
-            }
-            watcher::Event::InitDone => dirty.mark(|d| d.member(&cluster)),
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-        })
-    }
-
-    /// Marks the Service of a changed EndpointSlice (and the one it left), keeping
-    /// `owners` current; a relist rebuilds `owners` from the listed slices.
-    fn slice_marker(&self, owners: Arc<Mutex<SliceOwners>>) -> Mark<EndpointSlice> {
-        let dirty = self.settings.dirty.clone();
-        let cluster = self.spec.name.clone();
-        // A relist is gathered aside and replaces `owners` when it is complete, as the
-        // store swaps its contents then.
-        let listing_lock = Mutex::new(SliceOwners::default());
-        Box::new(move |ev| {
-            let lock = || owners.lock().unwrap_or_else(PoisonError::into_inner);
-            let (ns, name) = match ev {
-                watcher::Event::Apply(s)
-                | watcher::Event::Delete(s)
-                | watcher::Event::InitApply(s) => (
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                watcher::Event::Init => {
-                    *listing_lock.lock().unwrap_or_else(PoisonError::into_inner) =
-                        SliceOwners::default();
-                    return;
-                }
-                watcher::Event::InitDone => {
-                    let mut listing = listing_lock.lock().unwrap_or_else(PoisonError::into_inner);
-                    *lock() = std::mem::take(&mut *listing);
-                    dirty.mark(|d| d.member(&cluster));
-                    return;
-                }
-            };
-            match ev {
-                watcher::Event::InitApply(s) => {
-                    let mut listing = listing_lock.lock().unwrap_or_else(PoisonError::into_inner);
-                    listing.put(ns, name, slice_owner(s));
-                }
-                watcher::Event::Apply(s) => {
-                    let owner = slice_owner(s);
-                    let left = lock().put(ns, name, owner.clone());
-                    dirty.mark(|d| {
-                        d.extend_services(owner.into_iter().chain(left));
-                    });
-                }
-                _ => {
-                    let left = lock().delete(ns, name);
-                    dirty.mark(|d| d.extend_services(left));
-                }
-            }
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => object(o),
+            watcher::Event::InitDone => Some(Mark::Member),
+            watcher::Event::Init | watcher::Event::InitApply(_) => None,
         })
     }
 
@@ -614,7 +556,7 @@ impl Runner {
         api: Api<K>,
         cfg: watcher::Config,
         strip: fn(&mut K),
-        mark: Mark<K>,
+        mark: MarkOf<K>,
     ) -> Store<K> {
         let (reader, stream) = stream_of(api, cfg, strip);
         tasks.spawn(
@@ -633,7 +575,7 @@ impl Runner {
         resource: &'static str,
         watch: Watch,
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-        mark: Mark<K>,
+        mark: MarkOf<K>,
     ) {
         let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
         let mut stream = std::pin::pin!(stream.backoff(backoff));
@@ -643,7 +585,9 @@ impl Runner {
                     self.settings.metrics.watch_event(&self.spec.name, resource);
                     // The store already holds the event's change (the reflector applies it
                     // before passing it on), so a pass that takes the mark sees it.
-                    mark(&ev);
+                    if let Some(m) = mark(&ev) {
+                        self.settings.marks.send(&self.spec.name, m);
+                    }
                     if matches!(ev, watcher::Event::InitDone) {
                         debug!(resource, "listed");
                         // A relist after an outage means the server is back.
@@ -693,29 +637,56 @@ impl<K> Reflectable for K where
 {
 }
 
-/// What a reflector event of a `K` marks dirty ([`crate::dirty`]).
-type Mark<K> = Box<dyn Fn(&watcher::Event<K>) + Send + Sync>;
+/// What a reflector event of a `K` marks ([`crate::dirty`]).
+type MarkOf<K> = Box<dyn Fn(&watcher::Event<K>) -> Option<Mark> + Send + Sync>;
 
 /// A Service, Endpoints or ServiceExport marks the service of its namespace/name.
-fn mark_named<K: Resource>(_: &str, o: &K, d: &mut Dirty) {
+fn mark_named<K: Resource>(o: &K) -> Option<Mark> {
     let m = o.meta();
-    if let (Some(ns), Some(name)) = (&m.namespace, &m.name) {
-        d.service(ServiceKey::new(ns.as_str(), name.as_str()));
-    }
+    Some(Mark::Service(ServiceKey::new(
+        m.namespace.as_deref()?,
+        m.name.as_deref()?,
+    )))
 }
 
 /// A Pod marks itself (resolved to the services reading it).
-fn mark_pod(cluster: &str, p: &Pod, d: &mut Dirty) {
-    if let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) {
-        d.pod(cluster, ns, name);
-    }
+fn mark_pod(p: &Pod) -> Option<Mark> {
+    let m = &p.metadata;
+    Some(Mark::Pod(m.namespace.clone()?, m.name.clone()?))
 }
 
 /// A Node marks itself (resolved to the services with endpoints on it).
-fn mark_node(cluster: &str, n: &Node, d: &mut Dirty) {
-    if let Some(name) = &n.metadata.name {
-        d.node(cluster, name);
-    }
+fn mark_node(n: &Node) -> Option<Mark> {
+    Some(Mark::Node(n.metadata.name.clone()?))
+}
+
+/// An EndpointSlice event, for the aggregator's index of slices per Service (its relist
+/// included: the index swaps when the store does).
+fn slice_mark(ev: &watcher::Event<EndpointSlice>) -> Option<Mark> {
+    let id = |s: &EndpointSlice| {
+        Some((
+            s.metadata.namespace.clone()?,
+            s.metadata.name.clone()?,
+            slice_owner(s),
+        ))
+    };
+    let event = match ev {
+        watcher::Event::Init => SliceEvent::Relist,
+        watcher::Event::InitDone => SliceEvent::Relisted,
+        watcher::Event::InitApply(s) => {
+            let (ns, name, owner) = id(s)?;
+            SliceEvent::Listed(ns, name, owner)
+        }
+        watcher::Event::Apply(s) => {
+            let (ns, name, owner) = id(s)?;
+            SliceEvent::Applied(ns, name, owner)
+        }
+        watcher::Event::Delete(s) => {
+            let (ns, name, _) = id(s)?;
+            SliceEvent::Deleted(ns, name)
+        }
+    };
+    Some(Mark::Slice(event))
 }
 
 /// Whether a watch's failures say anything about the member's reachability.
@@ -755,7 +726,7 @@ impl Reflectors<'_> {
         resource: &'static str,
         cfg: watcher::Config,
         strip: fn(&mut K),
-        mark: Mark<K>,
+        mark: MarkOf<K>,
     ) -> Store<K> {
         let api = Api::all(self.client.clone());
         self.runner.reflect(self.tasks, resource, api, cfg, strip, mark)
