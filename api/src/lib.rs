@@ -5,7 +5,7 @@
 //! describe where endpoints are and how traffic should be distributed, and [`split`] and
 //! [`pick`] are the single implementation of Envoy's locality-weighted load balancing that
 //! every component calls. The gateway and the DNS server follow the controller's snapshots
-//! through [`subscription`], over the one controller connection in [`channel`] (TLS with a
+//! through [`subscription`] (full snapshots, or [`resources`] deltas), over the one controller connection in [`channel`] (TLS with a
 //! pinned root, or plaintext for development); tests fake the controller with `testing::FakeDiscovery`
 //! (cargo feature `testing`). The binaries share one skeleton (cargo feature `runtime`):
 //! [`signal`] for the shutdown token and [`telemetry`] for logging.
@@ -24,6 +24,7 @@ pub mod channel;
 pub mod locality;
 pub mod pick;
 pub mod policy;
+pub mod resources;
 #[cfg(feature = "runtime")]
 pub mod signal;
 pub mod split;

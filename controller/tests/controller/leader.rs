@@ -111,9 +111,8 @@ async fn a_leader_cut_off_from_its_api_server_steps_down_and_no_vip_service_is_d
     // a reaches the API server only through the relay; it starts first and leads.
     let (relay, kubeconfig) = api_relay(east1, 0).await;
     let port = relay.addr().port();
-    let dir = std::env::temp_dir().join(format!("meridian-cutoff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("kubeconfig");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
     std::fs::write(&path, kubeconfig).unwrap();
     let a_ip = testbed.allocate_address().unwrap();
     let a = Controller::start_with_kubeconfig(&testbed, east1, a_ip, &path, &lease_args("a")).await;
