@@ -17,11 +17,12 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use meridian_api::Locality;
+use meridian_api::resources::Resources;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
-use crate::catalog::{self, Catalog, ServiceKey};
+use crate::catalog::{self, Catalog, GlobalServiceEntry, ServiceKey};
 use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::dirty::{Dirty, Mark, SliceTable};
@@ -119,6 +120,19 @@ pub(crate) struct Aggregator {
     marks: mpsc::UnboundedReceiver<(String, Mark)>,
     /// Each member's EndpointSlices per Service, from its slice events.
     slices: BTreeMap<String, SliceTable>,
+    /// The published resources, updated per changed service.
+    resources: Resources,
+    /// What each service's published resources were made of.
+    service_inputs: BTreeMap<ServiceKey, ServiceInputs>,
+}
+
+/// What one service's resources are made of: they are rebuilt when any of it changes (the
+/// catalog keeps an unchanged entry's `Arc`, so comparing it is a pointer comparison).
+struct ServiceInputs {
+    entry: Arc<GlobalServiceEntry>,
+    vip: Option<VipInfo>,
+    policy: Option<meridian_api::TrafficPolicy>,
+    headless: bool,
 }
 
 /// When the next pass is due at the latest: the soonest of the deadlines seen.
@@ -164,6 +178,8 @@ impl Aggregator {
         Self {
             marks,
             slices: BTreeMap::new(),
+            resources: Resources::new(),
+            service_inputs: BTreeMap::new(),
             ctx,
             vips,
             vips_current: true,
@@ -215,7 +231,7 @@ impl Aggregator {
         self.record(&catalog, &reconciled);
         let peers = std::mem::take(&mut observed.peers);
         let gateway_locality = observed.local_gateway_locality.take();
-        self.publish_snapshot(
+        self.publish_resources(
             &catalog,
             &reconciled.vips,
             &policies,
@@ -430,8 +446,10 @@ impl Aggregator {
         }
     }
 
-    /// Builds the snapshot and publishes it when its version is new.
-    fn publish_snapshot(
+    /// Updates the resources of the services whose entry, VIP, policy or MCS type changed
+    /// since the last pass (and removes those gone), sets the header, and publishes the
+    /// resources when their system version is new.
+    fn publish_resources(
         &mut self,
         catalog: &Catalog,
         vips: &BTreeMap<ServiceKey, VipInfo>,
@@ -441,11 +459,47 @@ impl Aggregator {
         local_gateway_locality: Option<Locality>,
     ) {
         let config = &self.ctx.config;
-        let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies
-            .iter()
-            .map(|(k, p)| (k.clone(), p.policy.clone()))
+        let mut rebuilt = 0usize;
+        for (key, entry) in &catalog.services {
+            let vip = vips.get(key);
+            let policy = policies.get(key).map(|p| &p.policy);
+            let headless = mcs
+                .imports
+                .get(key)
+                .is_some_and(|i| i.type_ == crate::mcs::types::ImportType::Headless);
+            let same = self.service_inputs.get(key).is_some_and(|s| {
+                Arc::ptr_eq(&s.entry, entry)
+                    && s.vip.as_ref() == vip
+                    && s.policy.as_ref() == policy
+                    && s.headless == headless
+            });
+            if same {
+                continue;
+            }
+            let svc = snapshot::global_service(entry, vip, policy, &config.zone, headless);
+            self.resources.set_service(&svc);
+            self.service_inputs.insert(
+                key.clone(),
+                ServiceInputs {
+                    entry: entry.clone(),
+                    vip: vip.cloned(),
+                    policy: policy.cloned(),
+                    headless,
+                },
+            );
+            rebuilt += 1;
+        }
+        let gone: Vec<ServiceKey> = self
+            .service_inputs
+            .keys()
+            .filter(|k| !catalog.services.contains_key(*k))
+            .cloned()
             .collect();
-        let snap = snapshot::build(&SnapshotInput {
+        for key in gone {
+            self.resources.remove_service(&key.hostname(&config.zone));
+            self.service_inputs.remove(&key);
+        }
+        self.resources.set_header(snapshot::header(&SnapshotInput {
             cluster: self.ctx.registry.local_name(),
             locality: config
                 .locality()
@@ -453,14 +507,12 @@ impl Aggregator {
                 .unwrap_or_default(),
             trust_domain: &config.trust_domain,
             zone: &config.zone,
-            catalog: Some(catalog),
-            vips: Some(vips),
-            policies: Some(&policy_specs),
-            mcs: Some(mcs),
             peers,
-        });
-        let version = snap.version;
-        if self.ctx.publisher.publish(snap) {
+            ..SnapshotInput::default()
+        }));
+        let version = self.resources.version();
+        debug!(rebuilt, "service resources rebuilt");
+        if self.ctx.publisher.publish_resources(self.resources.clone()) {
             info!(
                 version,
                 services = catalog.services.len(),

@@ -98,6 +98,17 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
     snap
 }
 
+/// The snapshot's header resource: cluster, locality, trust domain and the other
+/// members' gateways.
+pub fn header(input: &SnapshotInput<'_>) -> proto::SnapshotHeader {
+    proto::SnapshotHeader {
+        cluster: input.cluster.to_owned(),
+        locality: Some((&input.locality).into()),
+        trust_domain: input.trust_domain.to_owned(),
+        peers: peers(input),
+    }
+}
+
 /// One global service with its VIPs, ports, endpoints and policy, as the snapshot (and
 /// its `service/<hostname>` and `endpoints/…` resources) carry it.
 pub fn global_service(
