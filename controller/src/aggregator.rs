@@ -25,10 +25,10 @@ use tracing::{debug, info, instrument, warn};
 use crate::catalog::{self, Catalog, GlobalServiceEntry, ServiceKey};
 use crate::coalesce::Coalescer;
 use crate::config::Config;
-use crate::dirty::{Dirty, Mark, SliceTable};
-use crate::incremental::{self, IncrementalCatalog, MemberObjects};
 use crate::crd::{GlobalTrafficPolicy, MemberClusterStatus, Phase};
+use crate::dirty::{Dirty, Mark, SliceTable};
 use crate::grpc::discovery::SnapshotPublisher;
+use crate::incremental::{self, IncrementalCatalog, MemberObjects};
 use crate::members::member::{Member, MemberSpec, MemberState, StoreObjects};
 use crate::members::registry::Registry;
 use crate::metrics::Metrics;
@@ -290,13 +290,20 @@ impl Aggregator {
             if self.last_full.is_some() && !changed.is_empty() && dirty.is_empty() {
                 // Only a change between the take and this rebuild (marked for the next
                 // pass) or a missed mark can do this.
-                debug!(services = changed.len(), "full rebuild changed services no mark announced");
+                debug!(
+                    services = changed.len(),
+                    "full rebuild changed services no mark announced"
+                );
             }
             self.last_full = Some(now);
         } else {
             let keys = dirty.resolve(&self.incremental, &members);
             let changed = self.incremental.rebuild(&members, local, &keys);
-            debug!(marked = keys.len(), changed = changed.len(), "services rebuilt");
+            debug!(
+                marked = keys.len(),
+                changed = changed.len(),
+                "services rebuilt"
+            );
         }
     }
 

@@ -55,7 +55,7 @@ impl ServiceKey {
     }
 
     /// `<name>.<namespace>.global`.
-    pub(crate) fn hostname(&self, zone: &str) -> String {
+    pub fn hostname(&self, zone: &str) -> String {
         format!("{}.{}.{}", self.name, self.namespace, zone)
     }
 }

@@ -189,3 +189,58 @@ impl Marks {
         let _ = self.0.send((cluster.to_owned(), mark));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey::new("demo", name)
+    }
+
+    fn names(t: &SliceTable, k: &ServiceKey) -> Vec<String> {
+        t.current.names(k).cloned().collect()
+    }
+
+    /// A slice event marks its Service and the one a relabelled slice left; a relist
+    /// replaces the index only once complete, as the store does, and marks the member.
+    #[test]
+    fn slice_events_keep_the_index_and_mark_services() {
+        let mut t = SliceTable::default();
+        let mut d = Dirty::default();
+        let applied = |name: &str, owner: &str| {
+            SliceEvent::Applied("demo".into(), name.into(), Some(key(owner)))
+        };
+        t.apply("a", applied("x-1", "x"), &mut d);
+        assert_eq!(d.services, BTreeSet::from([key("x")]));
+        let mut d = Dirty::default();
+        t.apply("a", applied("x-1", "y"), &mut d);
+        assert_eq!(d.services, BTreeSet::from([key("x"), key("y")]), "moved");
+        assert_eq!(names(&t, &key("y")), ["x-1"]);
+        assert!(names(&t, &key("x")).is_empty());
+
+        let mut d = Dirty::default();
+        t.apply("a", SliceEvent::Relist, &mut d);
+        let listed = SliceEvent::Listed("demo".into(), "z-1".into(), Some(key("z")));
+        t.apply("a", listed, &mut d);
+        assert_eq!(
+            names(&t, &key("y")),
+            ["x-1"],
+            "the store still holds the old list"
+        );
+        assert!(d.is_empty());
+        t.apply("a", SliceEvent::Relisted, &mut d);
+        assert_eq!(names(&t, &key("z")), ["z-1"]);
+        assert!(names(&t, &key("y")).is_empty());
+        assert_eq!(d.members, BTreeSet::from(["a".to_owned()]));
+
+        let mut d = Dirty::default();
+        t.apply(
+            "a",
+            SliceEvent::Deleted("demo".into(), "z-1".into()),
+            &mut d,
+        );
+        assert_eq!(d.services, BTreeSet::from([key("z")]));
+        assert!(names(&t, &key("z")).is_empty());
+    }
+}

@@ -151,7 +151,11 @@ impl IncrementalCatalog {
 
     /// Rebuilds every service any member has, and drops the others: the first pass, and
     /// the periodic consistency pass. Returns the services whose entry changed.
-    pub fn rebuild_all(&mut self, members: &[&dyn MemberObjects], local: &str) -> BTreeSet<ServiceKey> {
+    pub fn rebuild_all(
+        &mut self,
+        members: &[&dyn MemberObjects],
+        local: &str,
+    ) -> BTreeSet<ServiceKey> {
         let mut keys: BTreeSet<ServiceKey> = self.reads.keys().cloned().collect();
         keys.extend(self.catalog.services.keys().cloned());
         keys.extend(self.mcs.imports.keys().cloned());
@@ -179,7 +183,12 @@ impl IncrementalCatalog {
         changed
     }
 
-    fn rebuild_one(&mut self, members: &[&dyn MemberObjects], local: &str, key: &ServiceKey) -> bool {
+    fn rebuild_one(
+        &mut self,
+        members: &[&dyn MemberObjects],
+        local: &str,
+        key: &ServiceKey,
+    ) -> bool {
         let mut inputs = Vec::with_capacity(members.len());
         let mut reads = BTreeMap::new();
         for m in members {
@@ -214,13 +223,27 @@ impl IncrementalCatalog {
             return;
         };
         let step = |n: &mut u32, by: u32| {
-            *n = if add { n.saturating_add(by) } else { n.saturating_sub(by) };
+            *n = if add {
+                n.saturating_add(by)
+            } else {
+                n.saturating_sub(by)
+            };
         };
         for c in &entry.clusters {
-            step(&mut self.member_counts.entry(c.clone()).or_default().services, 1);
+            step(
+                &mut self.member_counts.entry(c.clone()).or_default().services,
+                1,
+            );
         }
         for e in &entry.endpoints {
-            step(&mut self.member_counts.entry(e.cluster.clone()).or_default().endpoints, 1);
+            step(
+                &mut self
+                    .member_counts
+                    .entry(e.cluster.clone())
+                    .or_default()
+                    .endpoints,
+                1,
+            );
         }
     }
 
@@ -261,7 +284,12 @@ impl IncrementalCatalog {
     }
 
     /// The services whose endpoints in `cluster` reference the Pod `namespace/name`.
-    pub fn services_of_pod(&self, cluster: &str, namespace: &str, name: &str) -> impl Iterator<Item = &ServiceKey> {
+    pub fn services_of_pod(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &ServiceKey> {
         let k = (cluster.to_owned(), namespace.to_owned(), name.to_owned());
         self.pod_users.get(&k).into_iter().flatten()
     }
@@ -284,7 +312,11 @@ impl IncrementalCatalog {
 }
 
 /// Sets or removes `map[key]`; whether that changed it.
-fn set<V: PartialEq>(map: &mut BTreeMap<ServiceKey, V>, key: &ServiceKey, value: Option<V>) -> bool {
+fn set<V: PartialEq>(
+    map: &mut BTreeMap<ServiceKey, V>,
+    key: &ServiceKey,
+    value: Option<V>,
+) -> bool {
     match value {
         Some(v) => {
             if map.get(key) == Some(&v) {
@@ -321,10 +353,18 @@ pub struct SliceOwners {
 impl SliceOwners {
     /// Records that slice `namespace/name` belongs to `owner`; returns the Service it
     /// belonged to before when that was another one.
-    pub fn put(&mut self, namespace: &str, name: &str, owner: Option<ServiceKey>) -> Option<ServiceKey> {
+    pub fn put(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        owner: Option<ServiceKey>,
+    ) -> Option<ServiceKey> {
         let before = self.delete(namespace, name);
         if let Some(o) = &owner {
-            self.names.entry(o.clone()).or_default().insert(name.to_owned());
+            self.names
+                .entry(o.clone())
+                .or_default()
+                .insert(name.to_owned());
             self.owner
                 .insert((namespace.to_owned(), name.to_owned()), o.clone());
         }
@@ -333,7 +373,9 @@ impl SliceOwners {
 
     /// Forgets slice `namespace/name`; returns the Service it belonged to.
     pub fn delete(&mut self, namespace: &str, name: &str) -> Option<ServiceKey> {
-        let owner = self.owner.remove(&(namespace.to_owned(), name.to_owned()))?;
+        let owner = self
+            .owner
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
         if let Some(set) = self.names.get_mut(&owner) {
             set.remove(name);
             if set.is_empty() {
@@ -370,7 +412,10 @@ pub struct IndexedMember {
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ServiceKey> {
-    Some(ServiceKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
+    Some(ServiceKey::new(
+        meta.namespace.as_deref()?,
+        meta.name.as_deref()?,
+    ))
 }
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
@@ -429,8 +474,7 @@ impl IndexedMember {
     /// Adds or replaces an EndpointSlice; returns the Service it belonged to before, if
     /// another.
     pub fn put_slice(&mut self, s: Arc<EndpointSlice>) -> Option<ServiceKey> {
-        let (Some(ns), Some(name)) = (s.metadata.namespace.clone(), s.metadata.name.clone())
-        else {
+        let (Some(ns), Some(name)) = (s.metadata.namespace.clone(), s.metadata.name.clone()) else {
             return None;
         };
         let before = self.slices_of.put(&ns, &name, slice_owner(&s));
@@ -520,7 +564,9 @@ impl MemberObjects for IndexedMember {
     }
     fn endpoint_objects(&self, key: &ServiceKey) -> EndpointObjects {
         if self.uses_endpoints {
-            return EndpointObjects::Endpoints(self.endpoints.get(key).cloned().into_iter().collect());
+            return EndpointObjects::Endpoints(
+                self.endpoints.get(key).cloned().into_iter().collect(),
+            );
         }
         EndpointObjects::Slices(
             self.slices_of
@@ -593,7 +639,12 @@ mod tests {
                 } else {
                     pod_ip(c, p)
                 };
-                (ip, rng.coin(), format!("n{}", rng.below(NODES)), format!("p{p}"))
+                (
+                    ip,
+                    rng.coin(),
+                    format!("n{}", rng.below(NODES)),
+                    format!("p{p}"),
+                )
             })
             .collect()
     }
@@ -616,7 +667,12 @@ mod tests {
                     1 => &[("http", 81, None), ("grpc", 90, Some("grpc"))],
                     _ => &[("tcp-db", 5432, None)],
                 };
-                m.put_service(Arc::new(fixtures::service(NS, &s, ports, rng.below(4) != 0)));
+                m.put_service(Arc::new(fixtures::service(
+                    NS,
+                    &s,
+                    ports,
+                    rng.below(4) != 0,
+                )));
                 dirty.service(key);
             }
             1 => {
@@ -645,7 +701,11 @@ mod tests {
                     }
                     return;
                 }
-                let owner = if rng.below(6) == 0 { svc_name(rng.below(SERVICES)) } else { s };
+                let owner = if rng.below(6) == 0 {
+                    svc_name(rng.below(SERVICES))
+                } else {
+                    s
+                };
                 let mut slice = fixtures::slice(NS, &owner, &[("http", 8080)], &borrow(&eps));
                 slice.metadata.name = Some(name);
                 dirty.service(ServiceKey::new(NS, owner.as_str()));
@@ -664,10 +724,19 @@ mod tests {
                     } else {
                         pod_ip(c, p)
                     };
-                    let ips: Vec<&str> = [ip.as_str()].into_iter().filter(|i| !i.is_empty()).collect();
-                    let mut pod = fixtures::pod(NS, &name, &ips, &[("version", &format!("v{}", rng.below(3)))]);
+                    let ips: Vec<&str> = [ip.as_str()]
+                        .into_iter()
+                        .filter(|i| !i.is_empty())
+                        .collect();
+                    let mut pod = fixtures::pod(
+                        NS,
+                        &name,
+                        &ips,
+                        &[("version", &format!("v{}", rng.below(3)))],
+                    );
                     if rng.below(6) == 0 {
-                        pod.status.get_or_insert_with(PodStatus::default).phase = Some("Succeeded".into());
+                        pod.status.get_or_insert_with(PodStatus::default).phase =
+                            Some("Succeeded".into());
                     }
                     m.put_pod(Arc::new(pod));
                 }
@@ -698,12 +767,15 @@ mod tests {
                         namespace: Some(NS.into()),
                         name: Some(s.clone()),
                         creation_timestamp: Some(Time(
-                            k8s_openapi::jiff::Timestamp::from_second(1_000_000 + rng.below(100) as i64)
-                                .expect("in range"),
+                            k8s_openapi::jiff::Timestamp::from_second(
+                                1_000_000 + rng.below(100) as i64,
+                            )
+                            .expect("in range"),
                         )),
                         ..ObjectMeta::default()
                     };
-                    m.exports.insert(key.clone(), Arc::new(meta.into_response_partial()));
+                    m.exports
+                        .insert(key.clone(), Arc::new(meta.into_response_partial()));
                 }
                 dirty.service(key);
             }
@@ -761,13 +833,20 @@ mod tests {
                 for m in &members {
                     let services = catalog.services.values();
                     let want = MemberCounts {
-                        services: services.clone().filter(|s| s.clusters.contains(&m.cluster)).count() as u32,
+                        services: services
+                            .clone()
+                            .filter(|s| s.clusters.contains(&m.cluster))
+                            .count() as u32,
                         endpoints: services
                             .flat_map(|s| &s.endpoints)
                             .filter(|e| e.cluster == m.cluster)
                             .count() as u32,
                     };
-                    assert_eq!(inc.member_counts(&m.cluster), want, "seed {seed} step {step}");
+                    assert_eq!(
+                        inc.member_counts(&m.cluster),
+                        want,
+                        "seed {seed} step {step}"
+                    );
                 }
             }
             let (catalog, _) = full(&members);
@@ -791,7 +870,8 @@ mod tests {
                     .with_slice({
                         let ip = format!("10.{n}.{i}.1");
                         let pod = format!("{s}-p");
-                        let mut sl = fixtures::slice(NS, &s, &[("http", 8080)], &[(&ip, true, "n0", &pod)]);
+                        let mut sl =
+                            fixtures::slice(NS, &s, &[("http", 8080)], &[(&ip, true, "n0", &pod)]);
                         sl.metadata.name = Some(s.clone());
                         sl
                     });
@@ -806,10 +886,7 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(inc.catalog(), &full(&members).0);
         let mut slice = (*members[1].slice(NS, "s1").expect("slice")).clone();
-        slice.endpoints[0]
-            .conditions
-            .get_or_insert_default()
-            .ready = Some(false);
+        slice.endpoints[0].conditions.get_or_insert_default().ready = Some(false);
         members[1].put_slice(Arc::new(slice));
         let mut dirty = Dirty::default();
         dirty.service(ServiceKey::new(NS, "s1"));
@@ -821,11 +898,16 @@ mod tests {
         assert_eq!(inc.catalog(), &full(&members).0);
         // The pod and node indexes point back at the services that read them.
         assert_eq!(
-            inc.services_of_node("b", "n0").cloned().collect::<Vec<_>>().len(),
+            inc.services_of_node("b", "n0")
+                .cloned()
+                .collect::<Vec<_>>()
+                .len(),
             3
         );
         assert_eq!(
-            inc.services_of_pod("b", NS, "s2-p").cloned().collect::<Vec<_>>(),
+            inc.services_of_pod("b", NS, "s2-p")
+                .cloned()
+                .collect::<Vec<_>>(),
             [ServiceKey::new(NS, "s2")]
         );
     }

@@ -152,7 +152,9 @@ impl MemberObjects for StoreObjects {
         self.stale
     }
     fn service(&self, key: &ServiceKey) -> Option<Arc<Service>> {
-        self.stores.services.get(&by_name(&key.namespace, &key.name))
+        self.stores
+            .services
+            .get(&by_name(&key.namespace, &key.name))
     }
     fn service_export(&self, key: &ServiceKey) -> Option<Arc<crate::mcs::ExportMeta>> {
         self.stores
@@ -442,7 +444,12 @@ impl Runner {
         };
         // Every Service, not only labelled ones: a ServiceExport exports the Service of its
         // name whatever its labels (stripped by `reflected::service` to a few fields).
-        let services = r.all("Service", cfg(), reflected::service, self.marker(mark_named));
+        let services = r.all(
+            "Service",
+            cfg(),
+            reflected::service,
+            self.marker(mark_named),
+        );
         let (slices, endpoints) = match api {
             EndpointApi::EndpointSliceV1 => {
                 let slices = r.all(
@@ -455,7 +462,10 @@ impl Runner {
             }
             EndpointApi::EndpointsV1 => {
                 let mark = self.marker(mark_named);
-                (None, Some(r.all("Endpoints", cfg(), reflected::endpoints, mark)))
+                (
+                    None,
+                    Some(r.all("Endpoints", cfg(), reflected::endpoints, mark)),
+                )
             }
         };
         MemberStores {
@@ -729,7 +739,8 @@ impl Reflectors<'_> {
         mark: MarkOf<K>,
     ) -> Store<K> {
         let api = Api::all(self.client.clone());
-        self.runner.reflect(self.tasks, resource, api, cfg, strip, mark)
+        self.runner
+            .reflect(self.tasks, resource, api, cfg, strip, mark)
     }
 }
 

@@ -242,12 +242,9 @@ pub fn pod(p: &mut Pod) {
                 .collect::<Vec<_>>()
         });
         // `podIP` is `podIPs[0]` wherever the server has `podIPs`: kept only where it adds.
-        let pod_ip = s.pod_ip.filter(|ip| {
-            !pod_ips
-                .iter()
-                .flatten()
-                .any(|p: &PodIP| &p.ip == ip)
-        });
+        let pod_ip = s
+            .pod_ip
+            .filter(|ip| !pod_ips.iter().flatten().any(|p: &PodIP| &p.ip == ip));
         (pod_ip.is_some() || pod_ips.is_some() || s.phase.is_some()).then(|| PodStatus {
             phase: s.phase,
             pod_ip,
@@ -506,7 +503,12 @@ mod tests {
             }),
             "only the pod's phase and IPs of its status (podIP is podIPs[0])"
         );
-        for m in [&svc.metadata, &node.metadata, &pod.metadata, &slice.metadata] {
+        for m in [
+            &svc.metadata,
+            &node.metadata,
+            &pod.metadata,
+            &slice.metadata,
+        ] {
             assert!(m.uid.is_none() && m.resource_version.is_none(), "{m:?}");
         }
         assert!(pod.metadata.annotations.is_none());
