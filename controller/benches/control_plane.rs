@@ -305,6 +305,16 @@ fn run(size: Size) {
         rebuilt += changed.len();
         publish(&mut resources, &inc, &vips, changed);
         let delta = resources.delta_since(&sent);
+        if delta.resources.is_empty() && delta.removed.is_empty() {
+            // Cross-check the diff of the persistent maps against the O(n) comparison.
+            let by_versions = resources.delta_from_versions(&sent.versions());
+            println!(
+                "  change {i}: empty delta_since, delta_from_versions has {} resource(s); versions {} -> {}",
+                by_versions.resources.len(),
+                sent.version(),
+                resources.version()
+            );
+        }
         let encoded = delta.encode_to_vec().len();
         cpu.push(wall.elapsed().as_secs_f64() * 1e3);
         cpu_total += cpu_ns() - cpu0;
