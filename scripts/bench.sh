@@ -8,8 +8,10 @@
 #
 # Environment: BENCH_DURATION (seconds per wrk/dnsperf run, default 10), BENCH_ROUNDS
 # (default 1; the median of the rounds is printed, with the range), BENCH_CONNECTIONS
-# (wrk -c, default 16), BENCH_CONTROL_PLANE=1 (also run the controller's catalog bench,
-# a release build of the controller), BENCH_PROFILE=DIR (perf record -g of the caller
+# (wrk -c, default 16), BENCH_CONTROL_PLANE=1 (also run the controller's catalog and
+# control_plane benches, a release build of the controller; BENCH_CONTROL_PLANE_SIZES,
+# default "1k 100k", may add 1M: 50 clusters x 2,000 services x 10 endpoints, several
+# GiB of memory), BENCH_PROFILE=DIR (perf record -g of the caller
 # gateway under the local HTTP load and of meridian-dns under dnsperf, into DIR),
 # BENCH_BEFORE=DIR (DIR holds meridian-gateway and meridian-dns release binaries of an
 # earlier commit: they run beside the current ones, on other addresses, and get rows of
@@ -421,4 +423,9 @@ if [[ ${BENCH_CONTROL_PLANE:-} == 1 ]]; then
 	echo
 	echo "Control plane (cargo bench -p meridian-controller --bench catalog):"
 	cargo bench -p meridian-controller --bench catalog 2>/dev/null | grep -E '^[a-z_/ 0-9]+$|time:' || true
+	echo
+	# Synthetic members, no API server: initial sync, RSS, per-change CPU and bytes per
+	# subscriber, and today's full pass as the baseline (docs/benchmarks.md).
+	read -r -a sizes <<<"${BENCH_CONTROL_PLANE_SIZES:-1k 100k}"
+	cargo bench -p meridian-controller --bench control_plane -- "${sizes[@]}" 2>/dev/null || true
 fi

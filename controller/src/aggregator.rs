@@ -1,9 +1,13 @@
 //! The aggregator: the loop that turns what the members' reflectors hold into the catalog,
 //! the VIP Services, the snapshot and the status view.
 //!
-//! It is level-triggered: any change anywhere pokes one `Notify`; the loop waits a short
-//! coalescing delay, then recomputes everything from the current stores. Stale-endpoint
-//! grace is a deadline the loop also wakes for.
+//! Any change anywhere pokes one `Notify`; the members' reflector events also mark what
+//! changed ([`crate::dirty`]). A pass rebuilds only the catalog entries of the marked
+//! services ([`crate::incremental`]); the first pass, and one every [`PERIOD`], rebuild
+//! everything (and say when that found a change no mark had announced). Passes are
+//! coalesced ([`crate::coalesce`]): the first change after a quiet period is processed at
+//! once, a burst at most once per [`SETTLE`]. Stale-endpoint grace is a deadline the loop
+//! also wakes for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,16 +17,20 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use meridian_api::Locality;
-use tokio::sync::{Notify, watch};
+use meridian_api::resources::Resources;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
-use crate::catalog::{self, Catalog, MemberInput, ServiceKey};
+use crate::catalog::{self, Catalog, GlobalServiceEntry, ServiceKey};
+use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::crd::{GlobalTrafficPolicy, MemberCluster, MemberClusterStatus, Phase};
+use crate::dirty::{Dirty, Mark, SliceTable};
 use crate::drain::{DrainState, Drains};
 use crate::grpc::discovery::SnapshotPublisher;
-use crate::members::member::{Member, MemberSpec, MemberState};
+use crate::incremental::{self, IncrementalCatalog, MemberObjects};
+use crate::members::member::{Member, MemberSpec, MemberState, StoreObjects};
 use crate::members::registry::Registry;
 use crate::metrics::Metrics;
 use crate::policy::PolicyInForce;
@@ -30,9 +38,10 @@ use crate::snapshot::{self, PeerInfo, SnapshotInput, VipInfo};
 use crate::status::{MemberReport, StatusView, rfc3339};
 use crate::vip::{self, VipManager};
 
-/// Delay after a change before recomputing, so bursts of watch events make one pass.
+/// During a burst of watch events, at most one pass per this window.
 const SETTLE: Duration = Duration::from_millis(25);
-/// Recompute at least this often (refreshes member status and retries).
+/// Recompute at least this often (refreshes member status and retries), rebuilding the
+/// whole catalog as a consistency check.
 const PERIOD: Duration = Duration::from_secs(10);
 /// Retry delay after a failed VIP reconcile.
 const VIP_RETRY: Duration = Duration::from_secs(2);
@@ -87,6 +96,9 @@ pub(crate) struct Context {
     pub(crate) status: watch::Sender<Option<Arc<StatusView>>>,
     /// Poked on every change anywhere.
     pub(crate) notify: Arc<Notify>,
+    /// What the members' reflector events marked changed (the receiving end; `None` only
+    /// when it was taken already).
+    pub(crate) marks: Option<mpsc::UnboundedReceiver<(String, Mark)>>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -99,6 +111,31 @@ pub(crate) struct Aggregator {
     vips_current: bool,
     started: Instant,
     published: bool,
+    /// The catalog and MCS view, rebuilt per marked service.
+    incremental: IncrementalCatalog,
+    /// When everything was last rebuilt.
+    last_full: Option<Instant>,
+    /// The members whose endpoints counted in the last pass, and whether stale: a change
+    /// marks the member.
+    counted: BTreeMap<String, bool>,
+    coalescer: Coalescer,
+    /// The members' marks.
+    marks: mpsc::UnboundedReceiver<(String, Mark)>,
+    /// Each member's EndpointSlices per Service, from its slice events.
+    slices: BTreeMap<String, SliceTable>,
+    /// The published resources, updated per changed service.
+    resources: Resources,
+    /// What each service's published resources were made of.
+    service_inputs: BTreeMap<ServiceKey, ServiceInputs>,
+}
+
+/// What one service's resources are made of: they are rebuilt when any of it changes (the
+/// catalog keeps an unchanged entry's `Arc`, so comparing it is a pointer comparison).
+struct ServiceInputs {
+    entry: Arc<GlobalServiceEntry>,
+    vip: Option<VipInfo>,
+    policy: Option<meridian_api::TrafficPolicy>,
+    headless: bool,
 }
 
 /// When the next pass is due at the latest: the soonest of the deadlines seen.
@@ -122,8 +159,8 @@ struct Seen {
 /// What one pass gathers from the members.
 #[derive(Default)]
 struct Observed {
-    /// Catalog inputs of the members whose endpoints count.
-    inputs: Vec<MemberInput>,
+    /// The members whose endpoints count, looked up by name.
+    inputs: Vec<StoreObjects>,
     /// The other members' gateways.
     peers: Vec<PeerInfo>,
     /// Every member, for status.
@@ -138,13 +175,25 @@ struct Observed {
 
 impl Aggregator {
     /// Assembles the aggregator; `vips` holds the allocation read back at start.
-    pub(crate) fn new(ctx: Context, vips: VipManager) -> Self {
+    pub(crate) fn new(mut ctx: Context, vips: VipManager) -> Self {
+        let marks = ctx
+            .marks
+            .take()
+            .unwrap_or_else(|| crate::dirty::Marks::channel().1);
         Self {
+            marks,
+            slices: BTreeMap::new(),
+            resources: Resources::new(),
+            service_inputs: BTreeMap::new(),
             ctx,
             vips,
             vips_current: true,
             started: Instant::now(),
             published: false,
+            incremental: IncrementalCatalog::new(),
+            last_full: None,
+            counted: BTreeMap::new(),
+            coalescer: Coalescer::new(SETTLE),
         }
     }
 
@@ -152,12 +201,13 @@ impl Aggregator {
     pub(crate) async fn run(mut self) {
         loop {
             let wake = self.pass().await;
+            self.coalescer.passed(Instant::now());
             tokio::select! {
                 _ = self.ctx.notify.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 changed = self.ctx.leader.changed() => if changed.is_err() { return },
             }
-            tokio::time::sleep(SETTLE).await;
+            self.coalescer.settle().await;
         }
     }
 
@@ -167,17 +217,16 @@ impl Aggregator {
         let now = Instant::now();
         let mut next = Deadline(now + PERIOD);
         let members = self.ctx.registry.members();
+        // Taken before the stores are read: a change after this is marked for the next pass.
+        let mut dirty = self.take_marks(&members);
         let mut observed = self.observe(&members, now, &mut next);
         if !self.ready_to_act(&members, now, &mut next) {
             return next.0;
         }
-        let mut catalog = Catalog::build(&observed.inputs);
-        let mcs = Arc::new(crate::mcs::McsView::build(
-            &observed.inputs,
-            self.ctx.registry.local_name(),
-        ));
-        mcs.apply_ports(&mut catalog);
-        let catalog = Arc::new(catalog);
+        let dirty = dirty_members(&mut dirty, &mut self.counted, &observed);
+        self.rebuild(&observed, dirty, now);
+        let catalog = Arc::new(self.incremental.catalog().clone());
+        let mcs = Arc::new(self.incremental.mcs().clone());
         let all_policies = self.ctx.policies.state();
         let policies = crate::policy::in_force(&all_policies);
         self.ctx
@@ -194,8 +243,8 @@ impl Aggregator {
             next.at(Instant::now() + step);
         }
         self.ctx.metrics.set_drains(&observed.drains);
-        self.publish_snapshot(&catalog, &reconciled.vips, &policies, &mcs, &mut observed);
-        let members = self.member_reports(observed, &catalog, &members);
+        self.publish_resources(&catalog, &reconciled.vips, &policies, &mcs, &mut observed);
+        let members = self.member_reports(observed, &members);
         let _ = self.ctx.status.send(Some(Arc::new(StatusView {
             catalog,
             vips: reconciled.vips,
@@ -206,6 +255,61 @@ impl Aggregator {
             mcs,
         })));
         next.0
+    }
+
+    /// Every mark received so far (slice events applied to the slice index), and forgets
+    /// the slice index of members no longer registered.
+    fn take_marks(&mut self, members: &Members) -> Dirty {
+        let mut dirty = Dirty::default();
+        while let Ok((cluster, mark)) = self.marks.try_recv() {
+            match mark {
+                Mark::Service(key) => dirty.service(key),
+                Mark::Pod(ns, name) => dirty.pod(&cluster, &ns, &name),
+                Mark::Node(name) => dirty.node(&cluster, &name),
+                Mark::Member => dirty.member(&cluster),
+                Mark::Peers => dirty.peers(),
+                Mark::Slice(event) => {
+                    let table = self.slices.entry(cluster.clone()).or_default();
+                    table.apply(&cluster, event, &mut dirty);
+                }
+            }
+        }
+        self.slices.retain(|name, _| members.contains_key(name));
+        dirty
+    }
+
+    /// Rebuilds the catalog entries of the services `dirty` resolves to, or of all
+    /// services on the first pass and every [`PERIOD`].
+    fn rebuild(&mut self, observed: &Observed, dirty: Dirty, now: Instant) {
+        let members: Vec<&dyn MemberObjects> = observed
+            .inputs
+            .iter()
+            .map(|m| m as &dyn MemberObjects)
+            .collect();
+        let local = self.ctx.registry.local_name();
+        let full = self
+            .last_full
+            .is_none_or(|at| now.duration_since(at) >= PERIOD);
+        if full {
+            let changed = self.incremental.rebuild_all(&members, local);
+            if self.last_full.is_some() && !changed.is_empty() && dirty.is_empty() {
+                // Only a change between the take and this rebuild (marked for the next
+                // pass) or a missed mark can do this.
+                debug!(
+                    services = changed.len(),
+                    "full rebuild changed services no mark announced"
+                );
+            }
+            self.last_full = Some(now);
+        } else {
+            let keys = dirty.resolve(&self.incremental, &members);
+            let changed = self.incremental.rebuild(&members, local, &keys);
+            debug!(
+                marked = keys.len(),
+                changed = changed.len(),
+                "services rebuilt"
+            );
+        }
     }
 
     /// Reads every member's state and stores; a member lost for less than the grace is kept
@@ -256,13 +360,26 @@ impl Aggregator {
             }
             return;
         };
-        let input = stores.input(name, state.lost_since.is_some());
         observed
             .node_counts
-            .insert(name.to_owned(), input.nodes.len() as u32);
+            .insert(name.to_owned(), stores.node_count() as u32);
+        let input = StoreObjects {
+            cluster: name.to_owned(),
+            stale: state.lost_since.is_some(),
+            stores: stores.clone(),
+            slices: self
+                .slices
+                .get(name)
+                .map(|t| t.current.clone())
+                .unwrap_or_default(),
+        };
         let config = &self.ctx.config;
-        let gw_locality =
-            catalog::service_locality(&input, &config.namespace, &config.gateway_service);
+        let gateway = ServiceKey::new(config.namespace.as_str(), config.gateway_service.as_str());
+        let gw_locality = catalog::service_locality(
+            &incremental::objects_of(&input, &gateway),
+            &config.namespace,
+            &config.gateway_service,
+        );
         if local {
             observed.local_gateway_locality = gw_locality;
         } else if let Some(address) = gateway_address(
@@ -341,9 +458,10 @@ impl Aggregator {
         }
     }
 
-    /// Builds the snapshot (taking the peers and the gateway locality out of `observed`)
-    /// and publishes it when its version is new.
-    fn publish_snapshot(
+    /// Updates the resources of the services whose entry, VIP, policy or MCS type changed
+    /// since the last pass (and removes those gone), sets the header, and publishes the
+    /// resources when their system version is new.
+    fn publish_resources(
         &mut self,
         catalog: &Catalog,
         vips: &BTreeMap<ServiceKey, VipInfo>,
@@ -352,11 +470,47 @@ impl Aggregator {
         observed: &mut Observed,
     ) {
         let config = &self.ctx.config;
-        let policy_specs: BTreeMap<ServiceKey, meridian_api::TrafficPolicy> = policies
-            .iter()
-            .map(|(k, p)| (k.clone(), p.policy.clone()))
+        let mut rebuilt = 0usize;
+        for (key, entry) in &catalog.services {
+            let vip = vips.get(key);
+            let policy = policies.get(key).map(|p| &p.policy);
+            let headless = mcs
+                .imports
+                .get(key)
+                .is_some_and(|i| i.type_ == crate::mcs::types::ImportType::Headless);
+            let same = self.service_inputs.get(key).is_some_and(|s| {
+                Arc::ptr_eq(&s.entry, entry)
+                    && s.vip.as_ref() == vip
+                    && s.policy.as_ref() == policy
+                    && s.headless == headless
+            });
+            if same {
+                continue;
+            }
+            let svc = snapshot::global_service(entry, vip, policy, &config.zone, headless);
+            self.resources.set_service(&svc);
+            self.service_inputs.insert(
+                key.clone(),
+                ServiceInputs {
+                    entry: entry.clone(),
+                    vip: vip.cloned(),
+                    policy: policy.cloned(),
+                    headless,
+                },
+            );
+            rebuilt += 1;
+        }
+        let gone: Vec<ServiceKey> = self
+            .service_inputs
+            .keys()
+            .filter(|k| !catalog.services.contains_key(*k))
+            .cloned()
             .collect();
-        let snap = snapshot::build(&SnapshotInput {
+        for key in gone {
+            self.resources.remove_service(&key.hostname(&config.zone));
+            self.service_inputs.remove(&key);
+        }
+        self.resources.set_header(snapshot::header(&SnapshotInput {
             cluster: self.ctx.registry.local_name(),
             locality: config
                 .locality()
@@ -364,15 +518,13 @@ impl Aggregator {
                 .unwrap_or_default(),
             trust_domain: &config.trust_domain,
             zone: &config.zone,
-            catalog: Some(catalog),
-            vips: Some(vips),
-            policies: Some(&policy_specs),
-            mcs: Some(mcs),
             peers: std::mem::take(&mut observed.peers),
             drains: observed.drains.for_snapshot.clone(),
-        });
-        let version = snap.version;
-        if self.ctx.publisher.publish(snap) {
+            ..SnapshotInput::default()
+        }));
+        let version = self.resources.version();
+        debug!(rebuilt, "service resources rebuilt");
+        if self.ctx.publisher.publish_resources(self.resources.clone()) {
             info!(
                 version,
                 services = catalog.services.len(),
@@ -386,21 +538,17 @@ impl Aggregator {
 
     /// The status of every member, then of every rejected registration that does not hide
     /// a member.
-    fn member_reports(
-        &self,
-        observed: Observed,
-        catalog: &Catalog,
-        members: &Members,
-    ) -> Vec<MemberReport> {
+    fn member_reports(&self, observed: Observed, members: &Members) -> Vec<MemberReport> {
         let local_name = self.ctx.registry.local_name();
         let mut reports: Vec<MemberReport> = observed
             .seen
             .into_iter()
             .map(|seen| {
                 let drain = observed.drains.members.get(&seen.name);
+                let counts = self.incremental.member_counts(&seen.name);
                 member_report(
                     seen,
-                    catalog,
+                    counts,
                     &observed.node_counts,
                     members,
                     local_name,
@@ -427,13 +575,34 @@ impl Aggregator {
     }
 }
 
+/// Marks every member that joined or left the counted ones, or turned stale or back,
+/// since the last pass, and records this pass's; returns the marks.
+fn dirty_members(
+    dirty: &mut Dirty,
+    counted: &mut BTreeMap<String, bool>,
+    observed: &Observed,
+) -> Dirty {
+    let now: BTreeMap<String, bool> = observed
+        .inputs
+        .iter()
+        .map(|m| (m.cluster.clone(), m.stale))
+        .collect();
+    for name in counted.keys().chain(now.keys()) {
+        if counted.get(name) != now.get(name) {
+            dirty.member(name);
+        }
+    }
+    *counted = now;
+    std::mem::take(dirty)
+}
+
 /// The members by name, as the registry hands them out.
 type Members = BTreeMap<String, Arc<Member>>;
 
 /// One member's status: its connection, what it contributes to the catalog, its gateway.
 fn member_report(
     seen: Seen,
-    catalog: &Catalog,
+    counts: incremental::MemberCounts,
     node_counts: &BTreeMap<String, u32>,
     members: &Members,
     local_name: &str,
@@ -445,17 +614,10 @@ fn member_report(
         state,
         withdrawn,
     } = seen;
-    let services = catalog
-        .services
-        .values()
-        .filter(|s| s.clusters.contains(&name))
-        .count() as u32;
-    let endpoints = catalog
-        .services
-        .values()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.cluster == name)
-        .count() as u32;
+    let incremental::MemberCounts {
+        services,
+        endpoints,
+    } = counts;
     let (drain_text, drain_permille) = drain.map(DrainState::status).unzip();
     let status = MemberClusterStatus {
         phase: state.phase,

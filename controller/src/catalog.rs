@@ -55,7 +55,7 @@ impl ServiceKey {
     }
 
     /// `<name>.<namespace>.global`.
-    pub(crate) fn hostname(&self, zone: &str) -> String {
+    pub fn hostname(&self, zone: &str) -> String {
         format!("{}.{}.{}", self.name, self.namespace, zone)
     }
 }
@@ -209,8 +209,10 @@ impl GlobalServiceEntry {
 /// All global services, by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
-    /// Global services sorted by namespace/name.
-    pub services: BTreeMap<ServiceKey, GlobalServiceEntry>,
+    /// Global services sorted by namespace/name; shared, so that the catalog a pass hands
+    /// to the status writer costs a pointer per service and a rebuilt service is one
+    /// allocation.
+    pub services: BTreeMap<ServiceKey, Arc<GlobalServiceEntry>>,
 }
 
 /// The protocol of a Service port: `appProtocol` when set, else the port name's prefix
@@ -610,7 +612,7 @@ impl Builder {
                     clusters,
                     key: key.clone(),
                 };
-                (key, entry)
+                (key, Arc::new(entry))
             })
             .collect();
         Catalog { services }

@@ -12,11 +12,14 @@
 
 mod aggregator;
 pub mod catalog;
+mod coalesce;
 mod config;
 pub mod crd;
+pub mod dirty;
 mod drain;
 mod error;
 pub mod grpc;
+pub mod incremental;
 mod leader;
 pub mod mcs;
 pub mod members;

@@ -11,7 +11,7 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::aggregator::{self, Aggregator};
 use crate::config::AuthMode;
 use crate::crd::{GlobalTrafficPolicy, MemberCluster};
+use crate::dirty::{Mark, Marks};
 use crate::grpc::auth::CallerAuth;
 use crate::grpc::certificates::{CaCache, CaSource, CertificatesService};
 use crate::grpc::discovery::{DiscoveryService, SnapshotPublisher};
@@ -63,6 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         publisher: publisher.clone(),
         config: controller.config.clone(),
         notify: controller.notify.clone(),
+        marks: controller.marks.1.take(),
         metrics: controller.metrics.clone(),
     };
     controller.start_aggregator(context);
@@ -107,6 +109,9 @@ struct Controller {
     metrics: Arc<Metrics>,
     /// Poked on every change the aggregator must see.
     notify: Arc<Notify>,
+    /// Where the members' reflector events send what they changed, and the aggregator's
+    /// end (taken when it starts).
+    marks: (Marks, Option<mpsc::UnboundedReceiver<(String, Mark)>>),
     election: Election,
     tasks: Tasks,
 }
@@ -124,6 +129,10 @@ impl Controller {
             client,
             metrics: Arc::new(Metrics::default()),
             notify: Arc::new(Notify::new()),
+            marks: {
+                let (tx, rx) = Marks::channel();
+                (tx, Some(rx))
+            },
             election,
             tasks: Tasks::new(shutdown),
         }
@@ -156,6 +165,7 @@ impl Controller {
             probe_interval: config.probe_interval,
             metrics: self.metrics.clone(),
             notify: self.notify.clone(),
+            marks: self.marks.0.clone(),
         };
         let local = MemberSpec {
             name: config.cluster_name.clone(),

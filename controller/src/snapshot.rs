@@ -96,21 +96,39 @@ pub fn build(input: &SnapshotInput<'_>) -> proto::Snapshot {
         trust_domain: input.trust_domain.to_owned(),
         services,
         peers: peers(input),
-        drains: input
-            .drains
-            .iter()
-            .map(|(cluster, permille)| proto::ClusterDrain {
-                cluster: cluster.clone(),
-                permille: *permille,
-            })
-            .collect(),
+        drains: drains(input),
     };
     snap.version = content_version(&snap);
     snap
 }
 
-/// One global service with its VIPs, ports, endpoints and policy.
-fn global_service(
+/// The snapshot's header resource: cluster, locality, trust domain and the other
+/// members' gateways.
+pub fn header(input: &SnapshotInput<'_>) -> proto::SnapshotHeader {
+    proto::SnapshotHeader {
+        cluster: input.cluster.to_owned(),
+        locality: Some((&input.locality).into()),
+        trust_domain: input.trust_domain.to_owned(),
+        peers: peers(input),
+        drains: drains(input),
+    }
+}
+
+/// The drains in force for this cluster's callers, sorted by cluster.
+fn drains(input: &SnapshotInput<'_>) -> Vec<proto::ClusterDrain> {
+    input
+        .drains
+        .iter()
+        .map(|(cluster, permille)| proto::ClusterDrain {
+            cluster: cluster.clone(),
+            permille: *permille,
+        })
+        .collect()
+}
+
+/// One global service with its VIPs, ports, endpoints and policy, as the snapshot (and
+/// its `service/<hostname>` and `endpoints/…` resources) carry it.
+pub fn global_service(
     svc: &GlobalServiceEntry,
     vip: Option<&VipInfo>,
     policy: Option<&TrafficPolicy>,

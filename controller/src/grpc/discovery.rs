@@ -19,11 +19,12 @@
 //! freed; the clients ping too, to notice a vanished controller.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
 use meridian_api::proto::{self, Snapshot, Subscriber};
+use meridian_api::resources::Resources;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,10 +41,34 @@ pub(crate) const COALESCE_WINDOW: Duration = Duration::from_millis(50);
 /// gateway and DNS replicas of one cluster, far below what exhausts memory.
 pub(crate) const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
 
-/// The publishing side: the controller sets the latest snapshot here.
+/// What is published: the resources, and the full snapshot they make, put together on
+/// first demand (for `Watch` subscribers and `meridianctl`) and then kept.
+#[derive(Debug)]
+pub struct Published {
+    /// The system version (the snapshot's version).
+    pub(crate) version: u64,
+    resources: Resources,
+    snapshot: OnceLock<Arc<Snapshot>>,
+}
+
+impl Published {
+    /// The resources.
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// The full snapshot (made once per version).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .get_or_init(|| Arc::new(self.resources.to_snapshot()))
+            .clone()
+    }
+}
+
+/// The publishing side: the controller sets the latest resources here.
 #[derive(Clone)]
 pub struct SnapshotPublisher {
-    tx: Arc<watch::Sender<Option<Arc<Snapshot>>>>,
+    tx: Arc<watch::Sender<Option<Arc<Published>>>>,
 }
 
 impl Default for SnapshotPublisher {
@@ -59,18 +84,37 @@ impl SnapshotPublisher {
         Self { tx: Arc::new(tx) }
     }
 
-    /// Publishes `snap` if its version differs from the current one; returns whether it did.
+    /// Publishes `resources` if their system version differs from the current one;
+    /// returns whether it did. O(1): the full snapshot is only made when asked for.
+    pub fn publish_resources(&self, resources: Resources) -> bool {
+        self.set(Published {
+            version: resources.version(),
+            resources,
+            snapshot: OnceLock::new(),
+        })
+    }
+
+    /// Publishes a full snapshot (with its own version) if its version differs from the
+    /// current one; returns whether it did.
     pub fn publish(&self, snap: Snapshot) -> bool {
+        self.set(Published {
+            version: snap.version,
+            resources: Resources::from_snapshot(&snap),
+            snapshot: OnceLock::from(Arc::new(snap)),
+        })
+    }
+
+    fn set(&self, published: Published) -> bool {
         self.tx.send_if_modified(|cur| {
-            if cur.as_ref().map(|c| c.version) == Some(snap.version) {
+            if cur.as_ref().map(|c| c.version) == Some(published.version) {
                 return false;
             }
-            *cur = Some(Arc::new(snap));
+            *cur = Some(Arc::new(published));
             true
         })
     }
 
-    fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
         self.tx.subscribe()
     }
 }
@@ -126,7 +170,7 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send
 
 /// Feeds one subscriber until it goes away.
 async fn feed(
-    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    rx: watch::Receiver<Option<Arc<Published>>>,
     tx: mpsc::Sender<Result<Snapshot, Status>>,
     metrics: Arc<Metrics>,
     stopping: CancellationToken,
@@ -138,7 +182,7 @@ async fn feed(
 }
 
 async fn feed_until_closed(
-    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut rx: watch::Receiver<Option<Arc<Published>>>,
     tx: &mpsc::Sender<Result<Snapshot, Status>>,
     metrics: Arc<Metrics>,
 ) {
@@ -160,7 +204,7 @@ async fn feed_until_closed(
         let started = Instant::now();
         // A full channel means the client is slow: this waits, but only in this task, and
         // whatever is newest when it frees up is what goes next.
-        if tx.send(Ok((*snap).clone())).await.is_err() {
+        if tx.send(Ok((*snap.snapshot()).clone())).await.is_err() {
             return;
         }
         metrics.observe_push(started.elapsed());

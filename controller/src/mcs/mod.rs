@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 
-pub(crate) use resolve::McsView;
+pub use resolve::McsView;
 pub use types::{ClusterProperty, ServiceExport, ServiceImport};
 
 /// What the controller reads of a ServiceExport: its metadata (a metadata-only watch; the

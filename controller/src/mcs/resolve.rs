@@ -224,7 +224,7 @@ impl McsView {
             let Some(entry) = catalog.services.get_mut(key) else {
                 continue;
             };
-            for p in &mut entry.ports {
+            for p in &mut std::sync::Arc::make_mut(entry).ports {
                 let resolved = import
                     .ports
                     .iter()

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -22,8 +22,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::{EndpointObjects, MemberInput};
+use crate::catalog::{EndpointObjects, ServiceKey};
 use crate::crd::Phase;
+use crate::dirty::{Mark, Marks, SliceEvent};
+use crate::incremental::{MemberObjects, SliceOwners, slice_owner};
 use crate::members::kubeconfig::AcceptedKubeconfig;
 use crate::members::reflected;
 use crate::metrics::Metrics;
@@ -125,22 +127,80 @@ pub(crate) struct MemberStores {
     mcs_served: bool,
 }
 
-impl MemberStores {
-    /// The catalog input of this member.
-    pub(crate) fn input(&self, cluster: &str, stale: bool) -> MemberInput {
-        MemberInput {
-            cluster: cluster.to_owned(),
-            stale,
-            services: self.services.state(),
-            endpoints: match (&self.slices, &self.endpoints) {
-                (Some(s), _) => EndpointObjects::Slices(s.state()),
-                (None, Some(e)) => EndpointObjects::Endpoints(e.state()),
-                (None, None) => EndpointObjects::default(),
-            },
-            nodes: self.nodes.state(),
-            pods: self.pods.state(),
-            service_exports: self.service_exports.state(),
+/// A connected member's stores as the catalog reads them: by name.
+pub(crate) struct StoreObjects {
+    /// Member cluster name.
+    pub(crate) cluster: String,
+    /// Unreachable (endpoints kept, marked stale).
+    pub(crate) stale: bool,
+    /// Its stores.
+    pub(crate) stores: MemberStores,
+    /// Its slices per Service, as the aggregator keeps them from the slice events.
+    pub(crate) slices: Arc<SliceOwners>,
+}
+
+/// `namespace/name` as a store key.
+fn by_name<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> ObjectRef<K> {
+    ObjectRef::new(name).within(namespace)
+}
+
+impl MemberObjects for StoreObjects {
+    fn cluster(&self) -> &str {
+        &self.cluster
+    }
+    fn stale(&self) -> bool {
+        self.stale
+    }
+    fn service(&self, key: &ServiceKey) -> Option<Arc<Service>> {
+        self.stores
+            .services
+            .get(&by_name(&key.namespace, &key.name))
+    }
+    fn service_export(&self, key: &ServiceKey) -> Option<Arc<crate::mcs::ExportMeta>> {
+        self.stores
+            .service_exports
+            .get(&by_name(&key.namespace, &key.name))
+    }
+    fn endpoint_objects(&self, key: &ServiceKey) -> EndpointObjects {
+        match (&self.stores.slices, &self.stores.endpoints) {
+            (Some(store), _) => EndpointObjects::Slices(
+                self.slices
+                    .names(key)
+                    .filter_map(|n| store.get(&by_name(&key.namespace, n)))
+                    .collect(),
+            ),
+            (None, Some(store)) => EndpointObjects::Endpoints(
+                store
+                    .get(&by_name(&key.namespace, &key.name))
+                    .into_iter()
+                    .collect(),
+            ),
+            (None, None) => EndpointObjects::default(),
         }
+    }
+    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.stores.pods.get(&by_name(namespace, name))
+    }
+    fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.stores.nodes.get(&ObjectRef::new(name))
+    }
+    fn service_keys(&self) -> Vec<ServiceKey> {
+        let services = self.stores.services.state();
+        let exports = self.stores.service_exports.state();
+        let metas = services
+            .iter()
+            .map(|s| &s.metadata)
+            .chain(exports.iter().map(|e| &e.metadata));
+        metas
+            .filter_map(|m| Some(ServiceKey::new(m.namespace.as_deref()?, m.name.as_deref()?)))
+            .collect()
+    }
+}
+
+impl MemberStores {
+    /// The number of Nodes of the member.
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.state().len()
     }
 
     /// Resolves once every store has listed.
@@ -179,6 +239,8 @@ pub(crate) struct MemberSettings {
     pub metrics: Arc<Metrics>,
     /// Poked on every change.
     pub notify: Arc<Notify>,
+    /// Where reflector events mark what changed.
+    pub marks: Marks,
 }
 
 /// A running member.
@@ -272,6 +334,7 @@ impl Runner {
             if let Some(at) = s.last_sync {
                 self.settings.metrics.set_synced(&self.spec.name, at);
             }
+            self.settings.marks.send(&self.spec.name, Mark::Member);
             self.settings.notify.notify_one();
         }
     }
@@ -381,33 +444,53 @@ impl Runner {
         };
         // Every Service, not only labelled ones: a ServiceExport exports the Service of its
         // name whatever its labels (stripped by `reflected::service` to a few fields).
-        let services = r.all("Service", cfg(), reflected::service);
+        let services = r.all(
+            "Service",
+            cfg(),
+            reflected::service,
+            self.marker(mark_named),
+        );
         let (slices, endpoints) = match api {
             EndpointApi::EndpointSliceV1 => {
-                let slices = r.all("EndpointSlice", cfg(), reflected::endpoint_slice);
+                let slices = r.all(
+                    "EndpointSlice",
+                    cfg(),
+                    reflected::endpoint_slice,
+                    Box::new(slice_mark),
+                );
                 (Some(slices), None)
             }
             EndpointApi::EndpointsV1 => {
-                (None, Some(r.all("Endpoints", cfg(), reflected::endpoints)))
+                let mark = self.marker(mark_named);
+                (
+                    None,
+                    Some(r.all("Endpoints", cfg(), reflected::endpoints, mark)),
+                )
             }
         };
         MemberStores {
             services,
             slices,
             endpoints,
-            nodes: r.all("Node", cfg(), reflected::node),
+            nodes: r.all("Node", cfg(), reflected::node, self.marker(mark_node)),
             // Full Pods, for their IPs (an endpoint's address must be its Pod's IP, see
             // `targets`), stripped to labels and IPs by `reflected::pod`. Pages of 100, not
             // 500: a page is held whole while it is parsed, before the strip, and pods are
             // what a member's users can inflate (up to the API server's ~1.5 MiB per object,
             // in metadata or spec alike).
-            pods: r.all("Pod", cfg().page_size(100), reflected::pod),
+            pods: r.all(
+                "Pod",
+                cfg().page_size(100),
+                reflected::pod,
+                self.marker(mark_pod),
+            ),
             gateway: self.reflect(
                 r.tasks,
                 "GatewayService",
                 gateway_api,
                 gateway,
                 reflected::gateway_service,
+                self.marker(|_| Some(Mark::Peers)),
             ),
             service_exports: self.reflect_service_exports(r.tasks, client),
             mcs_served: false,
@@ -424,12 +507,23 @@ impl Runner {
         let api = Api::all(client.clone());
         let (reader, stream) =
             stream_of(api, watcher::Config::default(), reflected::service_export);
+        let mark = self.marker(mark_named);
         tasks.spawn(
             self.clone()
-                .drive("ServiceExport", Watch::Optional, stream)
+                .drive("ServiceExport", Watch::Optional, stream, mark)
                 .in_current_span(),
         );
         reader
+    }
+
+    /// Marks what an event of a `K` reflector changed: `object` marks per object; a
+    /// (re)list, which may have dropped objects without a deletion event, marks the member.
+    fn marker<K: Send + Sync + 'static>(&self, object: fn(&K) -> Option<Mark>) -> MarkOf<K> {
+        Box::new(move |ev| match ev {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => object(o),
+            watcher::Event::InitDone => Some(Mark::Member),
+            watcher::Event::Init | watcher::Event::InitApply(_) => None,
+        })
     }
 
     /// Probes the API server every `probe_interval`, forever.
@@ -472,11 +566,12 @@ impl Runner {
         api: Api<K>,
         cfg: watcher::Config,
         strip: fn(&mut K),
+        mark: MarkOf<K>,
     ) -> Store<K> {
         let (reader, stream) = stream_of(api, cfg, strip);
         tasks.spawn(
             self.clone()
-                .drive(resource, Watch::Required, stream)
+                .drive(resource, Watch::Required, stream, mark)
                 .in_current_span(),
         );
         reader
@@ -490,6 +585,7 @@ impl Runner {
         resource: &'static str,
         watch: Watch,
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+        mark: MarkOf<K>,
     ) {
         let backoff = kube::runtime::watcher::ExponentialBackoff::from(reconnect_backoff());
         let mut stream = std::pin::pin!(stream.backoff(backoff));
@@ -497,6 +593,11 @@ impl Runner {
             match item {
                 Ok(ev) => {
                     self.settings.metrics.watch_event(&self.spec.name, resource);
+                    // The store already holds the event's change (the reflector applies it
+                    // before passing it on), so a pass that takes the mark sees it.
+                    if let Some(m) = mark(&ev) {
+                        self.settings.marks.send(&self.spec.name, m);
+                    }
                     if matches!(ev, watcher::Event::InitDone) {
                         debug!(resource, "listed");
                         // A relist after an outage means the server is back.
@@ -546,6 +647,58 @@ impl<K> Reflectable for K where
 {
 }
 
+/// What a reflector event of a `K` marks ([`crate::dirty`]).
+type MarkOf<K> = Box<dyn Fn(&watcher::Event<K>) -> Option<Mark> + Send + Sync>;
+
+/// A Service, Endpoints or ServiceExport marks the service of its namespace/name.
+fn mark_named<K: Resource>(o: &K) -> Option<Mark> {
+    let m = o.meta();
+    Some(Mark::Service(ServiceKey::new(
+        m.namespace.as_deref()?,
+        m.name.as_deref()?,
+    )))
+}
+
+/// A Pod marks itself (resolved to the services reading it).
+fn mark_pod(p: &Pod) -> Option<Mark> {
+    let m = &p.metadata;
+    Some(Mark::Pod(m.namespace.clone()?, m.name.clone()?))
+}
+
+/// A Node marks itself (resolved to the services with endpoints on it).
+fn mark_node(n: &Node) -> Option<Mark> {
+    Some(Mark::Node(n.metadata.name.clone()?))
+}
+
+/// An EndpointSlice event, for the aggregator's index of slices per Service (its relist
+/// included: the index swaps when the store does).
+fn slice_mark(ev: &watcher::Event<EndpointSlice>) -> Option<Mark> {
+    let id = |s: &EndpointSlice| {
+        Some((
+            s.metadata.namespace.clone()?,
+            s.metadata.name.clone()?,
+            slice_owner(s),
+        ))
+    };
+    let event = match ev {
+        watcher::Event::Init => SliceEvent::Relist,
+        watcher::Event::InitDone => SliceEvent::Relisted,
+        watcher::Event::InitApply(s) => {
+            let (ns, name, owner) = id(s)?;
+            SliceEvent::Listed(ns, name, owner)
+        }
+        watcher::Event::Apply(s) => {
+            let (ns, name, owner) = id(s)?;
+            SliceEvent::Applied(ns, name, owner)
+        }
+        watcher::Event::Delete(s) => {
+            let (ns, name, _) = id(s)?;
+            SliceEvent::Deleted(ns, name)
+        }
+    };
+    Some(Mark::Slice(event))
+}
+
 /// Whether a watch's failures say anything about the member's reachability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Watch {
@@ -583,9 +736,11 @@ impl Reflectors<'_> {
         resource: &'static str,
         cfg: watcher::Config,
         strip: fn(&mut K),
+        mark: MarkOf<K>,
     ) -> Store<K> {
         let api = Api::all(self.client.clone());
-        self.runner.reflect(self.tasks, resource, api, cfg, strip)
+        self.runner
+            .reflect(self.tasks, resource, api, cfg, strip, mark)
     }
 }
 

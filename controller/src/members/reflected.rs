@@ -27,8 +27,9 @@ use crate::catalog::{
 /// `meridian.io/allow-external-endpoints`), the only annotations kept.
 pub(crate) const ANNOTATION_PREFIX: &str = "meridian.io/";
 
-/// Identity (name, namespace, uid, resourceVersion) plus the labels and annotations `keep`
-/// accepts; everything else of `m` goes.
+/// Identity (name, namespace) plus the labels and annotations `keep` accepts; everything
+/// else of `m` goes, the uid and resourceVersion too (the store keys objects by namespace
+/// and name; the watcher has taken the resourceVersion before the strip runs).
 fn meta(
     m: &mut ObjectMeta,
     keep_label: impl Fn(&str) -> bool,
@@ -42,8 +43,6 @@ fn meta(
     *m = ObjectMeta {
         name: m.name.take(),
         namespace: m.namespace.take(),
-        uid: m.uid.take(),
-        resource_version: m.resource_version.take(),
         labels: filter(m.labels.take(), &keep_label),
         annotations: filter(m.annotations.take(), &keep_annotation),
         ..ObjectMeta::default()
@@ -54,13 +53,12 @@ fn none(_: &str) -> bool {
     false
 }
 
-/// The reference an endpoint makes to its pod: kind, namespace, name, uid.
+/// The reference an endpoint makes to its pod: kind, namespace, name.
 fn target_ref(r: Option<ObjectReference>) -> Option<ObjectReference> {
     r.map(|r| ObjectReference {
         kind: r.kind,
         namespace: r.namespace,
         name: r.name,
-        uid: r.uid,
         ..ObjectReference::default()
     })
 }
@@ -161,9 +159,10 @@ pub(crate) fn endpoint_slice(s: &mut EndpointSlice) {
         .map(|e| discovery::Endpoint {
             addresses: e.addresses,
             conditions: e.conditions.map(|c| EndpointConditions {
+                // `serving` is not read: readiness is `ready` and not `terminating`.
                 ready: c.ready,
-                serving: c.serving,
                 terminating: c.terminating,
+                ..EndpointConditions::default()
             }),
             node_name: e.node_name,
             zone: e.zone,
@@ -242,9 +241,13 @@ pub fn pod(p: &mut Pod) {
                 .map(|i| PodIP { ip: i.ip })
                 .collect::<Vec<_>>()
         });
-        (s.pod_ip.is_some() || pod_ips.is_some() || s.phase.is_some()).then(|| PodStatus {
+        // `podIP` is `podIPs[0]` wherever the server has `podIPs`: kept only where it adds.
+        let pod_ip = s
+            .pod_ip
+            .filter(|ip| !pod_ips.iter().flatten().any(|p: &PodIP| &p.ip == ip));
+        (pod_ip.is_some() || pod_ips.is_some() || s.phase.is_some()).then(|| PodStatus {
             phase: s.phase,
-            pod_ip: s.pod_ip,
+            pod_ip,
             pod_ips,
             ..PodStatus::default()
         })
@@ -280,6 +283,8 @@ mod tests {
         m.managed_fields = Some(vec![ManagedFieldsEntry::default(); 3]);
         m.finalizers = Some(vec!["example.com/hold".into()]);
         m.generate_name = Some("x-".into());
+        m.uid = Some("0f8e7d6c-0000-4000-8000-000000000001".into());
+        m.resource_version = Some("12345".into());
     }
 
     fn bloated(input: &MemberInput) -> MemberInput {
@@ -490,14 +495,22 @@ mod tests {
             pod.status,
             Some(PodStatus {
                 phase: Some("Running".into()),
-                pod_ip: Some("10.0.0.1".into()),
+                pod_ip: None,
                 pod_ips: Some(vec![PodIP {
                     ip: "10.0.0.1".into()
                 }]),
                 ..PodStatus::default()
             }),
-            "only the pod's phase and IPs of its status"
+            "only the pod's phase and IPs of its status (podIP is podIPs[0])"
         );
+        for m in [
+            &svc.metadata,
+            &node.metadata,
+            &pod.metadata,
+            &slice.metadata,
+        ] {
+            assert!(m.uid.is_none() && m.resource_version.is_none(), "{m:?}");
+        }
         assert!(pod.metadata.annotations.is_none());
         assert_eq!(
             slice

@@ -345,6 +345,7 @@ mod tests {
             probe_interval: std::time::Duration::from_secs(60),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             notify: Arc::new(tokio::sync::Notify::new()),
+            marks: crate::dirty::Marks::channel().0,
         };
         let local = MemberSpec {
             name: "home".into(),
