@@ -283,6 +283,33 @@ impl Resources {
         r
     }
 
+    /// Brings these resources to `snap`'s content, keeping every unchanged resource (and
+    /// so the structure shared with earlier values): a value derived this way diffs against
+    /// those in O(changes). Costs O(n) to hash the snapshot; for a source that only has
+    /// full snapshots (the `Watch` stream, a publisher of snapshots). Returns whether
+    /// anything changed.
+    pub fn update_from_snapshot(&mut self, snap: &Snapshot) -> bool {
+        let mut changed = self.set_header(SnapshotHeader {
+            cluster: snap.cluster.clone(),
+            locality: snap.locality.clone(),
+            trust_domain: snap.trust_domain.clone(),
+            peers: snap.peers.clone(),
+        });
+        let keep: BTreeSet<&str> = snap.services.iter().map(|s| s.hostname.as_str()).collect();
+        let gone: Vec<String> = self
+            .hostnames()
+            .filter(|h| !keep.contains(h))
+            .map(str::to_owned)
+            .collect();
+        for host in gone {
+            changed |= self.remove_service(&host);
+        }
+        for svc in &snap.services {
+            changed |= self.set_service(svc);
+        }
+        changed
+    }
+
     /// The header, if any.
     pub fn header(&self) -> Option<&SnapshotHeader> {
         match self.get(HEADER)?.body.as_ref()? {
@@ -551,6 +578,31 @@ mod tests {
         );
         assert!(!touched.header);
         assert_eq!(client.to_snapshot(), after.to_snapshot());
+    }
+
+    #[test]
+    fn updating_from_a_snapshot_equals_splitting_it_and_shares_the_rest() {
+        let before = Resources::from_snapshot(&two_services());
+        let mut snap = two_services();
+        snap.services.remove(1);
+        snap.services[0].endpoints[0].ready = false;
+        let mut after = before.clone();
+        assert!(after.update_from_snapshot(&snap));
+        assert_eq!(after.version(), Resources::from_snapshot(&snap).version());
+        let delta = after.delta_since(&before);
+        let names: Vec<_> = delta.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["endpoints/a.default.global/east"]);
+        assert_eq!(
+            delta.removed,
+            [
+                "endpoints/b.default.global/west",
+                "service/b.default.global"
+            ]
+        );
+        assert!(
+            !after.clone().update_from_snapshot(&snap),
+            "no change twice"
+        );
     }
 
     #[test]
