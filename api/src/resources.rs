@@ -128,6 +128,9 @@ pub struct Resources {
     map: OrdMap<String, Held>,
     /// XOR of `mix(name, version)` over every resource.
     combined: u64,
+    /// The version of the full snapshot these resources were made from, when they were
+    /// (the `Watch` stream's own numbering); cleared by any change.
+    snapshot_version: Option<u64>,
 }
 
 impl Resources {
@@ -144,6 +147,20 @@ impl Resources {
         } else {
             self.combined.max(1)
         }
+    }
+
+    /// The version to report for this state: the version of the full snapshot it was
+    /// made from (see [`Self::set_snapshot_version`]), else the system version. Metrics
+    /// and admin dumps show it, so that a client of the full stream shows the controller's
+    /// numbering.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot_version.unwrap_or_else(|| self.version())
+    }
+
+    /// Records that this state is the full snapshot of version `version` (until the next
+    /// change).
+    pub fn set_snapshot_version(&mut self, version: u64) {
+        self.snapshot_version = Some(version);
     }
 
     /// Number of resources.
@@ -187,6 +204,7 @@ impl Resources {
 
     /// Inserts a resource as received, with its own version.
     fn put(&mut self, res: Arc<Resource>) {
+        self.snapshot_version = None;
         self.combined ^= mix(&res.name, res.version);
         if let Some(old) = self.map.insert(res.name.clone(), Held(res)) {
             self.combined ^= mix(&old.0.name, old.0.version);
@@ -197,6 +215,7 @@ impl Resources {
     pub fn remove(&mut self, name: &str) -> bool {
         match self.map.remove(name) {
             Some(old) => {
+                self.snapshot_version = None;
                 self.combined ^= mix(&old.0.name, old.0.version);
                 true
             }
@@ -342,11 +361,11 @@ impl Resources {
             .map(|(k, _)| &k[SERVICE_PREFIX.len()..])
     }
 
-    /// The full snapshot these resources make, with the system version as its version.
+    /// The full snapshot these resources make, versioned by [`Self::snapshot_version`].
     pub fn to_snapshot(&self) -> Snapshot {
         let header = self.header().cloned().unwrap_or_default();
         Snapshot {
-            version: self.version(),
+            version: self.snapshot_version(),
             cluster: header.cluster,
             locality: header.locality,
             trust_domain: header.trust_domain,
@@ -412,6 +431,7 @@ impl Resources {
     /// state is left as it was, and the client should resubscribe with no versions.
     pub fn apply(&mut self, delta: &DeltaResponse) -> Result<Touched, DeltaError> {
         let mut next = self.clone();
+        next.snapshot_version = None;
         let mut touched = Touched::default();
         for name in &delta.removed {
             if next.remove(name) {
@@ -603,6 +623,13 @@ mod tests {
             !after.clone().update_from_snapshot(&snap),
             "no change twice"
         );
+
+        // A full snapshot's own version is reported until the next change.
+        after.set_snapshot_version(7);
+        assert_eq!(after.snapshot_version(), 7);
+        assert_eq!(after.to_snapshot().version, 7);
+        after.remove_service("a.default.global");
+        assert_eq!(after.snapshot_version(), after.version());
     }
 
     #[test]

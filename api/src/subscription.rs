@@ -232,7 +232,8 @@ impl Shared {
     /// published.
     fn publish_resources(&self, next: Resources, sync: bool) -> bool {
         let changed = self.resources.send_if_modified(|cur| {
-            if cur.as_ref().map(Resources::version) == Some(next.version()) {
+            let key = |r: &Resources| (r.version(), r.snapshot_version());
+            if cur.as_ref().map(key) == Some(key(&next)) {
                 false
             } else {
                 *cur = Some(next);
@@ -666,6 +667,7 @@ fn publish_snapshot(snapshot: Snapshot, shared: &Shared, status_tx: &watch::Send
     let snapshot = Arc::new(snapshot);
     let mut next = shared.resources.borrow().clone().unwrap_or_default();
     next.update_from_snapshot(&snapshot);
+    next.set_snapshot_version(version);
     // The received snapshot is the full one: no need to put it together.
     let resources_changed = shared.publish_resources(next, false);
     let snapshot_changed = shared.sync_snapshot(Some(snapshot));

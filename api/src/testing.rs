@@ -583,6 +583,11 @@ mod tests {
         assert!(status.connected && !status.delta, "{status:?}");
         let resources = subscription.latest_resources().expect("resources too");
         assert_eq!(
+            resources.snapshot_version(),
+            4,
+            "the full stream's numbering"
+        );
+        assert_eq!(
             resources.service("reviews.default.global").map(|s| s.vip),
             Some("10.0.0.4".to_owned())
         );
