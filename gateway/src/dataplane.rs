@@ -126,7 +126,7 @@ impl Dataplane {
     /// Switches to a new routing table (a new snapshot).
     pub async fn set_table(&self, table: RoutingTable) {
         self.health.sync(&table).await;
-        let version = table.snapshot.version as i64;
+        let version = table.version as i64;
         self.rebuild_with(Arc::new(table)).await;
         // Only now is the snapshot the one requests route by.
         self.metrics.snapshot_version.set(version);
