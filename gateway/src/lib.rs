@@ -412,7 +412,7 @@ async fn follow(
                 "applying snapshot"
             );
             listeners.reconcile(&table, &dp, &shutdown).await;
-            dp.set_table(table).await;
+            dp.apply_table(table, &changes).await;
         }
         let closed = tokio::select! {
             r = states.changed() => r.is_err(),

@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// A destination of traffic: the service port and where the chosen endpoint runs.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,7 +166,8 @@ pub struct Metrics {
     /// Certificates installed (initial and renewals).
     pub cert_renewals: Counter,
     /// Version of the snapshot in use.
-    pub snapshot_version: Gauge,
+    /// (Versions are content hashes: the whole u64 range.)
+    pub snapshot_version: Gauge<u64, AtomicU64>,
     /// Whether the controller stream is connected (1) or not (0).
     pub controller_connected: Gauge,
     /// Outbound listeners open.
