@@ -731,6 +731,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn delta_watch_without_a_first_request_is_rejected() {
+        let publisher = SnapshotPublisher::new();
+        publisher.publish(snap(1));
+        let (addr, _stop) = start(publisher).await;
+        let mut client = DiscoveryClient::connect(addr).await.unwrap();
+        let err = client
+            .delta_watch(futures::stream::empty::<DeltaRequest>())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "the stream ended before its first request");
+    }
+
+    #[tokio::test]
     async fn delta_watch_beyond_max_subscribers_is_refused() {
         let publisher = SnapshotPublisher::new();
         publisher.publish(snap(1));
