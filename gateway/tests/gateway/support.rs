@@ -393,7 +393,7 @@ impl Gateway {
         extra: &[&str],
     ) -> Self {
         // The delta stream, as the real controller serves it.
-        let controller = FakeDiscovery::start().await.unwrap();
+        let controller = FakeDiscovery::start_delta().await.unwrap();
         let ports = meridian_testbed::free_ports(ip).unwrap();
         let cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
         Self::spawn(cmd, controller, ports, cluster, ip, locality, certs, extra).await
