@@ -258,7 +258,8 @@ async fn config_dump(state: &AdminState) -> Value {
         "ready": state.ready.load(Ordering::Relaxed),
         "controllerConnected": state.controller_connected.load(Ordering::Relaxed),
         "certificate": certificate,
-        "snapshot": snapshot_json(&routing.table.snapshot),
+        // Put together on request only: the routing table holds resources.
+        "snapshot": snapshot_json(&routing.table.resources.to_snapshot()),
         "ejections": ejections,
         "peers": peers,
         "splits": splits,

@@ -3,7 +3,7 @@
 //! remote), reusing upstream HTTP connections, reporting outcomes to outlier detection,
 //! and draining on shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
 use crate::outlier::Outcome;
 use crate::route::ServiceRoutes;
-use crate::routing::{Endpoint, Port, RoutingTable, Service};
+use crate::routing::{Changes, Endpoint, Port, RoutingTable, Service};
 use crate::tunnel::{PeerEvent, Pool, TunnelError};
 use crate::upstream::{self, Conn, Upstreams};
 
@@ -60,8 +60,9 @@ impl Settings {
 pub struct Routing {
     /// The routing table in use.
     pub table: Arc<RoutingTable>,
-    /// Routes and balancers per service hostname.
-    pub services: HashMap<String, Arc<ServiceRoutes>>,
+    /// Routes and balancers per service hostname (a persistent map: a change to one
+    /// service shares every other's).
+    pub services: imbl::HashMap<String, Arc<ServiceRoutes>>,
 }
 
 /// Held by an open connection: [`Dataplane::drain`] waits until every guard is dropped.
@@ -129,7 +130,7 @@ impl Dataplane {
     /// Switches to a new routing table (a new snapshot).
     pub async fn set_table(&self, table: RoutingTable) {
         self.health.sync(&table).await;
-        let version = table.snapshot.version as i64;
+        let version = table.version;
         self.rebuild_with(Arc::new(table)).await;
         // Only now is the snapshot the one requests route by.
         self.metrics.snapshot_version.set(version);
@@ -151,51 +152,122 @@ impl Dataplane {
     async fn rebuild_with(&self, table: Arc<RoutingTable>) {
         // Serialized, so a slow rebuild never overwrites a newer one.
         let _guard = self.rebuild_lock.lock().await;
-        let mut services = HashMap::new();
-        let mut live = HashSet::new();
+        let mut services = imbl::HashMap::new();
+        let mut live: HashMap<upstream::Key, usize> = HashMap::new();
         // Localities and services that left must not keep their last share.
         self.metrics.split.clear();
         for (name, svc) in &table.services {
-            let healthy = self.health.healthy(&table.cluster, svc).await;
-            let routes = ServiceRoutes::build(svc.clone(), &table.caller, healthy);
-            for port in svc.ports.iter().filter(|p| p.is_http()) {
-                for idx in (0..svc.endpoints.len()).filter(|&i| routes.healthy[i]) {
-                    live.insert(self.upstream_key(&routes, idx, port));
-                }
+            let routes = self.service_routes(&table, name, svc).await;
+            for key in self.live_keys(&routes) {
+                *live.entry(key).or_default() += 1;
             }
-            let ejected = self.health.ejected_count(name).await as i64;
-            self.metrics
-                .ejected
-                .get_or_create(&metrics::Service {
-                    service: name.clone(),
-                })
-                .set(ejected);
-            self.record_split(&routes);
             services.insert(name.clone(), Arc::new(routes));
         }
         self.routing.store(Arc::new(Routing { table, services }));
         // Connections to endpoints that left or turned unhealthy are not worth keeping.
-        self.upstreams.retain(live).await;
+        self.upstreams.retain_counted(live).await;
     }
 
-    /// Publishes the split of every endpoint of `routes` (destination 0) per locality.
-    fn record_split(&self, routes: &ServiceRoutes) {
-        let Some(all) = routes.destinations.first() else {
-            return;
-        };
-        let mut percents: HashMap<String, f64> = HashMap::new();
-        for (g, share) in all.balance.groups.iter().zip(&all.balance.split.groups) {
-            *percents.entry(g.locality.to_string()).or_default() += share.percent;
+    /// Switches to `table`, which differs from the one in force by `changes` only: only
+    /// the changed services' routes are rebuilt, the others are kept. A header change
+    /// (the caller's locality, the peers) rebuilds every split, as all depend on it.
+    pub async fn apply_table(&self, table: RoutingTable, changes: &Changes) {
+        if changes.header {
+            return self.set_table(table).await;
         }
-        for (locality, percent) in percents {
-            self.metrics
-                .split
-                .get_or_create(&metrics::SplitShare {
-                    service: routes.service.label.clone(),
-                    source_cluster: self.cluster_label.clone(),
-                    locality,
-                })
-                .set(percent);
+        self.health.sync_services(&table, &changes.services).await;
+        let version = table.version;
+        self.rebuild_services(Arc::new(table), &changes.services)
+            .await;
+        self.metrics.snapshot_version.set(version);
+        self.snapshots.send_modify(|n| *n += 1);
+    }
+
+    /// Rebuilds the routes of `hosts` against `table`, keeping every other service's.
+    async fn rebuild_services(&self, table: Arc<RoutingTable>, hosts: &BTreeSet<String>) {
+        let _guard = self.rebuild_lock.lock().await;
+        let mut services = self.routing().services.clone();
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for host in hosts {
+            if let Some(old) = services.remove(host) {
+                removed.extend(self.live_keys(&old));
+                self.forget_split(&old);
+            }
+            if let Some(svc) = table.services.get(host) {
+                let routes = self.service_routes(&table, host, svc).await;
+                added.extend(self.live_keys(&routes));
+                services.insert(host.clone(), Arc::new(routes));
+            }
+        }
+        self.routing.store(Arc::new(Routing { table, services }));
+        self.upstreams.update_live(removed, added).await;
+    }
+
+    /// The routes of one service from the current health, with its ejection gauge.
+    async fn service_routes(
+        &self,
+        table: &RoutingTable,
+        name: &str,
+        svc: &Arc<Service>,
+    ) -> ServiceRoutes {
+        let healthy = self.health.healthy(&table.cluster, svc).await;
+        let routes = ServiceRoutes::build(svc.clone(), &table.caller, healthy);
+        let ejected = self.health.ejected_count(name).await as i64;
+        self.metrics
+            .ejected
+            .get_or_create(&metrics::Service {
+                service: name.to_owned(),
+            })
+            .set(ejected);
+        self.record_split(&routes);
+        routes
+    }
+
+    /// The upstream keys worth pooling for `routes`: healthy endpoints of HTTP ports.
+    fn live_keys<'a>(
+        &'a self,
+        routes: &'a ServiceRoutes,
+    ) -> impl Iterator<Item = upstream::Key> + 'a {
+        let svc = &routes.service;
+        svc.ports
+            .iter()
+            .filter(|p| p.is_http())
+            .flat_map(move |port| {
+                (0..svc.endpoints.len())
+                    .filter(|&i| routes.healthy[i])
+                    .map(move |idx| self.upstream_key(routes, idx, port))
+            })
+    }
+
+    /// The split of every endpoint of `routes` (destination 0), in percent per locality.
+    fn split_shares(&self, routes: &ServiceRoutes) -> HashMap<metrics::SplitShare, f64> {
+        let mut percents: HashMap<metrics::SplitShare, f64> = HashMap::new();
+        let Some(all) = routes.destinations.first() else {
+            return percents;
+        };
+        for (g, share) in all.balance.groups.iter().zip(&all.balance.split.groups) {
+            let labels = metrics::SplitShare {
+                service: routes.service.label.clone(),
+                source_cluster: self.cluster_label.clone(),
+                locality: g.locality.to_string(),
+            };
+            *percents.entry(labels).or_default() += share.percent;
+        }
+        percents
+    }
+
+    /// Publishes the split of `routes` per locality.
+    fn record_split(&self, routes: &ServiceRoutes) {
+        for (labels, percent) in self.split_shares(routes) {
+            self.metrics.split.get_or_create(&labels).set(percent);
+        }
+    }
+
+    /// Withdraws the split series of routes being replaced, so a locality or service that
+    /// left does not keep its last share.
+    fn forget_split(&self, routes: &ServiceRoutes) {
+        for labels in self.split_shares(routes).into_keys() {
+            self.metrics.split.remove(&labels);
         }
     }
 

@@ -2,7 +2,7 @@
 //! service, and peer-gateway liveness (a peer that is down takes all its endpoints with
 //! it at once). The data plane turns this into healthy counts for the locality engine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -44,6 +44,23 @@ impl Health {
         }
         let mut peers = self.peers.lock().await;
         peers.retain(|c, _| table.peers.contains_key(c));
+    }
+
+    /// [`Self::sync`] for the services `hosts` only (the others and the peers unchanged).
+    pub async fn sync_services(&self, table: &RoutingTable, hosts: &BTreeSet<String>) {
+        let now = Instant::now();
+        let mut detectors = self.detectors.lock().await;
+        for host in hosts {
+            let Some(svc) = table.services.get(host) else {
+                detectors.remove(host);
+                continue;
+            };
+            let d = detectors
+                .entry(host.clone())
+                .or_insert_with(|| Detector::new(svc.outlier, now));
+            d.set_settings(svc.outlier);
+            d.retain(|k| svc.endpoints.iter().any(|e| &e.key == k));
+        }
     }
 
     /// Health of each endpoint of `svc`: ready, not ejected (unless `minHealthPercent`

@@ -42,9 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meridian_api::channel::ControllerEndpoint;
-use meridian_api::proto::Snapshot;
+use meridian_api::resources::Resources;
 use meridian_api::signal::Shutdown;
-use meridian_api::subscription::{SnapshotReceiver, Subscription};
+use meridian_api::subscription::{ResourcesReceiver, Subscription};
 use meridian_identity::tls::CredentialReceiver;
 use meridian_identity::{Identity, tls};
 use prometheus_client::registry::Registry;
@@ -82,8 +82,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let signer = signer(&config)?;
     let subscription = subscribe(&config)?;
     gw.spawn_status(&subscription, &shutdown);
-    let mut snapshots = subscription.snapshots();
-    let Some(first) = first_snapshot(&config, &mut snapshots, &shutdown).await? else {
+    let mut states = subscription.resources();
+    let Some(first) = first_state(&config, &mut states, &shutdown).await? else {
         return Ok(());
     };
     let source = certificate_source(&config, signer);
@@ -92,10 +92,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         return Ok(());
     };
     gw.dp
-        .set_table(RoutingTable::build(&config.cluster, first))
+        .set_table(RoutingTable::from_resources(&config.cluster, first))
         .await;
     gw.serve_tunnel(&config, &credentials, &shutdown).await?;
-    let follower = gw.spawn_follower(&config, snapshots, &shutdown);
+    let follower = gw.spawn_follower(&config, states, &shutdown);
     gw.spawn_peer_events(peer_events, &shutdown);
     gw.spawn_tickers(&config, &shutdown);
 
@@ -231,16 +231,17 @@ impl Gateway {
         Ok(())
     }
 
-    /// Follows the snapshots: a new routing table and outbound listeners for each.
+    /// Follows the controller's state: each change applied to the routing table, and
+    /// outbound listeners opened or closed to match.
     fn spawn_follower(
         &self,
         config: &Config,
-        snapshots: SnapshotReceiver,
+        states: ResourcesReceiver,
         shutdown: &Shutdown,
     ) -> JoinHandle<()> {
         let listeners = Listeners::new(config.outbound_bind);
         tokio::spawn(
-            follow(snapshots, self.dp.clone(), listeners, shutdown.clone())
+            follow(states, self.dp.clone(), listeners, shutdown.clone())
                 .instrument(info_span!("snapshots")),
         )
     }
@@ -345,15 +346,15 @@ fn subscribe(config: &Config) -> Result<Subscription> {
     .map_err(Error::Subscription)
 }
 
-/// Waits for the first snapshot; `None` when shutdown comes first.
-async fn first_snapshot(
+/// Waits for the first state; `None` when shutdown comes first.
+async fn first_state(
     config: &Config,
-    snapshots: &mut SnapshotReceiver,
+    states: &mut ResourcesReceiver,
     shutdown: &Shutdown,
-) -> Result<Option<Arc<Snapshot>>> {
+) -> Result<Option<Resources>> {
     info!(controller = %config.controller.url, "waiting for the first snapshot");
     tokio::select! {
-        r = snapshots.wait_for(Option::is_some) => {
+        r = states.wait_for(Option::is_some) => {
             let first = r.map_err(|_| Error::SnapshotsClosed)?.clone();
             first.map(Some).ok_or(Error::SnapshotsClosed)
         }
@@ -363,11 +364,13 @@ async fn first_snapshot(
 
 /// The gateway's SPIFFE ID: `--trust-domain` (default: the first snapshot's) and
 /// `--cluster`.
-fn gateway_identity(config: &Config, first: &Snapshot) -> Result<Identity> {
-    let trust_domain = config
-        .trust_domain
-        .clone()
-        .unwrap_or_else(|| first.trust_domain.clone());
+fn gateway_identity(config: &Config, first: &Resources) -> Result<Identity> {
+    let trust_domain = config.trust_domain.clone().unwrap_or_else(|| {
+        first
+            .header()
+            .map(|h| h.trust_domain.clone())
+            .unwrap_or_default()
+    });
     Identity::gateway(&trust_domain, &config.cluster).map_err(Error::Identity)
 }
 
@@ -386,28 +389,33 @@ fn certificate_source(config: &Config, signer: ControllerEndpoint) -> identity::
     }
 }
 
-/// Applies each new snapshot: a new routing table, and listeners opened or closed to match.
+/// Applies each new state to the routing table in force: only the services it changed
+/// are rebuilt ([`RoutingTable::apply`]); listeners are opened or closed to match.
 async fn follow(
-    mut snapshots: SnapshotReceiver,
+    mut states: ResourcesReceiver,
     dp: Arc<Dataplane>,
     mut listeners: Listeners,
     shutdown: Shutdown,
 ) {
     loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        if let Some(snapshot) = snapshot {
-            let table = RoutingTable::build(&dp.cluster, snapshot);
+        let next = states.borrow_and_update().clone();
+        if let Some(next) = next {
+            let started = tokio::time::Instant::now();
+            let (table, changes) = dp.routing().table.apply(next);
             info!(
-                version = table.snapshot.version,
+                version = table.version,
                 services = table.services.len(),
+                changed = changes.services.len(),
+                header = changes.header,
                 peers = table.peers.len(),
+                apply_us = started.elapsed().as_micros() as u64,
                 "applying snapshot"
             );
             listeners.reconcile(&table, &dp, &shutdown).await;
-            dp.set_table(table).await;
+            dp.apply_table(table, &changes).await;
         }
         let closed = tokio::select! {
-            r = snapshots.changed() => r.is_err(),
+            r = states.changed() => r.is_err(),
             () = shutdown.cancelled() => break,
         };
         if closed {

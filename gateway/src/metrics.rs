@@ -257,7 +257,8 @@ pub struct Metrics {
     /// Certificates installed (initial and renewals).
     pub cert_renewals: Counter,
     /// Version of the snapshot in use.
-    pub snapshot_version: Gauge,
+    /// (Versions are content hashes: the whole u64 range.)
+    pub snapshot_version: Gauge<u64, AtomicU64>,
     /// Whether the controller stream is connected (1) or not (0).
     pub controller_connected: Gauge,
     /// Outbound listeners open.

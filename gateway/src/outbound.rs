@@ -68,7 +68,7 @@ impl Listeners {
         let stale: Vec<u16> = self
             .open
             .iter()
-            .filter(|(port, (spec, _))| table.listeners.get(port) != Some(spec))
+            .filter(|(port, (spec, _))| table.listeners.get(*port) != Some(spec))
             .map(|(port, _)| *port)
             .collect();
         for port in stale {

@@ -195,8 +195,10 @@ struct SlotState {
 struct State {
     idle: HashMap<Key, Vec<Idle>>,
     shared: HashMap<Key, Slot>,
-    // Keys whose connections may be kept: endpoints in the routing table and healthy.
-    live: HashSet<Key>,
+    // Keys whose connections may be kept: endpoints in the routing table and healthy,
+    // with how many (service, port) routes name each, so that an incremental update can
+    // tell when the last one went.
+    live: HashMap<Key, usize>,
     closed: bool,
 }
 
@@ -307,12 +309,43 @@ impl Upstreams {
     /// Keeps connections only for `live` keys (endpoints in the routing table and healthy) and
     /// drops the others; connections in use finish their request and are not kept.
     pub async fn retain(&self, live: HashSet<Key>) {
+        self.retain_counted(live.into_iter().map(|k| (k, 1)).collect())
+            .await;
+    }
+
+    /// [`Self::retain`] with the number of routes naming each live key.
+    pub(crate) async fn retain_counted(&self, live: HashMap<Key, usize>) {
         let mut st = self.state.lock().await;
-        st.idle.retain(|k, _| live.contains(k));
+        st.idle.retain(|k, _| live.contains_key(k));
         // Dropping a slot drops its sender; a request opening it right now holds the
         // slot until it is done and then drops it too. Streams in flight carry on.
-        st.shared.retain(|k, _| live.contains(k));
+        st.shared.retain(|k, _| live.contains_key(k));
         st.live = live;
+    }
+
+    /// Updates the live keys after some services' routes changed: `added` are the new
+    /// routes' keys, `removed` the old ones' (each once per route naming it). Connections
+    /// of a key no route names any more are dropped, as [`Self::retain`] would.
+    pub(crate) async fn update_live(&self, removed: Vec<Key>, added: Vec<Key>) {
+        let mut st = self.state.lock().await;
+        if st.closed {
+            return;
+        }
+        // Added first: a key both removed and added never drops to zero on the way.
+        for k in added {
+            *st.live.entry(k).or_default() += 1;
+        }
+        for k in removed {
+            let gone = st.live.get_mut(&k).is_some_and(|n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+            if gone {
+                st.live.remove(&k);
+                st.idle.remove(&k);
+                st.shared.remove(&k);
+            }
+        }
     }
 
     /// Drops connections unused for longer than the idle timeout, and closed ones.
@@ -395,7 +428,7 @@ impl Upstreams {
     {
         let slot = {
             let mut st = self.state.lock().await;
-            if st.closed || !st.live.contains(key) {
+            if st.closed || !st.live.contains_key(key) {
                 None
             } else {
                 Some(st.shared.entry(key.clone()).or_default().clone())
@@ -523,7 +556,7 @@ impl Checkin {
     }
 
     fn put(self, st: &mut State) {
-        if st.closed || !st.live.contains(&self.key) || self.sender.is_closed() {
+        if st.closed || !st.live.contains_key(&self.key) || self.sender.is_closed() {
             return;
         }
         if self.key.tunnel_service.is_some() {

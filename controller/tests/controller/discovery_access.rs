@@ -65,6 +65,56 @@ async fn watch_needs_a_gateway_or_dns_token_for_the_controller_audience() {
     ctl.kill().await;
 }
 
+/// DeltaWatch streams the same data as Watch, so it checks the same token the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_watch_needs_a_gateway_or_dns_token_too() {
+    let testbed = testbed_of(&["east1"]).await;
+    let east1 = testbed.cluster("east1").unwrap();
+    let ip = testbed.allocate_address().unwrap();
+    let ctl = Controller::start(&testbed, east1, ip, &[]).await;
+    let delta_refusals = |reason: &'static str| {
+        let ctl = &ctl;
+        async move {
+            let series = format!(
+                "meridian_grpc_refusals_total{{service=\"DeltaWatch\",reason=\"{reason}\"}}"
+            );
+            sample(&ctl.metrics_text().await, &series).map_or(0, |v| v as u64)
+        }
+    };
+
+    let err = ctl.delta_watch_as(None).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(
+        err.message().contains("needs a ServiceAccount token"),
+        "{err}"
+    );
+    let intruder = service_account_token(east1, "intruder", Some(CONTROLLER_AUDIENCE))
+        .await
+        .unwrap();
+    let err = ctl.delta_watch_as(Some(&intruder)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        err.message()
+            .contains("system:serviceaccount:meridian-system:intruder may not call DeltaWatch"),
+        "{err}"
+    );
+    assert_eq!(delta_refusals("unauthenticated").await, 1);
+    assert_eq!(delta_refusals("permission_denied").await, 1);
+
+    // The gateway's token is served: the first answer is the whole state, as resources.
+    let gateway = service_account_token(east1, GATEWAY_SERVICE_ACCOUNT, Some(CONTROLLER_AUDIENCE))
+        .await
+        .unwrap();
+    let mut stream = ctl.delta_watch_as(Some(&gateway)).await.unwrap();
+    let first = stream.message().await.unwrap().expect("a first answer");
+    assert!(
+        first.resources.iter().any(|r| r.name == "header"),
+        "{first:?}"
+    );
+    assert_ne!(first.system_version, 0);
+    ctl.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_over_the_cap_are_refused_and_counted() {
     let testbed = testbed_of(&["east1"]).await;

@@ -208,6 +208,75 @@ async fn a_client_pinning_the_root_gets_snapshots() {
     assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
 }
 
+/// A snapshot of `n` services with one endpoint each.
+fn mesh(version: u64, n: u8) -> Snapshot {
+    Snapshot {
+        services: (0..n)
+            .map(|i| meridian_api::proto::GlobalService {
+                hostname: format!("s{i}.default.global"),
+                endpoints: vec![meridian_api::proto::Endpoint {
+                    cluster: "west".into(),
+                    address: format!("10.1.0.{i}"),
+                    ready: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..snap(version)
+    }
+}
+
+/// The gateway's and DNS server's client (`Subscription`) against the controller's
+/// Discovery server over TLS: the delta stream, and a one-endpoint change arriving as that
+/// one resource.
+#[tokio::test]
+async fn a_subscription_follows_the_delta_stream_over_tls() {
+    use meridian_api::subscription::{Subscription, SubscriptionConfig};
+    let dir = Scratch::new("delta");
+    install_ca(&dir.0);
+    let server = serve(&dir.0, Duration::from_secs(3600)).await;
+    ready(&server.serving).await;
+    let mut snapshot = mesh(2, 30);
+    server.publisher.publish(snapshot.clone());
+    let mut config = SubscriptionConfig::new(format!("https://{}", server.addr), subscriber());
+    config.tls = Some(ControllerTls {
+        ca_file: dir.0.join("ca.crt"),
+        server_name: SERVER_NAME.into(),
+    });
+    let subscription = Subscription::spawn(config).unwrap();
+    let mut states = subscription.resources();
+    let first = tokio::time::timeout(
+        WAIT,
+        states.wait_for(|r| r.as_ref().is_some_and(|r| r.hostnames().count() == 30)),
+    )
+    .await
+    .expect("the first state")
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert!(subscription.status().delta, "{:?}", subscription.status());
+
+    snapshot.services[4].endpoints[0].ready = false;
+    snapshot.version = 3;
+    server.publisher.publish(snapshot);
+    let second = tokio::time::timeout(
+        WAIT,
+        states.wait_for(|r| r.as_ref().is_some_and(|r| r.version() != first.version())),
+    )
+    .await
+    .expect("the change")
+    .unwrap()
+    .clone()
+    .unwrap();
+    let touched = second.touched_since(&first);
+    assert_eq!(touched.services, ["s4.default.global".to_owned()].into());
+    assert!(!touched.header);
+    let status = subscription.status();
+    assert_eq!((status.resyncs, status.snapshots), (0, 2), "{status:?}");
+    subscription.shutdown().await;
+}
+
 #[tokio::test]
 async fn plaintext_foreign_root_and_wrong_name_clients_are_refused() {
     let dir = Scratch::new("refused");

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use meridian_api::proto::discovery_client::DiscoveryClient;
@@ -189,6 +190,36 @@ impl Controller {
             request.metadata_mut().insert("authorization", value);
         }
         client.watch(request).await.map(tonic::Response::into_inner)
+    }
+
+    /// Opens `DeltaWatch` as the east1 gateway holding nothing, with `token` as its bearer
+    /// token (none when `None`).
+    pub(crate) async fn delta_watch_as(
+        &self,
+        token: Option<&str>,
+    ) -> Result<tonic::Streaming<meridian_api::proto::DeltaResponse>, tonic::Status> {
+        let mut client = DiscoveryClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect to the controller");
+        let first = meridian_api::proto::DeltaRequest {
+            subscriber: Some(Subscriber {
+                cluster: "east1".into(),
+                role: "gateway".into(),
+                instance: "test".into(),
+            }),
+            ..Default::default()
+        };
+        // The request stream stays open: the controller ends a stream whose requests end.
+        let requests = futures::stream::iter([first]).chain(futures::stream::pending());
+        let mut request = tonic::Request::new(requests);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.metadata_mut().insert("authorization", value);
+        }
+        client
+            .delta_watch(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// GET /metrics.

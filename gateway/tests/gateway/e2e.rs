@@ -235,7 +235,7 @@ async fn tcp_and_http_through_two_gateways() {
         1.0
     );
     let dump = east.config_dump().await;
-    assert_eq!(dump["snapshot"]["version"], 1);
+    assert_eq!(dump["snapshot"]["version"], east.version());
     assert_eq!(
         dump["splits"]["web.default.global"]["destinations"][0]["groups"][0]["percent"],
         100.0

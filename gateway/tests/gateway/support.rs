@@ -392,7 +392,8 @@ impl Gateway {
         certs: Certs,
         extra: &[&str],
     ) -> Self {
-        let controller = FakeDiscovery::start().await.unwrap();
+        // The delta stream, as the real controller serves it.
+        let controller = FakeDiscovery::start_delta().await.unwrap();
         let ports = meridian_testbed::free_ports(ip).unwrap();
         let cmd = Command::new(env!("CARGO_BIN_EXE_meridian-gateway"));
         Self::spawn(cmd, controller, ports, cluster, ip, locality, certs, extra).await
@@ -412,7 +413,7 @@ impl Gateway {
         certs: Certs,
         extra: &[&str],
     ) -> Self {
-        let controller = FakeDiscovery::start_on(SocketAddr::from((controller_ip, 0)))
+        let controller = FakeDiscovery::start_delta_on(SocketAddr::from((controller_ip, 0)))
             .await
             .unwrap();
         let mut cmd = Command::new("ip");
@@ -530,8 +531,10 @@ impl Gateway {
         });
         self.wait_ready().await;
         // The version gauge moves once the snapshot's listeners are reconciled and its
-        // routing is the one requests read.
-        let want = format!("meridian_gateway_snapshot_version {version}");
+        // routing is the one requests read. On the delta stream it shows the system
+        // version of the state pushed.
+        let system = self.version();
+        let want = format!("meridian_gateway_snapshot_version {system}");
         let what = format!("{}: snapshot {version} applied", self.cluster);
         eventually(&what, || async {
             self.metrics()
@@ -541,6 +544,14 @@ impl Gateway {
                 .then_some(())
         })
         .await;
+    }
+
+    /// The system version of the last state pushed to this gateway's controller (what its
+    /// version gauge and config dump show once applied).
+    pub(crate) fn version(&self) -> u64 {
+        self.controller
+            .resources()
+            .map_or(0, |r| r.snapshot_version())
     }
 
     /// Waits for `/healthz/ready`.
