@@ -37,13 +37,17 @@ use crate::names::{Answer, NameIndex};
 
 /// What one snapshot serves: hickory's catalog of the zones, and the index of the names
 /// they hold, for the ordinary queries. Built by [`crate::zone::Zones::into_catalog`].
+///
+/// The snapshot follower makes a new one for every change it applies; successive ones
+/// may share the catalog (whose zones it then updates in place, see [`crate::state`]) and
+/// share every part of the index a change did not touch.
 pub struct ServedZones {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     names: NameIndex,
 }
 
 impl ServedZones {
-    pub(crate) fn new(catalog: Catalog, names: NameIndex) -> Self {
+    pub(crate) fn new(catalog: Arc<Catalog>, names: NameIndex) -> Self {
         Self { catalog, names }
     }
 
@@ -88,6 +92,12 @@ impl Authority {
     /// Atomically replaces the served zones.
     pub fn replace(&self, zones: ServedZones) {
         self.inner.catalog.store(Some(Arc::new(zones)));
+    }
+
+    /// The zones served now.
+    #[cfg(test)]
+    pub(crate) fn served(&self) -> Option<Arc<ServedZones>> {
+        self.inner.catalog.load_full()
     }
 
     /// Whether zones have been loaded from a snapshot.
@@ -182,7 +192,7 @@ async fn respond_indexed<R: ResponseHandler>(
         answer.answers.iter(),
         answer.authorities.iter(),
         iter::empty(),
-        answer.additionals.iter(),
+        answer.additionals.iter().flat_map(|records| records.iter()),
     );
     match response_handle.send_response(response).await {
         Ok(info) => info,
