@@ -6,12 +6,14 @@
 //! type and for empty non-terminals, REFUSED outside every zone, SRV target addresses in
 //! the additional section, EDNS, NOTIMP for updates, REFUSED for AXFR), so none of it is
 //! re-implemented here. What it lacks is an atomic swap of the whole zone set: its zones
-//! are mutated in place. So each snapshot gets a new `Catalog`, built off to the side, and
-//! the handler holds the current one in an `ArcSwapOption`. A query loads the `Arc` once
-//! and finishes against that catalog, so it sees the old or the new zones, never a mix;
-//! the swap is one pointer store, and a query costs one reference-count increment, never
-//! a copy of the zone. The in-memory zone's internal lock is never written after the zone
-//! is built, so reads do not contend.
+//! are mutated in place. So the handler holds what is served ([`ServedZones`]: the catalog
+//! and the index of names) in an `ArcSwapOption`, and the snapshot follower stores a new
+//! one for every change, with a single pointer store. A query loads the `Arc` once and
+//! finishes against it; a query costs one reference-count increment, never a copy of the
+//! zone. Successive versions share the catalog: [`crate::state`] writes the record sets a
+//! change touched into its zones in place, under each zone's write lock, and swaps the new
+//! index in while it holds those locks, so a query sees each zone before or after a
+//! change, never halfway through it.
 //!
 //! One exception to "hickory answers": ordinary queries (one question, a plain record
 //! type) are answered from the hash index of names built with the catalog

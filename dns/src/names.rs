@@ -6,9 +6,10 @@
 //! does not hold; with 1,000 services and a quarter of the queries NXDOMAIN that walk was
 //! two thirds of the server's CPU (docs/benchmarks.md). Its positive answers are
 //! O(log records) but pay, per query, ordered name comparisons at every label (its
-//! delegation check), a lock, and its generic lookup machinery. So with each snapshot the
-//! names of every zone go into a hash map: every owner name with its record sets, and
-//! every ancestor of one up to the origin (the empty non-terminals, holding nothing). The
+//! delegation check), a lock, and its generic lookup machinery. So the names of every zone
+//! go into a hash map: every owner name with its record sets, and every ancestor of one up
+//! to the origin (the empty non-terminals, holding nothing), counted so that a change
+//! (`NameIndex::set`, one record set) adds or removes only its own name and ancestors. The
 //! authority answers from it with the message hickory would build: AA set; NXDOMAIN for a
 //! name not in the map and NODATA for a name without the asked type, each with the zone's
 //! SOA in the authority section; else the record set, and for SRV the A and AAAA sets of
