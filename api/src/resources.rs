@@ -128,6 +128,9 @@ pub struct Resources {
     map: OrdMap<String, Held>,
     /// XOR of `mix(name, version)` over every resource.
     combined: u64,
+    /// The version of the full snapshot these resources were made from, when they were
+    /// (the `Watch` stream's own numbering); cleared by any change.
+    snapshot_version: Option<u64>,
 }
 
 impl Resources {
@@ -144,6 +147,20 @@ impl Resources {
         } else {
             self.combined.max(1)
         }
+    }
+
+    /// The version to report for this state: the version of the full snapshot it was
+    /// made from (see [`Self::set_snapshot_version`]), else the system version. Metrics
+    /// and admin dumps show it, so that a client of the full stream shows the controller's
+    /// numbering.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot_version.unwrap_or_else(|| self.version())
+    }
+
+    /// Records that this state is the full snapshot of version `version` (until the next
+    /// change).
+    pub fn set_snapshot_version(&mut self, version: u64) {
+        self.snapshot_version = Some(version);
     }
 
     /// Number of resources.
@@ -187,6 +204,7 @@ impl Resources {
 
     /// Inserts a resource as received, with its own version.
     fn put(&mut self, res: Arc<Resource>) {
+        self.snapshot_version = None;
         self.combined ^= mix(&res.name, res.version);
         if let Some(old) = self.map.insert(res.name.clone(), Held(res)) {
             self.combined ^= mix(&old.0.name, old.0.version);
@@ -197,6 +215,7 @@ impl Resources {
     pub fn remove(&mut self, name: &str) -> bool {
         match self.map.remove(name) {
             Some(old) => {
+                self.snapshot_version = None;
                 self.combined ^= mix(&old.0.name, old.0.version);
                 true
             }
@@ -283,6 +302,33 @@ impl Resources {
         r
     }
 
+    /// Brings these resources to `snap`'s content, keeping every unchanged resource (and
+    /// so the structure shared with earlier values): a value derived this way diffs against
+    /// those in O(changes). Costs O(n) to hash the snapshot; for a source that only has
+    /// full snapshots (the `Watch` stream, a publisher of snapshots). Returns whether
+    /// anything changed.
+    pub fn update_from_snapshot(&mut self, snap: &Snapshot) -> bool {
+        let mut changed = self.set_header(SnapshotHeader {
+            cluster: snap.cluster.clone(),
+            locality: snap.locality.clone(),
+            trust_domain: snap.trust_domain.clone(),
+            peers: snap.peers.clone(),
+        });
+        let keep: BTreeSet<&str> = snap.services.iter().map(|s| s.hostname.as_str()).collect();
+        let gone: Vec<String> = self
+            .hostnames()
+            .filter(|h| !keep.contains(h))
+            .map(str::to_owned)
+            .collect();
+        for host in gone {
+            changed |= self.remove_service(&host);
+        }
+        for svc in &snap.services {
+            changed |= self.set_service(svc);
+        }
+        changed
+    }
+
     /// The header, if any.
     pub fn header(&self) -> Option<&SnapshotHeader> {
         match self.get(HEADER)?.body.as_ref()? {
@@ -315,11 +361,11 @@ impl Resources {
             .map(|(k, _)| &k[SERVICE_PREFIX.len()..])
     }
 
-    /// The full snapshot these resources make, with the system version as its version.
+    /// The full snapshot these resources make, versioned by [`Self::snapshot_version`].
     pub fn to_snapshot(&self) -> Snapshot {
         let header = self.header().cloned().unwrap_or_default();
         Snapshot {
-            version: self.version(),
+            version: self.snapshot_version(),
             cluster: header.cluster,
             locality: header.locality,
             trust_domain: header.trust_domain,
@@ -385,6 +431,7 @@ impl Resources {
     /// state is left as it was, and the client should resubscribe with no versions.
     pub fn apply(&mut self, delta: &DeltaResponse) -> Result<Touched, DeltaError> {
         let mut next = self.clone();
+        next.snapshot_version = None;
         let mut touched = Touched::default();
         for name in &delta.removed {
             if next.remove(name) {
@@ -551,6 +598,38 @@ mod tests {
         );
         assert!(!touched.header);
         assert_eq!(client.to_snapshot(), after.to_snapshot());
+    }
+
+    #[test]
+    fn updating_from_a_snapshot_equals_splitting_it_and_shares_the_rest() {
+        let before = Resources::from_snapshot(&two_services());
+        let mut snap = two_services();
+        snap.services.remove(1);
+        snap.services[0].endpoints[0].ready = false;
+        let mut after = before.clone();
+        assert!(after.update_from_snapshot(&snap));
+        assert_eq!(after.version(), Resources::from_snapshot(&snap).version());
+        let delta = after.delta_since(&before);
+        let names: Vec<_> = delta.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["endpoints/a.default.global/east"]);
+        assert_eq!(
+            delta.removed,
+            [
+                "endpoints/b.default.global/west",
+                "service/b.default.global"
+            ]
+        );
+        assert!(
+            !after.clone().update_from_snapshot(&snap),
+            "no change twice"
+        );
+
+        // A full snapshot's own version is reported until the next change.
+        after.set_snapshot_version(7);
+        assert_eq!(after.snapshot_version(), 7);
+        assert_eq!(after.to_snapshot().version, 7);
+        after.remove_service("a.default.global");
+        assert_eq!(after.snapshot_version(), after.version());
     }
 
     #[test]

@@ -1,10 +1,25 @@
-//! Subscription to the controller's snapshot stream (`meridian.v1.Discovery/Watch`).
+//! Subscription to the controller's delta stream (`meridian.v1.Discovery/DeltaWatch`),
+//! or its full snapshot stream (`Watch`) on a controller without deltas.
 //!
-//! The gateway and the DNS server of a cluster both follow the snapshots of their own
+//! The gateway and the DNS server of a cluster both follow the state of their own
 //! controller. A [`Subscription`] owns one background task that connects, sends the
-//! [`Subscriber`], and publishes every snapshot it receives through a
-//! [`tokio::sync::watch`] channel. Readers never block on the network: they read the latest
-//! snapshot whenever they need it, or wait for a change.
+//! [`Subscriber`] with the resource versions it holds, applies each delta to its
+//! [`Resources`] (acking the system version it reached) and publishes the result through a
+//! [`tokio::sync::watch`] channel ([`Subscription::resources`]). Readers never block on the
+//! network: they keep the last value they applied and ask the newest one what changed
+//! ([`Resources::touched_since`]), so a one-endpoint change costs them one service.
+//!
+//! A delta that does not apply (a missed change: the state does not hash to the server's
+//! system version) is NACKed; the server then resends everything and the client replaces
+//! its state (counted in [`Status::resyncs`]). On reconnect the client sends its versions
+//! and gets only the difference. A controller that answers `UNIMPLEMENTED` to DeltaWatch
+//! is followed through `Watch` instead; the snapshots are turned into resources the same
+//! way, so consumers see one interface either way.
+//!
+//! Consumers that need a whole [`Snapshot`] (admin endpoints, older code) use
+//! [`Subscription::snapshots`] or [`Subscription::latest`]: the snapshot is put together
+//! only while someone holds such a receiver (or on demand), never on the delta hot path
+//! otherwise.
 //!
 //! Static stability: when the controller goes away the last snapshot stays published, and
 //! the task reconnects with jittered exponential backoff (the `backon` crate) until the
@@ -24,39 +39,57 @@
 //! };
 //! let subscription =
 //!     Subscription::spawn(SubscriptionConfig::new("http://127.0.0.1:15010", subscriber))?;
-//! let mut snapshots = subscription.snapshots();
-//! // Wait for the first snapshot, then for every later change.
-//! let first = snapshots.wait_for(Option::is_some).await?.clone();
-//! println!("version {}", first.map_or(0, |s| s.version));
-//! while snapshots.changed().await.is_ok() {
-//!     let latest = snapshots.borrow_and_update().clone();
-//!     // ... rebuild from `latest` ...
-//! #   drop(latest);
+//! let mut resources = subscription.resources();
+//! // Wait for the first state, then apply only what each later one changed.
+//! let mut applied = resources.wait_for(Option::is_some).await?.clone().unwrap_or_default();
+//! println!("version {:#x}", applied.version());
+//! while resources.changed().await.is_ok() {
+//!     let Some(latest) = resources.borrow_and_update().clone() else { continue };
+//!     let touched = latest.touched_since(&applied);
+//!     // ... rebuild `touched.services` (and what depends on the header if `touched.header`) ...
+//! #   drop(touched);
+//!     applied = latest;
 //! }
 //! # Ok(())
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::channel::{ControllerEndpoint, ControllerTls};
 use crate::error_chain;
 use crate::proto::discovery_client::DiscoveryClient;
-use crate::proto::{Snapshot, Subscriber};
+use crate::proto::{DeltaRequest, DeltaResponse, Snapshot, Subscriber};
+use crate::resources::{DeltaError, Resources};
 
 /// The latest snapshot, `None` until the first one arrives.
 pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
 
+/// The latest applied resources, `None` until the first state arrives. Cloning the value
+/// is O(1); keep the one you applied and call [`Resources::touched_since`] on the next.
+pub type ResourcesReceiver = watch::Receiver<Option<Resources>>;
+
 /// Errors that prevent a subscription from starting: the endpoint is malformed, or
 /// `https://` without a pinned root (see [`crate::channel`]).
 pub use crate::channel::Error;
+
+/// Requests queued towards the controller (the first request, acks, NACKs).
+const REQUEST_QUEUE: usize = 16;
+
+/// Responses that fail to apply while a resync is pending before the session is
+/// restarted from scratch: responses the server sent before it read the NACK fail
+/// harmlessly, but a server that keeps sending what does not apply is not waited on.
+const MAX_FAILURES_WHILE_RESYNCING: u32 = 4;
 
 /// Where the controller is, who is asking, and how patiently to reconnect.
 #[derive(Clone, Debug)]
@@ -66,10 +99,10 @@ pub struct SubscriptionConfig {
     pub endpoint: String,
     /// How to verify the controller on an `https://` endpoint (required there).
     pub tls: Option<ControllerTls>,
-    /// The caller's ServiceAccount token, sent with every Watch (re-read on each connect,
+    /// The caller's ServiceAccount token, sent with every stream (re-read on each connect,
     /// as the kubelet rotates it); the controller refuses callers without one.
     pub token_file: Option<PathBuf>,
-    /// Sent as the Watch request: this cluster, the role (`dns`, `gateway`) and the instance.
+    /// Sent in the first request: this cluster, the role (`dns`, `gateway`) and the instance.
     pub subscriber: Subscriber,
     /// Timeout of one TCP connect.
     pub connect_timeout: Duration,
@@ -81,13 +114,14 @@ pub struct SubscriptionConfig {
     pub keepalive_interval: Duration,
     /// How long to wait for a PING acknowledgement before declaring the connection dead.
     pub keepalive_timeout: Duration,
-    /// Largest snapshot accepted, in bytes (tonic's default of 4 MiB is too small for big meshes).
+    /// Largest message accepted, in bytes (tonic's default of 4 MiB is too small for the
+    /// first state of a big mesh).
     pub max_message_bytes: usize,
 }
 
 impl SubscriptionConfig {
     /// A configuration with production defaults: 5 s connect timeout, backoff from 100 ms to
-    /// 10 s, keepalive every 10 s with a 5 s timeout, snapshots up to 64 MiB.
+    /// 10 s, keepalive every 10 s with a 5 s timeout, messages up to 64 MiB.
     pub fn new(endpoint: impl Into<String>, subscriber: Subscriber) -> Self {
         Self {
             endpoint: endpoint.into(),
@@ -118,31 +152,108 @@ impl SubscriptionConfig {
 /// Connection state of a subscription, for metrics, readiness and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    /// A Watch stream to the controller is currently open.
+    /// A stream to the controller is currently open.
     pub connected: bool,
-    /// Version of the published snapshot, if any.
+    /// The open stream is a delta stream (`DeltaWatch`), not full snapshots (`Watch`).
+    pub delta: bool,
+    /// Version of the published state: the system version on the delta stream, the
+    /// snapshot's version on the full one.
     pub version: Option<u64>,
-    /// When the controller last sent a snapshot (changed or not).
+    /// When the controller last sent a snapshot or delta (changed or not).
     pub received_at: Option<SystemTime>,
-    /// When the published snapshot was first received (its content is this old).
+    /// When the published state was first received (its content is this old).
     pub changed_at: Option<SystemTime>,
-    /// Watch streams opened so far.
+    /// Streams opened so far.
     pub connects: u64,
-    /// Watch streams lost so far (closed, failed, or never opened).
+    /// Streams lost so far (closed, failed, or never opened).
     pub disconnects: u64,
-    /// Snapshots received so far, including unchanged ones.
+    /// Snapshots and deltas received so far, including ones that changed nothing.
     pub snapshots: u64,
+    /// Deltas that did not apply (a missed change, a malformed resource), each answered
+    /// with a NACK and a resync from scratch.
+    pub resyncs: u64,
     /// Why the last connection attempt or stream ended, cleared on the next connect.
     pub last_error: Option<String>,
 }
 
+/// The channels the task publishes to, and the lazily kept full snapshot.
+#[derive(Debug)]
+struct Shared {
+    resources: watch::Sender<Option<Resources>>,
+    snapshot: watch::Sender<Option<Arc<Snapshot>>>,
+    /// The resources version the published snapshot was made from (0: none yet); only
+    /// changed under the snapshot channel's lock.
+    snapshot_of: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            resources: watch::channel(None).0,
+            snapshot: watch::channel(None).0,
+            snapshot_of: AtomicU64::new(0),
+        }
+    }
+
+    /// Brings the full snapshot up to the published resources: `received` when the full
+    /// stream delivered it (published unless equal to the current one), else put together
+    /// from the resources (O(all), so only for receivers that want it). Returns whether
+    /// the snapshot changed. Runs under the snapshot channel's lock, so the last writer
+    /// always writes the newest.
+    fn sync_snapshot(&self, received: Option<Arc<Snapshot>>) -> bool {
+        self.snapshot.send_if_modified(|published| {
+            let Some(current) = self.resources.borrow().clone() else {
+                return false;
+            };
+            let version = current.version();
+            let next = match received {
+                // Compare contents, not only versions: a restarted controller may reuse
+                // version numbers, and a new number over the same content is still new.
+                Some(received) if published.as_deref() == Some(&*received) => {
+                    self.snapshot_of.store(version, Ordering::Relaxed);
+                    return false;
+                }
+                Some(received) => received,
+                None if published.is_some()
+                    && self.snapshot_of.load(Ordering::Relaxed) == version =>
+                {
+                    return false;
+                }
+                None => Arc::new(current.to_snapshot()),
+            };
+            self.snapshot_of.store(version, Ordering::Relaxed);
+            *published = Some(next);
+            true
+        })
+    }
+
+    /// Publishes `next` unless it equals the published state; keeps the full snapshot in
+    /// step (when `sync`) only if someone holds a snapshot receiver. Returns whether it
+    /// published.
+    fn publish_resources(&self, next: Resources, sync: bool) -> bool {
+        let changed = self.resources.send_if_modified(|cur| {
+            let key = |r: &Resources| (r.version(), r.snapshot_version());
+            if cur.as_ref().map(key) == Some(key(&next)) {
+                false
+            } else {
+                *cur = Some(next);
+                true
+            }
+        });
+        if sync && changed && self.snapshot.receiver_count() > 0 {
+            self.sync_snapshot(None);
+        }
+        changed
+    }
+}
+
 /// A running subscription: a background task plus the channels it publishes to.
 ///
-/// Dropping it stops the task; the published snapshot stays readable through receivers
+/// Dropping it stops the task; the published state stays readable through receivers
 /// obtained earlier.
 #[derive(Debug)]
 pub struct Subscription {
-    snapshots: SnapshotReceiver,
+    shared: Arc<Shared>,
     status: watch::Receiver<Status>,
     task: JoinHandle<()>,
 }
@@ -154,16 +265,16 @@ impl Subscription {
     /// an unreachable controller, or one that fails verification, is retried forever.
     pub fn spawn(config: SubscriptionConfig) -> Result<Self, Error> {
         let endpoint = endpoint(&config)?;
-        let (snapshot_tx, snapshots) = watch::channel(None);
+        let shared = Arc::new(Shared::new());
         let (status_tx, status) = watch::channel(Status::default());
         let span = info_span!(
             "subscription",
             endpoint = %config.endpoint,
             role = %config.subscriber.role,
         );
-        let task = tokio::spawn(run(config, endpoint, snapshot_tx, status_tx).instrument(span));
+        let task = tokio::spawn(run(config, endpoint, shared.clone(), status_tx).instrument(span));
         Ok(Self {
-            snapshots,
+            shared,
             status,
             task,
         })
@@ -187,14 +298,31 @@ impl Subscription {
         Self::spawn(SubscriptionConfig::from_args(args, subscriber))
     }
 
-    /// A receiver of the latest snapshot (`None` until the first one arrives).
-    pub fn snapshots(&self) -> SnapshotReceiver {
-        self.snapshots.clone()
+    /// A receiver of the latest applied resources (`None` until the first state): what
+    /// consumers that rebuild only what changed follow.
+    pub fn resources(&self) -> ResourcesReceiver {
+        self.shared.resources.subscribe()
     }
 
-    /// The latest snapshot, without waiting.
+    /// The latest applied resources, without waiting.
+    pub fn latest_resources(&self) -> Option<Resources> {
+        self.shared.resources.borrow().clone()
+    }
+
+    /// A receiver of the latest full snapshot (`None` until the first one arrives). While
+    /// such a receiver exists, every change puts the whole snapshot together (O(all));
+    /// consumers on the hot path follow [`Self::resources`] instead.
+    pub fn snapshots(&self) -> SnapshotReceiver {
+        // Subscribe first: from then on the task keeps the snapshot in step.
+        let rx = self.shared.snapshot.subscribe();
+        self.shared.sync_snapshot(None);
+        rx
+    }
+
+    /// The latest full snapshot, without waiting (put together now if needed).
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
-        self.snapshots.borrow().clone()
+        self.shared.sync_snapshot(None);
+        self.shared.snapshot.borrow().clone()
     }
 
     /// The current connection state.
@@ -236,13 +364,13 @@ fn endpoint(config: &SubscriptionConfig) -> Result<ControllerEndpoint, Error> {
     )
 }
 
-/// Reconnect loop. The backoff restarts after a session that delivered a snapshot, so a
+/// Reconnect loop. The backoff restarts after a session that delivered something, so a
 /// controller restart is followed quickly, while a controller that is down or refuses the
 /// stream is retried ever more slowly.
 async fn run(
     config: SubscriptionConfig,
     endpoint: ControllerEndpoint,
-    snapshot_tx: watch::Sender<Option<Arc<Snapshot>>>,
+    shared: Arc<Shared>,
     status_tx: watch::Sender<Status>,
 ) {
     let policy = ExponentialBuilder::new()
@@ -251,8 +379,10 @@ async fn run(
         .with_jitter()
         .without_max_times();
     let mut backoff = policy.build();
+    let mut fresh = false;
     loop {
-        let ended = session(&config, &endpoint, &snapshot_tx, &status_tx).await;
+        let ended = session(&config, &endpoint, &shared, &status_tx, fresh).await;
+        fresh = ended.fresh;
         let (was_connected, same_reason) = {
             let status = status_tx.borrow();
             (
@@ -262,11 +392,12 @@ async fn run(
         };
         status_tx.send_modify(|status| {
             status.connected = false;
+            status.delta = false;
             status.disconnects += 1;
             status.last_error = Some(ended.reason.clone());
         });
         if was_connected {
-            warn!(reason = %ended.reason, "disconnected from controller; serving the last snapshot");
+            warn!(reason = %ended.reason, "disconnected from controller; serving the last state");
         } else if same_reason {
             // Retrying against the same failure: say it once, not every backoff step.
             debug!(reason = %ended.reason, "controller still unavailable");
@@ -282,71 +413,265 @@ async fn run(
     }
 }
 
-/// Why a session ended, and whether it delivered at least one snapshot.
+/// Why a session ended, whether it delivered anything, and whether the next one must
+/// start from no versions (the held state is not to be trusted).
 struct SessionEnd {
     reason: String,
     delivered: bool,
+    fresh: bool,
 }
 
-/// One connection: connect, Watch, publish snapshots until the stream ends.
+impl SessionEnd {
+    fn new(reason: String, delivered: bool) -> Self {
+        Self {
+            reason,
+            delivered,
+            fresh: false,
+        }
+    }
+}
+
+/// One connection: DeltaWatch, or Watch when the controller does not implement it.
 async fn session(
     config: &SubscriptionConfig,
     endpoint: &ControllerEndpoint,
-    snapshot_tx: &watch::Sender<Option<Arc<Snapshot>>>,
+    shared: &Shared,
     status_tx: &watch::Sender<Status>,
+    fresh: bool,
 ) -> SessionEnd {
-    let mut delivered = false;
-    let ended = |reason: String, delivered: bool| SessionEnd { reason, delivered };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
-        Err(error) => return ended(format!("connect: {}", error_chain(&error)), delivered),
+        Err(error) => return SessionEnd::new(format!("connect: {}", error_chain(&error)), false),
     };
     let mut client =
         DiscoveryClient::new(channel).max_decoding_message_size(config.max_message_bytes);
-    let mut request = tonic::Request::new(config.subscriber.clone());
-    if let Err(error) = endpoint.authorize(&mut request) {
-        return ended(format!("token: {error}"), delivered);
+    match delta_session(config, endpoint, &mut client, shared, status_tx, fresh).await {
+        Some(ended) => ended,
+        None => watch_session(config, endpoint, &mut client, shared, status_tx).await,
     }
-    let mut stream = match client.watch(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return ended(format!("watch: {status}"), delivered),
-    };
+}
+
+type Client = DiscoveryClient<tonic::transport::Channel>;
+
+fn connected(config: &SubscriptionConfig, status_tx: &watch::Sender<Status>, delta: bool) {
     status_tx.send_modify(|status| {
         status.connected = true;
+        status.delta = delta;
         status.connects += 1;
         status.last_error = None;
     });
-    info!(cluster = %config.subscriber.cluster, "connected to controller");
+    info!(cluster = %config.subscriber.cluster, delta, "connected to controller");
+}
+
+/// The delta stream until it ends; `None` when the controller does not implement it.
+async fn delta_session(
+    config: &SubscriptionConfig,
+    endpoint: &ControllerEndpoint,
+    client: &mut Client,
+    shared: &Shared,
+    status_tx: &watch::Sender<Status>,
+    fresh: bool,
+) -> Option<SessionEnd> {
+    let held = if fresh {
+        Resources::new()
+    } else {
+        shared.resources.borrow().clone().unwrap_or_default()
+    };
+    let (requests, queued) = mpsc::channel(REQUEST_QUEUE);
+    let first = DeltaRequest {
+        subscriber: Some(config.subscriber.clone()),
+        initial_resource_versions: held.versions(),
+        ..DeltaRequest::default()
+    };
+    // The queue is new and empty: this cannot fail.
+    let _ = requests.try_send(first);
+    let mut request = tonic::Request::new(ReceiverStream::new(queued));
+    if let Err(error) = endpoint.authorize(&mut request) {
+        return Some(SessionEnd::new(format!("token: {error}"), false));
+    }
+    let mut stream = match client.delta_watch(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            debug!("the controller has no delta stream; following full snapshots");
+            return None;
+        }
+        Err(status) => return Some(SessionEnd::new(format!("delta watch: {status}"), false)),
+    };
+    connected(config, status_tx, true);
+    let mut follower = DeltaFollower {
+        base: held,
+        resyncing: false,
+        failures: 0,
+    };
+    let mut delivered = false;
+    loop {
+        let delta = match stream.message().await {
+            Ok(Some(delta)) => delta,
+            Ok(None) => {
+                return Some(SessionEnd::new(
+                    "stream closed by the controller".into(),
+                    delivered,
+                ));
+            }
+            Err(status) => return Some(SessionEnd::new(format!("stream: {status}"), delivered)),
+        };
+        delivered = true;
+        match follower.receive(&delta, shared, status_tx) {
+            Reply::Ack(request) => {
+                // Acks only inform the controller; a full queue drops one rather than
+                // stalling the stream.
+                let _ = requests.try_send(request);
+            }
+            Reply::Nack(request) => {
+                if requests.send(request).await.is_err() {
+                    return Some(SessionEnd::new("request stream closed".into(), delivered));
+                }
+            }
+            Reply::Nothing => {}
+            Reply::Restart(reason) => {
+                return Some(SessionEnd {
+                    reason,
+                    delivered,
+                    fresh: true,
+                });
+            }
+        }
+    }
+}
+
+/// What the client sends after a response.
+enum Reply {
+    Ack(DeltaRequest),
+    Nack(DeltaRequest),
+    Nothing,
+    Restart(String),
+}
+
+/// The client side of one delta stream: the state the server believes it holds.
+struct DeltaFollower {
+    base: Resources,
+    /// A NACK was sent and the resend from scratch has not arrived yet.
+    resyncing: bool,
+    failures: u32,
+}
+
+impl DeltaFollower {
+    fn receive(
+        &mut self,
+        delta: &DeltaResponse,
+        shared: &Shared,
+        status_tx: &watch::Sender<Status>,
+    ) -> Reply {
+        let now = SystemTime::now();
+        status_tx.send_modify(|status| {
+            status.received_at = Some(now);
+            status.snapshots += 1;
+        });
+        match self.base.apply(delta) {
+            Ok(touched) => {
+                self.resyncing = false;
+                self.failures = 0;
+                let changed = shared.publish_resources(self.base.clone(), true);
+                let version = self.base.version();
+                status_tx.send_modify(|status| {
+                    status.version = Some(version);
+                    if changed || status.changed_at.is_none() {
+                        status.changed_at = Some(now);
+                    }
+                });
+                if changed {
+                    info!(
+                        version,
+                        resources = delta.resources.len(),
+                        removed = delta.removed.len(),
+                        services = touched.services.len(),
+                        header = touched.header,
+                        "delta applied"
+                    );
+                } else {
+                    debug!(version, "delta changed nothing");
+                }
+                Reply::Ack(DeltaRequest {
+                    ack_version: delta.system_version,
+                    ..DeltaRequest::default()
+                })
+            }
+            Err(error) if self.resyncing => {
+                self.failures += 1;
+                if self.failures >= MAX_FAILURES_WHILE_RESYNCING {
+                    return Reply::Restart(format!("resync failed: {error}"));
+                }
+                // Sent before the controller read the NACK: the resend follows.
+                debug!(%error, "response before the resync ignored");
+                Reply::Nothing
+            }
+            Err(error) => {
+                warn!(%error, "delta does not apply; resyncing from scratch");
+                status_tx.send_modify(|status| status.resyncs += 1);
+                self.base = Resources::new();
+                self.resyncing = true;
+                self.failures = 0;
+                Reply::Nack(nack(&error))
+            }
+        }
+    }
+}
+
+/// A NACK stating no versions: the controller resends everything.
+fn nack(error: &DeltaError) -> DeltaRequest {
+    DeltaRequest {
+        initial_resource_versions: BTreeMap::new(),
+        error_detail: error.to_string(),
+        ..DeltaRequest::default()
+    }
+}
+
+/// The full snapshot stream, for a controller without deltas.
+async fn watch_session(
+    config: &SubscriptionConfig,
+    endpoint: &ControllerEndpoint,
+    client: &mut Client,
+    shared: &Shared,
+    status_tx: &watch::Sender<Status>,
+) -> SessionEnd {
+    let mut delivered = false;
+    let mut request = tonic::Request::new(config.subscriber.clone());
+    if let Err(error) = endpoint.authorize(&mut request) {
+        return SessionEnd::new(format!("token: {error}"), delivered);
+    }
+    let mut stream = match client.watch(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return SessionEnd::new(format!("watch: {status}"), delivered),
+    };
+    connected(config, status_tx, false);
     loop {
         match stream.message().await {
             Ok(Some(snapshot)) => {
                 delivered = true;
-                publish(snapshot, snapshot_tx, status_tx);
+                publish_snapshot(snapshot, shared, status_tx);
             }
-            Ok(None) => return ended("stream closed by the controller".into(), delivered),
-            Err(status) => return ended(format!("stream: {status}"), delivered),
+            Ok(None) => {
+                return SessionEnd::new("stream closed by the controller".into(), delivered);
+            }
+            Err(status) => return SessionEnd::new(format!("stream: {status}"), delivered),
         }
     }
 }
 
-/// Publishes a received snapshot unless it equals the one already published.
-fn publish(
-    snapshot: Snapshot,
-    snapshot_tx: &watch::Sender<Option<Arc<Snapshot>>>,
-    status_tx: &watch::Sender<Status>,
-) {
+/// Publishes a received full snapshot, as resources and as the snapshot itself, unless
+/// it equals the one already published.
+fn publish_snapshot(snapshot: Snapshot, shared: &Shared, status_tx: &watch::Sender<Status>) {
     let version = snapshot.version;
     let services = snapshot.services.len();
     let now = SystemTime::now();
-    // Compare contents, not only versions: a restarted controller may reuse version numbers.
-    let changed = snapshot_tx.send_if_modified(|current| {
-        if current.as_deref() == Some(&snapshot) {
-            false
-        } else {
-            *current = Some(Arc::new(snapshot));
-            true
-        }
-    });
+    let snapshot = Arc::new(snapshot);
+    let mut next = shared.resources.borrow().clone().unwrap_or_default();
+    next.update_from_snapshot(&snapshot);
+    next.set_snapshot_version(version);
+    // The received snapshot is the full one: no need to put it together.
+    let resources_changed = shared.publish_resources(next, false);
+    let snapshot_changed = shared.sync_snapshot(Some(snapshot));
+    let changed = resources_changed || snapshot_changed;
     status_tx.send_modify(|status| {
         status.version = Some(version);
         status.received_at = Some(now);

@@ -4,6 +4,13 @@
 //! push the snapshots they want consumers to see, and stop and restart it on the same port
 //! to exercise reconnects and static stability.
 //!
+//! [`FakeDiscovery::start`] serves `Watch` only and answers `UNIMPLEMENTED` to
+//! `DeltaWatch`, like a controller from before the delta stream (clients fall back to full
+//! snapshots, whose versions are the pushed ones). [`FakeDiscovery::start_delta`] serves
+//! `DeltaWatch` too, as the real controller does: pushes are split into resources and each
+//! stream gets the difference since what it was last sent; the versions clients see there
+//! are system versions ([`Resources::version`]), not the pushed ones.
+//!
 //! ```no_run
 //! use meridian_api::proto::{GlobalService, Snapshot};
 //! use meridian_api::testing::FakeDiscovery;
@@ -40,7 +47,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -48,7 +55,8 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::proto::discovery_server::{Discovery, DiscoveryServer};
-use crate::proto::{Snapshot, Subscriber};
+use crate::proto::{DeltaRequest, DeltaResponse, Snapshot, Subscriber};
+use crate::resources::Resources;
 
 /// How long [`FakeDiscovery::stop`] waits for connections to close before cutting them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -63,7 +71,17 @@ pub struct FakeDiscovery {
     addr: SocketAddr,
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     subscribers: Arc<watch::Sender<Vec<Subscriber>>>,
+    delta: Option<DeltaState>,
     running: Option<Running>,
+}
+
+/// What the DeltaWatch side of the fake shares with its streams.
+#[derive(Debug, Clone)]
+struct DeltaState {
+    resources: Arc<watch::Sender<Option<Resources>>>,
+    injected: broadcast::Sender<DeltaResponse>,
+    requests: Arc<watch::Sender<Vec<DeltaRequest>>>,
+    responses: Arc<watch::Sender<Vec<DeltaResponse>>>,
 }
 
 #[derive(Debug)]
@@ -80,11 +98,32 @@ impl FakeDiscovery {
 
     /// Starts a server on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts a server on a free port of `127.0.0.1` that serves `DeltaWatch` too.
+    pub async fn start_delta() -> std::io::Result<Self> {
+        Self::start_delta_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on `addr` that serves `DeltaWatch` too.
+    pub async fn start_delta_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let delta = DeltaState {
+            resources: Arc::new(watch::channel(None).0),
+            injected: broadcast::channel(16).0,
+            requests: Arc::new(watch::channel(Vec::new()).0),
+            responses: Arc::new(watch::channel(Vec::new()).0),
+        };
+        Self::start_with(addr, Some(delta)).await
+    }
+
+    async fn start_with(addr: SocketAddr, delta: Option<DeltaState>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let mut fake = Self {
             addr: listener.local_addr()?,
             snapshot: watch::channel(None).0,
             subscribers: Arc::new(watch::channel(Vec::new()).0),
+            delta,
             running: None,
         };
         fake.serve(listener);
@@ -106,9 +145,67 @@ impl FakeDiscovery {
         self.running.is_some()
     }
 
-    /// Publishes `snapshot` to every open stream and to every later subscriber.
+    /// Publishes `snapshot` to every open stream and to every later subscriber (on the
+    /// delta stream: as the difference from what each was last sent).
     pub fn push(&self, snapshot: Snapshot) {
+        if let Some(delta) = &self.delta {
+            delta.resources.send_modify(|current| {
+                let mut next = current.clone().unwrap_or_default();
+                next.update_from_snapshot(&snapshot);
+                *current = Some(next);
+            });
+        }
         self.snapshot.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    /// The resources the delta streams serve (`None` without `DeltaWatch` or before the
+    /// first push).
+    pub fn resources(&self) -> Option<Resources> {
+        self.delta
+            .as_ref()
+            .and_then(|d| d.resources.borrow().clone())
+    }
+
+    /// Sends `delta` as it is to every open delta stream, without changing what the fake
+    /// serves: a fault (a missed change, a malformed resource) for tests of the client.
+    pub fn inject_delta(&self, delta: DeltaResponse) {
+        if let Some(state) = &self.delta {
+            // No open stream is no error: nobody to disturb.
+            let _ = state.injected.send(delta);
+        }
+    }
+
+    /// Every DeltaWatch request received so far (first requests, acks, NACKs), in order.
+    pub fn delta_requests(&self) -> Vec<DeltaRequest> {
+        self.delta
+            .as_ref()
+            .map(|d| d.requests.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// Every DeltaWatch response sent so far, on every stream, in order.
+    pub fn delta_responses(&self) -> Vec<DeltaResponse> {
+        self.delta
+            .as_ref()
+            .map(|d| d.responses.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the DeltaWatch requests received so far satisfy `done`; returns them.
+    pub async fn wait_for_delta_requests(
+        &self,
+        mut done: impl FnMut(&[DeltaRequest]) -> bool,
+    ) -> Vec<DeltaRequest> {
+        let Some(state) = &self.delta else {
+            return Vec::new();
+        };
+        let mut requests = state.requests.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        requests
+            .wait_for(|seen| done(seen))
+            .await
+            .map(|seen| seen.clone())
+            .unwrap_or_default()
     }
 
     /// The last pushed snapshot.
@@ -161,6 +258,7 @@ impl FakeDiscovery {
         let service = WatchService {
             snapshot: self.snapshot.subscribe(),
             subscribers: self.subscribers.clone(),
+            delta: self.delta.clone(),
             stopped: stopped.clone(),
         };
         let mut shutdown = stopped;
@@ -196,6 +294,7 @@ impl Drop for FakeDiscovery {
 struct WatchService {
     snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     subscribers: Arc<watch::Sender<Vec<Subscriber>>>,
+    delta: Option<DeltaState>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -206,10 +305,37 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Discovery for WatchService {
     type WatchStream = SnapshotStream;
+    type DeltaWatchStream = DeltaStream;
+
+    async fn delta_watch(
+        &self,
+        request: Request<tonic::Streaming<DeltaRequest>>,
+    ) -> Result<Response<Self::DeltaWatchStream>, Status> {
+        let Some(state) = self.delta.clone() else {
+            return Err(Status::unimplemented("this fake serves Watch only"));
+        };
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no first request"))?;
+        let subscriber = first.subscriber.clone().unwrap_or_default();
+        debug!(?subscriber, "delta watch");
+        self.subscribers
+            .send_modify(|seen| seen.push(subscriber.clone()));
+        state.requests.send_modify(|seen| seen.push(first.clone()));
+        let (tx, rx) = mpsc::channel(4);
+        let stopped = self.stopped.clone();
+        tokio::spawn(feed_deltas(state, first, inbound, tx, stopped).instrument(
+            info_span!("fake_delta_watch", cluster = %subscriber.cluster, role = %subscriber.role),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn watch(
         &self,
@@ -258,6 +384,67 @@ impl Discovery for WatchService {
     }
 }
 
+/// One fake delta stream: the difference from the client's versions, then the difference
+/// since what was last sent for each push, injected faults as they are, and a resend from
+/// the stated versions on a NACK.
+async fn feed_deltas(
+    state: DeltaState,
+    first: DeltaRequest,
+    mut inbound: tonic::Streaming<DeltaRequest>,
+    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut resources = state.resources.subscribe();
+    let mut injected = state.injected.subscribe();
+    // `None`: nothing sent yet; the client holds these versions.
+    let mut known = Some(first.initial_resource_versions);
+    let mut sent = Resources::new();
+    resources.mark_changed();
+    loop {
+        let out = tokio::select! {
+            changed = resources.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(current) = resources.borrow_and_update().clone() else {
+                    continue;
+                };
+                let delta = match known.take() {
+                    Some(versions) => current.delta_from_versions(&versions),
+                    None if current.version() == sent.version() => continue,
+                    None => current.delta_since(&sent),
+                };
+                sent = current;
+                delta
+            }
+            fault = injected.recv() => match fault {
+                Ok(fault) => fault,
+                Err(_) => continue,
+            },
+            request = inbound.message() => {
+                let Ok(Some(request)) = request else { return };
+                state.requests.send_modify(|seen| seen.push(request.clone()));
+                if request.error_detail.is_empty() {
+                    continue;
+                }
+                let current = resources.borrow().clone().unwrap_or_default();
+                let delta = current.delta_from_versions(&request.initial_resource_versions);
+                sent = current;
+                known = None;
+                delta
+            }
+            _ = until_stopped(&mut stopped) => break,
+        };
+        state.responses.send_modify(|all| all.push(out.clone()));
+        tokio::select! {
+            sent = tx.send(Ok(out)) => if sent.is_err() { return },
+            _ = until_stopped(&mut stopped) => break,
+        }
+    }
+    // Ending every stream lets the server's graceful shutdown complete.
+    let _ = tx.try_send(Err(Status::unavailable("fake discovery server stopping")));
+}
+
 /// Polls `probe` every `every` until it yields `Some`, or panics naming `what` once
 /// `within` has passed. The bound only turns a hang into a failure on a loaded machine;
 /// it is not a timing assertion.
@@ -283,6 +470,7 @@ where
 mod tests {
     use super::*;
     use crate::proto::GlobalService;
+    use crate::resources::Resources;
     use crate::subscription::{Subscription, SubscriptionConfig};
 
     fn snapshot(version: u64, vip: &str) -> Snapshot {
@@ -367,6 +555,154 @@ mod tests {
         assert!(status.connects >= 2, "{status:?}");
         assert_eq!(status.version, Some(3));
         assert!(fake.subscribers().len() >= 2);
+        subscription.shutdown().await;
+    }
+
+    /// Waits (bounded) until the subscription's state equals what the fake serves.
+    async fn wait_in_step(subscription: &Subscription, fake: &FakeDiscovery) -> Resources {
+        let want = fake.resources().expect("pushed").version();
+        let mut resources = subscription.resources();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            resources.wait_for(|r| r.as_ref().is_some_and(|r| r.version() == want)),
+        )
+        .await
+        .expect("in step within 30 s")
+        .expect("subscription alive")
+        .clone()
+        .expect("some state")
+    }
+
+    #[tokio::test]
+    async fn a_controller_without_deltas_is_followed_through_watch() {
+        let fake = FakeDiscovery::start().await.expect("start");
+        fake.push(snapshot(4, "10.0.0.4"));
+        let subscription = Subscription::spawn(config(fake.url())).expect("spawn");
+        wait_version(&subscription, 4).await;
+        let status = subscription.status();
+        assert!(status.connected && !status.delta, "{status:?}");
+        let resources = subscription.latest_resources().expect("resources too");
+        assert_eq!(
+            resources.snapshot_version(),
+            4,
+            "the full stream's numbering"
+        );
+        assert_eq!(
+            resources.service("reviews.default.global").map(|s| s.vip),
+            Some("10.0.0.4".to_owned())
+        );
+        subscription.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn deltas_follow_pushes_and_a_reconnect_resumes_from_the_held_versions() {
+        let mut fake = FakeDiscovery::start_delta().await.expect("start");
+        fake.push(snapshot(1, "10.0.0.1"));
+        let subscription = Subscription::spawn(config(fake.url())).expect("spawn");
+        let first = wait_in_step(&subscription, &fake).await;
+        assert!(subscription.status().delta);
+        assert_eq!(fake.wait_for_subscribers(1).await[0].role, "gateway");
+        let opening = fake.delta_requests();
+        assert!(opening[0].initial_resource_versions.is_empty());
+
+        fake.push(snapshot(2, "10.0.0.2"));
+        let second = wait_in_step(&subscription, &fake).await;
+        assert_eq!(
+            second.touched_since(&first).services,
+            ["reviews.default.global".to_owned()].into()
+        );
+        // The one changed resource went out, nothing else.
+        let last = fake.delta_responses().pop().expect("sent");
+        let names: Vec<_> = last.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["service/reviews.default.global"]);
+        // Each applied response is acked with its system version.
+        fake.wait_for_delta_requests(|seen| seen.iter().any(|r| r.ack_version == second.version()))
+            .await;
+
+        // Away and back with one change: the client states its versions and gets only
+        // the difference.
+        fake.stop().await;
+        let sent_before = fake.delta_responses().len();
+        fake.push(snapshot(3, "10.0.0.3"));
+        fake.restart().await.expect("restart");
+        let third = wait_in_step(&subscription, &fake).await;
+        let requests = fake.delta_requests();
+        let reopened = requests
+            .iter()
+            .rev()
+            .find(|r| r.subscriber.is_some())
+            .expect("a second first request");
+        assert_eq!(reopened.initial_resource_versions, second.versions());
+        let resumed = &fake.delta_responses()[sent_before];
+        assert_eq!(resumed.resources.len(), 1, "{resumed:?}");
+        assert!(resumed.removed.is_empty());
+        assert_eq!(
+            third.service("reviews.default.global").map(|s| s.vip),
+            Some("10.0.0.3".to_owned())
+        );
+        assert_eq!(subscription.status().resyncs, 0);
+        // A full snapshot is still there for those who need it.
+        let full = subscription.latest().expect("snapshot");
+        assert_eq!(full.version, third.version());
+        assert_eq!(full.services[0].vip, "10.0.0.3");
+        subscription.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_does_not_apply_is_nacked_and_resynced_from_scratch() {
+        let fake = FakeDiscovery::start_delta().await.expect("start");
+        fake.push(snapshot(1, "10.0.0.1"));
+        let subscription = Subscription::spawn(config(fake.url())).expect("spawn");
+        let before = wait_in_step(&subscription, &fake).await;
+        let mut snapshots = subscription.snapshots();
+        snapshots.borrow_and_update();
+
+        // A delta announcing a state the client cannot reach: a missed change.
+        fake.inject_delta(DeltaResponse {
+            system_version: 0xdead_beef,
+            ..DeltaResponse::default()
+        });
+        let requests = fake
+            .wait_for_delta_requests(|seen| seen.iter().any(|r| !r.error_detail.is_empty()))
+            .await;
+        let nack = requests
+            .iter()
+            .find(|r| !r.error_detail.is_empty())
+            .expect("a NACK");
+        assert!(
+            nack.error_detail.contains("0xdeadbeef"),
+            "{}",
+            nack.error_detail
+        );
+        assert!(nack.initial_resource_versions.is_empty(), "from scratch");
+        // The resend from scratch arrives and the state is the fake's again.
+        let mut status = subscription.status_changes();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|s| s.resyncs == 1 && s.snapshots >= 3),
+        )
+        .await
+        .expect("resynced")
+        .expect("alive");
+        let resent = fake.delta_responses().pop().expect("resend");
+        assert_eq!(resent.resources.len(), before.len(), "everything resent");
+        assert_eq!(
+            subscription.latest_resources().map(|r| r.version()),
+            Some(before.version())
+        );
+        assert!(
+            !snapshots.has_changed().expect("alive"),
+            "same content: not republished"
+        );
+
+        // And the stream goes on.
+        fake.push(snapshot(2, "10.0.0.2"));
+        let after = wait_in_step(&subscription, &fake).await;
+        assert_eq!(
+            after.service("reviews.default.global").map(|s| s.vip),
+            Some("10.0.0.2".to_owned())
+        );
+        assert_eq!(subscription.status().resyncs, 1);
         subscription.shutdown().await;
     }
 

@@ -119,6 +119,10 @@ pub struct Metrics {
     pub(crate) snapshot_push_duration: Histogram,
     /// Connected subscribers.
     pub(crate) subscribers: Gauge,
+    /// Encoded bytes of the deltas sent to subscribers.
+    pub(crate) delta_bytes: Counter,
+    /// Deltas a subscriber could not apply (NACKed), each answered with a resend.
+    pub(crate) delta_nacks: Counter,
     /// gRPC calls refused before they were served, per method and reason.
     pub(crate) grpc_refusals: Family<RefusalLabels, Counter>,
     /// Reconciliations per reconciler.
@@ -154,6 +158,8 @@ impl Default for Metrics {
             snapshot_version: Gauge::default(),
             snapshot_publishes: Counter::default(),
             snapshot_pushes: Counter::default(),
+            delta_bytes: Counter::default(),
+            delta_nacks: Counter::default(),
             snapshot_push_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             subscribers: Gauge::default(),
             grpc_refusals: Family::default(),
@@ -222,6 +228,16 @@ impl Default for Metrics {
             "subscribers",
             "Connected snapshot subscribers",
             m.subscribers.clone(),
+        );
+        r.register(
+            "delta_bytes",
+            "Encoded bytes of the deltas sent to subscribers",
+            m.delta_bytes.clone(),
+        );
+        r.register(
+            "delta_nacks",
+            "Deltas a subscriber could not apply (NACKed), each answered with a resend",
+            m.delta_nacks.clone(),
         );
         r.register(
             "grpc_refusals",
