@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let admin_listener = bind_admin(&config).await?;
     let follower = tokio::spawn(
         snapshot::follow(
-            subscription.snapshots(),
+            subscription.resources(),
             authority.clone(),
             settings,
             metrics.clone(),

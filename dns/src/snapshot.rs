@@ -1,20 +1,21 @@
-//! Keeps the served zones in step with the controller's snapshots.
+//! Keeps the served zones in step with the controller's resources.
 //!
-//! Each new snapshot is split into versioned resources ([`Resources`]) and compared with
-//! the ones last applied; only the services that changed are rebuilt, and only the record
-//! sets that differ are written into the served zones ([`crate::state`]). That runs on a
-//! blocking thread (the first snapshot of a large mesh builds everything, and must not
-//! stall the query path). Snapshots that arrive while an update runs are coalesced by the
-//! watch channel: only the latest is applied next, against what was applied last. If an
-//! update fails, the previous zones stay in service and the next snapshot is built from
-//! scratch.
+//! The subscription publishes the applied resources ([`Resources`]: the snapshot as
+//! versioned `service/…` and `endpoints/…` resources, fed by the delta stream, or by full
+//! snapshots from a controller without it). Each new value is compared with the one last
+//! applied ([`Resources::touched_since`], O(changes)); only the services that changed are
+//! rebuilt, and only the record sets that differ are written into the served zones
+//! ([`crate::state`]). That runs on a blocking thread (the first value of a large mesh
+//! builds everything, and must not stall the query path). Values that arrive while an
+//! update runs are coalesced by the watch channel: only the latest is applied next,
+//! against what was applied last. If an update fails, the previous zones stay in service
+//! and the next value is built from scratch.
 
 use std::sync::Arc;
 
-use meridian_api::proto::Snapshot;
 use meridian_api::resources::Resources;
 use meridian_api::signal::Shutdown;
-use meridian_api::subscription::SnapshotReceiver;
+use meridian_api::subscription::ResourcesReceiver;
 use tracing::{error, info, warn};
 
 use crate::authority::Authority;
@@ -22,10 +23,10 @@ use crate::metrics::Metrics;
 use crate::state::ZoneState;
 use crate::zone::ZoneSettings;
 
-/// Follows `snapshots` until the subscription ends or `shutdown` is cancelled, applying
-/// each one to `authority`.
+/// Follows `updates` until the subscription ends or `shutdown` is cancelled, applying
+/// each new state to `authority`.
 pub(crate) async fn follow(
-    mut snapshots: SnapshotReceiver,
+    mut updates: ResourcesReceiver,
     authority: Authority,
     settings: Arc<ZoneSettings>,
     metrics: Arc<Metrics>,
@@ -34,12 +35,12 @@ pub(crate) async fn follow(
 ) {
     let mut served = None;
     loop {
-        let latest = snapshots.borrow_and_update().clone();
-        if let Some(snapshot) = latest {
-            served = apply(snapshot, served, &authority, &settings, &metrics, &cluster).await;
+        let latest = updates.borrow_and_update().clone();
+        if let Some(resources) = latest {
+            served = apply(resources, served, &authority, &settings, &metrics, &cluster).await;
         }
         tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = updates.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
         }
     }
@@ -51,21 +52,24 @@ struct Served {
     resources: Resources,
 }
 
-/// Applies `snapshot` on top of `served` (`None`: from scratch); returns what is served
+/// Applies `resources` on top of `served` (`None`: from scratch); returns what is served
 /// now, or `None` if the update failed.
 async fn apply(
-    snapshot: Arc<Snapshot>,
+    resources: Resources,
     served: Option<Served>,
     authority: &Authority,
     settings: &Arc<ZoneSettings>,
     metrics: &Metrics,
     cluster: &str,
 ) -> Option<Served> {
-    let version = snapshot.version;
-    if snapshot.cluster != cluster {
+    // The controller's snapshot version on the full stream, the system version on the
+    // delta stream: what the SOA serial and `meridian_dns_snapshot_version` carry.
+    let version = resources.snapshot_version();
+    let for_cluster = resources.header().map(|h| h.cluster.as_str());
+    if for_cluster.is_some_and(|c| c != cluster) {
         warn!(
             version,
-            snapshot_cluster = %snapshot.cluster,
+            snapshot_cluster = for_cluster.unwrap_or_default(),
             "snapshot is for another cluster; serving it anyway"
         );
     }
@@ -75,9 +79,6 @@ async fn apply(
     });
     let authority = authority.clone();
     let updated = tokio::task::spawn_blocking(move || {
-        // Until the subscription delivers resources (the delta stream), each full snapshot
-        // is split again; the diff and the rebuild stay limited to what changed.
-        let resources = Resources::from_snapshot(&snapshot);
         let touched = resources.touched_since(&served.resources);
         let applied = served
             .state
