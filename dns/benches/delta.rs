@@ -63,7 +63,7 @@ fn service(i: usize, endpoints: usize) -> GlobalService {
             })
             .collect(),
         endpoints: eps,
-        headless: i % 10 == 0,
+        headless: i.is_multiple_of(10),
         ..Default::default()
     }
 }

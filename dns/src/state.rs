@@ -575,14 +575,14 @@ mod tests {
     /// One change: set the service at a hostname, remove it, or only a new version.
     #[derive(Debug, Clone)]
     enum Change {
-        Set(usize, GlobalService),
+        Set(usize, Box<GlobalService>),
         Remove(usize),
         Version,
     }
 
     fn change() -> impl Strategy<Value = Change> {
         prop_oneof![
-            4 => (0..6_usize, service()).prop_map(|(host, svc)| Change::Set(host, svc)),
+            4 => (0..6_usize, service()).prop_map(|(host, svc)| Change::Set(host, Box::new(svc))),
             2 => (0..6_usize).prop_map(Change::Remove),
             1 => Just(Change::Version),
         ]
@@ -644,7 +644,7 @@ mod tests {
                     Change::Set(host, svc) => {
                         let svc = GlobalService {
                             hostname: format!("h{host}.global"),
-                            ..svc.clone()
+                            ..*svc.clone()
                         };
                         resources.set_service(&svc);
                     }
