@@ -174,6 +174,18 @@ fn add_service(
         return Ok(Some(vip));
     }
     // Headless: the ready endpoints themselves (deduplicated: an address in two slices).
+    // The service's address and SRV sets hold one record per endpoint: they are collected
+    // and added whole ([`Zone::add_all`]), as adding records one by one costs O(n²).
+    // One SRV set per owner name, its ports in order (two ports may share a name).
+    let mut srv: Vec<(Name, Vec<u16>)> = Vec::new();
+    for (name, port) in srv_owners(service, &owner) {
+        match srv.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, ports)) => ports.push(port),
+            None => srv.push((name, vec![port])),
+        }
+    }
+    let mut addresses = Vec::new();
+    let mut targets: Vec<Vec<RData>> = srv.iter().map(|_| Vec::new()).collect();
     let mut seen = BTreeSet::new();
     for e in service.endpoints.iter().filter(|e| e.ready) {
         let Ok(ip) = e.address.parse::<IpAddr>() else {
@@ -182,7 +194,7 @@ fn add_service(
         if !seen.insert((e.cluster.clone(), ip)) {
             continue;
         }
-        zone.add(owner.clone(), address(ip), ttl);
+        addresses.push(address(ip));
         let (Ok(host), Ok(cluster)) = (label(&e.pod), label(&e.cluster)) else {
             continue; // no pod name: the address is in the service's set only
         };
@@ -193,13 +205,15 @@ fn add_service(
             continue;
         };
         zone.add(host_name.clone(), address(ip), ttl);
-        for (srv, port) in srv_owners(service, &owner) {
-            zone.add(
-                srv,
-                RData::SRV(SRV::new(0, 0, port, host_name.clone())),
-                ttl,
-            );
+        for ((_, ports), records) in srv.iter().zip(&mut targets) {
+            for port in ports {
+                records.push(RData::SRV(SRV::new(0, 0, *port, host_name.clone())));
+            }
         }
+    }
+    zone.add_all(&owner, addresses, ttl);
+    for ((name, _), records) in srv.into_iter().zip(targets) {
+        zone.add_all(&name, records, ttl);
     }
     Ok(None)
 }
@@ -386,6 +400,56 @@ mod tests {
             zones.zone(&name("20.0.96.10.in-addr.arpa.")).is_none(),
             "no PTR for a headless service"
         );
+    }
+
+    #[test]
+    fn headless_srv_records_come_per_endpoint_then_per_port() {
+        let mut db = service(
+            "db",
+            "10.96.0.20",
+            true,
+            vec![
+                endpoint("east", "db-0", "10.1.0.1", true),
+                endpoint("east", "db-1", "10.1.0.2", true),
+                endpoint("east", "db-2", "10.1.0.1", true),
+            ],
+        );
+        // Two ports named alike share one SRV set.
+        db.ports.push(ServicePort {
+            name: "http".into(),
+            port: 81,
+            ..ServicePort::default()
+        });
+        let zones = Zones::build(&snapshot(vec![db]), &settings());
+        let zone = zones.zone(&name("clusterset.local.")).expect("zone");
+        let srv: Vec<String> = zone
+            .get(
+                &name("_http._tcp.db.demo.svc.clusterset.local."),
+                RecordType::SRV,
+            )
+            .map(|set| {
+                set.records_without_rrsigs()
+                    .map(|r| r.data.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            srv,
+            [
+                "0 0 80 db-0.east.db.demo.svc.clusterset.local.",
+                "0 0 81 db-0.east.db.demo.svc.clusterset.local.",
+                "0 0 80 db-1.east.db.demo.svc.clusterset.local.",
+                "0 0 81 db-1.east.db.demo.svc.clusterset.local.",
+            ],
+            "the order of adding them one by one; the repeated address is one endpoint"
+        );
+        let a = data(
+            &zones,
+            "clusterset.local.",
+            "db.demo.svc.clusterset.local.",
+            RecordType::A,
+        );
+        assert_eq!(a, ["10.1.0.1", "10.1.0.2"]);
     }
 
     #[test]
