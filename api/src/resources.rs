@@ -731,6 +731,40 @@ mod tests {
         );
     }
 
+    /// Regression: imbl 6.1's `OrdMap::diff` skipped the entry right after a run of
+    /// shared nodes (jneem/imbl#161, fixed in 7.0), so in a large map about one
+    /// single-service change in eight went unseen by `touched_since` and `delta_since`.
+    #[test]
+    fn every_single_service_change_in_a_large_map_is_seen() {
+        let services: Vec<GlobalService> = (0..2_000)
+            .map(|i| {
+                service(
+                    &format!("s{i}.default.global"),
+                    vec![endpoint("east", "10.0.0.1", true)],
+                )
+            })
+            .collect();
+        let base = Resources::from_snapshot(&snapshot(services.clone()));
+        let mut missed = Vec::new();
+        for svc in &services {
+            let mut changed = svc.clone();
+            changed.endpoints[0].ready = false;
+            let mut next = base.clone();
+            assert!(next.set_service(&changed));
+            let touched = next.touched_since(&base);
+            let sent = next.delta_since(&base).resources.len();
+            if touched.services != BTreeSet::from([svc.hostname.clone()]) || sent != 1 {
+                missed.push(svc.hostname.clone());
+            }
+        }
+        assert!(
+            missed.is_empty(),
+            "{} of 2000 missed, e.g. {:?}",
+            missed.len(),
+            missed.first()
+        );
+    }
+
     /// One random edit of a snapshot.
     #[derive(Debug, Clone)]
     enum Edit {

@@ -6,12 +6,14 @@
 //! type and for empty non-terminals, REFUSED outside every zone, SRV target addresses in
 //! the additional section, EDNS, NOTIMP for updates, REFUSED for AXFR), so none of it is
 //! re-implemented here. What it lacks is an atomic swap of the whole zone set: its zones
-//! are mutated in place. So each snapshot gets a new `Catalog`, built off to the side, and
-//! the handler holds the current one in an `ArcSwapOption`. A query loads the `Arc` once
-//! and finishes against that catalog, so it sees the old or the new zones, never a mix;
-//! the swap is one pointer store, and a query costs one reference-count increment, never
-//! a copy of the zone. The in-memory zone's internal lock is never written after the zone
-//! is built, so reads do not contend.
+//! are mutated in place. So the handler holds what is served ([`ServedZones`]: the catalog
+//! and the index of names) in an `ArcSwapOption`, and the snapshot follower stores a new
+//! one for every change, with a single pointer store. A query loads the `Arc` once and
+//! finishes against it; a query costs one reference-count increment, never a copy of the
+//! zone. Successive versions share the catalog: [`crate::state`] writes the record sets a
+//! change touched into its zones in place, under each zone's write lock, and swaps the new
+//! index in while it holds those locks, so a query sees each zone before or after a
+//! change, never halfway through it.
 //!
 //! One exception to "hickory answers": ordinary queries (one question, a plain record
 //! type) are answered from the hash index of names built with the catalog
@@ -37,13 +39,17 @@ use crate::names::{Answer, NameIndex};
 
 /// What one snapshot serves: hickory's catalog of the zones, and the index of the names
 /// they hold, for the ordinary queries. Built by [`crate::zone::Zones::into_catalog`].
+///
+/// The snapshot follower makes a new one for every change it applies; successive ones
+/// may share the catalog (whose zones it then updates in place, see [`crate::state`]) and
+/// share every part of the index a change did not touch.
 pub struct ServedZones {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     names: NameIndex,
 }
 
 impl ServedZones {
-    pub(crate) fn new(catalog: Catalog, names: NameIndex) -> Self {
+    pub(crate) fn new(catalog: Arc<Catalog>, names: NameIndex) -> Self {
         Self { catalog, names }
     }
 
@@ -88,6 +94,12 @@ impl Authority {
     /// Atomically replaces the served zones.
     pub fn replace(&self, zones: ServedZones) {
         self.inner.catalog.store(Some(Arc::new(zones)));
+    }
+
+    /// The zones served now.
+    #[cfg(test)]
+    pub(crate) fn served(&self) -> Option<Arc<ServedZones>> {
+        self.inner.catalog.load_full()
     }
 
     /// Whether zones have been loaded from a snapshot.
@@ -182,7 +194,7 @@ async fn respond_indexed<R: ResponseHandler>(
         answer.answers.iter(),
         answer.authorities.iter(),
         iter::empty(),
-        answer.additionals.iter(),
+        answer.additionals.iter().flat_map(|records| records.iter()),
     );
     match response_handle.send_response(response).await {
         Ok(info) => info,

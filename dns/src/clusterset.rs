@@ -19,56 +19,113 @@ use std::net::IpAddr;
 
 use hickory_server::proto::rr::rdata::{PTR, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData};
-use meridian_api::proto::{GlobalService, Snapshot};
+use meridian_api::proto::GlobalService;
+use meridian_api::resources::content_hash;
 
-use crate::zone::{Skipped, Zone, ZoneSettings, address, label};
+use crate::zone::{Skipped, Zone, ZoneSettings, address, label, service_id};
 
 /// The MCS DNS specification version served at `dns-version.<zone>`.
 pub const DNS_VERSION: &str = "1.0.0";
 
-/// The clusterset zone and one reverse zone per ClusterSet IP.
-pub(crate) fn zones(
-    snapshot: &Snapshot,
-    origin: &Name,
-    settings: &ZoneSettings,
-    serial: u32,
-    skipped: &mut Vec<Skipped>,
-) -> Vec<Zone> {
-    let ttl = settings.ttl;
+/// The clusterset zone `origin` with its apex records and `dns-version`.
+pub(crate) fn apex(origin: &Name, settings: &ZoneSettings, serial: u32) -> Zone {
     let mut zone = Zone::new(origin.clone(), settings, serial);
-    let mut reverse = Vec::new();
     if let Ok(version) = Name::from_labels(["dns-version"]).and_then(|n| n.append_domain(origin)) {
         zone.add(
             version,
             RData::TXT(TXT::new(vec![DNS_VERSION.to_owned()])),
-            ttl,
+            settings.ttl,
         );
     }
-    let mut vips = BTreeSet::new();
-    for service in &snapshot.services {
-        let id = format!("{}.{}", service.name, service.namespace);
-        match add_service(&mut zone, service, origin, ttl) {
-            Ok(Some(vip)) if vips.insert(vip) => {
-                let mut ptr = Zone::new(Name::from(vip), settings, serial);
-                if let Ok(target) = service_name(service, origin) {
-                    ptr.add(Name::from(vip), RData::PTR(PTR(target)), ttl);
-                    reverse.push(ptr);
+    zone
+}
+
+/// A service's claim on the reverse name of its ClusterSet IP. When several services
+/// claim one IP, the first (in snapshot order) gets the PTR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Claim {
+    /// `name.namespace` of the claiming service.
+    pub(crate) service: String,
+    /// Its hostname: the snapshot's (and [`meridian_api::resources::Resources`]'s) order.
+    pub(crate) hostname: String,
+    /// The ClusterSet IP.
+    pub(crate) vip: IpAddr,
+    /// What the PTR points to: `svc.ns.svc.<clusterset zone>`.
+    pub(crate) target: Name,
+}
+
+/// Adds the names of `services`, in order, to the clusterset zone `zone`; returns their
+/// ClusterSet IP claims.
+pub(crate) fn add_services<'a>(
+    services: impl IntoIterator<Item = &'a GlobalService>,
+    zone: &mut Zone,
+    ttl: u32,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Claim> {
+    let origin = zone.origin().clone();
+    let mut claims = Vec::new();
+    for service in services {
+        match add_service(zone, service, &origin, ttl) {
+            Ok(Some(vip)) => {
+                if let Ok(target) = service_name(service, &origin) {
+                    claims.push(Claim {
+                        service: service_id(service),
+                        hostname: service.hostname.clone(),
+                        vip,
+                        target,
+                    });
                 }
             }
-            Ok(Some(vip)) => skipped.push(Skipped {
-                service: id,
-                reason: format!("ClusterSet IP {vip} of another service too: no PTR"),
-            }),
             Ok(None) => {}
             Err(reason) => skipped.push(Skipped {
-                service: id,
+                service: service_id(service),
                 reason: format!("{origin}: {reason}"),
             }),
         }
     }
-    let mut out = vec![zone];
-    out.extend(reverse);
-    out
+    claims
+}
+
+/// One reverse zone per claimed ClusterSet IP, for its first claim; every later claim on
+/// the same IP is skipped.
+pub(crate) fn reverse_zones(
+    claims: &[Claim],
+    settings: &ZoneSettings,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Zone> {
+    let mut vips = BTreeSet::new();
+    let mut zones = Vec::new();
+    for claim in claims {
+        if vips.insert(claim.vip) {
+            zones.push(reverse_zone(claim.vip, &claim.target, settings));
+        } else {
+            skipped.push(conflict(claim));
+        }
+    }
+    zones
+}
+
+/// Why a claim on an IP another service has claimed first gets no PTR.
+pub(crate) fn conflict(claim: &Claim) -> Skipped {
+    Skipped {
+        service: claim.service.clone(),
+        reason: format!("ClusterSet IP {} of another service too: no PTR", claim.vip),
+    }
+}
+
+/// The one-name zone of `vip`'s reverse name, pointing at `target`.
+///
+/// Its serial is a hash of the target, not the snapshot version: it changes exactly when
+/// the zone does, so a change elsewhere in the mesh does not touch every reverse zone.
+pub(crate) fn reverse_zone(vip: IpAddr, target: &Name, settings: &ZoneSettings) -> Zone {
+    let serial = content_hash(target.to_ascii().as_bytes()) as u32;
+    let mut zone = Zone::new(Name::from(vip), settings, serial);
+    zone.add(
+        Name::from(vip),
+        RData::PTR(PTR(target.clone())),
+        settings.ttl,
+    );
+    zone
 }
 
 /// `svc.ns.svc.<origin>`.
@@ -117,6 +174,18 @@ fn add_service(
         return Ok(Some(vip));
     }
     // Headless: the ready endpoints themselves (deduplicated: an address in two slices).
+    // The service's address and SRV sets hold one record per endpoint: they are collected
+    // and added whole ([`Zone::add_all`]), as adding records one by one costs O(n²).
+    // One SRV set per owner name, its ports in order (two ports may share a name).
+    let mut srv: Vec<(Name, Vec<u16>)> = Vec::new();
+    for (name, port) in srv_owners(service, &owner) {
+        match srv.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, ports)) => ports.push(port),
+            None => srv.push((name, vec![port])),
+        }
+    }
+    let mut addresses = Vec::new();
+    let mut targets: Vec<Vec<RData>> = srv.iter().map(|_| Vec::new()).collect();
     let mut seen = BTreeSet::new();
     for e in service.endpoints.iter().filter(|e| e.ready) {
         let Ok(ip) = e.address.parse::<IpAddr>() else {
@@ -125,7 +194,7 @@ fn add_service(
         if !seen.insert((e.cluster.clone(), ip)) {
             continue;
         }
-        zone.add(owner.clone(), address(ip), ttl);
+        addresses.push(address(ip));
         let (Ok(host), Ok(cluster)) = (label(&e.pod), label(&e.cluster)) else {
             continue; // no pod name: the address is in the service's set only
         };
@@ -136,13 +205,15 @@ fn add_service(
             continue;
         };
         zone.add(host_name.clone(), address(ip), ttl);
-        for (srv, port) in srv_owners(service, &owner) {
-            zone.add(
-                srv,
-                RData::SRV(SRV::new(0, 0, port, host_name.clone())),
-                ttl,
-            );
+        for ((_, ports), records) in srv.iter().zip(&mut targets) {
+            for port in ports {
+                records.push(RData::SRV(SRV::new(0, 0, *port, host_name.clone())));
+            }
         }
+    }
+    zone.add_all(&owner, addresses, ttl);
+    for ((name, _), records) in srv.into_iter().zip(targets) {
+        zone.add_all(&name, records, ttl);
     }
     Ok(None)
 }
@@ -152,7 +223,7 @@ mod tests {
     use std::str::FromStr;
 
     use hickory_server::proto::rr::RecordType;
-    use meridian_api::proto::{Endpoint, ServicePort};
+    use meridian_api::proto::{Endpoint, ServicePort, Snapshot};
 
     use super::*;
     use crate::zone::Zones;
@@ -329,6 +400,56 @@ mod tests {
             zones.zone(&name("20.0.96.10.in-addr.arpa.")).is_none(),
             "no PTR for a headless service"
         );
+    }
+
+    #[test]
+    fn headless_srv_records_come_per_endpoint_then_per_port() {
+        let mut db = service(
+            "db",
+            "10.96.0.20",
+            true,
+            vec![
+                endpoint("east", "db-0", "10.1.0.1", true),
+                endpoint("east", "db-1", "10.1.0.2", true),
+                endpoint("east", "db-2", "10.1.0.1", true),
+            ],
+        );
+        // Two ports named alike share one SRV set.
+        db.ports.push(ServicePort {
+            name: "http".into(),
+            port: 81,
+            ..ServicePort::default()
+        });
+        let zones = Zones::build(&snapshot(vec![db]), &settings());
+        let zone = zones.zone(&name("clusterset.local.")).expect("zone");
+        let srv: Vec<String> = zone
+            .get(
+                &name("_http._tcp.db.demo.svc.clusterset.local."),
+                RecordType::SRV,
+            )
+            .map(|set| {
+                set.records_without_rrsigs()
+                    .map(|r| r.data.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            srv,
+            [
+                "0 0 80 db-0.east.db.demo.svc.clusterset.local.",
+                "0 0 81 db-0.east.db.demo.svc.clusterset.local.",
+                "0 0 80 db-1.east.db.demo.svc.clusterset.local.",
+                "0 0 81 db-1.east.db.demo.svc.clusterset.local.",
+            ],
+            "the order of adding them one by one; the repeated address is one endpoint"
+        );
+        let a = data(
+            &zones,
+            "clusterset.local.",
+            "db.demo.svc.clusterset.local.",
+            RecordType::A,
+        );
+        assert_eq!(a, ["10.1.0.1", "10.1.0.2"]);
     }
 
     #[test]

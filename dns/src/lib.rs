@@ -8,18 +8,20 @@
 //! - [`zone`]: records of the served zones, built from a snapshot;
 //! - [`clusterset`]: the Multi-Cluster Services names (`<svc>.<ns>.svc.clusterset.local`);
 //! - [`authority`]: the request handler answering from the current zones, swapped atomically;
-//! - `snapshot`: applies each new snapshot to the authority;
+//! - [`state`]: the served zones, updated by rebuilding only the services a change touched;
+//! - `snapshot`: applies each new snapshot to the authority through the state;
 //! - `server`: the UDP and TCP sockets;
 //! - [`metrics`] and `admin`: Prometheus metrics and health endpoints;
 //! - [`run`]: the server's phases, from binding to the drain on shutdown.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Public: what the binary (`config`), the zone bench and the fuzz targets (fuzz/) use.
+// Public: what the binary (`config`), the benches and the fuzz targets (fuzz/) use.
 pub mod authority;
 pub mod clusterset;
 pub mod config;
 pub mod metrics;
+pub mod state;
 pub mod zone;
 
 mod admin;
@@ -73,7 +75,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let admin_listener = bind_admin(&config).await?;
     let follower = tokio::spawn(
         snapshot::follow(
-            subscription.snapshots(),
+            subscription.resources(),
             authority.clone(),
             settings,
             metrics.clone(),

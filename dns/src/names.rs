@@ -6,9 +6,10 @@
 //! does not hold; with 1,000 services and a quarter of the queries NXDOMAIN that walk was
 //! two thirds of the server's CPU (docs/benchmarks.md). Its positive answers are
 //! O(log records) but pay, per query, ordered name comparisons at every label (its
-//! delegation check), a lock, and its generic lookup machinery. So with each snapshot the
-//! names of every zone go into a hash map: every owner name with its record sets, and
-//! every ancestor of one up to the origin (the empty non-terminals, holding nothing). The
+//! delegation check), a lock, and its generic lookup machinery. So the names of every zone
+//! go into a hash map: every owner name with its record sets, and every ancestor of one up
+//! to the origin (the empty non-terminals, holding nothing), counted so that a change
+//! (`NameIndex::set`, one record set) adds or removes only its own name and ancestors. The
 //! authority answers from it with the message hickory would build: AA set; NXDOMAIN for a
 //! name not in the map and NODATA for a name without the asked type, each with the zone's
 //! SOA in the authority section; else the record set, and for SRV the A and AAAA sets of
@@ -16,7 +17,7 @@
 //! and every query into a zone this index cannot vouch for (one with a CNAME, ANAME,
 //! wildcard or delegation, which change hickory's answer), still go to hickory.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::{LowerName, RData, Record, RecordSet, RecordType, RrKey};
@@ -24,20 +25,35 @@ use hickory_server::proto::rr::{LowerName, RData, Record, RecordSet, RecordType,
 use crate::zone::Zone;
 
 /// The names of every served zone, keyed by origin.
-#[derive(Debug, Default)]
+///
+/// Persistent maps (`imbl`): a clone is O(1) and shares everything, so the snapshot
+/// follower clones the served index, changes the record sets a delta touched
+/// ([`NameIndex::set`]) and swaps the result in, leaving the old one to the queries still
+/// reading it.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct NameIndex {
     /// `None`: a zone whose answers are all left to hickory.
-    zones: HashMap<LowerName, Option<ZoneNames>>,
+    zones: imbl::HashMap<LowerName, Option<ZoneNames>>,
 }
 
 /// The names one zone holds.
-#[derive(Debug)]
-struct ZoneNames {
+#[derive(Debug, Clone)]
+pub(crate) struct ZoneNames {
     /// Every owner name and every ancestor of one up to the origin, with the record
     /// sets at that name (none for an empty non-terminal).
-    names: HashMap<LowerName, Vec<Held>>,
+    names: imbl::HashMap<LowerName, Node>,
     /// The apex SOA, as hickory puts it in the authority section.
-    soa: Vec<Record>,
+    soa: Arc<[Record]>,
+}
+
+/// One name of a zone.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// Its record sets, one per type.
+    sets: Vec<Arc<Held>>,
+    /// How many names holding records are this one or below it: the name exists (an
+    /// owner or an empty non-terminal) while this is above 0.
+    refs: u32,
 }
 
 /// One record set of a name, as hickory answers a query for its type.
@@ -45,8 +61,8 @@ struct ZoneNames {
 struct Held {
     record_type: RecordType,
     records: Vec<Record>,
-    /// SRV: the A and AAAA records of the first record's target, if in the zone.
-    additionals: Vec<Record>,
+    /// SRV: the first record's target, whose A and AAAA records hickory adds.
+    srv_target: Option<LowerName>,
 }
 
 /// What the index answers: the response code and the records of each section.
@@ -55,22 +71,47 @@ pub(crate) struct Answer<'a> {
     pub(crate) code: ResponseCode,
     pub(crate) answers: &'a [Record],
     pub(crate) authorities: &'a [Record],
-    pub(crate) additionals: &'a [Record],
+    /// The A, then the AAAA records of an SRV answer's first target.
+    pub(crate) additionals: [&'a [Record]; 2],
 }
 
 impl NameIndex {
     /// Indexes `zones`; like hickory's `Catalog::upsert`, a later zone with the same
     /// origin replaces an earlier one.
     pub(crate) fn new(zones: &[Zone]) -> Self {
-        let zones = zones
-            .iter()
-            .map(|zone| {
-                let origin = LowerName::new(zone.origin());
-                let names = ZoneNames::new(&origin, zone);
-                (origin, names)
-            })
-            .collect();
-        Self { zones }
+        let mut index = Self::default();
+        for zone in zones {
+            index.insert_zone(zone);
+        }
+        index
+    }
+
+    /// Indexes (or re-indexes) one zone.
+    pub(crate) fn insert_zone(&mut self, zone: &Zone) {
+        let origin = LowerName::new(zone.origin());
+        let names = ZoneNames::new(&origin, zone);
+        self.zones.insert(origin, names);
+    }
+
+    /// Forgets the zone `origin`.
+    pub(crate) fn remove_zone(&mut self, origin: &LowerName) {
+        self.zones.remove(origin);
+    }
+
+    /// Sets the record set `key` of the zone `origin` to `set` (`None`: removes it),
+    /// adding or removing the name and the empty non-terminals above it as needed.
+    pub(crate) fn set(&mut self, origin: &LowerName, key: &RrKey, set: Option<&RecordSet>) {
+        let Some(slot) = self.zones.get_mut(origin) else {
+            return;
+        };
+        let Some(zone) = slot else {
+            return; // left to hickory
+        };
+        if set.is_some() && !indexable(origin, key) {
+            *slot = None;
+            return;
+        }
+        zone.set(origin, key, set);
     }
 
     /// The answer to `name` and `query_type`, or `None` when hickory must answer (SOA,
@@ -87,12 +128,12 @@ impl NameIndex {
             code,
             answers: &[],
             authorities: &zone.soa,
-            additionals: &[],
+            additionals: [&[], &[]],
         };
-        let Some(held) = zone.names.get(name) else {
+        let Some(node) = zone.names.get(name) else {
             return Some(negative(ResponseCode::NXDomain));
         };
-        match held.iter().find(|set| set.record_type == query_type) {
+        match node.sets.iter().find(|set| set.record_type == query_type) {
             None => Some(negative(ResponseCode::NoError)),
             // hickory adds the NS records to an SOA answer, and NS targets as additionals.
             Some(_) if matches!(query_type, RecordType::SOA | RecordType::NS) => None,
@@ -100,7 +141,7 @@ impl NameIndex {
                 code: ResponseCode::NoError,
                 answers: &set.records,
                 authorities: &[],
-                additionals: &set.additionals,
+                additionals: zone.additionals(set),
             }),
         }
     }
@@ -120,67 +161,114 @@ impl NameIndex {
     }
 }
 
-impl ZoneNames {
-    /// `None` when the zone holds what makes hickory's answers differ from plain record
-    /// sets: a CNAME or ANAME (chased), a wildcard (synthesised), an NS below the apex (a
-    /// referral), a name outside the zone, or no SOA.
-    fn new(origin: &LowerName, zone: &Zone) -> Option<Self> {
-        let records = zone.records();
-        let mut names: HashMap<LowerName, Vec<Held>> = HashMap::new();
-        let mut soa = None;
-        for (key, set) in records {
-            let owner = key.name();
-            let record_type = key.record_type;
-            let delegation = record_type == RecordType::NS && owner != origin;
-            if matches!(record_type, RecordType::CNAME | RecordType::ANAME)
-                || delegation
-                || owner.is_wildcard()
-                || !origin.zone_of(owner)
-            {
-                return None;
-            }
-            let held = Held {
-                record_type,
-                records: set.records_without_rrsigs().cloned().collect(),
-                additionals: additionals(records, set),
-            };
-            if record_type == RecordType::SOA && owner == origin {
-                soa = Some(held.records.clone());
-            }
-            names.entry(owner.clone()).or_default().push(held);
-            // Empty non-terminals: every ancestor up to the origin exists too.
-            let mut ancestor = owner.clone();
-            while ancestor != *origin && !ancestor.is_root() {
-                ancestor = ancestor.base_name();
-                names.entry(ancestor.clone()).or_default();
-            }
-        }
-        Some(Self { names, soa: soa? })
-    }
+/// Whether a record set leaves hickory's answers plain record sets: not a CNAME or ANAME
+/// (chased), a wildcard (synthesised), an NS below the apex (a referral) or a name
+/// outside the zone.
+fn indexable(origin: &LowerName, key: &RrKey) -> bool {
+    let owner = key.name();
+    let record_type = key.record_type;
+    let delegation = record_type == RecordType::NS && owner != origin;
+    !(matches!(record_type, RecordType::CNAME | RecordType::ANAME)
+        || delegation
+        || owner.is_wildcard()
+        || !origin.zone_of(owner))
 }
 
-/// What hickory adds to an SRV answer: the A, then the AAAA set of the first record's
-/// target, when the zone holds them.
-fn additionals(
-    records: &std::collections::BTreeMap<RrKey, RecordSet>,
-    set: &RecordSet,
-) -> Vec<Record> {
-    if set.record_type() != RecordType::SRV {
-        return Vec::new();
+impl ZoneNames {
+    /// `None` when the zone holds what makes hickory's answers differ from plain record
+    /// sets ([`indexable`]), or no SOA.
+    fn new(origin: &LowerName, zone: &Zone) -> Option<Self> {
+        let mut names = Self {
+            names: imbl::HashMap::new(),
+            soa: Arc::from(Vec::new()),
+        };
+        let mut has_soa = false;
+        for (key, set) in zone.records() {
+            if !indexable(origin, key) {
+                return None;
+            }
+            has_soa |= key.record_type == RecordType::SOA && key.name() == origin;
+            names.set(origin, key, Some(set));
+        }
+        has_soa.then_some(names)
     }
-    let Some(RData::SRV(srv)) = set.records_without_rrsigs().next().map(|r| &r.data) else {
-        return Vec::new();
-    };
-    let target = LowerName::new(&srv.target);
-    [RecordType::A, RecordType::AAAA]
-        .into_iter()
-        .filter_map(|record_type| records.get(&RrKey::new(target.clone(), record_type)))
-        .flat_map(|set| set.records_without_rrsigs().cloned())
-        .collect()
+
+    fn set(&mut self, origin: &LowerName, key: &RrKey, set: Option<&RecordSet>) {
+        let owner = key.name();
+        let record_type = key.record_type;
+        let held = set.map(|set| {
+            let records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+            let srv_target = match records.first().map(|r| &r.data) {
+                Some(RData::SRV(srv)) if record_type == RecordType::SRV => {
+                    Some(LowerName::new(&srv.target))
+                }
+                _ => None,
+            };
+            Arc::new(Held {
+                record_type,
+                records,
+                srv_target,
+            })
+        });
+        if record_type == RecordType::SOA && owner == origin {
+            self.soa = Arc::from(
+                held.as_ref()
+                    .map(|held| held.records.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        let node = self.names.entry(owner.clone()).or_default();
+        let had = !node.sets.is_empty();
+        node.sets.retain(|held| held.record_type != record_type);
+        if let Some(held) = held {
+            node.sets.push(held);
+        }
+        let has = !node.sets.is_empty();
+        if had == has {
+            if node.refs == 0 {
+                self.names.remove(owner); // removing what was never there
+            }
+            return;
+        }
+        // The owner and every ancestor up to the origin (the empty non-terminals) exist
+        // while some name at or below them holds records.
+        let mut name = owner.clone();
+        loop {
+            let done = name == *origin || name.is_root();
+            let node = self.names.entry(name.clone()).or_default();
+            if has {
+                node.refs += 1;
+            } else {
+                node.refs = node.refs.saturating_sub(1);
+                if node.refs == 0 {
+                    self.names.remove(&name);
+                }
+            }
+            if done {
+                break;
+            }
+            name = name.base_name();
+        }
+    }
+
+    /// What hickory adds to an SRV answer: the A, then the AAAA set of the first record's
+    /// target, when the zone holds them.
+    fn additionals(&self, set: &Held) -> [&[Record]; 2] {
+        let Some(node) = set.srv_target.as_ref().and_then(|t| self.names.get(t)) else {
+            return [&[], &[]];
+        };
+        let of = |record_type| {
+            node.sets
+                .iter()
+                .find(|held| held.record_type == record_type)
+                .map_or(&[][..], |held| &held.records[..])
+        };
+        [of(RecordType::A), of(RecordType::AAAA)]
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::SocketAddr;
     use std::str::FromStr;
     use std::sync::Arc;
@@ -202,7 +290,7 @@ mod tests {
 
     /// Captures the bytes a response would be sent as over UDP.
     #[derive(Clone)]
-    struct Capture(mpsc::UnboundedSender<Vec<u8>>);
+    pub(crate) struct Capture(mpsc::UnboundedSender<Vec<u8>>);
 
     #[async_trait::async_trait]
     impl ResponseHandler for Capture {
@@ -223,11 +311,11 @@ mod tests {
         }
     }
 
-    fn name(s: &str) -> Name {
+    pub(crate) fn name(s: &str) -> Name {
         Name::from_str(s).unwrap()
     }
 
-    fn settings() -> ZoneSettings {
+    pub(crate) fn settings() -> ZoneSettings {
         ZoneSettings {
             origins: vec![name("global."), name("mesh.example.com.")],
             ttl: 5,
@@ -238,11 +326,12 @@ mod tests {
 
     /// Services of every shape: v4 and v6 VIPs, no VIP, pinned VIPs, named ports,
     /// headless with endpoints.
-    fn snapshot(count: usize) -> Snapshot {
+    pub(crate) fn snapshot(count: usize) -> Snapshot {
         let services = (0..count)
             .map(|i| GlobalService {
                 name: format!("svc-{i}"),
                 namespace: format!("ns-{}", i % 3),
+                hostname: format!("svc-{i}.ns-{}.global", i % 3),
                 vip: match i % 4 {
                     0 | 1 => format!("10.96.{}.{}", i / 256, i % 256),
                     2 => format!("fd00::{i:x}"),
@@ -305,7 +394,7 @@ mod tests {
         (zones, authority, hickory)
     }
 
-    fn request(qname: &Name, query_type: RecordType, edns: Option<u8>) -> Request {
+    pub(crate) fn request(qname: &Name, query_type: RecordType, edns: Option<u8>) -> Request {
         let mut query = Message::query();
         query.metadata.recursion_desired = true;
         query.add_query(Query::query(qname.clone(), query_type));
@@ -320,7 +409,7 @@ mod tests {
     }
 
     /// The response of the authority (index first) and of hickory's catalog alone.
-    async fn both(
+    pub(crate) async fn both(
         authority: &Authority,
         hickory: &ServedZones,
         request: &Request,
@@ -446,7 +535,7 @@ mod tests {
     }
 
     /// Flips the case of every other letter, deterministically.
-    fn mixed_case(name: &Name) -> Name {
+    pub(crate) fn mixed_case(name: &Name) -> Name {
         let flipped: String = name
             .to_ascii()
             .chars()
@@ -462,16 +551,31 @@ mod tests {
         Name::from_str(&flipped).unwrap()
     }
 
-    #[tokio::test]
-    async fn answers_are_hickorys_byte_for_byte() {
-        let (zones, authority, hickory) = served(24);
+    /// The query types the byte-identity tests ask for every name.
+    pub(crate) const QUERY_TYPES: [RecordType; 11] = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::SRV,
+        RecordType::TXT,
+        RecordType::PTR,
+        RecordType::SOA,
+        RecordType::NS,
+        RecordType::MX,
+        RecordType::CNAME,
+        RecordType::DS,
+        RecordType::ANY,
+    ];
+
+    /// Every owner name of `zones`, mixed-case, with a missing child, and every ancestor
+    /// up to its origin with a missing child; plus names outside the zones.
+    pub(crate) fn query_names(zones: &[Zone]) -> Vec<Name> {
         let mut names = vec![
             name("example.org."),
             name("in-addr.arpa."),
             name("96.10.in-addr.arpa."),
             name("."),
         ];
-        for zone in zones.zones() {
+        for zone in zones {
             for key in zone.records().keys() {
                 let owner = Name::from(key.name());
                 names.push(owner.clone());
@@ -487,19 +591,14 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        let types = [
-            RecordType::A,
-            RecordType::AAAA,
-            RecordType::SRV,
-            RecordType::TXT,
-            RecordType::PTR,
-            RecordType::SOA,
-            RecordType::NS,
-            RecordType::MX,
-            RecordType::CNAME,
-            RecordType::DS,
-            RecordType::ANY,
-        ];
+        names
+    }
+
+    #[tokio::test]
+    async fn answers_are_hickorys_byte_for_byte() {
+        let (zones, authority, hickory) = served(24);
+        let names = query_names(zones.zones());
+        let types = QUERY_TYPES;
         let (mut compared, mut negative, mut indexed, mut positive) = (0, 0, 0, 0);
         for qname in &names {
             for (i, query_type) in types.iter().enumerate() {

@@ -1,82 +1,111 @@
-//! Keeps the served zones in step with the controller's snapshots.
+//! Keeps the served zones in step with the controller's resources.
 //!
-//! Each new snapshot is turned into zones on a blocking thread (large meshes must not
-//! stall the query path), then swapped in whole. Snapshots that arrive while a build runs
-//! are coalesced by the watch channel: only the latest is built next. If a build fails,
-//! the previous zones stay in service.
+//! The subscription publishes the applied resources ([`Resources`]: the snapshot as
+//! versioned `service/…` and `endpoints/…` resources, fed by the delta stream, or by full
+//! snapshots from a controller without it). Each new value is compared with the one last
+//! applied ([`Resources::touched_since`], O(changes)); only the services that changed are
+//! rebuilt, and only the record sets that differ are written into the served zones
+//! ([`crate::state`]). That runs on a blocking thread (the first value of a large mesh
+//! builds everything, and must not stall the query path). Values that arrive while an
+//! update runs are coalesced by the watch channel: only the latest is applied next,
+//! against what was applied last. If an update fails, the previous zones stay in service
+//! and the next value is built from scratch.
 
 use std::sync::Arc;
 
-use meridian_api::proto::Snapshot;
+use meridian_api::resources::Resources;
 use meridian_api::signal::Shutdown;
-use meridian_api::subscription::SnapshotReceiver;
+use meridian_api::subscription::ResourcesReceiver;
 use tracing::{error, info, warn};
 
 use crate::authority::Authority;
 use crate::metrics::Metrics;
-use crate::zone::{ZoneSettings, Zones};
+use crate::state::ZoneState;
+use crate::zone::ZoneSettings;
 
-/// Follows `snapshots` until the subscription ends or `shutdown` is cancelled, applying
-/// each one to `authority`.
+/// Follows `updates` until the subscription ends or `shutdown` is cancelled, applying
+/// each new state to `authority`.
 pub(crate) async fn follow(
-    mut snapshots: SnapshotReceiver,
+    mut updates: ResourcesReceiver,
     authority: Authority,
     settings: Arc<ZoneSettings>,
     metrics: Arc<Metrics>,
     cluster: String,
     shutdown: Shutdown,
 ) {
+    let mut served = None;
     loop {
-        let latest = snapshots.borrow_and_update().clone();
-        if let Some(snapshot) = latest {
-            apply(snapshot, &authority, &settings, &metrics, &cluster).await;
+        let latest = updates.borrow_and_update().clone();
+        if let Some(resources) = latest {
+            served = apply(resources, served, &authority, &settings, &metrics, &cluster).await;
         }
         tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = updates.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
         }
     }
 }
 
+/// The zones being served and the resources they were built from.
+struct Served {
+    state: ZoneState,
+    resources: Resources,
+}
+
+/// Applies `resources` on top of `served` (`None`: from scratch); returns what is served
+/// now, or `None` if the update failed.
 async fn apply(
-    snapshot: Arc<Snapshot>,
+    resources: Resources,
+    served: Option<Served>,
     authority: &Authority,
     settings: &Arc<ZoneSettings>,
     metrics: &Metrics,
     cluster: &str,
-) {
-    let version = snapshot.version;
-    if snapshot.cluster != cluster {
+) -> Option<Served> {
+    // The controller's snapshot version on the full stream, the system version on the
+    // delta stream: what the SOA serial and `meridian_dns_snapshot_version` carry.
+    let version = resources.snapshot_version();
+    let for_cluster = resources.header().map(|h| h.cluster.as_str());
+    if for_cluster.is_some_and(|c| c != cluster) {
         warn!(
             version,
-            snapshot_cluster = %snapshot.cluster,
+            snapshot_cluster = for_cluster.unwrap_or_default(),
             "snapshot is for another cluster; serving it anyway"
         );
     }
-    let settings = settings.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let zones = Zones::build(&snapshot, &settings);
-        let records = zones.record_count();
-        let skipped = zones.skipped().to_vec();
-        zones
-            .into_catalog()
-            .map(|catalog| (catalog, records, skipped))
+    let mut served = served.unwrap_or_else(|| Served {
+        state: ZoneState::new(settings.clone()),
+        resources: Resources::new(),
+    });
+    let authority = authority.clone();
+    let updated = tokio::task::spawn_blocking(move || {
+        let touched = resources.touched_since(&served.resources);
+        let applied = served
+            .state
+            .apply(&resources, &touched, version, &authority);
+        served.resources = resources;
+        (served, applied)
     })
     .await;
-    match built {
-        Ok(Ok((catalog, records, skipped))) => {
-            for entry in &skipped {
+    match updated {
+        Ok((served, applied)) => {
+            for entry in &applied.newly_skipped {
                 warn!(version, service = %entry.service, reason = %entry.reason, "snapshot entry not served");
             }
-            authority.replace(catalog);
-            metrics.snapshot_applied(version, records, skipped.len());
-            info!(version, records, skipped = skipped.len(), "zones updated");
-        }
-        Ok(Err(zone_error)) => {
-            error!(version, error = %zone_error, "snapshot not applied; still serving the previous zones");
+            metrics.snapshot_applied(version, applied.records, applied.skipped);
+            info!(
+                version,
+                services = applied.services,
+                record_sets = applied.sets,
+                records = applied.records,
+                skipped = applied.skipped,
+                "zones updated"
+            );
+            Some(served)
         }
         Err(join_error) => {
-            error!(version, error = %join_error, "zone build failed; still serving the previous zones");
+            error!(version, error = %join_error, "zone update failed; still serving the previous zones");
+            None
         }
     }
 }

@@ -15,13 +15,14 @@
 //! [`Catalog`] the server answers from, with the index of names that answers the
 //! ordinary queries ([`ServedZones`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
-use hickory_server::proto::rr::{LowerName, Name, RData, RecordSet, RecordType, RrKey};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use meridian_api::proto::{GlobalService, Snapshot};
@@ -70,19 +71,7 @@ impl Zone {
             records: BTreeMap::new(),
             origin: origin.clone(),
         };
-        let hostmaster = origin
-            .prepend_label("hostmaster")
-            .unwrap_or_else(|_| origin.clone());
-        let soa = SOA::new(
-            settings.nameserver.clone(),
-            hostmaster,
-            serial,
-            SOA_REFRESH,
-            SOA_RETRY,
-            SOA_EXPIRE,
-            settings.ttl,
-        );
-        zone.add(origin.clone(), RData::SOA(soa), settings.ttl);
+        zone.add(origin.clone(), soa(&origin, settings, serial), settings.ttl);
         zone.add(
             origin,
             RData::NS(NS(settings.nameserver.clone())),
@@ -91,12 +80,55 @@ impl Zone {
         zone
     }
 
+    /// A zone without even its apex records: what one group of services adds to it.
+    pub(crate) fn empty(origin: Name) -> Self {
+        Self {
+            origin,
+            records: BTreeMap::new(),
+        }
+    }
+
     pub(crate) fn add(&mut self, name: Name, rdata: RData, ttl: u32) {
         let record_type = rdata.record_type();
         self.records
             .entry(RrKey::new(LowerName::new(&name), record_type))
             .or_insert_with(|| RecordSet::with_ttl(name, record_type, ttl))
             .add_rdata(rdata);
+    }
+
+    /// Adds `rdatas` at `name`, as many [`add`](Self::add)s in that order would, in
+    /// O(n) rather than O(n²): `RecordSet::insert` scans the set for an equal record on
+    /// every insert, which for a headless service's one-record-per-endpoint sets dominated
+    /// both a full build and the rebuild of that service.
+    pub(crate) fn add_all(&mut self, name: &Name, rdatas: Vec<RData>, ttl: u32) {
+        let mut by_type: BTreeMap<RecordType, Vec<RData>> = BTreeMap::new();
+        for rdata in rdatas {
+            by_type.entry(rdata.record_type()).or_default().push(rdata);
+        }
+        for (record_type, rdatas) in by_type {
+            let key = RrKey::new(LowerName::new(name), record_type);
+            match self.records.entry(key) {
+                Entry::Vacant(vacant) => {
+                    // Equal records are dropped by `insert`, keeping the first: so here.
+                    let mut seen = HashSet::new();
+                    let records = rdatas
+                        .into_iter()
+                        .filter(|rdata| seen.insert(rdata.clone()))
+                        .map(|rdata| Record::from_rdata(name.clone(), ttl, rdata))
+                        .collect();
+                    let mut set = RecordSet::with_ttl(name.clone(), record_type, ttl);
+                    set.set_records(records);
+                    vacant.insert(set);
+                }
+                // Another service of the same name added records here first: its records
+                // come first, and equal ones are dropped, by `insert` itself.
+                Entry::Occupied(mut occupied) => {
+                    for rdata in rdatas {
+                        occupied.get_mut().add_rdata(rdata);
+                    }
+                }
+            }
+        }
     }
 
     /// The zone's name.
@@ -117,6 +149,10 @@ impl Zone {
 
     pub(crate) fn records(&self) -> &BTreeMap<RrKey, RecordSet> {
         &self.records
+    }
+
+    pub(crate) fn into_records(self) -> BTreeMap<RrKey, RecordSet> {
+        self.records
     }
 }
 
@@ -143,56 +179,14 @@ impl Zones {
         // which is all a serial must do here (zone transfers are refused, so no secondary
         // compares serials).
         let serial = snapshot.version as u32;
-        let mut zones: Vec<Zone> = settings
-            .origins
-            .iter()
-            .map(|origin| Zone::new(origin.clone(), settings, serial))
-            .collect();
+        let mut zones = apexes(settings, serial);
         let mut skipped = Vec::new();
-        let mut seen = BTreeSet::new();
-        for service in &snapshot.services {
-            let id = format!("{}.{}", service.name, service.namespace);
-            if !seen.insert(id.clone()) {
-                skipped.push(Skipped {
-                    service: id,
-                    reason: "duplicate service in snapshot".into(),
-                });
-                continue;
-            }
-            let entries = match entries(service) {
-                Ok(entries) => entries,
-                Err(reason) => {
-                    skipped.push(Skipped {
-                        service: id,
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            for problem in &entries.problems {
-                skipped.push(Skipped {
-                    service: id.clone(),
-                    reason: problem.clone(),
-                });
-            }
-            for zone in &mut zones {
-                if let Err(reason) = entries.add_to(zone, settings.ttl) {
-                    skipped.push(Skipped {
-                        service: id.clone(),
-                        reason,
-                    });
-                }
-            }
-        }
-        if let Some(origin) = &settings.clusterset {
-            zones.extend(crate::clusterset::zones(
-                snapshot,
-                origin,
-                settings,
-                serial,
-                &mut skipped,
-            ));
-        }
+        let claims = add_services(&snapshot.services, &mut zones, settings, &mut skipped);
+        zones.extend(crate::clusterset::reverse_zones(
+            &claims,
+            settings,
+            &mut skipped,
+        ));
         Self {
             zones,
             version: snapshot.version,
@@ -244,8 +238,97 @@ impl Zones {
             })?;
             catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
         }
-        Ok(ServedZones::new(catalog, names))
+        Ok(ServedZones::new(Arc::new(catalog), names))
     }
+}
+
+/// The SOA record data of the zone `origin`.
+pub(crate) fn soa(origin: &Name, settings: &ZoneSettings, serial: u32) -> RData {
+    let hostmaster = origin
+        .prepend_label("hostmaster")
+        .unwrap_or_else(|_| origin.clone());
+    RData::SOA(SOA::new(
+        settings.nameserver.clone(),
+        hostmaster,
+        serial,
+        SOA_REFRESH,
+        SOA_RETRY,
+        SOA_EXPIRE,
+        settings.ttl,
+    ))
+}
+
+/// The served zones with only their apex records (and `dns-version` in the clusterset
+/// zone): one per origin, then the clusterset zone if configured. The slots
+/// [`add_services`] fills.
+pub(crate) fn apexes(settings: &ZoneSettings, serial: u32) -> Vec<Zone> {
+    let mut zones: Vec<Zone> = settings
+        .origins
+        .iter()
+        .map(|origin| Zone::new(origin.clone(), settings, serial))
+        .collect();
+    if let Some(origin) = &settings.clusterset {
+        zones.push(crate::clusterset::apex(origin, settings, serial));
+    }
+    zones
+}
+
+/// Adds the records of `services`, in their order, to `zones` (one per origin, then the
+/// clusterset zone if configured, as [`apexes`] makes them) and returns the ClusterSet IPs
+/// they claim, in the same order. The one definition of what a service contributes: the
+/// full build runs it over a snapshot, the incremental state ([`crate::state`]) over the
+/// services that share a name.
+pub(crate) fn add_services<'a>(
+    services: impl IntoIterator<Item = &'a GlobalService> + Clone,
+    zones: &mut [Zone],
+    settings: &ZoneSettings,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<crate::clusterset::Claim> {
+    let (global, clusterset) = zones.split_at_mut(settings.origins.len());
+    let mut seen = BTreeSet::new();
+    for service in services.clone() {
+        let id = service_id(service);
+        if !seen.insert(id.clone()) {
+            skipped.push(Skipped {
+                service: id,
+                reason: "duplicate service in snapshot".into(),
+            });
+            continue;
+        }
+        let entries = match entries(service) {
+            Ok(entries) => entries,
+            Err(reason) => {
+                skipped.push(Skipped {
+                    service: id,
+                    reason,
+                });
+                continue;
+            }
+        };
+        for problem in &entries.problems {
+            skipped.push(Skipped {
+                service: id.clone(),
+                reason: problem.clone(),
+            });
+        }
+        for zone in global.iter_mut() {
+            if let Err(reason) = entries.add_to(zone, settings.ttl) {
+                skipped.push(Skipped {
+                    service: id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    match clusterset.first_mut() {
+        Some(zone) => crate::clusterset::add_services(services, zone, settings.ttl, skipped),
+        None => Vec::new(),
+    }
+}
+
+/// `name.namespace`, as skipped entries name a service.
+pub(crate) fn service_id(service: &GlobalService) -> String {
+    format!("{}.{}", service.name, service.namespace)
 }
 
 /// One service's records, relative to a zone: validated once, added to every zone.

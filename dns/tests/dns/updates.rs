@@ -9,9 +9,10 @@ use hickory_server::net::client::{Client, ClientHandle};
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::udp::UdpClientStream;
 use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
-use meridian_api::proto::ServicePort;
+use meridian_api::proto::{Endpoint, ServicePort};
+use meridian_api::testing::FakeDiscovery;
 
-use crate::support::{CLUSTER, PATIENCE, service, serving, snapshot};
+use crate::support::{CLUSTER, Dns, PATIENCE, service, serving, snapshot};
 
 #[tokio::test]
 async fn the_controller_hears_who_subscribes() {
@@ -170,4 +171,73 @@ async fn each_answer_comes_from_one_snapshot() {
     );
     assert!(checked > 0);
     assert!(distinct > 1, "queries never overlapped a swap");
+}
+
+/// Queries `args` until the answers are `want` (bounded by PATIENCE).
+async fn wait_answers(dns: &Dns, args: &[&str], want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut answers = dns.dig(args).await.answers().join(" ");
+        let mut sorted: Vec<&str> = answers.split(' ').filter(|a| !a.is_empty()).collect();
+        sorted.sort_unstable();
+        answers = sorted.join(" ");
+        if answers == want.join(" ") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{args:?} never answered {want:?} (last: {answers}); log:\n{}",
+            dns.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_on_the_delta_stream_rebuilds_only_its_service() {
+    let controller = FakeDiscovery::start_delta().await.expect("fake controller");
+    let mut db = service("db", "default", "10.96.0.20");
+    db.headless = true;
+    db.endpoints = ["10.1.0.1", "10.1.0.2"]
+        .iter()
+        .enumerate()
+        .map(|(i, address)| Endpoint {
+            cluster: CLUSTER.into(),
+            pod: format!("db-{i}"),
+            address: (*address).into(),
+            ready: true,
+            ..Endpoint::default()
+        })
+        .collect();
+    let reviews = service("reviews", "default", "10.96.0.10");
+    controller.push(snapshot(1, vec![db.clone(), reviews.clone()]));
+    let dns = Dns::start(&controller, &[]).await;
+    let db_name = "db.default.svc.clusterset.local";
+    wait_answers(&dns, &[db_name], &["10.1.0.1", "10.1.0.2"]).await;
+
+    // One endpoint goes unready: one endpoints resource on the wire, one service rebuilt.
+    db.endpoints[1].ready = false;
+    controller.push(snapshot(2, vec![db, reviews]));
+    wait_answers(&dns, &[db_name], &["10.1.0.1"]).await;
+    let gone = dns
+        .dig(&["db-1.east.db.default.svc.clusterset.local"])
+        .await;
+    assert_eq!(gone.status, "NXDOMAIN", "{}", gone.raw);
+    assert_eq!(
+        dns.dig(&["reviews.default.global"]).await.answers(),
+        ["10.96.0.10"]
+    );
+    assert!(
+        controller.delta_requests().len() >= 2,
+        "the server followed the delta stream and acknowledged it"
+    );
+    let log = dns.log();
+    let updates: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("zones updated"))
+        .collect();
+    assert!(
+        updates.last().is_some_and(|l| l.contains("services=1 ")),
+        "{updates:#?}"
+    );
 }
