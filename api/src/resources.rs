@@ -638,35 +638,6 @@ mod tests {
         assert_eq!(after.snapshot_version(), after.version());
     }
 
-    /// imbl 6's `OrdMap::diff` skipped a change right after a run of shared nodes
-    /// (jneem/imbl#161, fixed in 7): in a large map, some one-resource changes produced an
-    /// empty delta. Every change must be in the delta, wherever it sits.
-    #[test]
-    fn every_single_change_in_a_large_map_is_in_its_delta() {
-        let services: Vec<_> = (0..1500)
-            .map(|i| {
-                service(
-                    &format!("s{i:04}.default.global"),
-                    vec![endpoint("east", "10.1.0.1", true)],
-                )
-            })
-            .collect();
-        let base = Resources::from_snapshot(&snapshot(services.clone()));
-        for (i, svc) in services.iter().enumerate() {
-            let mut changed = svc.clone();
-            changed.endpoints[0].ready = false;
-            let mut next = base.clone();
-            next.set_service(&changed);
-            let delta = next.delta_since(&base);
-            assert_eq!(
-                delta.resources.len(),
-                1,
-                "change {i} missing from its delta"
-            );
-            assert_eq!(next.touched_since(&base).services.len(), 1, "change {i}");
-        }
-    }
-
     #[test]
     fn the_same_content_is_the_same_version_and_no_change() {
         let mut r = Resources::from_snapshot(&two_services());
@@ -732,10 +703,10 @@ mod tests {
     }
 
     /// Regression: imbl 6.1's `OrdMap::diff` skipped the entry right after a run of
-    /// shared nodes (jneem/imbl#161, fixed in 7.0), so in a large map about one
-    /// single-service change in eight went unseen by `touched_since` and `delta_since`.
+    /// shared nodes (jneem/imbl#161, fixed in 7.0), so in a large map some single-service
+    /// changes went unseen by `touched_since` and `delta_since` (an empty delta).
     #[test]
-    fn every_single_service_change_in_a_large_map_is_seen() {
+    fn every_single_change_in_a_large_map_is_in_its_delta() {
         let services: Vec<GlobalService> = (0..2_000)
             .map(|i| {
                 service(
