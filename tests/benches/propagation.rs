@@ -218,7 +218,7 @@ async fn main() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut ready: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     let (mut end_to_end, mut writes) = (Vec::new(), Vec::new());
-    let mut late = 0;
+    let (mut late, mut unverified) = (0, 0);
     for k in 0..changes {
         // Spread over services and pods; a pod flipped twice comes back ready.
         let (s, e) = ((k * 7) % services, (k / services) % endpoints);
@@ -249,7 +249,12 @@ async fn main() -> Result<()> {
                 let v = version(west).await?;
                 if v != seen {
                     let at = t0.elapsed();
-                    let dump = west.config_dump().await?;
+                    // The dump is large and slow on a loaded machine: after it failed
+                    // (5 s timeout) the change is taken as shown, and counted.
+                    let Ok(dump) = west.config_dump().await else {
+                        unverified += 1;
+                        return anyhow::Ok(at);
+                    };
                     if healthy_by_cluster(&dump, &host).get("east")
                         == Some(&(endpoints, healthy_east))
                     {
@@ -293,6 +298,11 @@ async fn main() -> Result<()> {
     );
     if late > 0 {
         println!("{late} version changes were of another change and not counted as the end");
+    }
+    if unverified > 0 {
+        println!(
+            "{unverified} changes taken as shown at the version change without the config_dump check (it timed out)"
+        );
     }
     for ((name, pid), before) in pids.iter().zip(cpu_before) {
         let used = cpu_ticks(*pid)?.saturating_sub(before) as f64;
