@@ -37,6 +37,8 @@ use tokio::time::Instant;
 const VERSION_SERIES: &str = "meridian_gateway_snapshot_version";
 /// How long one change may take to show before the bench gives up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the processes' idle CPU rate is measured before the changes.
+const IDLE: Duration = Duration::from_secs(10);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -212,10 +214,22 @@ async fn main() -> Result<()> {
         ),
         ("west gateway", pid_of(west, "gateway")?),
     ];
-    let cpu_before = pids
+    let cpu_now = || {
+        pids.iter()
+            .map(|(_, pid)| cpu_ticks(*pid))
+            .collect::<Result<Vec<_>>>()
+    };
+    // The processes' CPU with nothing changing (reflector resyncs, the periodic full
+    // pass, metrics), to tell apart what the changes cost.
+    let idle_start = cpu_now()?;
+    tokio::time::sleep(IDLE).await;
+    let idle: Vec<f64> = cpu_now()?
         .iter()
-        .map(|(_, pid)| cpu_ticks(*pid))
-        .collect::<Result<Vec<_>>>()?;
+        .zip(&idle_start)
+        .map(|(now, before)| now.saturating_sub(*before) as f64 / IDLE.as_secs_f64())
+        .collect();
+    let cpu_before = cpu_now()?;
+    let changing = Instant::now();
     let mut ready: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     let (mut end_to_end, mut writes) = (Vec::new(), Vec::new());
     let (mut late, mut unverified) = (0, 0);
@@ -277,6 +291,7 @@ async fn main() -> Result<()> {
         let shown = shown?;
         end_to_end.push(shown);
     }
+    let changing = changing.elapsed().as_secs_f64();
     let hz = clock_ticks() as f64;
     println!();
     println!(
@@ -304,11 +319,15 @@ async fn main() -> Result<()> {
             "{unverified} changes taken as shown at the version change without the config_dump check (it timed out)"
         );
     }
-    for ((name, pid), before) in pids.iter().zip(cpu_before) {
+    for (((name, pid), before), idle) in pids.iter().zip(cpu_before).zip(idle) {
         let used = cpu_ticks(*pid)?.saturating_sub(before) as f64;
+        let above_idle = (used - idle * changing).max(0.0);
         println!(
-            "{name} CPU per change: {:.2} ms (utime+stime over {changes} changes, {} ms resolution)",
+            "{name} CPU per change: {:.1} ms, {:.1} ms above its idle rate of {:.1} ms/s \
+             (utime+stime over {changes} changes in {changing:.1} s, {} ms ticks)",
             used / hz * 1e3 / changes as f64,
+            above_idle / hz * 1e3 / changes as f64,
+            idle / hz * 1e3,
             (1e3 / hz) as u64
         );
     }
