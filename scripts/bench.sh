@@ -11,7 +11,8 @@
 # (wrk -c, default 16), BENCH_CONTROL_PLANE=1 (also run the controller's catalog and
 # control_plane benches, a release build of the controller; BENCH_CONTROL_PLANE_SIZES,
 # default "1k 100k", may add 1M: 50 clusters x 2,000 services x 10 endpoints, several
-# GiB of memory), BENCH_PROFILE=DIR (perf record -g of the caller
+# GiB of memory; and the testbed's end-to-end propagation bench, debug build, a few
+# minutes), BENCH_PROFILE=DIR (perf record -g of the caller
 # gateway under the local HTTP load and of meridian-dns under dnsperf, into DIR),
 # BENCH_BEFORE=DIR (DIR holds meridian-gateway and meridian-dns release binaries of an
 # earlier commit: they run beside the current ones, on other addresses, and get rows of
@@ -428,4 +429,11 @@ if [[ ${BENCH_CONTROL_PLANE:-} == 1 ]]; then
 	# subscriber, and today's full pass as the baseline (docs/benchmarks.md).
 	read -r -a sizes <<<"${BENCH_CONTROL_PLANE_SIZES:-1k 100k}"
 	cargo bench -p meridian-controller --bench control_plane -- "${sizes[@]}" 2>/dev/null || true
+	echo
+	# End to end on the testbed (debug build: a release build of the testbed and the four
+	# binaries takes too long here): one endpoint flip in east → west's gateway.
+	echo "End to end on the testbed (cargo test -p meridian-testbed --bench propagation, debug):"
+	if cargo build -q -p meridian-controller -p meridian-gateway -p meridian-dns -p meridian-cli; then
+		MERIDIAN_BIN_DIR=$PWD/target/debug cargo test -q -p meridian-testbed --bench propagation 2>/dev/null || true
+	fi
 fi
