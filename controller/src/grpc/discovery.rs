@@ -441,11 +441,20 @@ mod tests {
         publisher: SnapshotPublisher,
         metrics: Arc<Metrics>,
     ) -> (String, tokio_util::sync::DropGuard) {
+        start_service(DiscoveryService::new(
+            "a".into(),
+            publisher,
+            metrics,
+            CallerAuth::Unauthenticated,
+        ))
+        .await
+    }
+
+    /// Serves `svc` in plaintext on a free loopback port until the guard is dropped.
+    async fn start_service(svc: DiscoveryService) -> (String, tokio_util::sync::DropGuard) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let svc =
-            DiscoveryService::new("a".into(), publisher, metrics, CallerAuth::Unauthenticated);
         tokio::spawn(serve(
             listener,
             Transport::Plaintext,
@@ -775,25 +784,16 @@ mod tests {
     async fn delta_watch_beyond_max_subscribers_is_refused() {
         let publisher = SnapshotPublisher::new();
         publisher.publish(snap(1));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let svc = DiscoveryService::new(
-            "a".into(),
-            publisher,
-            Arc::new(Metrics::default()),
-            CallerAuth::Unauthenticated,
+        let (addr, _guard) = start_service(
+            DiscoveryService::new(
+                "a".into(),
+                publisher,
+                Arc::new(Metrics::default()),
+                CallerAuth::Unauthenticated,
+            )
+            .with_max_subscribers(1),
         )
-        .with_max_subscribers(1);
-        tokio::spawn(serve(
-            listener,
-            Transport::Plaintext,
-            Keepalive::default(),
-            svc,
-            None,
-            stop.clone(),
-        ));
-        let _guard = stop.drop_guard();
+        .await;
         let (_r, mut open) = delta_watch(&addr, "a", BTreeMap::new()).await.unwrap();
         open.message().await.unwrap().unwrap();
         let err = delta_watch(&addr, "a", BTreeMap::new()).await.unwrap_err();
