@@ -23,13 +23,15 @@
 
 use std::iter;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{DNSClass, LowerName, Name};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
 use tracing::{error, warn};
@@ -46,11 +48,17 @@ use crate::names::{Answer, NameIndex};
 pub struct ServedZones {
     catalog: Arc<Catalog>,
     names: NameIndex,
+    /// Set by [`Authority::replace`]: grows with every change served.
+    generation: u64,
 }
 
 impl ServedZones {
     pub(crate) fn new(catalog: Arc<Catalog>, names: NameIndex) -> Self {
-        Self { catalog, names }
+        Self {
+            catalog,
+            names,
+            generation: 0,
+        }
     }
 
     /// The hickory catalog of the zones.
@@ -73,8 +81,20 @@ pub struct Authority {
 
 struct Inner {
     catalog: ArcSwapOption<ServedZones>,
+    /// The generation of the zones stored last.
+    generation: AtomicU64,
     origins: Vec<LowerName>,
     metrics: Arc<Metrics>,
+}
+
+/// How [`Authority::answer`] answered a query.
+pub(crate) struct Answered {
+    /// What was sent.
+    pub(crate) info: ResponseInfo,
+    /// The generation of the zones that answered, when the answer came from the index of
+    /// names: such an answer is fixed by those zones and the query's bytes (see
+    /// [`crate::answer_cache`]). `None` for hickory's answers and errors.
+    pub(crate) indexed: Option<u64>,
 }
 
 impl Authority {
@@ -85,6 +105,7 @@ impl Authority {
         Self {
             inner: Arc::new(Inner {
                 catalog: ArcSwapOption::empty(),
+                generation: AtomicU64::new(0),
                 origins: origins.iter().map(LowerName::new).collect(),
                 metrics,
             }),
@@ -92,8 +113,28 @@ impl Authority {
     }
 
     /// Atomically replaces the served zones.
-    pub fn replace(&self, zones: ServedZones) {
+    pub fn replace(&self, mut zones: ServedZones) {
+        // Only this call stores zones and it is not run concurrently (one snapshot
+        // follower), so generations are stored in increasing order.
+        zones.generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.catalog.store(Some(Arc::new(zones)));
+    }
+
+    /// The generation of the zones served now (0 before the first); any change to what
+    /// is served changes it.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner
+            .catalog
+            .load()
+            .as_ref()
+            .map_or(0, |served| served.generation)
+    }
+
+    /// Counts a UDP query answered from the answer cache, as [`Authority::answer`] counts
+    /// the others.
+    pub(crate) fn count_cached(&self, qtype: RecordType, code: ResponseCode) {
+        self.inner.metrics.answer_cache_hit();
+        self.inner.metrics.query(Some(qtype), code, Protocol::Udp);
     }
 
     /// The zones served now.
@@ -112,18 +153,24 @@ impl Authority {
     }
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Authority {
-    async fn handle_request<R: ResponseHandler, T: Time>(
+impl Authority {
+    /// Answers `request` through `response_handle` and counts it; says whether the
+    /// answer came from the index of names, and of which zones.
+    pub(crate) async fn answer<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         response_handle: R,
-    ) -> ResponseInfo {
+    ) -> Answered {
         let query = request.queries.queries().first();
+        let mut indexed = None;
         let info = match query.map(|query| query.query_class()) {
             Some(DNSClass::IN) | None => match self.inner.catalog.load_full() {
                 Some(served) => match indexed_answer(request, &served.names) {
-                    Some(answer) => respond_indexed(request, answer, response_handle).await,
+                    Some(answer) => {
+                        let info = respond_indexed(request, answer, response_handle).await;
+                        indexed = Some(served.generation);
+                        info
+                    }
                     None => {
                         served
                             .catalog
@@ -152,7 +199,18 @@ impl RequestHandler for Authority {
             info.response_code,
             request.protocol(),
         );
-        info
+        Answered { info, indexed }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Authority {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.answer::<R, T>(request, response_handle).await.info
     }
 }
 

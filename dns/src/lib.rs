@@ -25,10 +25,12 @@ pub mod state;
 pub mod zone;
 
 mod admin;
+mod answer_cache;
 mod error;
 mod names;
 mod server;
 mod snapshot;
+mod udp;
 
 use std::sync::Arc;
 

@@ -33,6 +33,7 @@ struct QueryLabels {
 pub struct Metrics {
     registry: Registry,
     queries: Family<QueryLabels, Counter>,
+    answer_cache_hits: Counter,
     snapshot_version: Gauge<u64, AtomicU64>,
     snapshot_age: Gauge<f64, AtomicU64>,
     snapshot_updates: Counter,
@@ -60,6 +61,12 @@ impl Metrics {
             "queries",
             "DNS queries answered, by query type, response code and transport",
             queries.clone(),
+        );
+        let answer_cache_hits = Counter::default();
+        registry.register(
+            "answer_cache_hits",
+            "UDP queries answered from a socket's cache of encoded answers (also counted in queries)",
+            answer_cache_hits.clone(),
         );
         // The same type as the controller's `meridian_snapshot_version` (a content hash), so
         // the two can be compared; 0 means none yet.
@@ -105,6 +112,7 @@ impl Metrics {
             registry,
             admin,
             queries,
+            answer_cache_hits,
             snapshot_version,
             snapshot_age,
             snapshot_updates,
@@ -127,6 +135,11 @@ impl Metrics {
             },
         };
         self.queries.get_or_create(&labels).inc();
+    }
+
+    /// Counts one UDP query answered from the answer cache.
+    pub fn answer_cache_hit(&self) {
+        self.answer_cache_hits.inc();
     }
 
     /// Records that the zones of snapshot `version` are now served.

@@ -305,7 +305,7 @@ pub(crate) mod tests {
                 impl Iterator<Item = &'a Record> + Send + 'a,
             >,
         ) -> Result<ResponseInfo, NetError> {
-            let (info, bytes) = crate::server::encode_udp(response)?;
+            let (info, bytes) = crate::udp::encode_udp(response)?;
             self.0.send(bytes).expect("the test holds the receiver");
             Ok(info)
         }

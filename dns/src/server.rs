@@ -1,39 +1,17 @@
-//! DNS transport: binds the UDP and TCP sockets. TCP is hickory's server; UDP is served
-//! here, one socket per core.
-//!
-//! Why not hickory's UDP loop: it runs one task per socket that both receives every
-//! query and sends every response, each query in a task of its own that hands its
-//! response to the socket task through a channel of 32 slots (`BufDnsStreamHandle`). A
-//! burst of more than 32 answered queries before the socket task runs again overflows
-//! the channel and those responses are dropped, which dnsperf counted as lost queries;
-//! the one socket task also caps the rate at what one core can receive and send. Here
-//! each of several sockets bound to the same port with `SO_REUSEPORT` (the kernel spreads
-//! clients over them) runs its own loop that answers each query in place and sends the
-//! response straight on the socket, waiting for room in the send buffer rather than
-//! dropping.
+//! DNS sockets: binds UDP and TCP. TCP is hickory's server; UDP is served by
+//! [`crate::udp`], one socket per core, all bound to the same port with `SO_REUSEPORT`
+//! (the kernel spreads clients over them), each with its own loop.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{
-    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
-};
-use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
-};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use meridian_api::signal::Shutdown as CancellationToken;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::authority::Authority;
 
@@ -43,9 +21,6 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const TCP_RESPONSE_BUFFER: usize = 64;
 /// Attempts at finding a port free for both UDP and TCP when asked for port 0.
 const FREE_PORT_ATTEMPTS: usize = 16;
-/// Largest UDP query read (hickory's limit too); longer datagrams are truncated and then
-/// fail to parse.
-const MAX_UDP_QUERY: usize = 4096;
 
 /// The running DNS server.
 pub(crate) struct DnsServer {
@@ -67,8 +42,8 @@ impl DnsServer {
             let local = tcp.local_addr()?;
             info!(udp = %local, udp_sockets = udps.len(), tcp = %local, "listening for DNS");
             for socket in udps {
-                udp.spawn(serve_udp(
-                    Arc::new(socket),
+                udp.spawn(crate::udp::serve(
+                    socket,
                     authority.clone(),
                     stop_udp.clone(),
                 ));
@@ -139,137 +114,3 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Answers the queries arriving on `socket` one after another until `stop`; returns the
-/// error that ended it otherwise.
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    authority: Authority,
-    stop: CancellationToken,
-) -> io::Error {
-    let mut buf = vec![0u8; MAX_UDP_QUERY];
-    loop {
-        let (len, src) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(x) => x,
-                Err(error) if is_unrecoverable(&error) => return error,
-                // E.g. ICMP port unreachable from an earlier response's client.
-                Err(error) => {
-                    debug!(%error, "UDP receive failed");
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return io::Error::other("stopped"),
-        };
-        if src.port() == 0 || src.ip().is_unspecified() {
-            continue; // nowhere to answer
-        }
-        let responder = UdpResponder {
-            socket: socket.clone(),
-            dst: src,
-        };
-        answer(&buf[..len], src, &authority, responder).await;
-    }
-}
-
-/// Hickory's handling of a raw query: too short for a header, dropped; not decodable,
-/// FORMERR; a response, dropped (no reflection); else the authority answers.
-async fn answer(bytes: &[u8], src: SocketAddr, authority: &Authority, responder: UdpResponder) {
-    match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
-        Ok(request) => {
-            if request.metadata.message_type == MessageType::Response {
-                return;
-            }
-            authority
-                .handle_request::<_, TokioTime>(&request, responder)
-                .await;
-        }
-        Err(error) => {
-            let mut decoder = BinDecoder::new(bytes);
-            let Ok(header) = Header::read(&mut decoder) else {
-                return;
-            };
-            debug!(%src, %error, "undecodable query: FORMERR");
-            let Ok(queries) = Queries::read(&mut decoder, 0) else {
-                return;
-            };
-            let response = MessageResponseBuilder::new(&queries, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            let mut responder = responder;
-            if let Err(error) = responder.send_response(response).await {
-                warn!(%error, "failed to send FORMERR");
-            }
-        }
-    }
-}
-
-fn is_unrecoverable(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
-    )
-}
-
-/// Sends a response on the socket its query came in on.
-#[derive(Clone)]
-struct UdpResponder {
-    socket: Arc<UdpSocket>,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode_udp(response)?;
-        self.socket
-            .send_to(&bytes, self.dst)
-            .await
-            .map_err(NetError::from)?;
-        Ok(info)
-    }
-}
-
-/// What hickory's `MessageResponse::encode` (crate-private) does for UDP: the response
-/// fits the client's advertised payload size (512 bytes without EDNS), truncated if need
-/// be; one that cannot be encoded becomes an empty SERVFAIL.
-pub(crate) fn encode_udp<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Result<(ResponseInfo, Vec<u8>), NetError> {
-    let id = response.metadata().id;
-    let max_size = response.edns().map_or(512, |edns| edns.max_payload());
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size);
-    let error = match response.destructive_emit(&mut encoder) {
-        Ok(info) => return Ok((info, bytes)),
-        Err(error) => error,
-    };
-    warn!(%error, "cannot encode a response: SERVFAIL");
-    bytes.clear();
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(512);
-    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    header.emit(&mut encoder).map_err(NetError::from)?;
-    Ok((ResponseInfo::from(header), bytes))
-}

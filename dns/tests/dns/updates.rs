@@ -11,8 +11,11 @@ use hickory_server::net::udp::UdpClientStream;
 use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use meridian_api::proto::{Endpoint, ServicePort};
 use meridian_api::testing::FakeDiscovery;
+use tokio::net::UdpSocket;
 
-use crate::support::{CLUSTER, Dns, PATIENCE, service, serving, snapshot};
+use crate::support::{
+    CLUSTER, Dns, PATIENCE, REPLY_WAIT, header, query_bytes, service, serving, snapshot,
+};
 
 #[tokio::test]
 async fn the_controller_hears_who_subscribes() {
@@ -240,4 +243,56 @@ async fn a_change_on_the_delta_stream_rebuilds_only_its_service() {
         updates.last().is_some_and(|l| l.contains("services=1 ")),
         "{updates:#?}"
     );
+}
+
+/// The same query from one socket (so the same server socket and its answer cache) gets
+/// byte-identical answers but for the ID, served from the cache, until the zones change:
+/// the first query after a change is answered from the new zones.
+#[tokio::test]
+async fn a_repeated_query_is_answered_from_the_cache_until_the_zones_change() {
+    let (controller, dns) = serving(
+        snapshot(1, vec![service("reviews", "default", "10.96.0.10")]),
+        &[],
+    )
+    .await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let ask = |id: u16| {
+        let client = &client;
+        let query = query_bytes(id, 0x0100, &[("reviews.default.global", 1, 1)]);
+        async move {
+            client.send_to(&query, dns.addr).await.expect("send");
+            let mut buf = vec![0; 4096];
+            let (len, _) = tokio::time::timeout(REPLY_WAIT, client.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .expect("recv");
+            buf.truncate(len);
+            buf
+        }
+    };
+    let hits = "meridian_dns_answer_cache_hits_total";
+    let first = ask(1).await;
+    assert!(first.ends_with(&[10, 96, 0, 10]), "{first:?}");
+    assert_eq!(dns.metric(hits).await, Some(0.0));
+    let second = ask(0xabcd).await;
+    assert_eq!(header(&second).id, 0xabcd);
+    assert_eq!(first[2..], second[2..]);
+    assert_eq!(dns.metric(hits).await, Some(1.0), "the repeat came from the cache");
+    assert_eq!(
+        dns.metric(r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#)
+            .await,
+        Some(2.0),
+        "a cached answer is counted as a query too"
+    );
+
+    controller.push(snapshot(
+        2,
+        vec![service("reviews", "default", "10.96.0.20")],
+    ));
+    dns.wait_version(2).await;
+    let third = ask(3).await;
+    assert!(third.ends_with(&[10, 96, 0, 20]), "stale answer: {third:?}");
+    let fourth = ask(4).await;
+    assert_eq!(third[2..], fourth[2..]);
+    assert_eq!(dns.metric(hits).await, Some(2.0));
 }
