@@ -435,7 +435,7 @@ impl Dataplane {
         let ep = &routes.service.endpoints[idx];
         let remote = ep.cluster != self.cluster;
         upstream::Key {
-            cluster: ep.cluster.clone(),
+            cluster: ep.cluster_label.clone(),
             target: ep.target(port),
             // What `dial` names in the CONNECT request: the global service, pinned or not.
             tunnel_service: remote

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
@@ -267,53 +268,52 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request sent upstream: HTTP/1.1 in origin form with a Host header, or HTTP/2 with
-/// an absolute URI.
+/// an absolute URI. Built for every attempt, so it reuses the inbound URI's shared parts
+/// rather than formatting strings.
 fn upstream_request(
     parts: &http::request::Parts,
     body: ProxyBody,
     http2: bool,
     fallback_host: &str,
 ) -> Request<ProxyBody> {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
+    let authority = || -> Option<Authority> {
+        parts.uri.authority().cloned().or_else(|| {
+            let host = parts.headers.get(header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()
         })
-        .unwrap_or_else(|| fallback_host.to_owned());
+    };
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
-    let (uri, version) = if http2 {
+    let mut uri = uri::Parts::default();
+    uri.path_and_query = Some(path);
+    let version = if http2 {
         headers.remove(header::HOST);
-        (
-            Uri::try_from(format!("http://{authority}{path}"))
-                .unwrap_or_else(|_| Uri::from_static("/")),
-            Version::HTTP_2,
-        )
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority =
+            Some(authority().unwrap_or_else(|| {
+                Authority::try_from(fallback_host).unwrap_or_else(|_| Authority::from_static("localhost"))
+            }));
+        Version::HTTP_2
     } else {
-        if !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&authority)
-        {
-            headers.insert(header::HOST, v);
+        if !headers.contains_key(header::HOST) {
+            let host = authority().map_or_else(
+                || HeaderValue::from_str(fallback_host).ok(),
+                |a| HeaderValue::from_str(a.as_str()).ok(),
+            );
+            if let Some(host) = host {
+                headers.insert(header::HOST, host);
+            }
         }
-        (
-            Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/")),
-            Version::HTTP_11,
-        )
+        Version::HTTP_11
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     req
@@ -374,8 +374,11 @@ async fn proxy(
         else {
             break;
         };
-        let ep = &routes.service.endpoints[idx].clone();
-        let labels = dp.destination(&routes.service, port, ep);
+        // The service by reference count: a lost peer may replace `routes` below, and the
+        // endpoint is still needed then (cloning it would allocate for every request).
+        let service = routes.service.clone();
+        let ep = &service.endpoints[idx];
+        let labels = dp.destination(&service, port, ep);
         dp.metrics.requests.get_or_create(&labels).inc();
         let body: ProxyBody = match (&buffered, streaming.take()) {
             (Some(b), _) => full(b.clone()),
@@ -509,11 +512,12 @@ where
         match open(routes.clone(), idx).await {
             Ok(conn) => return Some((idx, conn)),
             Err(e) => {
-                let ep = routes.service.endpoints[idx].clone();
+                let service = routes.service.clone();
+                let ep = &service.endpoints[idx];
                 debug!(endpoint = %ep.key.address, cluster = %ep.cluster, error = %e, "dial failed");
                 dp.metrics
                     .connect_failures
-                    .get_or_create(&dp.destination(&routes.service, port, &ep))
+                    .get_or_create(&dp.destination(&service, port, ep))
                     .inc();
                 if e.blames_endpoint() {
                     dp.report(routes, idx, Outcome::ConnectFailure).await;
@@ -612,4 +616,50 @@ async fn send_upstream(
         .send(conn, req)
         .await
         .map_err(|e| Failure::Request(e.error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let mut req = Request::builder().uri(uri).header(header::CONNECTION, "x-hop");
+        if let Some(host) = host {
+            req = req.header(header::HOST, host);
+        }
+        req.header("x-hop", "1").body(()).unwrap().into_parts().0
+    }
+
+    fn empty() -> ProxyBody {
+        full(Bytes::new())
+    }
+
+    #[test]
+    fn http1_requests_go_in_origin_form_with_a_host() {
+        let req = upstream_request(&parts("/a?b=1", Some("svc:80")), empty(), false, "fb");
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[header::HOST], "svc:80");
+        assert!(!req.headers().contains_key("x-hop"), "hop-by-hop headers go");
+        assert!(!req.headers().contains_key(header::CONNECTION));
+
+        // Absolute form (a client talking to a proxy): origin form upstream, Host from it.
+        let req = upstream_request(&parts("http://svc.global:81/p", None), empty(), false, "fb");
+        assert_eq!(req.uri(), "/p");
+        assert_eq!(req.headers()[header::HOST], "svc.global:81");
+
+        // No Host at all: the service's name.
+        let req = upstream_request(&parts("/", None), empty(), false, "reviews.default.global");
+        assert_eq!(req.headers()[header::HOST], "reviews.default.global");
+    }
+
+    #[test]
+    fn http2_requests_carry_an_absolute_uri_and_no_host_header() {
+        let req = upstream_request(&parts("/a?b=1", Some("svc:80")), empty(), true, "fb");
+        assert_eq!(req.uri(), "http://svc:80/a?b=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!req.headers().contains_key(header::HOST));
+
+        let req = upstream_request(&parts("/", None), empty(), true, "reviews.default.global");
+        assert_eq!(req.uri(), "http://reviews.default.global/");
+    }
 }

@@ -112,7 +112,8 @@ impl Settings {
 pub struct Key {
     /// The endpoint's cluster: this gateway's own (dialled directly) or a peer's (dialled
     /// by that peer's gateway through the tunnel). Pod IPs may repeat across clusters.
-    pub cluster: String,
+    /// Shared, since a key is made for every request.
+    pub cluster: Arc<str>,
     /// The endpoint's `ip:port` as the snapshot names it.
     pub target: SocketAddr,
     /// For a remote endpoint, the global service port (`hostname:port`) the tunnel stream
@@ -241,7 +242,7 @@ impl Upstreams {
         Fut: Future<Output = Result<Box<dyn Io>, DialError>>,
     {
         if !self.settings.reuse() {
-            return self.open(key, dial).await;
+            return Box::pin(self.open(key, dial)).await;
         }
         if !key.http2 {
             if let Some(sender) = self.take_idle(key).await {
@@ -252,7 +253,7 @@ impl Upstreams {
                     reused: true,
                 });
             }
-            return self.open(key, dial).await;
+            return Box::pin(self.open(key, dial)).await;
         }
         self.shared(key, None, dial).await
     }
@@ -268,7 +269,7 @@ impl Upstreams {
         if key.http2 && self.settings.reuse() {
             self.shared(key, Some(stale), dial).await
         } else {
-            self.open(key, dial).await
+            Box::pin(self.open(key, dial)).await
         }
     }
 
@@ -436,7 +437,7 @@ impl Upstreams {
         };
         let Some(slot) = slot else {
             // Not to be kept: a connection for this request only.
-            return self.open(key, dial).await;
+            return Box::pin(self.open(key, dial)).await;
         };
         let waiting_since = Instant::now();
         let mut slot = slot.lock().await;
@@ -462,7 +463,7 @@ impl Upstreams {
             return Err(e.clone());
         }
         slot.shared = None;
-        match self.open(key, dial).await {
+        match Box::pin(self.open(key, dial)).await {
             Ok(conn) => {
                 if let Sender::Http2(sender) = &conn.sender {
                     slot.shared = Some(Shared {
@@ -481,6 +482,9 @@ impl Upstreams {
         }
     }
 
+    /// A new connection. Callers box this future: with the dial and the handshake inside
+    /// it is several kilobytes, and every request's future would otherwise carry (and
+    /// copy on each `.await`) that much, though most requests reuse a connection.
     async fn open<F, Fut>(&self, key: &Key, dial: F) -> Result<Conn, DialError>
     where
         F: FnOnce() -> Fut,
