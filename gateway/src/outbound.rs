@@ -294,10 +294,10 @@ fn upstream_request(
     let version = if http2 {
         headers.remove(header::HOST);
         uri.scheme = Some(Scheme::HTTP);
-        uri.authority =
-            Some(authority().unwrap_or_else(|| {
-                Authority::try_from(fallback_host).unwrap_or_else(|_| Authority::from_static("localhost"))
-            }));
+        uri.authority = Some(authority().unwrap_or_else(|| {
+            Authority::try_from(fallback_host)
+                .unwrap_or_else(|_| Authority::from_static("localhost"))
+        }));
         Version::HTTP_2
     } else {
         if !headers.contains_key(header::HOST) {
@@ -623,7 +623,9 @@ mod tests {
     use super::*;
 
     fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
-        let mut req = Request::builder().uri(uri).header(header::CONNECTION, "x-hop");
+        let mut req = Request::builder()
+            .uri(uri)
+            .header(header::CONNECTION, "x-hop");
         if let Some(host) = host {
             req = req.header(header::HOST, host);
         }
@@ -639,7 +641,10 @@ mod tests {
         let req = upstream_request(&parts("/a?b=1", Some("svc:80")), empty(), false, "fb");
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers()[header::HOST], "svc:80");
-        assert!(!req.headers().contains_key("x-hop"), "hop-by-hop headers go");
+        assert!(
+            !req.headers().contains_key("x-hop"),
+            "hop-by-hop headers go"
+        );
         assert!(!req.headers().contains_key(header::CONNECTION));
 
         // Absolute form (a client talking to a proxy): origin form upstream, Host from it.

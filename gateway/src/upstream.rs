@@ -51,6 +51,7 @@
 //! sender and a reaper.
 
 use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sync_wrapper::SyncWrapper;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
@@ -125,8 +127,47 @@ pub struct Key {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(http1::SendRequest<RequestBody>, Driver),
     Http2(http2::SendRequest<RequestBody>),
+}
+
+type Http1Connection = http1::Connection<TokioIo<Box<dyn Io>>, RequestBody>;
+
+/// An HTTP/1.1 connection's I/O, driven by the task that uses the connection: the
+/// request's, while it waits for the response head, then the client connection's, while
+/// it reads the body (through [`UpstreamBody`]). An idle connection is not driven; taking
+/// it from the pool first lets it take in what arrived meanwhile (a close, the end of its
+/// last exchange).
+///
+/// Why not a task per connection, as hyper's examples spawn: every request then crosses
+/// to that task and back, two wake-ups per request, often onto the other worker thread.
+/// Profiles of the gateway under load showed the cost in scheduling and in the
+/// request's tail latency (docs/benchmarks.md). HTTP/2 connections are shared by many
+/// requests at once and keep their own task.
+struct Driver {
+    // SyncWrapper: the connection is `Send`, not `Sync`, and response bodies must be
+    // both; only `&mut` access is ever needed. `None` once it ended: dropping it at once
+    // fails a request still queued on it (hyper hands the request back), where keeping
+    // it would leave that request waiting forever.
+    conn: Option<SyncWrapper<Pin<Box<Http1Connection>>>>,
+    span: tracing::Span,
+}
+
+impl Driver {
+    /// Makes whatever progress the connection can now (reading, writing, noticing a
+    /// close); nothing once it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        if let Poll::Ready(result) = conn.get_mut().as_mut().poll(cx) {
+            self.conn = None;
+            if let Err(e) = result {
+                let _span = self.span.enter();
+                debug!(error = %e, "upstream connection ended");
+            }
+        }
+    }
 }
 
 /// A connection to one endpoint, ready for one request.
@@ -171,6 +212,7 @@ pub struct SendError {
 
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
+    driver: Driver,
     id: u64,
     since: Instant,
 }
@@ -245,11 +287,11 @@ impl Upstreams {
             return Box::pin(self.open(key, dial)).await;
         }
         if !key.http2 {
-            if let Some(sender) = self.take_idle(key).await {
+            if let Some(idle) = self.take_idle(key).await {
                 return Ok(Conn {
                     key: key.clone(),
-                    sender: Sender::Http1(sender.0),
-                    id: sender.1,
+                    sender: Sender::Http1(idle.sender, idle.driver),
+                    id: idle.id,
                     reused: true,
                 });
             }
@@ -289,11 +331,20 @@ impl Upstreams {
                 let resp = sender.try_send_request(req).await.map_err(err)?;
                 Ok(resp.map(|inner| UpstreamBody {
                     inner,
+                    driver: None,
                     checkin: None,
                 }))
             }
-            Sender::Http1(mut sender) => {
-                let resp = sender.try_send_request(req).await.map_err(err)?;
+            Sender::Http1(mut sender, mut driver) => {
+                let resp = {
+                    let mut response = std::pin::pin!(sender.try_send_request(req));
+                    poll_fn(|cx| {
+                        driver.poll(cx);
+                        response.as_mut().poll(cx)
+                    })
+                    .await
+                    .map_err(err)?
+                };
                 let keep = self.settings.reuse() && self.settings.max_idle > 0;
                 let checkin = keep.then(|| Checkin {
                     key: conn.key,
@@ -302,7 +353,11 @@ impl Upstreams {
                     state: Arc::downgrade(&self.state),
                     settings: self.settings,
                 });
-                Ok(resp.map(|inner| UpstreamBody { inner, checkin }))
+                Ok(resp.map(|inner| UpstreamBody {
+                    inner,
+                    driver: Some(driver),
+                    checkin,
+                }))
             }
         }
     }
@@ -383,10 +438,11 @@ impl Upstreams {
         debug!(idle, shared, "upstream connections dropped on shutdown");
     }
 
-    /// The most recently returned idle connection of `key` that is still usable. One
-    /// returned a moment ago may still be finishing its last exchange inside hyper: it is
-    /// given [`READY_WAIT`] to become ready.
-    async fn take_idle(&self, key: &Key) -> Option<(http1::SendRequest<RequestBody>, u64)> {
+    /// The most recently returned idle connection of `key` that is still usable. It is
+    /// driven first, to take in what arrived while it was idle (a close by the server,
+    /// the end of its last exchange); one that is still finishing that exchange is given
+    /// [`READY_WAIT`] to become ready.
+    async fn take_idle(&self, key: &Key) -> Option<Idle> {
         loop {
             let mut idle = {
                 let now = Instant::now();
@@ -394,8 +450,7 @@ impl Upstreams {
                 let list = st.idle.get_mut(key)?;
                 let mut found = None;
                 while let Some(idle) = list.pop() {
-                    let fresh = now.duration_since(idle.since) < self.settings.idle_timeout;
-                    if fresh && !idle.sender.is_closed() {
+                    if now.duration_since(idle.since) < self.settings.idle_timeout {
                         found = Some(idle);
                         break;
                     }
@@ -405,13 +460,27 @@ impl Upstreams {
                 }
                 found?
             };
-            if idle.sender.is_ready()
-                || matches!(
-                    tokio::time::timeout(READY_WAIT, idle.sender.ready()).await,
-                    Ok(Ok(()))
-                )
-            {
-                return Some((idle.sender, idle.id));
+            let ready = poll_fn(|cx| {
+                idle.driver.poll(cx);
+                Poll::Ready(idle.sender.is_ready())
+            })
+            .await;
+            if ready {
+                return Some(idle);
+            }
+            if idle.sender.is_closed() {
+                continue;
+            }
+            let became_ready = tokio::time::timeout(
+                READY_WAIT,
+                poll_fn(|cx| {
+                    idle.driver.poll(cx);
+                    idle.sender.poll_ready(cx)
+                }),
+            )
+            .await;
+            if matches!(became_ready, Ok(Ok(()))) {
+                return Some(idle);
             }
         }
     }
@@ -510,8 +579,13 @@ impl Upstreams {
             Sender::Http2(sender)
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
-            drive(conn, "upstream connection ended", span);
-            Sender::Http1(sender)
+            Sender::Http1(
+                sender,
+                Driver {
+                    conn: Some(SyncWrapper::new(Box::pin(conn))),
+                    span,
+                },
+            )
         };
         Ok(Conn {
             key: key.clone(),
@@ -522,7 +596,8 @@ impl Upstreams {
     }
 }
 
-/// Returns an HTTP/1.1 connection to the pool once its exchange is complete.
+/// Returns an HTTP/1.1 connection to the pool once its exchange is complete (with its
+/// [`Driver`], which the response body holds until then).
 struct Checkin {
     key: Key,
     id: u64,
@@ -533,7 +608,7 @@ struct Checkin {
 }
 
 impl Checkin {
-    fn run(self) {
+    fn run(self, driver: Driver) {
         let Some(state) = self.state.upgrade() else {
             return;
         };
@@ -541,7 +616,7 @@ impl Checkin {
         // be finishing the exchange, which `take_idle` waits for. Only a contended lock
         // defers the return to a task.
         if let Ok(mut st) = state.try_lock() {
-            self.put(&mut st);
+            self.put(&mut st, driver);
             return;
         }
         // A body may be dropped while the runtime shuts down; the connection just
@@ -553,14 +628,18 @@ impl Checkin {
         rt.spawn(
             async move {
                 let mut st = state.lock().await;
-                self.put(&mut st);
+                self.put(&mut st, driver);
             }
             .instrument(info_span!("upstream_checkin", id)),
         );
     }
 
-    fn put(self, st: &mut State) {
-        if st.closed || !st.live.contains_key(&self.key) || self.sender.is_closed() {
+    fn put(self, st: &mut State, driver: Driver) {
+        if st.closed
+            || driver.conn.is_none()
+            || !st.live.contains_key(&self.key)
+            || self.sender.is_closed()
+        {
             return;
         }
         if self.key.tunnel_service.is_some() {
@@ -579,6 +658,7 @@ impl Checkin {
         if list.len() < self.settings.max_idle {
             list.push(Idle {
                 sender: self.sender,
+                driver,
                 id: self.id,
                 since: Instant::now(),
             });
@@ -591,13 +671,15 @@ impl Checkin {
 /// closes (hyper cannot reuse a connection with an unread response on it).
 pub struct UpstreamBody {
     inner: Incoming,
+    /// The HTTP/1.1 connection it arrives on, driven while the body is read.
+    driver: Option<Driver>,
     checkin: Option<Checkin>,
 }
 
 impl UpstreamBody {
     fn release(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.run();
+        if let (Some(c), Some(driver)) = (self.checkin.take(), self.driver.take()) {
+            c.run(driver);
         }
     }
 }
@@ -611,6 +693,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(driver) = &mut this.driver {
+            driver.poll(cx);
+        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             None => this.release(),
@@ -766,6 +851,44 @@ mod tests {
         assert_eq!(idle(&pool, &k).await, 0);
         assert!(!roundtrip(&pool, &k).await);
         assert_eq!(idle(&pool, &k).await, 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_replaced_not_used() {
+        // Answers one request per connection, then closes it without saying so
+        // (no `Connection: close`): the client keeps it as idle.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    // Later than the response, so the client has put it back to the pool.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        let pool = Upstreams::new(settings(4));
+        let k = key(addr, false);
+        pool.retain([k.clone()].into()).await;
+        assert!(!roundtrip(&pool, &k).await);
+        assert_eq!(idle(&pool, &k).await, 1, "kept: the close is not known yet");
+        // Let the close arrive; the idle connection is not driven meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !roundtrip(&pool, &k).await,
+            "taking it notices the close and opens a new connection"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
