@@ -125,7 +125,10 @@ mod tests {
         let first = query(0x1234, b"\x03foo");
         let mut response = first.clone();
         response[2] |= 0x80;
-        assert!(cache.get(1, &first).is_none(), "a new generation starts empty");
+        assert!(
+            cache.get(1, &first).is_none(),
+            "a new generation starts empty"
+        );
         cache.insert(1, &first, &response, RecordType::A, ResponseCode::NoError);
 
         let again = query(0xbeef, b"\x03foo");

@@ -113,4 +113,3 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
-

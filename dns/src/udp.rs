@@ -123,9 +123,8 @@ impl Received {
             None,
         )
         .map_err(io::Error::from)?;
-        self.datagrams.extend(
-            received.map(|message| (message.bytes, message.address.and_then(socket_addr))),
-        );
+        self.datagrams
+            .extend(received.map(|message| (message.bytes, message.address.and_then(socket_addr))));
         Ok(())
     }
 

@@ -42,8 +42,8 @@ async fn main() {
     let next = Ipv4Addr::from(u32::from(ip) + 1);
     let mesh = Mesh::new();
     let (east, west) = tokio::join!(
-        mesh.gateway("east", ip, ("r1", "z1")),
-        mesh.gateway("west", next, ("r2", "z2")),
+        mesh.gateway_as_deployed("east", ip, ("r1", "z1")),
+        mesh.gateway_as_deployed("west", next, ("r2", "z2")),
     );
     let listeners = [
         (

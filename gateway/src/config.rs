@@ -61,6 +61,12 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Threads serving the outbound listeners' connections, each with an event loop of
+    /// its own (connections are handed out in turn and stay on theirs). Default: one per
+    /// available core; 0 serves them on the main runtime's shared threads.
+    #[arg(long, env = "MERIDIAN_GATEWAY_WORKERS")]
+    pub workers: Option<usize>,
+
     /// Tunnel connections one peer gateway identity may hold at once; more are closed
     /// after the handshake and counted in `connections_refused`.
     #[arg(long, default_value_t = 64)]
@@ -171,6 +177,13 @@ impl Config {
             header_timeout: self.http_header_timeout,
             idle_timeout: self.idle_timeout,
         }
+    }
+
+    /// The connection workers in force: `--workers`, else one per available core.
+    pub fn connection_workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// The admin listener's address in force (probes and metrics).

@@ -28,6 +28,9 @@ pub enum Error {
     /// `--trust-domain` and `--cluster` do not make a gateway SPIFFE ID.
     #[error("the gateway identity (check --trust-domain and --cluster)")]
     Identity(#[source] meridian_identity::Error),
+    /// The connection worker threads could not be started.
+    #[error("starting the connection workers")]
+    Workers(#[source] std::io::Error),
     /// The obtained certificate cannot serve TLS.
     #[error(transparent)]
     Credentials(meridian_identity::Error),

@@ -30,6 +30,7 @@ mod identity;
 mod outbound;
 mod outlier;
 mod splice;
+mod workers;
 
 pub use crate::address_map::AddressMap;
 pub use crate::dial::{DialError, Io};
@@ -60,6 +61,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Listeners;
 use crate::routing::RoutingTable;
 use crate::tunnel::{PeerEvent, Pool};
+use crate::workers::Workers;
 
 pub use crate::error::{Error, Result};
 
@@ -95,7 +97,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         .set_table(RoutingTable::from_resources(&config.cluster, first))
         .await;
     gw.serve_tunnel(&config, &credentials, &shutdown).await?;
-    let follower = gw.spawn_follower(&config, states, &shutdown);
+    let follower = gw.spawn_follower(&config, states, &shutdown)?;
     gw.spawn_peer_events(peer_events, &shutdown);
     gw.spawn_tickers(&config, &shutdown);
 
@@ -238,12 +240,14 @@ impl Gateway {
         config: &Config,
         states: ResourcesReceiver,
         shutdown: &Shutdown,
-    ) -> JoinHandle<()> {
-        let listeners = Listeners::new(config.outbound_bind);
-        tokio::spawn(
+    ) -> Result<JoinHandle<()>> {
+        let workers = Workers::start(config.connection_workers()).map_err(Error::Workers)?;
+        info!(workers = workers.len(), "connection workers started");
+        let listeners = Listeners::new(config.outbound_bind, workers);
+        Ok(tokio::spawn(
             follow(states, self.dp.clone(), listeners, shutdown.clone())
                 .instrument(info_span!("snapshots")),
-        )
+        ))
     }
 
     /// Applies the tunnel pool's peer liveness changes.

@@ -33,6 +33,7 @@ use crate::route::ServiceRoutes;
 use crate::routing::{ListenerSpec, Port, RoutingTable};
 use crate::splice::{Activity, End, splice};
 use crate::upstream::{Conn, RequestBody, UpstreamBody};
+use crate::workers::Workers;
 
 /// The `listener` label of this module's metrics.
 const LISTENER: &str = "outbound";
@@ -47,14 +48,17 @@ type ProxyBody = RequestBody;
 pub(crate) struct Listeners {
     bind: IpAddr,
     open: BTreeMap<u16, (ListenerSpec, JoinHandle<()>)>,
+    /// Where accepted connections are served.
+    workers: Arc<Workers>,
 }
 
 impl Listeners {
-    /// No listeners yet; they will bind to `bind`.
-    pub(crate) fn new(bind: IpAddr) -> Self {
+    /// No listeners yet; they will bind to `bind` and hand their connections to `workers`.
+    pub(crate) fn new(bind: IpAddr, workers: Workers) -> Self {
         Self {
             bind,
             open: BTreeMap::new(),
+            workers: Arc::new(workers),
         }
     }
 
@@ -87,7 +91,14 @@ impl Listeners {
                 Ok(listener) => {
                     info!(%addr, service = %spec.hostname, port = spec.port.port, http = spec.port.is_http(), "outbound listener open");
                     let task = tokio::spawn(
-                        accept(listener, spec.clone(), dp.clone(), shutdown.clone()).instrument(
+                        accept(
+                            listener,
+                            spec.clone(),
+                            dp.clone(),
+                            shutdown.clone(),
+                            self.workers.clone(),
+                        )
+                        .instrument(
                             info_span!("outbound", service = %spec.hostname, port = spec.port.port),
                         ),
                     );
@@ -109,7 +120,13 @@ impl Listeners {
     }
 }
 
-async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, shutdown: Shutdown) {
+async fn accept(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    dp: Arc<Dataplane>,
+    shutdown: Shutdown,
+    workers: Arc<Workers>,
+) {
     let slots = Slots::new(dp.settings.limits.max_connections);
     while let Some((tcp, remote, slot)) = slots
         .accept(&listener, LISTENER, &dp.metrics, &shutdown)
@@ -119,17 +136,14 @@ async fn accept(listener: TcpListener, spec: ListenerSpec, dp: Arc<Dataplane>, s
         let dp = dp.clone();
         let spec = spec.clone();
         let span = info_span!("connection", %remote);
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                if spec.port.is_http() {
-                    http_connection(tcp, spec, dp).await;
-                } else {
-                    tcp_connection(tcp, spec, dp).await;
-                }
+        workers.serve(tcp, span, move |tcp| async move {
+            let _slot = slot;
+            if spec.port.is_http() {
+                http_connection(tcp, spec, dp).await;
+            } else {
+                tcp_connection(tcp, spec, dp).await;
             }
-            .instrument(span),
-        );
+        });
     }
 }
 

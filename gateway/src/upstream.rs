@@ -71,6 +71,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
 use crate::dial::{DialError, Io};
+use crate::workers;
 
 /// How long a connection just returned to the pool may take to become ready for its
 /// next request. hyper gets there as soon as it has processed the end of the previous
@@ -236,8 +237,11 @@ struct SlotState {
 
 #[derive(Default)]
 struct State {
-    idle: HashMap<Key, Vec<Idle>>,
-    shared: HashMap<Key, Slot>,
+    // Per event loop as well as per key: a connection is only reused on the event loop
+    // (connection worker) whose I/O driver it is registered with, as Envoy keeps a pool
+    // per worker (see `crate::workers`).
+    idle: HashMap<(Key, usize), Vec<Idle>>,
+    shared: HashMap<(Key, usize), Slot>,
     // Keys whose connections may be kept: endpoints in the routing table and healthy,
     // with how many (service, port) routes name each, so that an incremental update can
     // tell when the last one went.
@@ -348,6 +352,7 @@ impl Upstreams {
                 let keep = self.settings.reuse() && self.settings.max_idle > 0;
                 let checkin = keep.then(|| Checkin {
                     key: conn.key,
+                    worker: workers::current(),
                     id: conn.id,
                     sender,
                     state: Arc::downgrade(&self.state),
@@ -372,10 +377,10 @@ impl Upstreams {
     /// [`Self::retain`] with the number of routes naming each live key.
     pub(crate) async fn retain_counted(&self, live: HashMap<Key, usize>) {
         let mut st = self.state.lock().await;
-        st.idle.retain(|k, _| live.contains_key(k));
+        st.idle.retain(|(k, _), _| live.contains_key(k));
         // Dropping a slot drops its sender; a request opening it right now holds the
         // slot until it is done and then drops it too. Streams in flight carry on.
-        st.shared.retain(|k, _| live.contains_key(k));
+        st.shared.retain(|(k, _), _| live.contains_key(k));
         st.live = live;
     }
 
@@ -398,8 +403,8 @@ impl Upstreams {
             });
             if gone {
                 st.live.remove(&k);
-                st.idle.remove(&k);
-                st.shared.remove(&k);
+                st.idle.retain(|(idle, _), _| *idle != k);
+                st.shared.retain(|(shared, _), _| *shared != k);
             }
         }
     }
@@ -447,7 +452,8 @@ impl Upstreams {
             let mut idle = {
                 let now = Instant::now();
                 let mut st = self.state.lock().await;
-                let list = st.idle.get_mut(key)?;
+                let slot = (key.clone(), workers::current());
+                let list = st.idle.get_mut(&slot)?;
                 let mut found = None;
                 while let Some(idle) = list.pop() {
                     if now.duration_since(idle.since) < self.settings.idle_timeout {
@@ -456,7 +462,7 @@ impl Upstreams {
                     }
                 }
                 if list.is_empty() {
-                    st.idle.remove(key);
+                    st.idle.remove(&slot);
                 }
                 found?
             };
@@ -501,7 +507,12 @@ impl Upstreams {
             if st.closed || !st.live.contains_key(key) {
                 None
             } else {
-                Some(st.shared.entry(key.clone()).or_default().clone())
+                Some(
+                    st.shared
+                        .entry((key.clone(), workers::current()))
+                        .or_default()
+                        .clone(),
+                )
             }
         };
         let Some(slot) = slot else {
@@ -600,6 +611,8 @@ impl Upstreams {
 /// [`Driver`], which the response body holds until then).
 struct Checkin {
     key: Key,
+    /// The event loop the connection is registered with (the request's).
+    worker: usize,
     id: u64,
     sender: http1::SendRequest<RequestBody>,
     // Weak: a response outliving the data plane must not keep its pool alive.
@@ -647,14 +660,14 @@ impl Checkin {
             let per_peer: usize = st
                 .idle
                 .iter()
-                .filter(|(k, _)| &k.cluster == cluster)
+                .filter(|((k, _), _)| &k.cluster == cluster)
                 .map(|(_, l)| l.len())
                 .sum();
             if per_peer >= MAX_IDLE_PER_PEER {
                 return;
             }
         }
-        let list = st.idle.entry(self.key).or_default();
+        let list = st.idle.entry((self.key, self.worker)).or_default();
         if list.len() < self.settings.max_idle {
             list.push(Idle {
                 sender: self.sender,
@@ -811,7 +824,12 @@ mod tests {
     }
 
     async fn idle(pool: &Upstreams, key: &Key) -> usize {
-        pool.state.lock().await.idle.get(key).map_or(0, Vec::len)
+        pool.state
+            .lock()
+            .await
+            .idle
+            .get(&(key.clone(), workers::current()))
+            .map_or(0, Vec::len)
     }
 
     fn settings(max_idle: usize) -> Settings {

@@ -277,7 +277,11 @@ async fn a_repeated_query_is_answered_from_the_cache_until_the_zones_change() {
     let second = ask(0xabcd).await;
     assert_eq!(header(&second).id, 0xabcd);
     assert_eq!(first[2..], second[2..]);
-    assert_eq!(dns.metric(hits).await, Some(1.0), "the repeat came from the cache");
+    assert_eq!(
+        dns.metric(hits).await,
+        Some(1.0),
+        "the repeat came from the cache"
+    );
     assert_eq!(
         dns.metric(r#"meridian_dns_queries_total{qtype="A",rcode="NOERROR",protocol="udp"}"#)
             .await,

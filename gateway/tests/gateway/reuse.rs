@@ -358,3 +358,47 @@ async fn connections_to_endpoints_that_leave_are_closed() {
     assert_eq!(client.get(&[]).await, (200, "east/new-0".into()));
     assert_eq!(old.hits(), 3);
 }
+
+/// With two connection workers, client connections alternate between them and each
+/// worker keeps its own upstream connections (they are registered with its event loop):
+/// requests over one client connection share one upstream connection, and new client
+/// connections in turn use two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_worker_pools_its_own_upstream_connections() {
+    let mesh = Mesh::new();
+    let web = Backend::http(Ipv4Addr::new(127, 0, 31, 51), "east", "web-0").await;
+    let east = mesh
+        .gateway_with(
+            "east",
+            Ipv4Addr::new(127, 0, 30, 51),
+            SERVICE,
+            &["--workers", "2"],
+        )
+        .await;
+    east.push(
+        1,
+        vec![service(
+            "web.default.global",
+            Protocol::Http,
+            80,
+            24082,
+            vec![endpoint("east", web.addr, SERVICE, true)],
+            "",
+        )],
+        vec![],
+    )
+    .await;
+
+    let mut client = Client::connect(east.listener(24082), "web.default.global").await;
+    for _ in 0..10 {
+        assert_eq!(client.get(&[]).await, (200, "east/web-0".into()));
+    }
+    assert_eq!(web.accepted(), 1, "one worker, one upstream connection");
+    drop(client);
+    for _ in 0..10 {
+        let answer = http_get(east.listener(24082), "/", &[]).await.unwrap();
+        assert_eq!((answer.status, answer.text()), (200, "east/web-0".into()));
+    }
+    assert_eq!(web.hits(), 20);
+    assert_eq!(web.accepted(), 2, "one upstream connection per worker");
+}

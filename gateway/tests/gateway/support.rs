@@ -675,7 +675,25 @@ impl Mesh {
         extra: &[&str],
     ) -> Gateway {
         let certs = Certs::Files(self.ca.issue(cluster));
-        Gateway::start_with(cluster, ip, locality, certs, extra).await
+        // One connection worker unless a test asks for more: the tests count upstream
+        // connections, and pools are per worker.
+        let mut flags = Vec::from(extra);
+        if !extra.contains(&"--workers") {
+            flags.extend(["--workers", "1"]);
+        }
+        Gateway::start_with(cluster, ip, locality, certs, &flags).await
+    }
+
+    /// A gateway with the product's defaults for everything the tests do not need to set
+    /// (one connection worker per core): what the benchmark runs.
+    pub(crate) async fn gateway_as_deployed(
+        &self,
+        cluster: &str,
+        ip: Ipv4Addr,
+        locality: (&str, &str),
+    ) -> Gateway {
+        let certs = Certs::Files(self.ca.issue(cluster));
+        Gateway::start_with(cluster, ip, locality, certs, &[]).await
     }
 
     /// A gateway of `east` in r1/z1 on `ip`, started with `flags`, whose first snapshot
