@@ -62,8 +62,9 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Threads serving the outbound listeners' connections, each with an event loop of
-    /// its own (connections are handed out in turn and stay on theirs). Default: one per
-    /// available core; 0 serves them on the main runtime's shared threads.
+    /// its own (connections are handed out in turn and stay on theirs). Default: half the
+    /// available cores, at least one (the main runtime, one thread per core, serves the
+    /// tunnel and the control plane); 0 serves them on the main runtime's threads.
     #[arg(long, env = "MERIDIAN_GATEWAY_WORKERS")]
     pub workers: Option<usize>,
 
@@ -179,10 +180,16 @@ impl Config {
         }
     }
 
-    /// The connection workers in force: `--workers`, else one per available core.
+    /// The connection workers in force: `--workers`, else half the available cores, at
+    /// least one. Why half: the main runtime (the tunnel server's inbound traffic, the
+    /// control plane) has a thread per core too, and a gateway busy both ways would
+    /// otherwise run twice as many busy threads as cores; on two cores shared with the
+    /// load, two workers had a p99 of 3.8–4.3 ms against 0.75–0.82 ms for one, at the
+    /// same rate (docs/benchmarks.md).
     pub fn connection_workers(&self) -> usize {
         self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            (cores / 2).max(1)
         })
     }
 

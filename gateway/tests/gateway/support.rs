@@ -685,7 +685,8 @@ impl Mesh {
     }
 
     /// A gateway with the product's defaults for everything the tests do not need to set
-    /// (one connection worker per core): what the benchmark runs.
+    /// (`--workers` by the core count): what the benchmark runs.
+    #[allow(dead_code)] // benches/dataplane.rs
     pub(crate) async fn gateway_as_deployed(
         &self,
         cluster: &str,
