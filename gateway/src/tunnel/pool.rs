@@ -13,6 +13,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_identity::tls::Connector;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{Instrument, debug, info_span};
 
@@ -59,6 +60,11 @@ pub struct Pool {
     keepalive: Duration,
     metrics: Arc<Metrics>,
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// Where tunnel connections run: the runtime the pool was made on (the gateway's main
+    /// one), whichever task asks for one. A tunnel connection carries the streams of
+    /// every connection worker (`crate::workers`); on the event loop of the worker that
+    /// happened to open it, it would compete with that worker's own connections.
+    runtime: Option<Handle>,
 }
 
 impl Pool {
@@ -77,6 +83,7 @@ impl Pool {
             keepalive,
             metrics,
             events,
+            runtime: Handle::try_current().ok(),
         }
     }
 
@@ -151,7 +158,19 @@ impl Pool {
             return Ok(p.sender.clone());
         }
         *current = None;
-        match self.connect(peer).await {
+        let connected = match &self.runtime {
+            Some(runtime) => runtime
+                .spawn(self.dialer().connect(peer.clone()))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(TunnelError::Peer {
+                        peer: peer.cluster.clone(),
+                        reason: format!("connecting: {e}"),
+                    })
+                }),
+            None => self.dialer().connect(peer.clone()).await,
+        };
+        match connected {
             Ok(p) => {
                 let s = p.sender.clone();
                 *current = Some(p);
@@ -173,14 +192,46 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, peer: &PeerGateway) -> Result<Pooled, TunnelError> {
+    /// What opening a tunnel connection needs, owned (it may run on another runtime).
+    fn dialer(&self) -> Dialer {
+        Dialer {
+            connector: self.connector.get().cloned(),
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+            metrics: self.metrics.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// Drops every pooled connection (shutdown).
+    pub async fn clear(&self) {
+        let slots: Vec<Slot> = self.slots.lock().await.drain().map(|(_, s)| s).collect();
+        for s in slots {
+            if s.lock().await.take().is_some() {
+                debug!("tunnel connection dropped on shutdown");
+            }
+        }
+    }
+}
+
+/// Opens tunnel connections: the parts of [`Pool`] that needs, owned.
+struct Dialer {
+    connector: Option<Connector>,
+    connect_timeout: Duration,
+    keepalive: Duration,
+    metrics: Arc<Metrics>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+}
+
+impl Dialer {
+    async fn connect(self, peer: PeerGateway) -> Result<Pooled, TunnelError> {
         let err = |reason: String| TunnelError::Peer {
             peer: peer.cluster.clone(),
             reason,
         };
         let connector = self
             .connector
-            .get()
+            .as_ref()
             .ok_or_else(|| err("no credentials yet".to_owned()))?;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&peer.address))
             .await
@@ -232,16 +283,6 @@ impl Pool {
         );
         debug!(peer = %peer.cluster, address = %peer.address, "tunnel connected");
         Ok(Pooled { sender, ended })
-    }
-
-    /// Drops every pooled connection (shutdown).
-    pub async fn clear(&self) {
-        let slots: Vec<Slot> = self.slots.lock().await.drain().map(|(_, s)| s).collect();
-        for s in slots {
-            if s.lock().await.take().is_some() {
-                debug!("tunnel connection dropped on shutdown");
-            }
-        }
     }
 }
 
