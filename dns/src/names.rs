@@ -273,43 +273,18 @@ pub(crate) mod tests {
     use std::str::FromStr;
     use std::sync::Arc;
 
-    use hickory_server::net::NetError;
     use hickory_server::net::runtime::TokioTime;
     use hickory_server::net::xfer::Protocol;
     use hickory_server::proto::op::{Edns, Message, Query};
     use hickory_server::proto::rr::{Name, RData};
-    use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-    use hickory_server::zone_handler::MessageResponse;
+    use hickory_server::server::{Request, RequestHandler};
     use meridian_api::proto::{ClusterVip, Endpoint, GlobalService, ServicePort, Snapshot};
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::authority::{Authority, ServedZones};
     use crate::metrics::Metrics;
+    use crate::udp::Capture;
     use crate::zone::{ZoneSettings, Zones};
-
-    /// Captures the bytes a response would be sent as over UDP.
-    #[derive(Clone)]
-    pub(crate) struct Capture(mpsc::UnboundedSender<Vec<u8>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let (info, bytes) = crate::udp::encode_udp(response)?;
-            self.0.send(bytes).expect("the test holds the receiver");
-            Ok(info)
-        }
-    }
 
     pub(crate) fn name(s: &str) -> Name {
         Name::from_str(s).unwrap()
@@ -414,23 +389,26 @@ pub(crate) mod tests {
         hickory: &ServedZones,
         request: &Request,
     ) -> (Vec<u8>, Vec<u8>) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (ours, theirs) = (Capture::default(), Capture::default());
         authority
-            .handle_request::<_, TokioTime>(request, Capture(tx.clone()))
+            .handle_request::<_, TokioTime>(request, ours.clone())
             .await;
         hickory
             .catalog()
-            .handle_request::<_, TokioTime>(request, Capture(tx))
+            .handle_request::<_, TokioTime>(request, theirs.clone())
             .await;
-        (rx.recv().await.unwrap(), rx.recv().await.unwrap())
+        (ours.take().unwrap(), theirs.take().unwrap())
     }
 
     async fn answer(authority: &Authority, qname: &str, query_type: RecordType) -> Message {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let capture = Capture::default();
         authority
-            .handle_request::<_, TokioTime>(&request(&name(qname), query_type, None), Capture(tx))
+            .handle_request::<_, TokioTime>(
+                &request(&name(qname), query_type, None),
+                capture.clone(),
+            )
             .await;
-        Message::from_vec(&rx.recv().await.unwrap()).unwrap()
+        Message::from_vec(&capture.take().unwrap()).unwrap()
     }
 
     fn soa_owner(message: &Message) -> Vec<String> {

@@ -293,13 +293,14 @@ fn is_unrecoverable(error: &io::Error) -> bool {
     ) || error.raw_os_error() == Some(nix::libc::EBADF)
 }
 
-/// Keeps the encoded response instead of sending it: the loop sends it with its batch.
+/// Keeps the encoded response instead of sending it: the loop sends it with its batch
+/// (and tests compare it).
 #[derive(Clone, Default)]
-struct Capture(Arc<OnceLock<Vec<u8>>>);
+pub(crate) struct Capture(Arc<OnceLock<Vec<u8>>>);
 
 impl Capture {
     /// The response, once the handler (which holds the other clone) is done.
-    fn take(self) -> Option<Vec<u8>> {
+    pub(crate) fn take(self) -> Option<Vec<u8>> {
         Arc::into_inner(self.0).and_then(OnceLock::into_inner)
     }
 }
