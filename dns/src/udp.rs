@@ -148,31 +148,29 @@ fn socket_addr(address: SockaddrStorage) -> Option<SocketAddr> {
 /// The answers to one batch, sent together.
 #[derive(Default)]
 struct Answers {
-    /// Encoded answers; only the first `len` are this batch's (the others are buffers
-    /// kept for reuse).
-    buffers: Vec<Vec<u8>>,
+    /// Where each of the batch's answers goes; its length is the batch's size.
     destinations: Vec<Option<SockaddrStorage>>,
-    len: usize,
+    /// Encoded answers, in `destinations` order; those beyond the batch are buffers kept
+    /// for reuse.
+    buffers: Vec<Vec<u8>>,
 }
 
 impl Answers {
     /// An empty buffer for the answer to a query from `dst`.
     fn next(&mut self, dst: SocketAddr) -> &mut Vec<u8> {
-        if self.len == self.buffers.len() {
+        let i = self.destinations.len();
+        if i == self.buffers.len() {
             self.buffers.push(Vec::with_capacity(512));
         }
-        self.destinations.truncate(self.len);
         self.destinations.push(Some(SockaddrStorage::from(dst)));
-        let buffer = &mut self.buffers[self.len];
+        let buffer = &mut self.buffers[i];
         buffer.clear();
-        self.len += 1;
         buffer
     }
 
     /// Drops the answer last added (the query turned out to need none).
     fn discard_last(&mut self) {
-        self.len -= 1;
-        self.destinations.truncate(self.len);
+        self.destinations.pop();
     }
 
     /// Sends the batch's answers, waiting for room in the send buffer rather than
@@ -180,7 +178,7 @@ impl Answers {
     /// skipped; only a closed socket ends the loop.
     async fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
         let mut sent = 0;
-        while sent < self.len {
+        while sent < self.destinations.len() {
             match socket.try_io(Interest::WRITABLE, || self.send_from(socket, sent)) {
                 Ok(n) => sent += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -193,15 +191,15 @@ impl Answers {
                 }
             }
         }
-        self.len = 0;
+        self.destinations.clear();
         Ok(())
     }
 
     /// One `sendmmsg` of the answers from index `from` on; how many were sent.
     fn send_from(&self, socket: &UdpSocket, from: usize) -> io::Result<usize> {
-        let count = self.len - from;
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, None);
-        let slices: Vec<[IoSlice<'_>; 1]> = self.buffers[from..self.len]
+        let end = self.destinations.len();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(end - from, None);
+        let slices: Vec<[IoSlice<'_>; 1]> = self.buffers[from..end]
             .iter()
             .map(|buffer| [IoSlice::new(buffer)])
             .collect();
@@ -209,7 +207,7 @@ impl Answers {
             socket.as_raw_fd(),
             &mut headers,
             &slices,
-            &self.destinations[from..self.len],
+            &self.destinations[from..],
             [],
             MsgFlags::MSG_DONTWAIT,
         )

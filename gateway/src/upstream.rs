@@ -765,8 +765,13 @@ mod tests {
 
     use super::*;
 
-    /// An HTTP server on loopback answering `ok`; counts accepted connections.
-    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A loopback server that serves each connection it accepts with `serve`, in a task
+    /// of its own; counts accepted connections.
+    async fn accepting<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -775,19 +780,25 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
+                tokio::spawn(serve(tcp));
             }
         });
         (addr, accepted)
+    }
+
+    /// An HTTP server on loopback answering `ok`; counts accepted connections.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        accepting(|tcp| async move {
+            let svc = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        })
+        .await
     }
 
     fn key(target: SocketAddr, http2: bool) -> Key {
@@ -875,26 +886,17 @@ mod tests {
     async fn an_idle_connection_the_server_closed_is_replaced_not_used() {
         // Answers one request per connection, then closes it without saying so
         // (no `Connection: close`): the client keeps it as idle.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = vec![0; 4096];
-                    let _ = tcp.read(&mut buf).await;
-                    let _ = tcp
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    // Later than the response, so the client has put it back to the pool.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                });
-            }
-        });
+        let (addr, accepted) = accepting(|mut tcp| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            // Later than the response, so the client has put it back to the pool.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        })
+        .await;
         let pool = Upstreams::new(settings(4));
         let k = key(addr, false);
         pool.retain([k.clone()].into()).await;
